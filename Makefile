@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-test
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: demo test lint bench clean-venv
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# One pip command installs everything (torch pinned, moto[server] resolved together with s3fs).
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m flows.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rgi_core flows tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_inversion.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,184 @@
+"""Frozen, typed configs: one per method, with the authors' defaults and where each number comes from.
+
+Units: images are in [0, 1] and every loss term is a per-pixel *mean*, so ``lam`` has a direct reading:
+with the L2 fidelity the RGI mask switches a pixel on exactly when its residual exceeds
+``sqrt(lam / 2)`` (see :func:`rgi_core.anomaly.closed_form_mask`). Papers that work on [-1, 1]
+images quote a ``lam`` four times larger for the same threshold.
+
+Methods differ by config, never by plumbing: :func:`rgi_core.solvers.invert` reads the config's
+``method`` and switches loss terms and parameter groups on or off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+Fidelity = Literal["l2", "l1"]
+
+#: lam used when neither the config nor the prior's metadata sets one: threshold 0.1 in [0, 1]
+#: intensity units, i.e. the RGI paper's 0.07-0.1 (L2, faces, [-1, 1] images) rescaled to [0, 1].
+DEFAULT_LAMBDA = 0.02
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Settings shared by every method. Subclasses fix ``method`` and change defaults.
+
+    Attributes:
+        iterations: optimisation steps (RGI paper: 2000).
+        lr_z: Adam learning rate on the latent (RGI paper: 0.1).
+        n_init: best-of-N latent initialisation, candidates scored per image (RGI paper: ~1000).
+        init_std: std of the Gaussian the candidates are drawn from (1.0 = the GAN's training prior).
+        lam: sparsity weight of the mask; ``None`` = the prior's calibrated default
+            (metadata ``defaults.lam``) or :data:`DEFAULT_LAMBDA`.
+        fidelity: ``"l2"`` or ``"l1"`` per-pixel data term (RGI paper uses both).
+        latent_reg: weight of ``||z||^2 / 2`` per latent element (0 = off, as in RGI).
+        map_sigma: Gaussian smoothing (pixels) of the squared residual before the anomaly map is formed;
+            contiguous defects stand out of pixel noise (ours; anomalib smooths its maps likewise).
+        score_topk: image score = mean of the top ``score_topk`` fraction of the anomaly map (ours).
+        converge_tol: relative change of the loss over the last 10 % of steps that counts as converged.
+        seed: seeds the latent candidates; a given image gets the same result in any batch.
+        device: ``"auto"`` (cuda, then mps, then cpu) or any torch device string.
+    """
+
+    method: ClassVar[str] = "base"
+
+    iterations: int = 2000
+    lr_z: float = 0.1
+    n_init: int = 1000
+    init_std: float = 1.0
+    lam: float | None = None
+    fidelity: Fidelity = "l2"
+    latent_reg: float = 0.0
+    map_sigma: float = 1.0
+    score_topk: float = 0.01
+    converge_tol: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.n_init < 1:
+            raise ValueError(f"n_init must be >= 1, got {self.n_init}")
+        if self.lam is not None and self.lam < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
+        if self.fidelity not in ("l2", "l1"):
+            raise ValueError(f"fidelity must be 'l2' or 'l1', got {self.fidelity!r}")
+        if not 0.0 < self.score_topk <= 1.0:
+            raise ValueError(f"score_topk must be in (0, 1], got {self.score_topk}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form, including ``method``; round-trips through :func:`config_from_dict`."""
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    def config_hash(self) -> str:
+        """Stable short hash of every setting that changes results (device excluded)."""
+        d = self.to_dict()
+        d.pop("device")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> InversionConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class MSEConfig(InversionConfig):
+    """Plain GAN inversion ``min_z ||x - G(z)||^2`` (Yeh et al.); the no-mask baseline."""
+
+    method: ClassVar[str] = "mse"
+
+
+@dataclass(frozen=True)
+class RGIConfig(InversionConfig):
+    """Robust GAN inversion: joint Adam on z and the mask M (Mou et al., RGI).
+
+    Attributes:
+        lr_mask: Adam learning rate on M (RGI paper: 0.1).
+        adv_weight: weight of the optional ``-D(G(z))`` realism term (0 = off).
+    """
+
+    method: ClassVar[str] = "rgi"
+
+    lr_mask: float = 0.1
+    adv_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class RRGIConfig(RGIConfig):
+    """Relaxed RGI: RGI, then per-image fine-tuning of the generator weights.
+
+    Attributes:
+        lr_theta: Adam learning rate on the per-image generator copy (RGI paper: 1e-5).
+        finetune_from: fraction of ``iterations`` after which G is fine-tuned (RGI paper, anomaly
+            detection: step 500 of 2000 = 0.25; inpainting: 1500 of 2000 = 0.75).
+        freeze_mask: stop updating M once fine-tuning starts (paper: True for inpainting, False for
+            anomaly detection, our default use).
+    """
+
+    method: ClassVar[str] = "rrgi"
+
+    lr_theta: float = 1e-5
+    finetune_from: float = 0.25
+    freeze_mask: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.finetune_from <= 1.0:
+            raise ValueError(f"finetune_from must be in [0, 1], got {self.finetune_from}")
+
+
+@dataclass(frozen=True)
+class DGPConfig(InversionConfig):
+    """Deep Generative Prior for known degradations (Pan et al., DGP).
+
+    Attributes:
+        dfeat_weight: weight of the discriminator-feature L1 distance (DGP: perceptual D loss).
+        dfeat_layers: how many of the discriminator's last feature blocks to compare (DGP: the last few).
+        lr_theta: Adam lr of the first (shallowest) fine-tuning stage (ours, scaled for small GANs).
+        stage_lr_decay: lr factor per deeper stage (DGP: lower lr for deeper blocks).
+        n_init / init_std: best of 500 z ~ N(0, 0.3^2) by D-feature distance (DGP).
+        latent_reg: 0.02 ||z||^2 / 2 (DGP).
+
+    Fine-tuning is progressive: the generator's blocks are unfrozen shallow to deep in equal stages
+    over the iterations (DGP: 5 stages x 200 steps).
+    """
+
+    method: ClassVar[str] = "dgp"
+
+    n_init: int = 500
+    init_std: float = 0.3
+    latent_reg: float = 0.02
+    iterations: int = 1000
+    dfeat_weight: float = 1.0
+    dfeat_layers: int = 2
+    lr_theta: float = 1e-4
+    stage_lr_decay: float = 0.5
+
+
+CONFIGS: dict[str, type[InversionConfig]] = {
+    c.method: c for c in (MSEConfig, RGIConfig, RRGIConfig, DGPConfig)
+}
+
+
+def make_config(method: str, **overrides: Any) -> InversionConfig:
+    """The config of ``method`` with paper defaults, overriding the given fields (``None`` = keep)."""
+    try:
+        cls = CONFIGS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(CONFIGS)}") from None
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"{method} config has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
+    return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def config_from_dict(d: dict[str, Any]) -> InversionConfig:
+    """Inverse of :meth:`InversionConfig.to_dict`."""
+    d = dict(d)
+    return make_config(d.pop("method"), **d)

@@ -1,0 +1,29 @@
+"""Generator/discriminator nets and the prior file format."""
+
+from rgi_core.models.checkpoint import (
+    Prior,
+    PriorFormatError,
+    load_prior,
+    load_prior_bytes,
+    random_prior,
+    read_metadata,
+    save_prior,
+    shipped_priors,
+)
+from rgi_core.models.nets import ArchSpec, Discriminator, Generator, from_unit, to_unit
+
+__all__ = [
+    "ArchSpec",
+    "Discriminator",
+    "Generator",
+    "Prior",
+    "PriorFormatError",
+    "from_unit",
+    "load_prior",
+    "load_prior_bytes",
+    "random_prior",
+    "read_metadata",
+    "save_prior",
+    "shipped_priors",
+    "to_unit",
+]

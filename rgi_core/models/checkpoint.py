@@ -1,0 +1,222 @@
+"""Priors as files: safetensors tensors plus a JSON metadata block, never pickle.
+
+File layout: one ``.safetensors`` file. Tensors are named ``generator.<param>`` and
+``discriminator.<param>``; the safetensors header's ``__metadata__`` holds one key, ``rgi``, whose value
+is a JSON document::
+
+    {"format": 1, "name": ..., "architecture": {ArchSpec fields}, "training": {data, split, recipe,
+     steps, seed, ...}, "defaults": {"lam": ..., ...}, "library_version": ..., "created_at": ...}
+
+``load_prior`` accepts a shipped prior's name (``brick-64``), a local path or any fsspec URL.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from rgi_core.device import resolve_device
+from rgi_core.models.nets import ArchSpec, Discriminator, Generator
+
+FORMAT_VERSION = 1
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save zip archives
+
+
+class PriorFormatError(ValueError):
+    """A prior file that is not a valid rgi safetensors checkpoint (pickles are refused here)."""
+
+
+@dataclass
+class Prior:
+    """A loaded prior: generator and discriminator in eval mode with frozen weights.
+
+    Attributes:
+        name: shipped name or file stem.
+        generator / discriminator: the nets, on ``device``.
+        spec: their architecture.
+        meta: the full metadata document (training data, split, defaults, ...).
+        prior_id: sha256 of the file's bytes (identifies the exact weights in catalogs).
+    """
+
+    name: str
+    generator: Generator
+    discriminator: Discriminator
+    spec: ArchSpec
+    meta: dict[str, Any] = field(default_factory=dict)
+    prior_id: str = ""
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Calibrated inversion defaults stored with the prior (e.g. ``lam``)."""
+        return dict(self.meta.get("defaults", {}))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def to(self, device: str | torch.device) -> Prior:
+        self.generator.to(device)
+        self.discriminator.to(device)
+        return self
+
+
+def bake_spectral_norm(module: nn.Module) -> nn.Module:
+    """Replace spectral-norm parametrisations by the normalised weight they compute (in place)."""
+    from torch.nn.utils import parametrize
+
+    for sub in module.modules():
+        if parametrize.is_parametrized(sub):
+            for name in list(sub.parametrizations.keys()):
+                parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
+    return module
+
+
+def prior_bytes(
+    generator: Generator,
+    discriminator: Discriminator,
+    *,
+    name: str,
+    training: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> bytes:
+    """Serialise a prior to safetensors bytes (spectral norm baked into the weights)."""
+    import copy
+
+    from rgi_core import __version__
+
+    d = bake_spectral_norm(copy.deepcopy(discriminator).cpu())
+    tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    tensors |= {f"discriminator.{k}": v.detach().cpu().contiguous() for k, v in d.state_dict().items()}
+    meta = {
+        "format": FORMAT_VERSION,
+        "name": name,
+        "architecture": generator.spec.to_dict(),
+        "training": training or {},
+        "defaults": defaults or {},
+        "library_version": __version__,
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    return st_save(tensors, metadata={"rgi": json.dumps(meta, sort_keys=True)})
+
+
+def save_prior(path: str | Path, generator: Generator, discriminator: Discriminator, **meta: Any) -> Path:
+    """Write a prior file atomically (temp file + rename). ``meta``: name, training, defaults."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta.setdefault("name", path.stem)
+    data = prior_bytes(generator, discriminator, **meta)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(data: bytes) -> dict[str, Any]:
+    """The ``rgi`` metadata document from safetensors bytes, without loading tensors."""
+    if data.startswith(_PICKLE_MAGIC):
+        raise PriorFormatError(
+            "this looks like a pickle / torch.save file; rgi loads priors only from safetensors "
+            "(pickles can run arbitrary code). Convert it with rgi_core.models.save_prior."
+        )
+    if len(data) < 8:
+        raise PriorFormatError("file too short to be a safetensors prior")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8 or n > 100_000_000:
+        raise PriorFormatError("not a safetensors file (bad header length)")
+    try:
+        header = json.loads(data[8 : 8 + n])
+        meta = json.loads(header["__metadata__"]["rgi"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PriorFormatError(f"not an rgi prior (no 'rgi' metadata in the safetensors header): {exc}") from exc
+    if meta.get("format") != FORMAT_VERSION:
+        raise PriorFormatError(f"unsupported prior format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+    return meta
+
+
+def shipped_priors() -> dict[str, Path]:
+    """Priors shipped inside the package, by name."""
+    root = resources.files("rgi_core") / "priors"
+    if not root.is_dir():
+        return {}
+    return {p.name.removesuffix(".safetensors"): Path(str(p)) for p in root.iterdir()
+            if p.name.endswith(".safetensors")}
+
+
+def _read_source(name_or_path: str | Path) -> tuple[str, bytes]:
+    shipped = shipped_priors()
+    s = str(name_or_path)
+    if s in shipped:
+        return s, shipped[s].read_bytes()
+    if "://" in s:
+        import fsspec
+
+        with fsspec.open(s, "rb") as f:
+            return Path(s.split("?")[0]).stem, f.read()
+    p = Path(s)
+    if p.is_file():
+        return p.stem, p.read_bytes()
+    raise FileNotFoundError(
+        f"no prior named or at {s!r}; shipped priors: {sorted(shipped) or 'none'}; "
+        "otherwise give a path or fsspec URL to a .safetensors prior"
+    )
+
+
+def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.device = "auto") -> Prior:
+    """Build a :class:`Prior` from safetensors bytes."""
+    meta = read_metadata(data)
+    spec = ArchSpec(**meta["architecture"])
+    tensors = st_load(data)
+    g, d = Generator(spec), Discriminator(spec)
+    for prefix, net in (("generator.", g), ("discriminator.", d)):
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise PriorFormatError(f"{name}: tensors do not match the architecture in metadata: {exc}") from exc
+    dev = resolve_device(device)
+    for net in (g, d):
+        net.eval().requires_grad_(False).to(dev)
+    return Prior(
+        name=meta.get("name") or name,
+        generator=g,
+        discriminator=d,
+        spec=spec,
+        meta=meta,
+        prior_id=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def load_prior(name_or_path: str | Path, device: str | torch.device = "auto") -> Prior:
+    """Load a prior by shipped name, local path or fsspec URL, onto ``device`` ('auto' picks a GPU)."""
+    name, data = _read_source(name_or_path)
+    return load_prior_bytes(data, name=name, device=device)
+
+
+def random_prior(spec: ArchSpec, seed: int = 0, name: str = "random") -> Prior:
+    """An untrained prior with seeded random weights (for tests and benchmarks), through the file format.
+
+    BatchNorm running statistics are set from a forward pass on random latents so that G's output
+    spans a useful range in eval mode.
+    """
+    torch.manual_seed(seed)
+    g, d = Generator(spec), Discriminator(spec)
+    g.train()
+    with torch.no_grad():
+        for m in g.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = None  # cumulative average over the calibration passes
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(4):
+            g(torch.randn((64, *g.latent_shape()), generator=gen))
+    return load_prior_bytes(prior_bytes(g, d, name=name), name=name, device="cpu")

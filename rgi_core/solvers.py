@@ -1,0 +1,321 @@
+"""One solver for every method: ``invert(images, prior, config, physics=None) -> InversionResult``.
+
+All methods minimise, per image and batched over B images, a sum of named terms
+(:mod:`rgi_core.losses`) over some of the parameter groups {z, M, theta}:
+
+============  ===================================================================  =====================
+method        objective                                                            parameters (from step)
+============  ===================================================================  =====================
+``mse``       ``fidelity(no mask) [+ latent_reg]``                                 z
+``rgi``       ``fidelity((1-M)) + lam * mask_l1 [- adv_weight * D(G(z))]``         z, M
+``rrgi``      RGI, then also per-image generator weights theta                     z, M (frozen or not),
+                                                                                   theta (finetune_from)
+``dgp``       ``fidelity + dfeat_weight * dfeat + latent_reg``                     z, theta stage k from
+                                                                                   k * T / S (progressive)
+============  ===================================================================  =====================
+
+Shared machinery: best-of-N latent initialisation (one set of seeded candidates shared by every image,
+so an image's result does not depend on the batch it is in), one Adam optimiser whose parameter groups
+are switched on and off by step, and per-image generator copies evaluated in one pass with
+``torch.func.functional_call`` + ``vmap`` over stacked weights.
+
+After the solve, every method's products are formed the same way (:mod:`rgi_core.anomaly`): the mask
+(RGI's M, or the closed-form mask of the fit), the BIGPrior fusion
+``restored = (1 - phi) * A_dagger(y) + phi * G(z)``, the anomaly map and the image score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call, vmap
+
+from rgi_core import anomaly, losses
+from rgi_core.config import DEFAULT_LAMBDA, DGPConfig, InversionConfig, RGIConfig, RRGIConfig
+from rgi_core.device import resolve_device
+from rgi_core.models.checkpoint import Prior
+from rgi_core.models.nets import Generator, from_unit, to_unit
+from rgi_core.operators import Downsample, Identity, Physics
+from rgi_core.types import ImageDiagnostics, InversionResult
+
+# Candidate latents scored at once in the best-of-N search; bounded so B x chunk x H x W stays small.
+_INIT_ELEMENTS = 1 << 24
+
+
+class _GeneratorFn:
+    """G(z) in [0, 1] with shared weights, or with per-image weights ``theta`` (stacked on dim 0)."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.module = generator.eval()
+        self.params = {k: v.detach() for k, v in generator.named_parameters()}
+        self.buffers = {k: v.detach() for k, v in generator.named_buffers()}
+        self.theta: dict[str, torch.Tensor] | None = None
+
+    def personalise(self, batch: int) -> dict[str, torch.Tensor]:
+        """Give each of ``batch`` images its own trainable copy of the weights."""
+        self.theta = {
+            k: v.unsqueeze(0).repeat(batch, *([1] * v.ndim)).requires_grad_(True)
+            for k, v in self.params.items()
+        }
+        return self.theta
+
+    def _one(self, params: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, (params, self.buffers), (z.unsqueeze(0),)).squeeze(0)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        # z: (B, *latent) -> (B, C, H, W) in [0, 1]
+        if self.theta is None:
+            out = functional_call(self.module, (self.params, self.buffers), (z,))
+        else:
+            out = vmap(self._one)(self.theta, z)
+        return to_unit(out)
+
+
+@dataclass
+class _Group:
+    """A parameter group of the shared Adam optimiser, active for steps in [start, stop)."""
+
+    name: str
+    params: list[torch.Tensor]
+    lr: float
+    start: int
+    stop: int
+
+
+def _image_shape(prior: Prior, physics: Physics, y: torch.Tensor) -> tuple[int, int, int]:
+    spec = prior.spec
+    if spec.latent_mode == "global":
+        return (spec.channels, spec.resolution, spec.resolution)
+    factor = physics.factor if isinstance(physics, Downsample) else 1
+    return (spec.channels, y.shape[-2] * factor, y.shape[-1] * factor)
+
+
+def _validate(images: torch.Tensor, prior: Prior, physics: Physics) -> tuple[int, int, int]:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (B, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+    shape = _image_shape(prior, physics, images)
+    expected = physics.measurement_shape(shape)
+    if tuple(images.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"prior {prior.name!r} makes images of shape {shape} (C, H, W); with {type(physics).__name__} "
+            f"the input must be {expected}, got {tuple(images.shape[1:])}. Resize or tile the images first."
+        )
+    if images.shape[0]:
+        bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"images at batch index {bad} contain NaN or Inf values")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise ValueError(f"images must be in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]")
+    return shape
+
+
+def _empty_result(images: torch.Tensor, prior: Prior, shape: tuple[int, int, int]) -> InversionResult:
+    c, h, w = shape
+    latent = prior.generator.latent_shape(h, w)
+    z = images.new_zeros((0, 1, h, w))
+    return InversionResult(
+        restored=images.new_zeros((0, c, h, w)), mask=z, phi=z, anomaly_map=z,
+        score=images.new_zeros((0,)), generated=images.new_zeros((0, c, h, w)),
+        latent=images.new_zeros((0, *latent)), diagnostics=(),
+    )
+
+
+def _init_latent(
+    y: torch.Tensor,
+    latent_shape: tuple[int, ...],
+    gen: _GeneratorFn,
+    physics: Physics,
+    config: InversionConfig,
+    cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best of ``n_init`` seeded candidates per image. ``cost(y, Ax_candidates) -> (B, n)``."""
+    g = torch.Generator().manual_seed(config.seed)
+    cand = (torch.randn((config.n_init, *latent_shape), generator=g) * config.init_std).to(y.device)
+    per = max(1, y[0].numel() * y.shape[0])
+    chunk = max(1, min(config.n_init, _INIT_ELEMENTS // per))
+    best = torch.full((y.shape[0],), float("inf"), device=y.device)
+    best_idx = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+    with torch.no_grad():
+        for s in range(0, config.n_init, chunk):
+            c = cost(y, physics.A(gen(cand[s : s + chunk])))  # (B, n)
+            val, idx = c.min(dim=1)
+            better = val < best
+            best = torch.where(better, val, best)
+            best_idx = torch.where(better, idx + s, best_idx)
+    return cand[best_idx].clone(), best
+
+
+def invert(
+    images: torch.Tensor,
+    prior: Prior,
+    config: InversionConfig | None = None,
+    physics: Physics | None = None,
+) -> InversionResult:
+    """Invert a batch of observations with the prior; see the module docstring for the objectives.
+
+    Args:
+        images: ``(B, C', H', W')`` observations in [0, 1] (the measurement ``y``; with the default
+            identity physics simply the images, of the prior's size and channels).
+        prior: a loaded :class:`~rgi_core.models.Prior` (moved to the config's device).
+        config: a method config (:class:`~rgi_core.config.RGIConfig` by default).
+        physics: a known degradation (:mod:`rgi_core.operators`); identity by default.
+
+    Returns:
+        :class:`~rgi_core.types.InversionResult`, tensors on the device of ``images``.
+
+    Raises:
+        ValueError: wrong shape, dtype, range, or non-finite pixels (the message names the images).
+    """
+    config = config if config is not None else RGIConfig()
+    physics = physics if physics is not None else Identity()
+    shape = _validate(images, prior, physics)
+    if images.shape[0] == 0:
+        return _empty_result(images, prior, shape)
+
+    device = resolve_device(config.device)
+    prior.to(device)
+    physics = physics.to(device)
+    y = images.to(device=device, dtype=torch.float32)  # (B, C', H', W')
+    B, (_, H, W) = y.shape[0], shape
+    lam = float(config.lam if config.lam is not None else prior.defaults.get("lam", DEFAULT_LAMBDA))
+    kind = config.fidelity
+    T = config.iterations
+    gen = _GeneratorFn(prior.generator)
+    disc = prior.discriminator.eval()
+    lift = lambda m: physics.A_dagger(m, (1, H, W))  # noqa: E731  measurement-space map -> (B, 1, H, W)
+
+    is_rgi = isinstance(config, RGIConfig)
+    is_dgp = isinstance(config, DGPConfig)
+
+    # --- terms of the objective -------------------------------------------------------------------
+    feats_y: list[torch.Tensor] = []
+    if is_dgp:
+        with torch.no_grad():
+            feats_y = disc.features(from_unit(physics.A_dagger(y, shape)))[-config.dfeat_layers :]
+
+    def dfeat(ax: torch.Tensor) -> torch.Tensor:
+        feats = disc.features(from_unit(physics.A_dagger(ax, shape)))[-config.dfeat_layers :]
+        return losses.feature_l1(feats, feats_y)
+
+    def terms(x: torch.Tensor, ax: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None) -> dict:
+        res = losses.pixel_residual(y, ax, kind)  # (B, 1, H', W')
+        t = {"fidelity": losses.masked_fidelity(res, mask, kind)}
+        if mask is not None:
+            t["mask_l1"] = lam * losses.mask_l1(mask)
+        if config.latent_reg > 0:
+            t["latent_reg"] = config.latent_reg * losses.latent_reg(z)
+        if is_dgp and config.dfeat_weight > 0:
+            t["dfeat"] = config.dfeat_weight * dfeat(ax)
+        if is_rgi and config.adv_weight > 0:
+            t["adv"] = -config.adv_weight * disc(from_unit(x))
+        return t
+
+    # --- initialisation ---------------------------------------------------------------------------
+    if is_dgp:
+        def init_cost(yy: torch.Tensor, ax: torch.Tensor) -> torch.Tensor:
+            fc = disc.features(from_unit(physics.A_dagger(ax, shape)))[-config.dfeat_layers :]
+            return sum(torch.cdist(fy.flatten(1), f.flatten(1), p=1) / fy[0].numel()
+                       for fy, f in zip(feats_y, fc, strict=True))
+    else:
+        def init_cost(yy: torch.Tensor, ax: torch.Tensor) -> torch.Tensor:
+            e = losses.pixel_residual(yy[:, None], ax[None], kind).squeeze(2)  # (B, n, H', W')
+            if is_rgi:
+                e = losses.robust_pixel_cost(e, lam, kind)
+            return e.flatten(2).mean(2)
+
+    latent_shape = prior.generator.latent_shape(H, W)
+    z0, init_loss = _init_latent(y, latent_shape, gen, physics, config, init_cost)
+    z = z0.requires_grad_(True)
+    mask = torch.zeros_like(y[:, :1]).requires_grad_(True) if is_rgi else None  # (B, 1, H', W')
+
+    groups = [_Group("z", [z], config.lr_z, 0, T)]
+    theta_start: int | None = None
+    stages: list[tuple[list[str], float, int]] = []  # (param names, lr, start step)
+    if isinstance(config, RRGIConfig):
+        theta_start = int(round(config.finetune_from * T))
+        stages = [([n for s in prior.generator.stages() for n in s], config.lr_theta, theta_start)]
+    elif is_dgp:
+        theta_start = 0
+        g_stages = prior.generator.stages()
+        stages = [(names, config.lr_theta * config.stage_lr_decay**k, (k * T) // len(g_stages))
+                  for k, names in enumerate(g_stages)]
+    if mask is not None:
+        mask_stop = theta_start if isinstance(config, RRGIConfig) and config.freeze_mask else T
+        groups.append(_Group("mask", [mask], config.lr_mask, 0, mask_stop))
+
+    opt = torch.optim.Adam([{"params": g.params, "lr": g.lr} for g in groups])
+    history: list[torch.Tensor] = []
+
+    # --- optimisation -----------------------------------------------------------------------------
+    for step in range(T):
+        if theta_start is not None and step == theta_start:
+            theta = gen.personalise(B)
+            for k, (names, lr, start) in enumerate(stages):
+                g = _Group(f"theta{k}", [theta[n] for n in names], lr, start, T)
+                groups.append(g)
+                opt.add_param_group({"params": g.params, "lr": g.lr})
+        x = gen(z)  # (B, C, H, W)
+        ax = physics.A(x)
+        total = sum(terms(x, ax, z, mask).values())  # (B,)
+        total.sum().backward()
+        for g in groups:
+            if not g.start <= step < g.stop:
+                for p in g.params:
+                    p.grad = None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if mask is not None:
+            with torch.no_grad():
+                mask.clamp_(0.0, 1.0)
+        history.append(total.detach())
+
+    # --- products ---------------------------------------------------------------------------------
+    with torch.no_grad():
+        x = gen(z)
+        ax = physics.A(x)
+        final = terms(x, ax, z, mask)
+        res = losses.pixel_residual(y, ax, kind)  # (B, 1, H', W')
+        m = lift(mask.detach() if mask is not None else anomaly.closed_form_mask(res, lam, kind))
+        observed = physics.observed(shape, device=device)  # (1|B, 1, H, W)
+        phi = 1.0 - observed * (1.0 - m)
+        restored = ((1.0 - phi) * physics.A_dagger(y, shape) + phi * x).clamp(0.0, 1.0)
+        amap = lift(anomaly.anomaly_map(res, lam, kind, config.map_sigma))
+        score = anomaly.image_score(amap, config.score_topk)
+
+    diagnostics = _diagnostics(final, history, init_loss, T, config.converge_tol)
+    out = images.device
+    return InversionResult(
+        restored=restored.to(out), mask=m.to(out), phi=phi.to(out), anomaly_map=amap.to(out),
+        score=score.to(out), generated=x.to(out), latent=z.detach().to(out), diagnostics=diagnostics,
+    )
+
+
+def _diagnostics(
+    final: dict[str, torch.Tensor], history: list[torch.Tensor], init_loss: torch.Tensor, T: int, tol: float
+) -> tuple[ImageDiagnostics, ...]:
+    names = list(final)
+    vals = torch.stack([final[n] for n in names], 1).cpu() if names else torch.zeros(0, 0)  # (B, terms)
+    converged = torch.zeros(vals.shape[0], dtype=torch.bool)
+    if history:
+        h = torch.stack(history).cpu()  # (T, B)
+        w = max(1, T // 10)
+        prev = h[max(0, T - 1 - w)]
+        converged = (h[-1] - prev).abs() <= tol * prev.abs().clamp_min(1e-12)
+    init = init_loss.cpu()
+    out = []
+    for i in range(vals.shape[0]):
+        losses_i = {n: float(vals[i, j]) for j, n in enumerate(names)}
+        finite = all(v == v and abs(v) != float("inf") for v in losses_i.values())
+        out.append(ImageDiagnostics(
+            losses=losses_i, iterations=T, converged=bool(converged[i]) and finite,
+            init_loss=float(init[i]),
+            error="" if finite else "inversion diverged: non-finite loss",
+        ))
+    return tuple(out)

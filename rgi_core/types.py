@@ -1,0 +1,80 @@
+"""Typed containers returned by the solvers.
+
+Every method (``mse``, ``rgi``, ``rrgi``, ``dgp``) returns the same :class:`InversionResult`, so the
+pipeline, the metrics and the reports never need to know which method produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class ImageDiagnostics:
+    """What one image's solve did.
+
+    Attributes:
+        losses: final value of every named loss term for this image (e.g. ``fidelity``, ``mask_l1``).
+        iterations: optimisation steps run.
+        converged: the total loss changed by less than ``config.converge_tol`` (relative) over the last
+            10 % of the steps.
+        init_loss: the best-of-N initial loss that selected the starting latent.
+        error: empty when the solve is usable; otherwise why not (e.g. the loss diverged).
+    """
+
+    losses: dict[str, float] = field(default_factory=dict)
+    iterations: int = 0
+    converged: bool = False
+    init_loss: float = float("nan")
+    error: str = ""
+
+    @property
+    def final_loss(self) -> float:
+        """Sum of the named terms at the last step."""
+        return float(sum(self.losses.values()))
+
+
+class InversionResult(NamedTuple):
+    """The products of one batched solve. All images are in [0, 1].
+
+    Attributes:
+        restored: ``(B, C, H, W)`` BIGPrior fusion ``(1 - phi) * x + phi * generated``; the cleaned image.
+        mask: ``(B, 1, H, W)`` in [0, 1], the corruption mask M (for ``mse``/``dgp``: the closed-form
+            mask the RGI objective would pick for their fit, see :mod:`rgi_core.anomaly`).
+        phi: ``(B, 1, H, W)`` in [0, 1], per-pixel reliance on the prior (1 = pixel taken from G).
+        anomaly_map: ``(B, 1, H, W)`` in [0, 1), a soft, tie-free map of the (smoothed) residual,
+            0.5 at the mask's residual threshold (see :mod:`rgi_core.anomaly`).
+        score: ``(B,)`` image anomaly score, higher = more anomalous.
+        generated: ``(B, C, H, W)`` the generator's output G(z) (after per-image fine-tuning for rrgi/dgp).
+        latent: ``(B, *latent_shape)`` the final latent codes.
+        diagnostics: one :class:`ImageDiagnostics` per image.
+    """
+
+    restored: torch.Tensor
+    mask: torch.Tensor
+    phi: torch.Tensor
+    anomaly_map: torch.Tensor
+    score: torch.Tensor
+    generated: torch.Tensor
+    latent: torch.Tensor
+    diagnostics: tuple[ImageDiagnostics, ...]
+
+    def __len__(self) -> int:  # NamedTuple's len would count fields; a result's length is its batch size.
+        return int(self.restored.shape[0])
+
+    def select(self, index: int) -> InversionResult:
+        """The result of image ``index`` as a batch of one."""
+        sl = slice(index, index + 1)
+        return InversionResult(
+            restored=self.restored[sl],
+            mask=self.mask[sl],
+            phi=self.phi[sl],
+            anomaly_map=self.anomaly_map[sl],
+            score=self.score[sl],
+            generated=self.generated[sl],
+            latent=self.latent[sl],
+            diagnostics=(self.diagnostics[index],),
+        )
