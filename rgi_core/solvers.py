@@ -21,7 +21,9 @@ are switched on and off by step, and per-image generator copies evaluated in one
 
 After the solve, every method's products are formed the same way (:mod:`rgi_core.anomaly`): the mask
 (RGI's M, or the closed-form mask of the fit), the BIGPrior fusion
-``restored = (1 - phi) * A_dagger(y) + phi * G(z)``, the anomaly map and the image score.
+``restored = (1 - phi) * A_dagger(y) + phi * G(z)`` with phi the sharpened mask rule
+(:func:`rgi_core.anomaly.reliance`; 1 wherever the physics observes nothing), the anomaly map and the
+image score.
 """
 
 from __future__ import annotations
@@ -137,10 +139,11 @@ def _init_latent(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best of ``n_init`` seeded candidates per image. ``cost(y, Ax_candidates) -> (B, n)``."""
     g = torch.Generator().manual_seed(config.seed)
-    cand = (torch.randn((config.n_init, *latent_shape), generator=g) * config.init_std).to(y.device)
+    cand = torch.randn((config.n_init, *latent_shape), generator=g) * config.init_std
+    cand = cand.to(device=y.device, dtype=y.dtype)
     per = max(1, y[0].numel() * y.shape[0])
     chunk = max(1, min(config.n_init, _INIT_ELEMENTS // per))
-    best = torch.full((y.shape[0],), float("inf"), device=y.device)
+    best = torch.full((y.shape[0],), float("inf"), device=y.device, dtype=y.dtype)
     best_idx = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
     with torch.no_grad():
         for s in range(0, config.n_init, chunk):
@@ -182,7 +185,8 @@ def invert(
     device = resolve_device(config.device)
     prior.to(device)
     physics = physics.to(device)
-    y = images.to(device=device, dtype=torch.float32)  # (B, C', H', W')
+    dtype = next(prior.generator.parameters()).dtype  # the solve runs in the prior's precision
+    y = images.to(device=device, dtype=dtype)  # (B, C', H', W')
     B, (_, H, W) = y.shape[0], shape
     lam = float(config.lam if config.lam is not None else prior.defaults.get("lam", DEFAULT_LAMBDA))
     kind = config.fidelity
@@ -204,7 +208,7 @@ def invert(
         feats = disc.features(from_unit(physics.A_dagger(ax, shape)))[-config.dfeat_layers :]
         return losses.feature_l1(feats, feats_y)
 
-    def terms(x: torch.Tensor, ax: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None) -> dict:
+    def terms(x: torch.Tensor, ax: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         res = losses.pixel_residual(y, ax, kind)  # (B, 1, H', W')
         t = {"fidelity": losses.masked_fidelity(res, mask, kind)}
         if mask is not None:
@@ -257,6 +261,9 @@ def invert(
     for step in range(T):
         if theta_start is not None and step == theta_start:
             theta = gen.personalise(B)
+            if mask is not None and isinstance(config, RRGIConfig) and config.freeze_mask:
+                with torch.no_grad():  # frozen mask = its support: fine-tune G on trusted pixels only
+                    mask.copy_((mask > 0.5).to(mask.dtype))
             for k, (names, lr, start) in enumerate(stages):
                 g = _Group(f"theta{k}", [theta[n] for n in names], lr, start, T)
                 groups.append(g)
@@ -284,16 +291,17 @@ def invert(
         res = losses.pixel_residual(y, ax, kind)  # (B, 1, H', W')
         m = lift(mask.detach() if mask is not None else anomaly.closed_form_mask(res, lam, kind))
         observed = physics.observed(shape, device=device)  # (1|B, 1, H, W)
-        phi = 1.0 - observed * (1.0 - m)
+        phi = 1.0 - observed * (1.0 - lift(anomaly.reliance(res, lam, kind)))
         restored = ((1.0 - phi) * physics.A_dagger(y, shape) + phi * x).clamp(0.0, 1.0)
         amap = lift(anomaly.anomaly_map(res, lam, kind, config.map_sigma))
-        score = anomaly.image_score(amap, config.score_topk)
+        score = anomaly.image_score(amap, config.score_topk, config.score_sigma)
 
     diagnostics = _diagnostics(final, history, init_loss, T, config.converge_tol)
     out = images.device
     return InversionResult(
-        restored=restored.to(out), mask=m.to(out), phi=phi.to(out), anomaly_map=amap.to(out),
-        score=score.to(out), generated=x.to(out), latent=z.detach().to(out), diagnostics=diagnostics,
+        restored=restored.to(out, images.dtype), mask=m.to(out, images.dtype), phi=phi.to(out, images.dtype),
+        anomaly_map=amap.to(out, images.dtype), score=score.to(out, images.dtype),
+        generated=x.to(out, images.dtype), latent=z.detach().to(out, images.dtype), diagnostics=diagnostics,
     )
 
 

@@ -65,9 +65,10 @@ class Prior:
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
-    def to(self, device: str | torch.device) -> Prior:
-        self.generator.to(device)
-        self.discriminator.to(device)
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Prior:
+        """Move both nets (in place) to a device and/or floating dtype; returns self."""
+        self.generator.to(device=device, dtype=dtype)
+        self.discriminator.to(device=device, dtype=dtype)
         return self
 
 

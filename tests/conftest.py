@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny random prior and images it can generate exactly."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from rgi_core.models import ArchSpec, random_prior  # noqa: E402
+from rgi_core.models.nets import to_unit  # noqa: E402
+
+TINY = ArchSpec(resolution=32, channels=1, latent_dim=32, width=16, max_channels=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_prior():
+    """A fixed random 32x32 grayscale generator (its range is known exactly: G(z))."""
+    return random_prior(TINY, seed=0)
+
+
+def generate(prior, n: int, seed: int) -> torch.Tensor:
+    """n images x = G(z*) in [0, 1], z* ~ N(0, I) seeded. (n, C, H, W)"""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, *prior.generator.latent_shape()), generator=g)
+    with torch.no_grad():
+        return to_unit(prior.generator(z))
+
+
+def gross_flip(x: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scattered gross corruption: a random ``fraction`` of pixels set to the far end (0 or 1)."""
+    g = torch.Generator().manual_seed(seed)
+    corrupt = torch.rand(x.shape, generator=g) < fraction  # (B, 1, H, W) for grayscale
+    y = x.clone()
+    y[corrupt] = torch.where(x[corrupt] > 0.5, 0.0, 1.0)
+    return y, corrupt
