@@ -72,15 +72,26 @@ class Prior:
         return self
 
 
-def bake_spectral_norm(module: nn.Module) -> nn.Module:
-    """Replace spectral-norm parametrisations by the normalised weight they compute (in place)."""
+def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with every parametrised tensor (e.g. spectral norm) replaced by the value it computes.
+
+    Loads into the same architecture built without the parametrisation; ``module`` is not modified
+    (removing parametrisations from a deepcopy would also break the original, which shares its class).
+    """
     from torch.nn.utils import parametrize
 
-    for sub in module.modules():
-        if parametrize.is_parametrized(sub):
-            for name in list(sub.parametrizations.keys()):
-                parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
-    return module
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for mname, sub in module.named_modules():
+            if "parametrizations" in mname.split("."):
+                continue
+            prefix = f"{mname}." if mname else ""
+            if parametrize.is_parametrized(sub):
+                for pname in sub.parametrizations.keys():
+                    out[prefix + pname] = getattr(sub, pname).detach().cpu().contiguous()
+            for n, t in [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]:
+                out[prefix + n] = t.detach().cpu().contiguous()
+    return out
 
 
 def prior_bytes(
@@ -92,13 +103,10 @@ def prior_bytes(
     defaults: dict[str, Any] | None = None,
 ) -> bytes:
     """Serialise a prior to safetensors bytes (spectral norm baked into the weights)."""
-    import copy
-
     from rgi_core import __version__
 
-    d = bake_spectral_norm(copy.deepcopy(discriminator).cpu())
-    tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    tensors |= {f"discriminator.{k}": v.detach().cpu().contiguous() for k, v in d.state_dict().items()}
+    tensors = {f"generator.{k}": v for k, v in plain_state_dict(generator).items()}
+    tensors |= {f"discriminator.{k}": v for k, v in plain_state_dict(discriminator).items()}
     meta = {
         "format": FORMAT_VERSION,
         "name": name,

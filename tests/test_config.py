@@ -1,0 +1,53 @@
+"""Configs: frozen, typed, serialisable into run parameters, with validated values."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from rgi_core.config import CONFIGS, DGPConfig, RRGIConfig, config_from_dict, make_config
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_round_trip_through_json(method):
+    cfg = make_config(method, iterations=7, lam=0.3)
+    again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.method == method
+    assert again.config_hash() == cfg.config_hash()
+
+
+def test_hash_changes_with_results_but_not_with_device():
+    cfg = make_config("rgi")
+    assert cfg.config_hash() != cfg.replace(lam=0.2).config_hash()
+    assert cfg.config_hash() != make_config("rrgi").config_hash()
+    assert cfg.config_hash() == cfg.replace(device="cpu").config_hash()
+
+
+def test_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        make_config("rgi").lam = 1.0  # type: ignore[misc]
+
+
+def test_paper_defaults():
+    assert make_config("rgi").lr_z == 0.1 and make_config("rgi").iterations == 2000
+    assert RRGIConfig().lr_theta == 1e-5
+    assert DGPConfig().latent_reg == 0.02 and DGPConfig().n_init == 500
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown method 'xyz'"):
+        make_config("xyz")
+    with pytest.raises(ValueError, match="no field"):
+        make_config("mse", lr_mask=0.1)
+    with pytest.raises(ValueError, match="iterations"):
+        make_config("rgi", iterations=-1)
+    with pytest.raises(ValueError, match="finetune_from"):
+        make_config("rrgi", finetune_from=2.0)
+    with pytest.raises(ValueError, match="fidelity"):
+        make_config("rgi", fidelity="l3")
+
+
+def test_none_overrides_keep_defaults():
+    assert make_config("rgi", lam=None, iterations=None) == make_config("rgi")
