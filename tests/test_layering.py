@@ -15,7 +15,8 @@ def test_core_never_imports_prefect():
         for p in Path(rgi_core.__file__).parent.rglob("*.py")
         if p.name != "__init__.py"
     )
-    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
+    probe = "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + probe
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
     assert len(modules) >= 8

@@ -32,7 +32,8 @@ def _nets(spec: ArchSpec = TINY, spectral: bool = True) -> tuple[Generator, Disc
 )
 def test_round_trip_reproduces_both_nets(tmp_path, spec):
     g, d = _nets(spec)
-    path = save_prior(tmp_path / "p.safetensors", g, d, training={"data": "unit test", "steps": 3}, defaults={"lam": 0.3})
+    training = {"data": "unit test", "steps": 3}
+    path = save_prior(tmp_path / "p.safetensors", g, d, training=training, defaults={"lam": 0.3})
     prior = load_prior(path, device="cpu")
     z = torch.randn(2, *g.latent_shape())
     x = torch.rand(2, spec.channels, spec.resolution, spec.resolution) * 2 - 1
