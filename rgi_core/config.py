@@ -157,7 +157,6 @@ class DGPConfig(InversionConfig):
     method: ClassVar[str] = "dgp"
 
     n_init: int = 500
-    init_std: float = 1.0
     latent_reg: float = 0.02
     iterations: int = 1000
     dfeat_weight: float = 1.0
