@@ -71,19 +71,23 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, kw.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
 
+def mask_threshold(lam: float, kind: Fidelity = "l2") -> float:
+    """The residual e above which the closed-form mask is positive: lam / 2 (L2) or lam (L1); > 0."""
+    return (lam / 2.0 if kind == "l2" else lam) or 1e-12
+
+
 def anomaly_map(
-    residual: torch.Tensor, lam: float, kind: Fidelity = "l2", sigma: float = 1.0
+    residual: torch.Tensor, lam: float, kind: Fidelity = "l2", sigma: float = 0.0
 ) -> torch.Tensor:
     """Soft anomaly map in [0, 1), 0.5 at the mask threshold. residual (B, 1, H, W) -> (B, 1, H, W)."""
     e = gaussian_blur(residual, sigma)
-    half = (lam / 2.0 if kind == "l2" else lam) or 1e-12
-    return e / (e + half)
+    return e / (e + mask_threshold(lam, kind))
 
 
 def reliance(residual: torch.Tensor, lam: float, kind: Fidelity = "l2", sharpness: float = 4.0) -> torch.Tensor:
     """BIGPrior phi in [0, 1]: :math:`e^k / (e^k + t^k)`, t the mask threshold. (B, 1, H, W) -> (B, 1, H, W)."""
-    t = (lam / 2.0 if kind == "l2" else lam) or 1e-12
-    return torch.sigmoid(sharpness * (torch.log(residual.clamp_min(1e-12)) - torch.log(torch.tensor(t))))
+    log_t = math.log(mask_threshold(lam, kind))
+    return torch.sigmoid(sharpness * (torch.log(residual.clamp_min(1e-12)) - log_t))
 
 
 def image_score(amap: torch.Tensor, topk: float = 0.01, sigma: float = 1.0) -> torch.Tensor:

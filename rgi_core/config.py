@@ -75,8 +75,6 @@ class InversionConfig:
             raise ValueError(f"fidelity must be 'l2' or 'l1', got {self.fidelity!r}")
         if not 0.0 < self.score_topk <= 1.0:
             raise ValueError(f"score_topk must be in (0, 1], got {self.score_topk}")
-        if not 0.0 <= getattr(self, "finetune_from", 0.0) <= 1.0:
-            raise ValueError(f"finetune_from must be in [0, 1], got {self.finetune_from}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form, including ``method``; round-trips through :func:`config_from_dict`."""
@@ -114,7 +112,6 @@ class RGIConfig(InversionConfig):
     adv_weight: float = 0.0
 
 
-
 @dataclass(frozen=True)
 class RRGIConfig(RGIConfig):
     """Relaxed RGI: RGI, then per-image fine-tuning of the generator weights.
@@ -135,6 +132,11 @@ class RRGIConfig(RGIConfig):
     lr_theta: float = 1e-5
     finetune_from: float = 0.5
     freeze_mask: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.finetune_from <= 1.0:
+            raise ValueError(f"finetune_from must be in [0, 1], got {self.finetune_from}")
 
 
 @dataclass(frozen=True)

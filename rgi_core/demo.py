@@ -12,7 +12,7 @@ import torch
 
 from rgi_core import metrics
 from rgi_core.config import make_config
-from rgi_core.models import ArchSpec, random_prior
+from rgi_core.models import ArchSpec, Prior, random_prior
 from rgi_core.models.nets import to_unit
 from rgi_core.solvers import invert
 
@@ -29,9 +29,8 @@ class DemoRow:
     seconds: float
 
 
-def demo_images(n: int = 6, seed: int = 1) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def demo_images(prior: Prior, n: int = 6, seed: int = 1) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Clean images x = G(z*) and two corruptions: {name: (clean, corrupted, true mask)}."""
-    prior = random_prior(DEMO_SPEC, seed=0)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         x = to_unit(prior.generator(torch.randn((n, DEMO_SPEC.latent_dim), generator=g)))  # (n, 1, 32, 32)
@@ -46,7 +45,7 @@ def run_demo(methods: tuple[str, ...] = ("mse", "rgi", "rrgi"), iterations: int 
     """Invert every corruption with every method; one row per (method, corruption), medians over images."""
     prior = random_prior(DEMO_SPEC, seed=0)
     rows = []
-    for name, (x, y, truth) in demo_images().items():
+    for name, (x, y, truth) in demo_images(prior).items():
         for method in methods:
             t0 = time.perf_counter()
             r = invert(y, prior, make_config(method, iterations=iterations, n_init=500, lam=0.1))

@@ -9,10 +9,9 @@ import torch
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from rgi_core.models import ArchSpec, random_prior  # noqa: E402
+from rgi_core.demo import DEMO_SPEC as TINY  # noqa: E402  the demo's tiny 32x32 grayscale architecture
+from rgi_core.models import random_prior  # noqa: E402
 from rgi_core.models.nets import to_unit  # noqa: E402
-
-TINY = ArchSpec(resolution=32, channels=1, latent_dim=32, width=16, max_channels=64)
 
 
 @pytest.fixture(scope="session")
