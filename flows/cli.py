@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -31,6 +32,75 @@ def _cmd_priors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_prior(args: argparse.Namespace) -> int:
+    import torch
+
+    from rgi_core.io.images import read_images
+    from rgi_core.models.nets import ArchSpec
+    from rgi_core.training import TrainConfig, train_prior
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    records, errors = read_images(args.images, channels=args.channels)
+    for e in errors:
+        print(f"rgi: warning: skipped {e}", file=sys.stderr)
+    if not records:
+        raise ValueError(f"no decodable images under {args.images}")
+    arch = ArchSpec(resolution=args.resolution, channels=args.channels, latent_dim=args.latent_dim,
+                    latent_mode=args.latent_mode, width=args.width, max_channels=args.max_channels)
+    cfg = TrainConfig(arch=arch, steps=args.steps, batch_size=args.batch_size, crop=args.crop, flip=args.flip,
+                      seed=args.seed, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+                      device=args.device)
+    out = Path(args.out)
+    work = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + ".train")
+    data = {"source": args.images, "images": len(records), "skipped": len(errors)}
+    if args.data_note:
+        data["description"] = args.data_note
+    print(f"training {arch} on {len(records)} images for {args.steps} steps; state and samples in {work}",
+          file=sys.stderr, flush=True)
+
+    def progress(step: int, total: int, losses: dict[str, float]) -> None:
+        print(f"step {step}/{total}  d_real {losses['d_real']:.3f}  d_fake {losses['d_fake']:.3f}  "
+              f"g {losses['g']:.3f}  {losses['seconds']:.0f}s", file=sys.stderr, flush=True)
+
+    path = train_prior([r.pixels for r in records], cfg, work, out=out, name=args.name or out.stem,
+                       data_description=data, progress=progress, log_every=args.log_every)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
+    import json
+
+    from rgi_core.calibration import CalibrationConfig, calibrate
+    from rgi_core.io.images import read_images
+    from rgi_core.models import load_prior, update_metadata
+    from rgi_core.training import ImageSampler
+
+    prior = load_prior(args.prior, device=args.device)
+    records, errors = read_images(args.images, channels=prior.spec.channels)
+    for e in errors:
+        print(f"rgi: warning: skipped {e}", file=sys.stderr)
+    if not records:
+        raise ValueError(f"no decodable images under {args.images}")
+    sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, args.seed)
+    clean = sampler.sample(args.images_n)  # (N, C, R, R)
+    cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, seed=args.seed)
+    defaults = calibrate(prior, clean, cfg)
+    defaults["calibration"]["source"] = args.images
+    meta = update_metadata(args.prior, defaults=defaults)
+    print(json.dumps(meta["defaults"], indent=2))
+    return 0
+
+
+def _cmd_export_dataset(args: argparse.Namespace) -> int:
+    from rgi_core.io import builtin
+
+    paths = builtin.export(args.name, args.split, args.out_dir)
+    print(f"wrote {len(paths)} images to {args.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgi", description="Clean image datasets with robust GAN inversion.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -39,6 +109,49 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
     pr = sub.add_parser("priors", help="list the priors shipped with this installation")
     pr.set_defaults(func=_cmd_priors)
+
+    t = sub.add_parser("train-prior", help="train a prior (GAN) on clean images; resumes an interrupted run")
+    t.add_argument("images", help="folder, file or fsspec URL (s3://...) of clean png/jpg/webp/tiff images")
+    t.add_argument("--out", required=True, help="prior file to write (.safetensors)")
+    t.add_argument("--resolution", type=int, default=64, choices=(32, 64, 128))
+    t.add_argument("--channels", type=int, default=1, choices=(1, 3))
+    t.add_argument("--steps", type=int, default=20000)
+    t.add_argument("--latent-dim", type=int, default=128)
+    t.add_argument("--latent-mode", choices=("global", "spatial"), default="global",
+                   help="spatial: fully convolutional G with a latent grid (textures)")
+    t.add_argument("--width", type=int, default=32, help="channels of the last generator block")
+    t.add_argument("--max-channels", type=int, default=256)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--crop", choices=("auto", "random", "resize"), default="auto",
+                   help="random crops of large images or whole images resized (auto: crop if >= 2x resolution)")
+    t.add_argument("--flip", action="store_true", help="random horizontal flips")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--sample-every", type=int, default=1000)
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--work-dir", help="training state and sample grids (default: OUT without suffix + .train)")
+    t.add_argument("--name", help="prior name in metadata (default: OUT's file stem)")
+    t.add_argument("--data-note", help="what the images are (stored in the prior's metadata)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    t.set_defaults(func=_cmd_train_prior)
+
+    c = sub.add_parser("calibrate-prior",
+                       help="pick lam and the score threshold from clean images; store them in the prior")
+    c.add_argument("prior", help="local prior file (.safetensors), rewritten in place with new defaults")
+    c.add_argument("images", help="clean images of the prior's domain (its training split), folder or URL")
+    c.add_argument("--images-n", type=int, default=64, help="clean crops/images to calibrate on (default 64)")
+    c.add_argument("--quantile", type=float, default=0.995, help="clean-residual quantile that sets the mask threshold")
+    c.add_argument("--iterations", type=int, default=1000)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
+    c.set_defaults(func=_cmd_calibrate_prior)
+
+    e = sub.add_parser("export-dataset", help="write a built-in dataset split (brick, grass, gravel, digits) as PNGs")
+    e.add_argument("name", choices=("brick", "grass", "gravel", "digits"))
+    e.add_argument("out_dir")
+    e.add_argument("--split", choices=("train", "eval"), default="train")
+    e.set_defaults(func=_cmd_export_dataset)
     return p
 
 

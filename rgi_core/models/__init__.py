@@ -9,6 +9,7 @@ from rgi_core.models.checkpoint import (
     read_metadata,
     save_prior,
     shipped_priors,
+    update_metadata,
 )
 from rgi_core.models.nets import ArchSpec, Discriminator, Generator, from_unit, to_unit
 
@@ -26,4 +27,5 @@ __all__ = [
     "save_prior",
     "shipped_priors",
     "to_unit",
+    "update_metadata",
 ]

@@ -122,13 +122,28 @@ def prior_bytes(
 def save_prior(path: str | Path, generator: Generator, discriminator: Discriminator, **meta: Any) -> Path:
     """Write a prior file atomically (temp file + rename). ``meta``: name, training, defaults."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta.setdefault("name", path.stem)
-    data = prior_bytes(generator, discriminator, **meta)
+    _write_atomic(path, prior_bytes(generator, discriminator, **meta))
+    return path
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
-    return path
+
+
+def update_metadata(path: str | Path, **updates: Any) -> dict[str, Any]:
+    """Rewrite a local prior file with metadata fields replaced (e.g. ``defaults=...``); tensors unchanged.
+
+    Written atomically; returns the new metadata document.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    meta = read_metadata(data) | updates
+    _write_atomic(path, st_save(st_load(data), metadata={"rgi": json.dumps(meta, sort_keys=True)}))
+    return meta
 
 
 def read_metadata(data: bytes) -> dict[str, Any]:
@@ -220,12 +235,27 @@ def random_prior(spec: ArchSpec, seed: int = 0, name: str = "random") -> Prior:
     """
     torch.manual_seed(seed)
     g, d = Generator(spec), Discriminator(spec)
-    g.train()
-    with torch.no_grad():
-        for m in g.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = None  # cumulative average over the calibration passes
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(4):
-            g(torch.randn((64, *g.latent_shape()), generator=gen))
+    calibrate_batchnorm(g, seed=seed)
     return load_prior_bytes(prior_bytes(g, d, name=name), name=name, device="cpu")
+
+
+@torch.no_grad()
+def calibrate_batchnorm(g: Generator, seed: int = 0, batches: int = 4, batch_size: int = 64) -> Generator:
+    """Re-estimate G's BatchNorm running statistics from forward passes on seeded N(0, I) latents.
+
+    Used for untrained generators and for EMA-averaged weights, whose statistics the raw generator's
+    running averages do not describe. Leaves ``g`` in eval mode; returns it.
+    """
+    device = next(g.parameters()).device
+    for m in g.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration passes
+    g.train()
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        g(torch.randn((batch_size, *g.latent_shape()), generator=gen).to(device))
+    for m in g.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return g.eval()

@@ -1,0 +1,1 @@
+"""Image and dataset I/O (pure Python + fsspec; no prefect)."""

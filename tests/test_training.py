@@ -1,0 +1,124 @@
+"""Prior training: seeded, resumable, writes a loadable prior; the CLI path; calibration of defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flows.cli import main
+from rgi_core.calibration import CalibrationConfig, calibrate
+from rgi_core.io.images import encode_png
+from rgi_core.models import load_prior, read_metadata, save_prior, update_metadata
+from rgi_core.models.nets import ArchSpec
+from rgi_core.training import ImageSampler, TrainConfig, train_prior
+
+ARCH = ArchSpec(resolution=16, channels=1, latent_dim=8, width=8, max_channels=16)
+
+
+def _images(n: int = 6, size: int = 16, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random((1, size, size), dtype=np.float32) for _ in range(n)]
+
+
+def _cfg(steps: int, **kw) -> TrainConfig:
+    return TrainConfig(arch=ARCH, steps=steps, batch_size=4, sample_every=2, checkpoint_every=2, **kw)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_same_seed_same_weights(tmp_path):
+    a = train_prior(_images(), _cfg(3), tmp_path / "a")
+    b = train_prior(_images(), _cfg(3), tmp_path / "b")
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train_prior(_images(), _cfg(3, seed=1), tmp_path / "c")
+    assert not all(torch.equal(wa[k], _weights(c)[k]) for k in wa)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    straight = train_prior(_images(), _cfg(4), tmp_path / "straight")
+    train_prior(_images(), _cfg(2), tmp_path / "resumed")  # stops at a checkpoint
+    resumed = train_prior(_images(), _cfg(4), tmp_path / "resumed")
+    ws, wr = _weights(straight), _weights(resumed)
+    assert all(torch.equal(ws[k], wr[k]) for k in ws)
+    meta = read_metadata(resumed.read_bytes())
+    assert meta["training"]["steps"] == 4 and meta["architecture"]["resolution"] == 16
+    samples = sorted(p.name for p in (tmp_path / "resumed" / "samples").iterdir())
+    assert samples == ["step-000002.png", "step-000004.png"]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    train_prior(_images(), _cfg(2), tmp_path / "w")
+    with pytest.raises(ValueError, match="different settings"):
+        train_prior(_images(), TrainConfig(arch=ARCH, steps=4, batch_size=8), tmp_path / "w")
+
+
+def test_trained_prior_loads_and_generates(tmp_path):
+    path = train_prior(_images(), _cfg(2), tmp_path / "w", out=tmp_path / "p.safetensors", name="tiny",
+                       data_description={"source": "random"})
+    prior = load_prior(path, device="cpu")
+    assert prior.name == "tiny" and prior.meta["training"]["data"] == {"source": "random"}
+    with torch.no_grad():
+        x = prior.generator(torch.randn(3, 8))
+    assert x.shape == (3, 1, 16, 16) and torch.isfinite(x).all()
+
+
+def test_sampler_crops_large_images_and_resizes_small_ones():
+    big = np.zeros((1, 40, 50), np.float32)
+    big[:, :, 25:] = 1.0
+    s = ImageSampler([big], 16, "auto", False, seed=0)
+    batch = s.sample(32)
+    assert batch.shape == (32, 1, 16, 16)
+    assert {float(b.mean()) for b in batch} != {batch[0].mean().item()}  # different crop positions
+    small = ImageSampler([np.full((1, 20, 24), 0.5, np.float32)], 16, "auto", False, seed=0)
+    assert small.sample(2).shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="smaller"):
+        ImageSampler([np.zeros((1, 8, 8), np.float32)], 16, "random", False, seed=0)
+    with pytest.raises(ValueError, match="no training images"):
+        ImageSampler([], 16, "auto", False, seed=0)
+
+
+def test_wrong_channels_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="expected"):
+        train_prior([np.zeros((3, 16, 16), np.float32)], _cfg(1), tmp_path)
+
+
+def test_cli_train_prior_from_folder(tmp_path, capsys):
+    data = tmp_path / "clean"
+    data.mkdir()
+    for i, im in enumerate(_images(4)):
+        (data / f"{i}.png").write_bytes(encode_png(im))
+    (data / "corrupt.png").write_bytes(b"garbage")
+    out = tmp_path / "mine.safetensors"
+    rc = main(["train-prior", str(data), "--out", str(out), "--resolution", "32", "--latent-dim", "8",
+               "--width", "8", "--max-channels", "16", "--batch-size", "4", "--steps", "2", "--log-every", "1"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "corrupt.png" in err and "step 2/2" in err
+    meta = read_metadata(out.read_bytes())
+    assert meta["training"]["data"]["images"] == 4 and meta["training"]["data"]["skipped"] == 1
+    assert (tmp_path / "mine.train" / "state.safetensors").exists()
+    assert main(["train-prior", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_calibration_keeps_clean_images_unmasked(tiny_prior, tmp_path):
+    from conftest import generate
+
+    clean = generate(tiny_prior, 8, seed=3) * 0.9 + 0.05  # slightly off the range: residuals are not 0
+    defaults = calibrate(tiny_prior, clean, CalibrationConfig(iterations=80, n_init=20, rounds=2))
+    assert defaults["lam"] > 0 and len(defaults["calibration"]["lam_rounds"]) == 2
+    assert defaults["calibration"]["clean_mask_fraction"] <= 0.02
+    # Stored defaults are what invert uses when the config leaves lam unset.
+    path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator)
+    before = load_prior(path, device="cpu")
+    update_metadata(path, defaults=defaults)
+    after = load_prior(path, device="cpu")
+    assert after.defaults["lam"] == pytest.approx(defaults["lam"])
+    for k, v in before.generator.state_dict().items():  # tensors untouched
+        assert torch.equal(v, after.generator.state_dict()[k])
