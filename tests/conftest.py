@@ -15,6 +15,15 @@ from rgi_core.models.nets import to_unit  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API (temporary local server + SQLite) for tests that run flows; started once."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
 def tiny_prior():
     """A fixed random 32x32 grayscale generator (its range is known exactly: G(z))."""
     return random_prior(TINY, seed=0)
