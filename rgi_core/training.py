@@ -344,19 +344,33 @@ def train_prior(
             _write_samples(ema, fixed_z, work / "samples" / f"step-{st.step:06d}.png", cfg.seed)
         if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
             _save_state(state_path, st, cfg, sampler.gen, z_rng)
-    # The shipped generator: EMA weights with BatchNorm statistics re-estimated for them.
+    training = {"data": data_description or {}, "device": str(device), "torch_threads": torch.get_num_threads(),
+                "n_images": len(sampler)}
+    return _export(st, cfg, out_path, name or out_path.stem, training)
+
+
+def _export(st: _State, cfg: TrainConfig, out: Path, name: str, training: dict[str, Any]) -> Path:
+    """Write the shipped prior: EMA weights with BatchNorm statistics re-estimated for them."""
     final = Generator(cfg.arch)
-    final.load_state_dict(ema.state_dict())
+    final.load_state_dict(st.ema.state_dict())
     calibrate_batchnorm(final, seed=cfg.seed)
-    training = {
-        "data": data_description or {},
-        **cfg.recipe(),
-        "seconds": round(st.seconds, 1),
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "n_images": len(sampler),
-    }
-    return save_prior(out_path, final.cpu(), d.cpu(), name=name or out_path.stem, training=training)
+    training = {**training, **cfg.recipe(), "steps": st.step, "seconds": round(st.seconds, 1)}
+    return save_prior(out, final.cpu(), st.d.cpu(), name=name, training=training)
+
+
+def export_checkpoint(work_dir: str | Path, out: str | Path, name: str | None = None) -> Path:
+    """Write a prior from a training run's last checkpoint (e.g. to inspect a run that is still going)."""
+    state_path = Path(work_dir) / STATE_FILE
+    if not state_path.exists():
+        raise FileNotFoundError(f"no training state at {state_path}")
+    from safetensors import safe_open
+
+    with safe_open(str(state_path), "pt") as f:
+        cfg = TrainConfig.from_dict(json.loads(f.metadata()["config"]))
+    st = _new_state(cfg, torch.device("cpu"))
+    _restore(state_path, st, cfg, torch.Generator(), torch.Generator())
+    out = Path(out)
+    return _export(st, cfg, out, name or out.stem, {"data": {"checkpoint_of": str(work_dir)}})
 
 
 @torch.no_grad()

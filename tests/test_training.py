@@ -11,7 +11,7 @@ from rgi_core.calibration import CalibrationConfig, calibrate
 from rgi_core.io.images import encode_png
 from rgi_core.models import load_prior, read_metadata, save_prior, update_metadata
 from rgi_core.models.nets import ArchSpec
-from rgi_core.training import ImageSampler, TrainConfig, train_prior
+from rgi_core.training import ImageSampler, TrainConfig, export_checkpoint, train_prior
 
 ARCH = ArchSpec(resolution=16, channels=1, latent_dim=8, width=8, max_channels=16)
 
@@ -51,6 +51,16 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert meta["training"]["steps"] == 4 and meta["architecture"]["resolution"] == 16
     samples = sorted(p.name for p in (tmp_path / "resumed" / "samples").iterdir())
     assert samples == ["step-000002.png", "step-000004.png"]
+
+
+def test_export_checkpoint_matches_the_finished_prior(tmp_path):
+    done = train_prior(_images(), _cfg(2), tmp_path / "w")
+    snap = export_checkpoint(tmp_path / "w", tmp_path / "snap.safetensors")
+    wd, ws = _weights(done), _weights(snap)
+    assert all(torch.equal(wd[k], ws[k]) for k in wd)
+    assert read_metadata(snap.read_bytes())["training"]["steps"] == 2
+    with pytest.raises(FileNotFoundError):
+        export_checkpoint(tmp_path / "nowhere", tmp_path / "x.safetensors")
 
 
 def test_resume_refuses_other_settings(tmp_path):
