@@ -368,7 +368,11 @@ def export_checkpoint(work_dir: str | Path, out: str | Path, name: str | None = 
     with safe_open(str(state_path), "pt") as f:
         cfg = TrainConfig.from_dict(json.loads(f.metadata()["config"]))
     st = _new_state(cfg, torch.device("cpu"))
-    _restore(state_path, st, cfg, torch.Generator(), torch.Generator())
+    rng = torch.get_rng_state()
+    try:
+        _restore(state_path, st, cfg, torch.Generator(), torch.Generator())
+    finally:
+        torch.set_rng_state(rng)  # exporting must not disturb the caller's global RNG
     out = Path(out)
     return _export(st, cfg, out, name or out.stem, {"data": {"checkpoint_of": str(work_dir)}})
 

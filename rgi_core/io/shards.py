@@ -1,0 +1,177 @@
+"""Image shards on any fsspec filesystem: folders of image files, WebDataset tars, Parquet files.
+
+A *source* is a URL or path: a folder/prefix, or one shard file. :func:`list_shards` turns it into
+shards, :func:`iter_items` streams one shard's images as raw bytes with their metadata, so memory stays
+bounded by one item (tar, image files) or one Parquet row group, however large the source.
+
+- ``images``: every image file directly in one folder is one shard (sub-folders are shards of their own).
+- ``tar``: the WebDataset convention: members sharing a key (``a/b/0001.png``, ``a/b/0001.json``) form
+  one sample; the image member is the item, a ``.json`` side file becomes its metadata.
+- ``parquet``: one row per image, the bytes in ``image_column`` and an id in ``id_column``.
+
+Item URIs are stable and unique: ``file URI`` for image files, ``tarURI#member`` for tar members and
+``parquetURI#id`` for Parquet rows.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import fsspec
+
+from rgi_core.io.images import IMAGE_EXTENSIONS
+
+ShardKind = Literal["images", "tar", "parquet"]
+
+
+@dataclass(frozen=True)
+class Shard:
+    uri: str
+    kind: ShardKind
+    files: tuple[str, ...] = ()  # for ``images`` shards: the member files' URIs
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to clean: raw bytes (or the error met while reading them) and where they came from."""
+
+    uri: str
+    shard_uri: str
+    data: bytes = b""
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+def _fs(source: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(source)
+
+
+def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
+
+
+def _kind(path: str) -> ShardKind | None:
+    low = path.lower()
+    if low.endswith(".tar"):
+        return "tar"
+    if low.endswith(".parquet"):
+        return "parquet"
+    if low.endswith(IMAGE_EXTENSIONS):
+        return "images"
+    return None
+
+
+def list_shards(source: str) -> list[Shard]:
+    """The shards under ``source`` (sorted, deterministic). Raises FileNotFoundError if it does not exist."""
+    fs, path = _fs(source)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such source: {source}")
+    if not fs.isdir(path):
+        kind = _kind(path)
+        if kind is None:
+            raise ValueError(f"{source}: not an image, .tar or .parquet file")
+        uri = _uri(fs, path)
+        return [Shard(uri, kind, (uri,) if kind == "images" else ())]
+    shards: list[Shard] = []
+    loose: dict[str, list[str]] = {}
+    for p in sorted(fs.find(path)):
+        kind = _kind(p)
+        if kind == "images":
+            loose.setdefault(posixpath.dirname(p), []).append(_uri(fs, p))
+        elif kind is not None:
+            shards.append(Shard(_uri(fs, p), kind))
+    shards += [Shard(_uri(fs, d), "images", tuple(files)) for d, files in loose.items()]
+    return sorted(shards, key=lambda s: s.uri)
+
+
+def iter_items(shard: Shard, image_column: str = "image", id_column: str = "id") -> Iterator[Item]:
+    """Stream a shard's images. Unreadable entries come out as items with ``error`` set, never silently lost.
+
+    A shard that cannot be opened at all (missing, truncated tar, not Parquet) raises ``OSError`` /
+    ``ValueError``; the caller records that as a shard error.
+    """
+    if shard.kind == "images":
+        for uri in shard.files:
+            try:
+                with fsspec.open(uri, "rb") as f:
+                    yield Item(uri, shard.uri, f.read())
+            except OSError as exc:
+                yield Item(uri, shard.uri, error=f"cannot read: {exc}")
+    elif shard.kind == "tar":
+        yield from _iter_tar(shard)
+    else:
+        yield from _iter_parquet(shard, image_column, id_column)
+
+
+def _iter_tar(shard: Shard) -> Iterator[Item]:
+    # Members of one WebDataset sample are adjacent; hold back images until their key changes so a
+    # .json side file written after the image still attaches to it.
+    pending: dict[str, tuple[str, bytes]] = {}
+    metas: dict[str, dict[str, Any]] = {}
+
+    def flush(keep: str | None) -> Iterator[Item]:
+        for key in [k for k in pending if k != keep]:
+            name, data = pending.pop(key)
+            yield Item(f"{shard.uri}#{name}", shard.uri, data, metas.pop(key, {}))
+        for key in [k for k in metas if k != keep]:
+            metas.pop(key)
+
+    with fsspec.open(shard.uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = _split_key(member.name)
+            yield from flush(keep=key)
+            reader = tar.extractfile(member)
+            data = reader.read() if reader is not None else b""
+            if ext == ".json":
+                try:
+                    metas[key] = json.loads(data)
+                except ValueError:
+                    metas[key] = {"json_error": "side file is not valid JSON"}
+            elif ext in IMAGE_EXTENSIONS:
+                pending[key] = (member.name, data)
+        yield from flush(keep=None)
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset key and extension: ``dir/0001.seg.png`` -> (``dir/0001``, ``.png``)."""
+    head, base = posixpath.split(name)
+    stem = base.split(".", 1)[0]
+    ext = posixpath.splitext(base)[1].lower()
+    return posixpath.join(head, stem), ext
+
+
+def _iter_parquet(shard: Shard, image_column: str, id_column: str) -> Iterator[Item]:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(shard.uri, "rb") as f:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+        for col in (image_column, id_column):
+            if col not in names:
+                raise ValueError(f"{shard.uri}: no column {col!r} (columns: {names})")
+        extra = [c for c in names if c not in (image_column, id_column)]
+        for batch in pf.iter_batches(batch_size=64):
+            cols = batch.to_pydict()
+            for i, data in enumerate(cols[image_column]):
+                ident = cols[id_column][i]
+                meta = {c: cols[c][i] for c in extra if _jsonable(cols[c][i])}
+                if not isinstance(data, bytes | bytearray) or not data:
+                    yield Item(f"{shard.uri}#{ident}", shard.uri, meta=meta, error="empty or non-binary image cell")
+                else:
+                    yield Item(f"{shard.uri}#{ident}", shard.uri, bytes(data), meta)
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return True
