@@ -1,0 +1,67 @@
+"""The catalog is plain hive-partitioned Parquet: pyarrow, pandas and DuckDB read it without rgi."""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from rgi_core.catalog import IMAGE_SCHEMA, Catalog, utcnow
+
+
+def _row(i: int, method: str = "rgi", config: str = "c1", status: str = "ok") -> dict:
+    return {"image_key": f"k{i}", "source_uri": f"s3://b/img{i}.png", "shard_uri": "s3://b", "width": 64,
+            "height": 48, "channels": 1, "method": method, "prior": "brick-64", "prior_id": "p1",
+            "config_hash": config, "run_id": "r1", "status": status, "error": "" if status == "ok" else "boom",
+            "anomaly_score": 0.1 * i if status == "ok" else None, "is_anomalous": i > 2, "mask_fraction": 0.01,
+            "converged": True, "seconds": 0.5, "device": "cpu", "meta_json": "{}", "created_at": utcnow()}
+
+
+def test_round_trip_and_third_party_readers(tmp_path):
+    cat = Catalog(str(tmp_path / "cat"))
+    assert cat.read_images().num_rows == 0 and cat.done_uris("c1", "p1") == set()
+    cat.write_images([_row(i) for i in range(3)] + [_row(9, method="mse", config="c2")], run_id="r1", seq=0)
+    cat.write_images([_row(3, status="error")], run_id="r1", seq=1)
+    t = cat.read_images()
+    assert t.num_rows == 5 and set(IMAGE_SCHEMA.names) <= set(t.column_names) and "method" in t.column_names
+    assert cat.done_uris("c1", "p1") == {f"s3://b/img{i}.png" for i in range(4)}
+    assert cat.done_uris("c2", "p1") == {"s3://b/img9.png"} and cat.done_uris("c1", "other") == set()
+    root = tmp_path / "cat" / "images"
+    pdf = pd.read_parquet(root)
+    assert len(pdf) == 5 and set(pdf["method"].astype(str)) == {"rgi", "mse"}
+    assert len(pq.read_table(root)) == 5
+    n, = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{root}/**/*.parquet', hive_partitioning=true) "
+                    "WHERE method = 'rgi' AND status = 'ok'").fetchone()
+    assert n == 3
+    assert not [p for p in (tmp_path / "cat").rglob("*") if p.name.startswith(".")], "no temp files left"
+
+
+def test_runs_table_and_outputs(tmp_path):
+    cat = Catalog(str(tmp_path / "cat"))
+    uri = cat.write_output(cat.output_path("c1", "k0", "mask"), b"\x89PNG fake")
+    assert uri.endswith("outputs/c1/k0/mask.png") and (tmp_path / "cat/outputs/c1/k0/mask.png").exists()
+    cat.write_run({"run_id": "r1", "source": "s3://b", "method": "rgi", "images_ok": 3, "started_at": utcnow(),
+                   "ended_at": utcnow()})
+    assert cat.read_runs().to_pylist()[0]["images_ok"] == 3
+
+
+def test_fsspec_catalog_uses_object_uris():
+    cat = Catalog("memory://cat-test")
+    cat.write_images([_row(0)], run_id="r1", seq=0)
+    assert cat.uri(cat.path("x")).startswith("memory://")
+    assert cat.read_images().num_rows == 1
+
+
+def test_unknown_columns_are_dropped_missing_ones_null(tmp_path):
+    cat = Catalog(str(tmp_path))
+    row = _row(0) | {"surprise": 1}
+    del row["mask_fraction"]
+    cat.write_images([row], run_id="r", seq=0)
+    got = cat.read_images().to_pylist()[0]
+    assert "surprise" not in got and got["mask_fraction"] is None
+
+
+def test_write_rejects_bad_types(tmp_path):
+    with pytest.raises((TypeError, ValueError)):  # pyarrow's ArrowInvalid/ArrowTypeError subclass these
+        Catalog(str(tmp_path)).write_images([_row(0) | {"width": "wide"}], run_id="r", seq=0)
