@@ -59,6 +59,54 @@ def decode_image(data: bytes, channels: int, name: str = "<bytes>") -> np.ndarra
     return np.ascontiguousarray(arr)
 
 
+@dataclass(frozen=True)
+class NativeImage:
+    """An image as stored: pixels (C, H, W) float32 in [0, 1] with C = 1 or 3, optional alpha (1, H, W),
+    and the bit depth (8 or 16) to write outputs back in the same mode."""
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    bits: int
+
+    @property
+    def channels(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+def decode_native(data: bytes, name: str = "<bytes>") -> NativeImage:
+    """Decode keeping the stored mode: gray stays 1 channel, colour 3 (+ alpha kept aside), 16-bit noted."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            mode = im.mode
+            alpha = None
+            if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (PIL reads 16-bit PNGs as "I")
+                return NativeImage(decode_image(data, 1, name), None, 16)
+            if "A" in mode or (mode == "P" and "transparency" in im.info):
+                rgba = np.asarray(im.convert("RGBA" if mode not in ("LA", "La") else "LA"), dtype=np.float32)
+                alpha = rgba[..., -1][None] / 255.0
+            gray = mode in ("1", "L", "LA", "La", "F")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"{name}: cannot decode image ({exc})") from exc
+    return NativeImage(decode_image(data, 1 if gray else 3, name), alpha, 8)
+
+
+def encode_png_native(pixels: np.ndarray, like: NativeImage) -> bytes:
+    """(C, H, W) float in [0, 1] -> PNG in the mode of ``like`` (8/16-bit, alpha re-attached)."""
+    from PIL import Image
+
+    arr = np.clip(np.asarray(pixels, dtype=np.float64), 0.0, 1.0)
+    buf = io.BytesIO()
+    if like.bits == 16:
+        Image.fromarray(np.rint(arr[0] * 65535.0).astype(np.uint16)).save(buf, format="PNG")
+        return buf.getvalue()
+    if like.alpha is not None:
+        arr = np.concatenate([arr, like.alpha.astype(np.float64)], axis=0)
+    return encode_png(arr)
+
+
 def encode_png(pixels: np.ndarray) -> bytes:
     """(C, H, W) or (H, W) float array in [0, 1] -> 8-bit PNG bytes."""
     from PIL import Image
