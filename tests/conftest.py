@@ -24,6 +24,42 @@ def prefect_api():
 
 
 @pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 protocol server (moto) on 127.0.0.1; s3fs reaches it through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint):
+    """An s3fs filesystem on the moto server with an empty bucket ``rgi-test``."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = s3fs.S3FileSystem()
+    if fs.exists("rgi-test"):
+        fs.rm("rgi-test", recursive=True)
+    fs.mkdir("rgi-test")
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
 def tiny_prior():
     """A fixed random 32x32 grayscale generator (its range is known exactly: G(z))."""
     return random_prior(TINY, seed=0)
