@@ -93,6 +93,43 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from flows.clean import CleanOptions, clean_dataset
+
+    opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
+                        n_init=args.n_init, fit="tile" if args.tile else "resize", device=args.device,
+                        seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column)
+    out = clean_dataset(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
+    print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
+          f"in the catalog; {out['images_per_second']:.2f} images/s; config {out['config_hash']}")
+    if out["top"]:
+        print("\ntop anomalies:")
+        print(f"{'score':>8}  source")
+        for r in out["top"]:
+            print(f"{r['anomaly_score']:8.3f}  {r['source_uri']}")
+    if out["report_uri"]:
+        print(f"\nreport: {out['report_uri']}")
+    return 1 if out["images_ok"] == 0 and out["images_error"] > 0 else 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from rgi_core.query import query
+
+    try:
+        df = query(args.catalog, args.sql)
+    except duckdb.Error as exc:
+        raise ValueError(f"query failed: {exc}") from exc
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+    elif args.format == "json":
+        print(df.to_json(orient="records", date_format="iso"))
+    else:
+        print(df.to_string(index=False) if len(df) else "(no rows)")
+    return 0
+
+
 def _cmd_export_dataset(args: argparse.Namespace) -> int:
     from rgi_core.io import builtin
 
@@ -146,6 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto")
     c.set_defaults(func=_cmd_calibrate_prior)
+
+    cl = sub.add_parser("clean", help="clean every image under SOURCE into a Parquet catalog (a Prefect flow)")
+    cl.add_argument("source", help="folder, tar/Parquet shard or prefix; local path or fsspec URL (s3://...)")
+    cl.add_argument("--catalog", required=True, help="catalog root (local path or fsspec URL)")
+    cl.add_argument("--prior", default="brick-64", help="shipped prior name, path or URL (default brick-64)")
+    cl.add_argument("--method", choices=("rgi", "rrgi", "mse", "dgp"), default="rgi")
+    cl.add_argument("--batch-size", type=int, default=16)
+    cl.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: the method's)")
+    cl.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: the prior's)")
+    cl.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
+    cl.add_argument("--tile", action="store_true", help="tile images larger than the prior instead of resizing")
+    cl.add_argument("--device", default="auto")
+    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--force", action="store_true", help="recompute images already in the catalog")
+    cl.add_argument("--image-column", default="image", help="Parquet shards: column with image bytes")
+    cl.add_argument("--id-column", default="id", help="Parquet shards: column with the image id")
+    cl.set_defaults(func=_cmd_clean)
+
+    q = sub.add_parser("query", help="run SQL on a catalog (views: images, runs)")
+    q.add_argument("sql")
+    q.add_argument("--catalog", required=True)
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.set_defaults(func=_cmd_query)
 
     e = sub.add_parser("export-dataset", help="write a built-in dataset split (brick, grass, gravel, digits) as PNGs")
     e.add_argument("name", choices=("brick", "grass", "gravel", "digits"))

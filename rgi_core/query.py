@@ -1,0 +1,38 @@
+"""SQL over a catalog with DuckDB: views ``images`` and ``runs`` on the Parquet files, any fsspec root.
+
+Object-store catalogs are read through the fsspec filesystem registered with DuckDB, so no DuckDB
+extension download is needed (``INSTALL httpfs`` needs the internet).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rgi_core.catalog import Catalog
+
+
+def connect(catalog: str) -> Any:
+    """A DuckDB connection with views ``images`` and ``runs`` over ``catalog`` (empty views if none yet)."""
+    import duckdb
+
+    cat = Catalog(catalog)
+    con = duckdb.connect()
+    prefix = ""
+    if not cat.local:
+        con.register_filesystem(cat.fs)
+        prefix = cat.fs.protocol if isinstance(cat.fs.protocol, str) else cat.fs.protocol[0]
+        prefix += "://"
+    for view, empty in (("images", cat.read_images().schema), ("runs", cat.read_runs().schema)):
+        if cat.fs.exists(cat.path(view)) and any(p.endswith(".parquet") for p in cat.fs.find(cat.path(view))):
+            glob = f"{prefix}{cat.path(view)}/**/*.parquet"
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{glob}', hive_partitioning=true, "
+                        "union_by_name=true)")
+        else:
+            con.register(f"_{view}_empty", empty.empty_table())
+            con.execute(f"CREATE VIEW {view} AS SELECT * FROM _{view}_empty")
+    return con
+
+
+def query(catalog: str, sql: str) -> Any:
+    """Run ``sql`` against the catalog's views; returns a pandas DataFrame."""
+    return connect(catalog).execute(sql).df()
