@@ -8,12 +8,16 @@ from pathlib import Path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from rgi_core.demo import format_table, run_demo
+    if args.core:
+        from rgi_core.demo import format_table, run_demo
 
-    print("rgi demo: a random 32x32 generator, 6 images it can make exactly, two gross corruptions.")
-    print("Restored PSNR and mask IoU are medians over the images; higher is better.\n", flush=True)
-    print(format_table(run_demo(iterations=args.iterations)))
-    return 0
+        print("rgi demo --core: a random 32x32 generator, 6 images it can make exactly, two gross corruptions.")
+        print("Restored PSNR and mask IoU are medians over the images; higher is better.\n", flush=True)
+        print(format_table(run_demo(iterations=args.iterations or 600)))
+        return 0
+    from flows.demo import run
+
+    return run(out_dir=args.out_dir, texture=args.texture, n=args.images, iterations=args.iterations or 600)
 
 
 def _cmd_priors(args: argparse.Namespace) -> int:
@@ -141,8 +145,12 @@ def _cmd_export_dataset(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgi", description="Clean image datasets with robust GAN inversion.")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the built-in example and print a result table")
-    d.add_argument("--iterations", type=int, default=600, help="optimisation steps per method (default 600)")
+    d = sub.add_parser("demo", help="the cleaning pipeline end to end on a local S3 server, offline")
+    d.add_argument("--iterations", type=int, default=None, help="optimisation steps (default 600)")
+    d.add_argument("--texture", choices=("brick", "grass", "gravel"), default="brick")
+    d.add_argument("--images", type=int, default=24, help="images in the demo dataset")
+    d.add_argument("--out-dir", default="demo-output", help="where the report PNG is copied")
+    d.add_argument("--core", action="store_true", help="instead: the inversion core alone on a random generator")
     d.set_defaults(func=_cmd_demo)
     pr = sub.add_parser("priors", help="list the priors shipped with this installation")
     pr.set_defaults(func=_cmd_priors)

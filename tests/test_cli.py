@@ -9,7 +9,7 @@ from flows.cli import main
 
 
 def test_demo_table_shows_rgi_beating_mse(capsys):
-    assert main(["demo", "--iterations", "300"]) == 0
+    assert main(["demo", "--core", "--iterations", "300"]) == 0
     out = capsys.readouterr().out
     rows = {}
     for line in out.splitlines():
