@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_batch
-from rgi_core.config import InversionConfig, make_config
+from rgi_core.config import InversionConfig, config_for_prior
 from rgi_core.io.shards import Item, Shard, iter_items, list_shards
 from rgi_core.models import Prior, load_prior
 from rgi_core.report import report_grid, thumbnail_png
@@ -47,13 +47,14 @@ class CleanOptions(BaseModel):
     max_in_flight: int = Field(2, ge=1, description="micro-batches submitted ahead of the slowest one")
     top_k: int = Field(8, ge=0, description="anomalies shown in the report")
 
-    def inversion_config(self) -> InversionConfig:
-        return make_config(self.method, iterations=self.iterations, lam=self.lam, n_init=self.n_init,
-                           seed=self.seed, device=self.device)
+    def inversion_config(self, prior: Prior) -> InversionConfig:
+        """The solver config: these options over the prior's calibrated defaults over the paper's."""
+        return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=self.lam,
+                                n_init=self.n_init, seed=self.seed, device=self.device)
 
     def config_hash(self, prior: Prior) -> str:
-        """Identifies results: the solver settings (with the prior's calibrated lam resolved) and ``fit``."""
-        cfg = self.inversion_config()
+        """Identifies results: the resolved solver settings and ``fit``."""
+        cfg = self.inversion_config(prior)
         if cfg.lam is None:
             cfg = cfg.replace(lam=prior.defaults.get("lam"))
         return hashlib.sha256(f"{cfg.config_hash()}|{self.fit}".encode()).hexdigest()[:16]
@@ -72,7 +73,7 @@ def read_done(catalog: str, config_hash: str, prior_id: str) -> set[str]:
 @task(name="invert-batch", tags=["gpu"], cache_policy=NONE)
 def invert_batch(items: list[Item], prior: Prior, options: CleanOptions) -> list[Outcome]:
     readable = [i for i in items if not i.error]
-    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, options.inversion_config(), options.fit))
+    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, options.inversion_config(prior), options.fit))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]
 
 

@@ -185,6 +185,19 @@ def make_config(method: str, **overrides: Any) -> InversionConfig:
     return cls(**{k: v for k, v in overrides.items() if v is not None})
 
 
+#: Prior-metadata ``defaults`` that a config takes over when the caller leaves them unset.
+PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk")
+
+
+def config_for_prior(method: str, prior_defaults: dict[str, Any], **overrides: Any) -> InversionConfig:
+    """``make_config`` with the prior's calibrated defaults (:data:`PRIOR_DEFAULT_FIELDS`) under the overrides.
+
+    Precedence: explicit overrides (not ``None``) > the prior's metadata > the method's paper defaults.
+    """
+    base = {k: prior_defaults[k] for k in PRIOR_DEFAULT_FIELDS if prior_defaults.get(k) is not None}
+    return make_config(method, **(base | {k: v for k, v in overrides.items() if v is not None}))
+
+
 def config_from_dict(d: dict[str, Any]) -> InversionConfig:
     """Inverse of :meth:`InversionConfig.to_dict`."""
     d = dict(d)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from rgi_core import metrics
-from rgi_core.config import make_config
+from rgi_core.config import config_for_prior
 from rgi_core.defects import TEXTURE_DEFECTS, apply_defect
 from rgi_core.io import builtin
 from rgi_core.models.checkpoint import Prior
@@ -88,7 +88,7 @@ def evaluate(prior: Prior, data: EvalSet, methods: tuple[str, ...] = ("mse", "rg
     out = []
     bad = data.labels
     for method in methods:
-        cfg = make_config(method, **overrides)
+        cfg = config_for_prior(method, prior.defaults, **overrides)
         t0 = time.perf_counter()
         res = invert(data.corrupted, prior, cfg)
         secs = (time.perf_counter() - t0) / len(data.corrupted)

@@ -51,3 +51,14 @@ def test_errors_name_the_problem():
 
 def test_none_overrides_keep_defaults():
     assert make_config("rgi", lam=None, iterations=None) == make_config("rgi")
+
+
+def test_prior_defaults_sit_between_paper_defaults_and_overrides():
+    from rgi_core.config import config_for_prior
+
+    meta = {"lam": 0.02, "map_sigma": 1.0, "score_threshold": 0.4, "calibration": {"images": 8}}
+    cfg = config_for_prior("rgi", meta)
+    assert cfg.lam == 0.02 and cfg.map_sigma == 1.0 and cfg.iterations == 2000
+    cfg = config_for_prior("rrgi", meta, lam=0.3, map_sigma=None, iterations=50)
+    assert cfg.lam == 0.3 and cfg.map_sigma == 1.0 and cfg.iterations == 50
+    assert config_for_prior("mse", {}).map_sigma == 0.0
