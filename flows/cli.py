@@ -82,6 +82,11 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     from rgi_core.training import ImageSampler
 
     prior = load_prior(args.prior, device=args.device)
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        if not value:
+            raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
+        prior.meta.setdefault("defaults", {})[key] = json.loads(value)
     records, errors = read_images(args.images, channels=prior.spec.channels)
     for e in errors:
         print(f"rgi: warning: skipped {e}", file=sys.stderr)
@@ -190,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--iterations", type=int, default=1000)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="also store this default (JSON value), e.g. map_sigma=1.0; applied before calibrating")
     c.set_defaults(func=_cmd_calibrate_prior)
 
     cl = sub.add_parser("clean", help="clean every image under SOURCE into a Parquet catalog (a Prefect flow)")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from rgi_core import losses
-from rgi_core.config import DEFAULT_LAMBDA, RGIConfig
+from rgi_core.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
 from rgi_core.models.checkpoint import Prior
 from rgi_core.solvers import invert
 
@@ -55,11 +55,18 @@ class CalibrationConfig:
             raise ValueError("rounds must be >= 1")
 
 
+def _rgi(prior: Prior, lam: float, cfg: CalibrationConfig) -> InversionConfig:
+    """RGI with the prior's other defaults (e.g. map smoothing, so score thresholds match later runs)."""
+    return config_for_prior("rgi", prior.defaults, lam=lam, iterations=cfg.iterations, n_init=cfg.n_init,
+                            seed=cfg.seed)
+
+
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
-    Returns the ``defaults`` document to store in the prior's metadata, with a ``calibration`` record of
-    how it was obtained (images, quantiles, per-round lam, clean mask fraction).
+    Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
+    (e.g. ``map_sigma``) with ``lam`` and ``score_threshold`` replaced, and a ``calibration`` record of how
+    they were obtained (images, quantiles, per-round lam, clean mask fraction).
     """
     cfg = cfg or CalibrationConfig()
     if clean.ndim != 4 or clean.shape[0] < 2:
@@ -68,15 +75,15 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     history = []
     result = None
     for _ in range(cfg.rounds):
-        rgi = RGIConfig(lam=lam, iterations=cfg.iterations, n_init=cfg.n_init, seed=cfg.seed)
-        result = invert(clean, prior, rgi)
+        result = invert(clean, prior, _rgi(prior, lam, cfg))
         e = losses.pixel_residual(clean.to(result.generated), result.generated).flatten()  # (N*H*W,)
         lam = 2.0 * float(torch.quantile(e.double(), cfg.quantile))
         history.append(lam)
     assert result is not None
-    final = invert(clean, prior, RGIConfig(lam=lam, iterations=cfg.iterations, n_init=cfg.n_init, seed=cfg.seed))
+    final = invert(clean, prior, _rgi(prior, lam, cfg))
     scores = final.score.double()
     return {
+        **{k: v for k, v in prior.defaults.items() if k != "calibration"},
         "lam": lam,
         "score_threshold": float(torch.quantile(scores, cfg.score_quantile)),
         "calibration": {

@@ -132,3 +132,20 @@ def test_calibration_keeps_clean_images_unmasked(tiny_prior, tmp_path):
     assert after.defaults["lam"] == pytest.approx(defaults["lam"])
     for k, v in before.generator.state_dict().items():  # tensors untouched
         assert torch.equal(v, after.generator.state_dict()[k])
+
+
+def test_cli_calibrate_prior_stores_defaults(tiny_prior, tmp_path, capsys):
+    from conftest import generate
+
+    path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator)
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for i, x in enumerate(generate(tiny_prior, 4, seed=2)):
+        (clean / f"{i}.png").write_bytes(encode_png(x.numpy()))
+    rc = main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "20",
+               "--set", "map_sigma=1.0"])
+    assert rc == 0
+    defaults = read_metadata(path.read_bytes())["defaults"]
+    assert defaults["map_sigma"] == 1.0 and defaults["lam"] > 0 and "score_threshold" in defaults
+    assert defaults["calibration"]["source"] == str(clean)
+    assert main(["calibrate-prior", str(path), str(clean), "--set", "oops"]) == 2
