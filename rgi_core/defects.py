@@ -8,7 +8,7 @@ Texture defects (industrial-inspection style): ``scratch`` (thin line), ``blob``
 ``stain`` (soft-edged ellipse that shifts intensity), ``dead_pixels`` (a cluster of stuck pixels),
 ``patch`` (a rectangle pasted from another image, e.g. another texture: pass ``donor``).
 Digit corruptions (the RGI paper's gross corruption): ``salt_pepper`` (a fraction of pixels set to 0
-or 1), ``block`` (one rectangle of constant value), ``scribble`` (a thick random polyline).
+or 1), ``block`` (one rectangle of pixels pushed to the far end), ``scribble`` (a thick random polyline).
 
 Gross values are chosen to contrast with the image: dark where the image is bright and vice versa,
 plus a little noise, so a defect is a real change of the pixel and not a no-op on pixels that already
@@ -140,7 +140,11 @@ def salt_pepper(
 
 
 def block(x: torch.Tensor, gen: torch.Generator, fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One rectangle covering ``fraction`` (default 10-25 %) of the image, filled with 0 or 1 (random)."""
+    """One rectangle covering ``fraction`` (default 10-25 %) of the image, each pixel pushed to the far end.
+
+    Like ``salt_pepper`` but contiguous: every pixel in the block becomes 1 if it was <= 0.5, else 0, so the
+    whole block is grossly corrupted (a constant fill would leave pixels that already had that value intact).
+    """
     c, h, w = x.shape
     frac = _u(gen, 0.10, 0.25) if fraction is None else fraction
     aspect = _u(gen, 0.6, 1.6)
@@ -149,8 +153,8 @@ def block(x: torch.Tensor, gen: torch.Generator, fraction: float | None = None) 
     y0, x0 = int(torch.randint(h - bh + 1, (), generator=gen)), int(torch.randint(w - bw + 1, (), generator=gen))
     mask = torch.zeros((1, h, w), dtype=torch.bool)
     mask[:, y0 : y0 + bh, x0 : x0 + bw] = True
-    value = float(torch.rand((), generator=gen) < 0.5)
-    return torch.where(mask, torch.full_like(x, value), x), mask
+    far = (x.mean(0, keepdim=True) <= 0.5).to(x.dtype).expand(c, h, w)
+    return torch.where(mask, far, x), mask
 
 
 def scribble(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
