@@ -1,0 +1,156 @@
+"""P2: end-to-end ``clean-dataset`` throughput from a local S3 server vs the bare batched kernel; peak memory.
+
+Both paths clean the same images with the same config and batch size, in one run:
+- kernel: images already decoded in memory, ``invert`` on batches (no I/O, no Prefect);
+- flow: tar shards on a moto S3 server -> ``clean_dataset`` (Prefect) -> S3 Parquet catalog + PNG outputs.
+The ratio flow / kernel is the figure of merit (target >= 85 %).
+
+``--memory`` instead runs the flow in child processes on 1k and 10k images (1 iteration, cheap) and reports
+each child's peak RSS: streaming should keep the growth under 200 MB.
+
+Usage:
+    python benchmarks/bench_pipeline.py [--images 512] [--iterations 50] [--batch-size 32]
+    python benchmarks/bench_pipeline.py --memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tarfile
+import time
+
+import torch
+
+BUCKET = "rgi-bench"
+
+
+def _shards(n: int, per_shard: int = 128) -> list[bytes]:
+    from rgi_core.io import builtin
+    from rgi_core.io.images import encode_png
+
+    region = torch.from_numpy(builtin.texture("brick", "train"))
+    gen = torch.Generator().manual_seed(0)
+    shards, buf, tar = [], None, None
+    for i in range(n):
+        if i % per_shard == 0:
+            if tar is not None:
+                tar.close()
+                shards.append(buf.getvalue())
+            buf = io.BytesIO()
+            tar = tarfile.open(fileobj=buf, mode="w")
+        y, x = (int(torch.randint(s - 64 + 1, (), generator=gen)) for s in region.shape[1:])
+        png = encode_png(region[:, y : y + 64, x : x + 64].numpy())
+        info = tarfile.TarInfo(f"{i:06d}.png")
+        info.size = len(png)
+        tar.addfile(info, io.BytesIO(png))
+    tar.close()
+    shards.append(buf.getvalue())
+    return shards
+
+
+def _moto():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    return server
+
+
+def _upload(n: int) -> str:
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    for k, data in enumerate(_shards(n)):
+        fs.pipe(f"{BUCKET}/shards-{n}/shard-{k:04d}.tar", data)
+    return f"s3://{BUCKET}/shards-{n}"
+
+
+def throughput(n: int, iterations: int, batch_size: int, n_init: int) -> None:
+    from flows.clean import CleanOptions, clean_dataset
+    from rgi_core.io.images import decode_image
+    from rgi_core.io.shards import iter_items, list_shards
+    from rgi_core.models import load_prior
+    from rgi_core.solvers import invert
+
+    server = _moto()
+    try:
+        source = _upload(n)
+        opts = CleanOptions(iterations=iterations, n_init=n_init, batch_size=batch_size)
+        prior = load_prior("brick-64")
+        cfg = opts.inversion_config(prior)
+        images = torch.stack([torch.from_numpy(decode_image(i.data, 1)) for s in list_shards(source)
+                              for i in iter_items(s)])  # (n, 1, 64, 64)
+        invert(images[:2], prior, cfg.replace(iterations=2))  # warm-up
+        t0 = time.perf_counter()
+        for k in range(0, n, batch_size):
+            invert(images[k : k + batch_size], prior, cfg)
+        kernel = n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = clean_dataset(source=source, catalog=f"s3://{BUCKET}/catalog-{n}", prior="brick-64", options=opts)
+        flow = n / (time.perf_counter() - t0)
+        assert out["images_ok"] == n, out
+        print(f"P2 {n} images, iterations={iterations}, batch={batch_size}: kernel {kernel:.2f} img/s | "
+              f"flow from S3 {flow:.2f} img/s | flow/kernel {100 * flow / kernel:.1f} %", flush=True)
+    finally:
+        server.stop()
+
+
+def _child(n: int) -> None:
+    from flows.clean import CleanOptions, clean_dataset
+
+    server = _moto()
+    try:
+        source = _upload(n)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = clean_dataset(source=source, catalog=f"s3://{BUCKET}/catalog-{n}", prior="brick-64",
+                            options=CleanOptions(iterations=1, n_init=1, batch_size=64))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"images": n, "ok": out["images_ok"], "rss_before_flow_mb": base / 1024,
+                          "peak_rss_mb": peak / 1024}))
+    finally:
+        server.stop()
+
+
+def memory() -> None:
+    res = {}
+    for n in (1000, 10000):
+        p = subprocess.run([sys.executable, __file__, "--child", str(n)], capture_output=True, text=True, check=True)
+        res[n] = json.loads(p.stdout.strip().splitlines()[-1])
+        print(f"P2 memory {n} images: peak RSS {res[n]['peak_rss_mb']:.0f} MB "
+              f"({res[n]['ok']} cleaned)", flush=True)
+    print(f"P2 memory growth 1k -> 10k images: {res[10000]['peak_rss_mb'] - res[1000]['peak_rss_mb']:.0f} MB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--iterations", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--n-init", type=int, default=64)
+    ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.child)
+        return
+    print(f"# {platform.machine()}, torch {torch.__version__}, threads={torch.get_num_threads()}")
+    if args.memory:
+        memory()
+    else:
+        throughput(args.images, args.iterations, args.batch_size, args.n_init)
+
+
+if __name__ == "__main__":
+    main()
