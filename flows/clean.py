@@ -38,7 +38,9 @@ class CleanOptions(BaseModel):
     iterations: int | None = Field(None, ge=0, description="optimisation steps (None: the method's default)")
     lam: float | None = Field(None, ge=0, description="mask sparsity weight (None: the prior's calibrated value)")
     n_init: int | None = Field(None, ge=1, description="best-of-N latent candidates (None: method default)")
-    fit: Literal["resize", "tile"] = "resize"
+    fit: Literal["auto", "resize", "tile"] = Field(
+        "auto", description="images not of the prior's size: resize, or tile; auto = the prior's default "
+        "(metadata defaults.fit; resize when absent)")
     device: str = "auto"
     seed: int = 0
     force: bool = Field(False, description="recompute images the catalog already has for this config")
@@ -52,12 +54,15 @@ class CleanOptions(BaseModel):
         return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=self.lam,
                                 n_init=self.n_init, seed=self.seed, device=self.device)
 
+    def resolved_fit(self, prior: Prior) -> Literal["resize", "tile"]:
+        return prior.defaults.get("fit", "resize") if self.fit == "auto" else self.fit  # type: ignore[return-value]
+
     def config_hash(self, prior: Prior) -> str:
         """Identifies results: the resolved solver settings and ``fit``."""
         cfg = self.inversion_config(prior)
         if cfg.lam is None:
             cfg = cfg.replace(lam=prior.defaults.get("lam"))
-        return hashlib.sha256(f"{cfg.config_hash()}|{self.fit}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{cfg.config_hash()}|{self.resolved_fit(prior)}".encode()).hexdigest()[:16]
 
 
 @task(name="list-shards", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)
@@ -73,7 +78,8 @@ def read_done(catalog: str, config_hash: str, prior_id: str) -> set[str]:
 @task(name="invert-batch", tags=["gpu"], cache_policy=NONE)
 def invert_batch(items: list[Item], prior: Prior, options: CleanOptions) -> list[Outcome]:
     readable = [i for i in items if not i.error]
-    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, options.inversion_config(prior), options.fit))
+    cfg, fit = options.inversion_config(prior), options.resolved_fit(prior)
+    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, cfg, fit))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]
 
 

@@ -27,12 +27,15 @@ def _cmd_priors(args: argparse.Namespace) -> int:
     if not priors:
         print("no priors shipped with this installation; load your own with --prior PATH_OR_URL")
         return 0
-    print(f"{'name':<14} {'size':>9} {'ch':>3} {'latent':>8}  training data")
+    print(f"{'name':<12} {'size':>7} {'ch':>3} {'latent':>8} {'steps':>6} {'lam':>7}  training data")
     for name, path in sorted(priors.items()):
         meta = read_metadata(path.read_bytes())
-        a = meta["architecture"]
-        data = meta.get("training", {}).get("data", "")
-        print(f"{name:<14} {a['resolution']:>4}x{a['resolution']:<4} {a['channels']:>3} {a['latent_mode']:>8}  {data}")
+        a, t = meta["architecture"], meta.get("training", {})
+        data = t.get("data", {})
+        note = data.get("description", data.get("source", "")) if isinstance(data, dict) else str(data)
+        lam = meta.get("defaults", {}).get("lam")
+        print(f"{name:<12} {a['resolution']:>3}x{a['resolution']:<3} {a['channels']:>3} {a['latent_mode']:>8} "
+              f"{t.get('steps', ''):>6} {'' if lam is None else f'{lam:.4f}':>7}  {note}")
     return 0
 
 
@@ -106,7 +109,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     from flows.clean import CleanOptions, clean_dataset
 
     opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
-                        n_init=args.n_init, fit="tile" if args.tile else "resize", device=args.device,
+                        n_init=args.n_init, fit=args.fit, device=args.device,
                         seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column)
     out = clean_dataset(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
@@ -208,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: the method's)")
     cl.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: the prior's)")
     cl.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
-    cl.add_argument("--tile", action="store_true", help="tile images larger than the prior instead of resizing")
+    fit = cl.add_mutually_exclusive_group()
+    fit.add_argument("--tile", dest="fit", action="store_const", const="tile",
+                     help="cut images into prior-size tiles (keeps the scale; texture priors default to this)")
+    fit.add_argument("--resize", dest="fit", action="store_const", const="resize",
+                     help="resize images to the prior's size (default unless the prior says tile)")
+    cl.set_defaults(fit="auto")
     cl.add_argument("--device", default="auto")
     cl.add_argument("--seed", type=int, default=0)
     cl.add_argument("--force", action="store_true", help="recompute images already in the catalog")

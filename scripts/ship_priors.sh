@@ -13,7 +13,7 @@ pids=()
 for name in brick grass gravel; do
   cp "$OUT/$name-64.safetensors" "$OUT/ship/$name-64.safetensors"
   $RGI calibrate-prior "$OUT/ship/$name-64.safetensors" "$OUT/data/$name-train" --images-n 64 --iterations 1000 \
-    --set map_sigma=1.0 >"$OUT/ship/$name-64.calibration.json" &
+    --set map_sigma=1.0 --set fit=\"tile\" >"$OUT/ship/$name-64.calibration.json" &
   pids+=($!)
 done
 cp "$OUT/digits-32.safetensors" "$OUT/ship/digits-32.safetensors"

@@ -122,3 +122,14 @@ def test_flow_finds_corruption(prefect_api, tiny_prior, prior_file, tmp_path):
         ious.append((m & t).sum() / (m | t).sum())
     assert np.median(ious) >= 0.8, ious
     assert torch.tensor(images.mask_fraction.to_numpy()).median() == pytest.approx(0.1, abs=0.03)
+
+
+def test_pipeline_demo_end_to_end(prefect_api, tmp_path):
+    import os
+
+    from flows.demo import run
+
+    before = os.environ.get("AWS_ENDPOINT_URL")
+    assert run(out_dir=str(tmp_path / "demo"), n=6, iterations=30) == 0
+    assert (tmp_path / "demo" / "report.png").stat().st_size > 0
+    assert os.environ.get("AWS_ENDPOINT_URL") == before  # the demo's S3 endpoint does not leak

@@ -1,0 +1,49 @@
+"""The shipped priors: present, small, self-describing, calibrated, and listed by `rgi priors`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flows.cli import main
+from rgi_core.models import load_prior, read_metadata, shipped_priors
+
+SHIPPED = {"brick-64": (64, "spatial"), "grass-64": (64, "spatial"), "gravel-64": (64, "spatial"),
+           "digits-32": (32, "global")}
+
+
+def test_all_four_ship_and_are_small():
+    files = shipped_priors()
+    assert set(SHIPPED) <= set(files)
+    for name in SHIPPED:
+        assert files[name].stat().st_size <= 10 * 1024 * 1024
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_metadata_records_data_split_recipe_and_defaults(name):
+    meta = read_metadata(shipped_priors()[name].read_bytes())
+    res, mode = SHIPPED[name]
+    assert meta["architecture"]["resolution"] == res and meta["architecture"]["latent_mode"] == mode
+    t = meta["training"]
+    for key in ("recipe", "steps", "seed", "seconds", "batch_size"):
+        assert key in t, key
+    note = t["data"]["description"]
+    assert ("x < 384" in note and "x >= 384 held out" in note) if res == 64 else ("0..1499" in note)
+    d = meta["defaults"]
+    assert d["lam"] > 0 and d["score_threshold"] > 0 and "map_sigma" in d
+    assert d["calibration"]["images"] >= 32
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_loads_by_name_and_generates(name):
+    prior = load_prior(name, device="cpu")
+    res, _ = SHIPPED[name]
+    with torch.no_grad():
+        x = prior.generator(torch.randn(2, *prior.generator.latent_shape()))
+    assert x.shape == (2, 1, res, res) and torch.isfinite(x).all() and x.std() > 0.05
+
+
+def test_rgi_priors_lists_them(capsys):
+    assert main(["priors"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in SHIPPED)
