@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
         raise ValueError(f"no decodable images under {args.images}")
     sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, args.seed)
     clean = sampler.sample(args.images_n)  # (N, C, R, R)
-    cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, seed=args.seed)
+    cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, rounds=args.rounds, seed=args.seed)
     defaults = calibrate(prior, clean, cfg)
     defaults["calibration"]["source"] = args.images
     meta = update_metadata(args.prior, defaults=defaults)
@@ -193,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pick lam and the score threshold from clean images; store them in the prior")
     c.add_argument("prior", help="local prior file (.safetensors), rewritten in place with new defaults")
     c.add_argument("images", help="clean images of the prior's domain (its training split), folder or URL")
-    c.add_argument("--images-n", type=int, default=64, help="clean crops/images to calibrate on (default 64)")
+    c.add_argument("--images-n", type=int, default=32, help="clean crops/images to calibrate on (default 32)")
     c.add_argument("--quantile", type=float, default=0.995, help="clean-residual quantile that sets the mask threshold")
     c.add_argument("--iterations", type=int, default=1000)
+    c.add_argument("--rounds", type=int, default=3, help="fixed-point rounds of invert / re-estimate lam")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The ephemeral Prefect server's telemetry write races its own startup on SQLite ("database is locked").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -31,8 +31,8 @@ def report_grid(rows: list[dict[str, Any]], size: int = THUMB) -> bytes:
 
     def load(data: bytes) -> Image.Image:
         im = Image.open(io.BytesIO(data)).convert("RGB")
-        im.thumbnail((size, size))
-        return im
+        scale = size / max(im.size)  # fit the cell, enlarging small images (nearest: pixels stay visible)
+        return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.NEAREST)
 
     label_h = 14
     grid = Image.new("RGB", (3 * (size + 4) + 4, len(rows) * (size + label_h + 4) + 4), "white")

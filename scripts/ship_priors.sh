@@ -12,12 +12,12 @@ mkdir -p "$OUT/ship" rgi_core/priors
 pids=()
 for name in brick grass gravel; do
   cp "$OUT/$name-64.safetensors" "$OUT/ship/$name-64.safetensors"
-  $RGI calibrate-prior "$OUT/ship/$name-64.safetensors" "$OUT/data/$name-train" --images-n 64 --iterations 1000 \
+  $RGI calibrate-prior "$OUT/ship/$name-64.safetensors" "$OUT/data/$name-train" --images-n 32 --iterations 300 --rounds 2 \
     --set map_sigma=1.0 --set fit=\"tile\" >"$OUT/ship/$name-64.calibration.json" &
   pids+=($!)
 done
 cp "$OUT/digits-32.safetensors" "$OUT/ship/digits-32.safetensors"
-$RGI calibrate-prior "$OUT/ship/digits-32.safetensors" "$OUT/data/digits-train" --images-n 64 --iterations 1000 \
+$RGI calibrate-prior "$OUT/ship/digits-32.safetensors" "$OUT/data/digits-train" --images-n 32 --iterations 300 --rounds 2 \
   --set map_sigma=0.0 >"$OUT/ship/digits-32.calibration.json" &
 pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done
