@@ -16,14 +16,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
-import tarfile
 import time
 
 import torch
@@ -32,27 +30,18 @@ BUCKET = "rgi-bench"
 
 
 def _shards(n: int, per_shard: int = 128) -> list[bytes]:
+    """n random 64x64 brick training crops as PNGs in tar shards of ``per_shard``."""
     from rgi_core.io import builtin
     from rgi_core.io.images import encode_png
+    from rgi_core.io.shards import tar_bytes
 
     region = torch.from_numpy(builtin.texture("brick", "train"))
     gen = torch.Generator().manual_seed(0)
-    shards, buf, tar = [], None, None
+    members = []
     for i in range(n):
-        if i % per_shard == 0:
-            if tar is not None:
-                tar.close()
-                shards.append(buf.getvalue())
-            buf = io.BytesIO()
-            tar = tarfile.open(fileobj=buf, mode="w")
         y, x = (int(torch.randint(s - 64 + 1, (), generator=gen)) for s in region.shape[1:])
-        png = encode_png(region[:, y : y + 64, x : x + 64].numpy())
-        info = tarfile.TarInfo(f"{i:06d}.png")
-        info.size = len(png)
-        tar.addfile(info, io.BytesIO(png))
-    tar.close()
-    shards.append(buf.getvalue())
-    return shards
+        members.append((f"{i:06d}.png", encode_png(region[:, y : y + 64, x : x + 64].numpy())))
+    return [tar_bytes(members[k : k + per_shard]) for k in range(0, n, per_shard)]
 
 
 def _moto():

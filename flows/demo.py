@@ -11,10 +11,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from rgi_core import metrics
 from rgi_core.defects import TEXTURE_DEFECTS, apply_defect
 from rgi_core.io import builtin
 from rgi_core.io.images import encode_png
+from rgi_core.io.shards import tar_bytes
 
 BUCKET = "rgi-demo"
 
@@ -42,16 +41,6 @@ def demo_dataset(texture: str = "brick", n: int = 24, seed: int = 0) -> list[tup
             img, _ = apply_defect(img, kind, seed=seed * 1000 + i, **({"donor": donor} if kind == "patch" else {}))
         out.append((f"{i:04d}", encode_png(img.numpy()), kind))
     return out
-
-
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def run(out_dir: str = "demo-output", texture: str = "brick", n: int = 24, iterations: int = 600) -> int:
@@ -77,7 +66,7 @@ def run(out_dir: str = "demo-output", texture: str = "brick", n: int = 24, itera
         members = []
         for key, png, kind in data[:half]:
             members += [(f"{key}.png", png), (f"{key}.json", json.dumps({"defect": kind}).encode())]
-        fs.pipe(f"{BUCKET}/shards/shard-000.tar", _tar(members))
+        fs.pipe(f"{BUCKET}/shards/shard-000.tar", tar_bytes(members))
         for key, png, _ in data[half:]:
             fs.pipe(f"{BUCKET}/shards/images-001/{key}.png", png)
         print(f"demo: {len(data)} crops of {texture} ({sum(k != 'none' for *_, k in data)} with defects) on "

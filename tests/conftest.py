@@ -80,3 +80,15 @@ def gross_flip(x: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tenso
     y = x.clone()
     y[corrupt] = torch.where(x[corrupt] > 0.5, 0.0, 1.0)
     return y, corrupt
+
+
+def parquet_bytes(columns: dict) -> bytes:
+    """A Parquet file (bytes) with the given columns, e.g. an ``id`` + ``image`` shard."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table(columns), buf)
+    return buf.getvalue()

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import parquet_bytes
 
 from rgi_core.io.images import decode_image, encode_png
+from rgi_core.io.shards import tar_bytes
 from rgi_core.models import save_prior
 
 FAST = dict(iterations=20, n_init=8, batch_size=4)
-
-
-def _tar(members) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _parquet(rows: dict) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(pa.table(rows), buf)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +31,9 @@ def _dataset(tiny_prior) -> dict[str, bytes]:
     imgs = [encode_png(x.numpy()) for x in generate(tiny_prior, 7, seed=5)]
     return {
         "loose/a.png": imgs[0], "loose/b.png": imgs[1], "loose/c.png": b"not an image",
-        "shards/s-000.tar": _tar([("k1.png", imgs[2]), ("k1.json", json.dumps({"label": 1}).encode()),
+        "shards/s-000.tar": tar_bytes([("k1.png", imgs[2]), ("k1.json", json.dumps({"label": 1}).encode()),
                                   ("k2.png", imgs[3]), ("k3.png", imgs[4])]),
-        "shards/p-000.parquet": _parquet({"id": ["r1", "r2"], "image": [imgs[5], imgs[6]]}),
+        "shards/p-000.parquet": parquet_bytes({"id": ["r1", "r2"], "image": [imgs[5], imgs[6]]}),
     }
 
 

@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
 import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from conftest import parquet_bytes
 
 from rgi_core.io.images import decode_image, encode_png
-from rgi_core.io.shards import Shard, iter_items, list_shards
+from rgi_core.io.shards import Shard, iter_items, list_shards, tar_bytes
 
 
 def _png(v: int, size: int = 8) -> bytes:
     return encode_png(np.full((1, size, size), v / 255.0))
-
-
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _parquet(rows: dict) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(pa.table(rows), buf)
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -42,12 +24,12 @@ def source(tmp_path):
     (tmp_path / "loose" / "a.png").write_bytes(_png(10))
     (tmp_path / "loose" / "b.jpg").write_bytes(b"broken jpeg")
     (tmp_path / "loose" / "notes.txt").write_text("ignored")
-    (tmp_path / "s-000.tar").write_bytes(_tar([
+    (tmp_path / "s-000.tar").write_bytes(tar_bytes([
         ("0001.json", json.dumps({"label": "ok"}).encode()), ("0001.png", _png(20)),
         ("0002.png", _png(30)), ("0002.json", b"{not json"),
         ("0003.png", _png(40)),
     ]))
-    (tmp_path / "p-000.parquet").write_bytes(_parquet({
+    (tmp_path / "p-000.parquet").write_bytes(parquet_bytes({
         "id": ["x", "y"], "image": [_png(50), b""], "camera": ["c1", "c2"]}))
     return tmp_path
 

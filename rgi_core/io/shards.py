@@ -140,6 +140,19 @@ def _iter_tar(shard: Shard) -> Iterator[Item]:
         yield from flush(keep=None)
 
 
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """An uncompressed tar of ``(name, data)`` members, e.g. a WebDataset shard (``k.png``, ``k.json``, ...)."""
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
 def _split_key(name: str) -> tuple[str, str]:
     """WebDataset key and extension: ``dir/0001.seg.png`` -> (``dir/0001``, ``.png``)."""
     head, base = posixpath.split(name)
