@@ -59,9 +59,7 @@ class CleanOptions(BaseModel):
 
     def config_hash(self, prior: Prior) -> str:
         """Identifies results: the resolved solver settings and ``fit``."""
-        cfg = self.inversion_config(prior)
-        if cfg.lam is None:
-            cfg = cfg.replace(lam=prior.defaults.get("lam"))
+        cfg = self.inversion_config(prior)  # the prior's calibrated lam is already resolved here
         return hashlib.sha256(f"{cfg.config_hash()}|{self.resolved_fit(prior)}".encode()).hexdigest()[:16]
 
 

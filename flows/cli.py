@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 
+def _warn(message: str) -> None:
+    print(f"rgi: warning: {message}", file=sys.stderr)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.core:
         from rgi_core.demo import format_table, run_demo
@@ -43,17 +47,13 @@ def _cmd_priors(args: argparse.Namespace) -> int:
 def _cmd_train_prior(args: argparse.Namespace) -> int:
     import torch
 
-    from rgi_core.io.images import read_images
+    from rgi_core.io.images import read_clean_images
     from rgi_core.models.nets import ArchSpec
     from rgi_core.training import TrainConfig, train_prior
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    records, errors = read_images(args.images, channels=args.channels)
-    for e in errors:
-        print(f"rgi: warning: skipped {e}", file=sys.stderr)
-    if not records:
-        raise ValueError(f"no decodable images under {args.images}")
+    records, errors = read_clean_images(args.images, args.channels, _warn)
     arch = ArchSpec(resolution=args.resolution, channels=args.channels, latent_dim=args.latent_dim,
                     latent_mode=args.latent_mode, width=args.width, max_channels=args.max_channels)
     cfg = TrainConfig(arch=arch, steps=args.steps, batch_size=args.batch_size, crop=args.crop, flip=args.flip,
@@ -81,7 +81,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     import json
 
     from rgi_core.calibration import CalibrationConfig, calibrate
-    from rgi_core.io.images import read_images
+    from rgi_core.io.images import read_clean_images
     from rgi_core.models import load_prior, update_metadata
     from rgi_core.training import ImageSampler
 
@@ -91,11 +91,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
         if not value:
             raise ValueError(f"--set expects KEY=VALUE, got {kv!r}")
         prior.meta.setdefault("defaults", {})[key] = json.loads(value)
-    records, errors = read_images(args.images, channels=prior.spec.channels)
-    for e in errors:
-        print(f"rgi: warning: skipped {e}", file=sys.stderr)
-    if not records:
-        raise ValueError(f"no decodable images under {args.images}")
+    records, _ = read_clean_images(args.images, prior.spec.channels, _warn)
     sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, args.seed)
     clean = sampler.sample(args.images_n)  # (N, C, R, R)
     cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, rounds=args.rounds, seed=args.seed)

@@ -13,7 +13,7 @@ import fsspec
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from rgi_core.io.images import read_images
+from rgi_core.io.images import read_clean_images
 from rgi_core.models.nets import ArchSpec
 from rgi_core.training import TrainConfig, train_prior
 
@@ -21,12 +21,8 @@ from rgi_core.training import TrainConfig, train_prior
 @task(name="load-training-images", cache_policy=NONE)
 def load_training_images(source: str, channels: int) -> list:
     """Decode every image under ``source``; undecodable files are logged and skipped."""
-    records, errors = read_images(source, channels=channels)
     logger = get_run_logger()
-    for e in errors:
-        logger.warning("skipped %s", e)
-    if not records:
-        raise ValueError(f"no decodable images under {source}")
+    records, _ = read_clean_images(source, channels, logger.warning)
     logger.info("loaded %d images from %s", len(records), source)
     return [r.pixels for r in records]
 

@@ -24,6 +24,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rgi_core.io.fs import is_local, uri_of
+
 IMAGE_SCHEMA = pa.schema([
     ("image_key", pa.string()),
     ("source_uri", pa.string()),
@@ -84,15 +86,14 @@ class Catalog:
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
         self.root_uri = root.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.root_uri, **(storage_options or {}))
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        self.local = protocol in ("file", "local")
+        self.local = is_local(self.fs)
 
     # -- paths ---------------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
     def uri(self, path: str) -> str:
-        return path if self.local else self.fs.unstrip_protocol(path)
+        return uri_of(self.fs, path)
 
     def output_path(self, config_hash: str, image_key: str, name: str) -> str:
         return self.path("outputs", config_hash, image_key, f"{name}.png")
@@ -139,14 +140,19 @@ class Catalog:
         return self.uri(path)
 
     # -- reading -------------------------------------------------------------------------------------
+    def part_files(self, sub: str) -> list[str]:
+        """The visible Parquet part files under ``images`` or ``runs`` (temp files excluded)."""
+        base = self.path(sub)
+        if not self.fs.exists(base):
+            return []
+        return [p for p in self.fs.find(base) if p.endswith(".parquet")
+                and not posixpath.basename(p).startswith((".", "_"))]
+
     def _dataset(self, sub: str):  # noqa: ANN202  pyarrow.dataset.Dataset | None
         import pyarrow.dataset as ds
 
         base = self.path(sub)
-        if not self.fs.exists(base):
-            return None
-        files = [p for p in self.fs.find(base) if p.endswith(".parquet")
-                 and not posixpath.basename(p).startswith((".", "_"))]
+        files = self.part_files(sub)
         if not files:
             return None
         return ds.dataset(files, filesystem=self.fs, format="parquet",

@@ -110,7 +110,7 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
     """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order."""
     r, c = prior.spec.resolution, prior.spec.channels
     outcomes: dict[int, Outcome] = {}
-    decoded: list[tuple[int, NativeImage, torch.Tensor]] = []  # (index, image, its network-size inputs)
+    decoded: list[tuple[int, str, NativeImage, torch.Tensor]] = []  # (index, key, image, network-size inputs)
     for i, (uri, data) in enumerate(items):
         key = image_key(data)
         try:
@@ -120,23 +120,23 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             continue
         x = _to_channels(torch.from_numpy(img.pixels), c)  # (c, H, W)
         inputs = _resize(x[None], (r, r)) if fit == "resize" else _tiles(x, r)[0]  # (n_i, c, r, r)
-        decoded.append((i, img, inputs.clamp(0.0, 1.0)))
+        decoded.append((i, key, img, inputs.clamp(0.0, 1.0)))
     if decoded:
         t0 = time.perf_counter()
-        batch = torch.cat([d[2] for d in decoded])  # (sum n_i, c, r, r)
+        batch = torch.cat([d[3] for d in decoded])  # (sum n_i, c, r, r)
         res = invert(batch, prior, config)
         per_image = (time.perf_counter() - t0) / len(decoded)
         start = 0
-        for i, img, inputs in decoded:
+        for i, key, img, inputs in decoded:
             sl = slice(start, start + len(inputs))
             start += len(inputs)
             diag = res.diagnostics[sl]
             errors = [d.error for d in diag if d.error]
-            uri, data = items[i]
+            uri = items[i][0]
             if errors:
-                outcomes[i] = Outcome(uri, image_key(data), error=f"inversion failed: {errors[0]}")
+                outcomes[i] = Outcome(uri, key, error=f"inversion failed: {errors[0]}")
                 continue
-            outcomes[i] = _finish(uri, image_key(data), img, res.generated[sl], res.phi[sl], res.anomaly_map[sl],
+            outcomes[i] = _finish(uri, key, img, res.generated[sl], res.phi[sl], res.anomaly_map[sl],
                                   res.score[sl], diag, fit, per_image)
     return [outcomes[i] for i in range(len(items))]
 

@@ -87,12 +87,12 @@ def evaluate(prior: Prior, data: EvalSet, methods: tuple[str, ...] = ("mse", "rg
     """Invert ``data.corrupted`` with each method (config overrides shared, e.g. ``iterations``)."""
     out = []
     bad = data.labels
+    has_clean = bool((~bad).any()) and bool(bad.any())  # image AUROC needs both classes
     for method in methods:
         cfg = config_for_prior(method, prior.defaults, **overrides)
         t0 = time.perf_counter()
         res = invert(data.corrupted, prior, cfg)
         secs = (time.perf_counter() - t0) / len(data.corrupted)
-        has_clean = bool((~bad).any()) and bool(bad.any())
         out.append(MethodScores(
             method=method,
             pixel_auroc=metrics.pixel_auroc(res.anomaly_map, data.masks),

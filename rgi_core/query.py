@@ -17,14 +17,11 @@ def connect(catalog: str) -> Any:
 
     cat = Catalog(catalog)
     con = duckdb.connect()
-    prefix = ""
     if not cat.local:
         con.register_filesystem(cat.fs)
-        prefix = cat.fs.protocol if isinstance(cat.fs.protocol, str) else cat.fs.protocol[0]
-        prefix += "://"
     for view, empty in (("images", cat.read_images().schema), ("runs", cat.read_runs().schema)):
-        if cat.fs.exists(cat.path(view)) and any(p.endswith(".parquet") for p in cat.fs.find(cat.path(view))):
-            glob = f"{prefix}{cat.path(view)}/**/*.parquet"
+        if cat.part_files(view):
+            glob = f"{cat.uri(cat.path(view))}/**/*.parquet"
             con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_parquet('{glob}', hive_partitioning=true, "
                         "union_by_name=true)")
         else:

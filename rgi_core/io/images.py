@@ -9,6 +9,7 @@ naming the file, so callers can report it (the catalog writes an error row; trai
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +125,8 @@ def list_images(source: str) -> list[str]:
     """Image files under a folder/prefix (recursive, sorted), or the file itself; as fsspec URLs/paths."""
     import fsspec
 
+    from rgi_core.io.fs import uri_of
+
     fs, path = fsspec.core.url_to_fs(source)
     if fs.isdir(path):
         files = sorted(p for p in fs.find(path) if p.lower().endswith(IMAGE_EXTENSIONS))
@@ -131,10 +134,19 @@ def list_images(source: str) -> list[str]:
         files = [path]
     else:
         raise FileNotFoundError(f"no such file or folder: {source}")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        return files
-    return [fs.unstrip_protocol(p) for p in files]
+    return [uri_of(fs, p) for p in files]
+
+
+def read_clean_images(
+    source: str, channels: int, warn: Callable[[str], None]
+) -> tuple[list[ImageRecord], list[str]]:
+    """:func:`read_images` for training/calibration: ``warn`` each skipped file; no decodable image is an error."""
+    records, errors = read_images(source, channels)
+    for e in errors:
+        warn(f"skipped {e}")
+    if not records:
+        raise ValueError(f"no decodable images under {source}")
+    return records, errors
 
 
 def read_images(source: str, channels: int) -> tuple[list[ImageRecord], list[str]]:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import fsspec
 
+from rgi_core.io.fs import uri_of
 from rgi_core.io.images import IMAGE_EXTENSIONS
 
 ShardKind = Literal["images", "tar", "parquet"]
@@ -47,15 +48,6 @@ class Item:
     error: str = ""
 
 
-def _fs(source: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(source)
-
-
-def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
-
-
 def _kind(path: str) -> ShardKind | None:
     low = path.lower()
     if low.endswith(".tar"):
@@ -69,24 +61,24 @@ def _kind(path: str) -> ShardKind | None:
 
 def list_shards(source: str) -> list[Shard]:
     """The shards under ``source`` (sorted, deterministic). Raises FileNotFoundError if it does not exist."""
-    fs, path = _fs(source)
+    fs, path = fsspec.core.url_to_fs(source)
     if not fs.exists(path):
         raise FileNotFoundError(f"no such source: {source}")
     if not fs.isdir(path):
         kind = _kind(path)
         if kind is None:
             raise ValueError(f"{source}: not an image, .tar or .parquet file")
-        uri = _uri(fs, path)
+        uri = uri_of(fs, path)
         return [Shard(uri, kind, (uri,) if kind == "images" else ())]
     shards: list[Shard] = []
     loose: dict[str, list[str]] = {}
     for p in sorted(fs.find(path)):
         kind = _kind(p)
         if kind == "images":
-            loose.setdefault(posixpath.dirname(p), []).append(_uri(fs, p))
+            loose.setdefault(posixpath.dirname(p), []).append(uri_of(fs, p))
         elif kind is not None:
-            shards.append(Shard(_uri(fs, p), kind))
-    shards += [Shard(_uri(fs, d), "images", tuple(files)) for d, files in loose.items()]
+            shards.append(Shard(uri_of(fs, p), kind))
+    shards += [Shard(uri_of(fs, d), "images", tuple(files)) for d, files in loose.items()]
     return sorted(shards, key=lambda s: s.uri)
 
 
