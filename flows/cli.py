@@ -147,6 +147,24 @@ def _cmd_export_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from flows.watch import watch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # finish the message in hand, then stop
+        signal.signal(sig, lambda *_: stop.set())
+    stats = watch(args.queue_url, prefix=args.prefix, state=args.state, once=args.once,
+                  max_messages=args.max_messages, wait_seconds=args.wait_seconds, stop=stop)
+    print(f"rgi watch: {stats.messages} messages, {stats.events} events, {stats.duplicates} duplicates, "
+          f"{stats.skipped} not shards, {stats.errors} left on the queue", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgi", description="Clean image datasets with robust GAN inversion.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -233,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out_dir")
     e.add_argument("--split", choices=("train", "eval"), default="train")
     e.set_defaults(func=_cmd_export_dataset)
+
+    w = sub.add_parser("watch", help="S3 notifications from an SQS queue -> rgi.shard.uploaded Prefect events")
+    w.add_argument("queue_url", help="SQS queue receiving the bucket's s3:ObjectCreated:* notifications")
+    w.add_argument("--prefix", help="only keys under this prefix (shards/ or s3://bucket/shards/)")
+    w.add_argument("--state", help="file remembering announced objects across restarts (default: memory only)")
+    w.add_argument("--once", action="store_true", help="one long poll, then exit")
+    w.add_argument("--max-messages", type=int, default=None, help="exit after this many messages")
+    w.add_argument("--wait-seconds", type=int, default=20, help="SQS long-poll wait (0..20)")
+    w.set_defaults(func=_cmd_watch)
     return p
 
 
