@@ -17,7 +17,8 @@ def _record(key: str, etag: str = "e1", name: str = "ObjectCreated:Put", bucket:
 
 
 def test_parse_notification_decodes_keys_skips_test_events_and_removals():
-    body = json.dumps({"Records": [_record("shards%2Fmy+shard%2B1.tar"), _record("shards/x.tar", name="ObjectRemoved:Delete")]})
+    removed = _record("shards/x.tar", name="ObjectRemoved:Delete")
+    body = json.dumps({"Records": [_record("shards%2Fmy+shard%2B1.tar"), removed]})
     [up] = parse_notification(body)
     assert up.uri == "s3://b/shards/my shard+1.tar" and up.prefix == "s3://b/shards" and up.size == 10
     assert parse_notification(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"})) == []
