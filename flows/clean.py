@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
+import threading
 import time
 from collections import deque
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows import progress
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_batch
 from rgi_core.config import InversionConfig, config_for_prior
@@ -73,11 +75,18 @@ def read_done(catalog: str, config_hash: str, prior_id: str) -> set[str]:
     return Catalog(catalog).done_uris(config_hash, prior_id)
 
 
+# One inversion at a time per process. The solver already uses every core (or the whole GPU) for one batch;
+# overlapping batches in threads added no throughput and held one set of activations per thread, which made
+# peak memory grow with the length of the run. Reading and writing still overlap with the inversion.
+_COMPUTE = threading.Lock()
+
+
 @task(name="invert-batch", tags=["gpu"], cache_policy=NONE)
 def invert_batch(items: list[Item], prior: Prior, options: CleanOptions) -> list[Outcome]:
     readable = [i for i in items if not i.error]
     cfg, fit = options.inversion_config(prior), options.resolved_fit(prior)
-    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, cfg, fit))
+    with _COMPUTE:
+        done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, cfg, fit))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]
 
 
@@ -163,10 +172,14 @@ def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
     pending: deque = deque()
     results: list[dict] = []
     top: list[dict] = []
+    # Known up front only for folders of image files; tar and Parquet shards are counted as they stream.
+    total = (sum(f not in done for s in shards for f in s.files)
+             if all(s.kind == "images" for s in shards) else None)
 
     def collect(rows: list[dict]) -> None:  # keep thumbnails only for the current top-k
         nonlocal top
         results.extend(rows)
+        progress.report(len(results), sum(r["status"] == "error" for r in results), total)
         ranked = sorted([*top, *(r for r in rows if r["status"] == "ok")], key=lambda r: -r["anomaly_score"])
         for r in ranked[options.top_k:]:
             r.pop("input_png", None)

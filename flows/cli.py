@@ -67,12 +67,22 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     print(f"training {arch} on {len(records)} images for {args.steps} steps; state and samples in {work}",
           file=sys.stderr, flush=True)
 
-    def progress(step: int, total: int, losses: dict[str, float]) -> None:
-        print(f"step {step}/{total}  d_real {losses['d_real']:.3f}  d_fake {losses['d_fake']:.3f}  "
-              f"g {losses['g']:.3f}  {losses['seconds']:.0f}s", file=sys.stderr, flush=True)
+    from contextlib import nullcontext
 
-    path = train_prior([r.pixels for r in records], cfg, work, out=out, name=args.name or out.stem,
-                       data_description=data, progress=progress, log_every=args.log_every)
+    from flows.progress import bar
+
+    # A bar on a terminal; the loss lines (every --log-every steps) in logs and pipes.
+    with bar("training", unit="steps", errors=False) if sys.stderr.isatty() else nullcontext() as show:
+
+        def progress(step: int, total: int, losses: dict[str, float]) -> None:
+            if show is not None:
+                show(step, 0, total)
+                return
+            print(f"step {step}/{total}  d_real {losses['d_real']:.3f}  d_fake {losses['d_fake']:.3f}  "
+                  f"g {losses['g']:.3f}  {losses['seconds']:.0f}s", file=sys.stderr, flush=True)
+
+        path = train_prior([r.pixels for r in records], cfg, work, out=out, name=args.name or out.stem,
+                           data_description=data, progress=progress, log_every=args.log_every)
     print(f"wrote {path}")
     return 0
 
@@ -103,12 +113,14 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
+    from flows import progress
     from flows.clean import CleanOptions, clean_dataset
 
     opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
                         n_init=args.n_init, fit=args.fit, device=args.device,
                         seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column)
-    out = clean_dataset(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
+    with progress.bar("cleaning") as show, progress.listening(show):
+        out = clean_dataset(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
           f"in the catalog; {out['images_per_second']:.2f} images/s; config {out['config_hash']}")
     if out["top"]:

@@ -42,6 +42,7 @@ def test_clean_then_query_matches_pandas(prefect_api, tiny_prior, tmp_path):
             "--n-init", "8", "--batch-size", "4")
     assert r.returncode == 0, r.stderr
     assert "5 cleaned, 1 errors" in r.stdout and "top anomalies" in r.stdout
+    assert "cleaning: 6/6 images, 1 errors" in r.stderr  # the progress line (no terminal: plain text)
     r = rgi("query", "SELECT source_uri, status, anomaly_score FROM images ORDER BY source_uri",
             "--catalog", str(cat), "--format", "json")
     got = pd.DataFrame(json.loads(r.stdout))
