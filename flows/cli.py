@@ -103,12 +103,14 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    from flows.clean import CleanOptions, clean_dataset
+    from flows.clean import CleanOptions, run_clean
 
     opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
                         n_init=args.n_init, fit=args.fit, device=args.device,
-                        seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column)
-    out = clean_dataset(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
+                        seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column,
+                        task_runner="threads" if args.dask is None else "dask", dask_address=args.dask or None,
+                        dask_workers=args.dask_workers)
+    out = run_clean(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
           f"in the catalog; {out['images_per_second']:.2f} images/s; config {out['config_hash']}")
     if out["top"]:
@@ -220,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--force", action="store_true", help="recompute images already in the catalog")
     cl.add_argument("--image-column", default="image", help="Parquet shards: column with image bytes")
     cl.add_argument("--id-column", default="id", help="Parquet shards: column with the image id")
+    cl.add_argument("--dask", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="run inversion batches on Dask: a LocalCluster, or the scheduler at ADDRESS (tcp://h:8786)")
+    cl.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     cl.set_defaults(func=_cmd_clean)
 
     q = sub.add_parser("query", help="run SQL on a catalog (views: images, runs)")
