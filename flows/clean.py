@@ -20,14 +20,13 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.scale import PriorRef, dask_task_runner, on_dask
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_batch
 from rgi_core.config import InversionConfig, config_for_prior
 from rgi_core.io.shards import Item, Shard, iter_items, list_shards
 from rgi_core.models import Prior, load_prior
 from rgi_core.report import report_grid, thumbnail_png
-
-from flows.scale import PriorRef, dask_task_runner, on_dask
 
 
 class CleanOptions(BaseModel):
