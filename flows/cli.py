@@ -149,6 +149,23 @@ def _cmd_export_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_show(args: argparse.Namespace) -> int:
+    import fsspec
+
+    from rgi_core.report import show_image
+
+    png, row, notes = show_image(args.catalog, args.image_key, args.config_hash)
+    for note in notes:
+        _warn(note)
+    out = args.out or f"{row['image_key'][:16]}.png"
+    with fsspec.open(out, "wb") as f:
+        f.write(png)
+    print(f"{row['image_key']}  score {row['anomaly_score']:.4f}  anomalous {row['is_anomalous']}  "
+          f"source {row['source_uri']}")
+    print(f"wrote {out} (input / restored / mask / phi)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgi", description="Clean image datasets with robust GAN inversion.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -238,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out_dir")
     e.add_argument("--split", choices=("train", "eval"), default="train")
     e.set_defaults(func=_cmd_export_dataset)
+
+    sh = sub.add_parser("show", help="write a PNG panel input / restored / mask / phi for one catalogued image")
+    sh.add_argument("image_key", help="image_key from the catalog (or an unambiguous prefix of one)")
+    sh.add_argument("--catalog", required=True)
+    sh.add_argument("--out", help="PNG to write, local path or fsspec URL (default: KEY[:16].png here)")
+    sh.add_argument("--config-hash", help="which cleaning config to show (default: the newest successful row)")
+    sh.set_defaults(func=_cmd_show)
     return p
 
 

@@ -83,3 +83,62 @@ def image_panel(tiles: dict[str, bytes | None], lines: list[str], size: int = 2 
             draw.rectangle((x, top + label_h, x + size - 1, top + label_h + size - 1), fill=(200, 200, 200))
             draw.text((x + pad, top + label_h + size // 2), f"{label} unavailable", fill="black")
     return _png(panel)
+
+
+def show_image(catalog: str, key: str, config_hash: str | None = None,
+               storage_options: dict[str, Any] | None = None) -> tuple[bytes, dict[str, Any], list[str]]:
+    """The panel input / restored / mask / phi of one catalogued image; returns (PNG, its row, notes).
+
+    ``key`` is an ``image_key`` or an unambiguous prefix of one; ``config_hash`` (or a prefix) picks among
+    several cleaning configs, else the newest successful row is shown. The input is re-read from the row's
+    ``source_uri`` (files, ``tar#member``, ``parquet#id``); when it is gone the panel shows the outputs and
+    ``notes`` says so. Raises ValueError for an unknown or ambiguous key, or an image with only error rows.
+    """
+    import json
+
+    import pyarrow.compute as pc
+
+    from rgi_core.catalog import dataset
+    from rgi_core.io.shards import read_item
+
+    if not key:
+        raise ValueError("empty image key")
+    flt = pc.starts_with(pc.field("image_key"), pattern=key)
+    if config_hash:
+        flt &= pc.starts_with(pc.field("config_hash"), pattern=config_hash)
+    rows = dataset(catalog, "images", storage_options).to_table(filter=flt).to_pylist()
+    keys = sorted({r["image_key"] for r in rows})
+    if not rows:
+        where = f" with config {config_hash}" if config_hash else ""
+        raise ValueError(f"no image {key!r}{where} in catalog {catalog}")
+    if len(keys) > 1:
+        raise ValueError(f"image key prefix {key!r} is ambiguous: {', '.join(k[:16] for k in keys[:5])}...")
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["created_at"], reverse=True)
+    if not ok:
+        raise ValueError(f"image {keys[0][:16]} has no outputs; its rows are errors: {rows[0]['error']}")
+    row, notes = ok[0], []
+    configs = sorted({r["config_hash"] for r in ok} - {row["config_hash"]})
+    if configs:
+        notes.append(f"also cleaned with config(s) {', '.join(configs)}; showing the newest ({row['config_hash']})")
+
+    runs = dataset(catalog, "runs", storage_options).to_table(filter=pc.field("run_id") == row["run_id"]).to_pylist()
+    params = json.loads(runs[0]["parameters_json"]) if runs and runs[0]["parameters_json"] else {}
+    tiles: dict[str, bytes | None] = {"input": None}
+    for src in dict.fromkeys(r["source_uri"] for r in [row, *ok]):  # the same picture may sit in several places
+        try:
+            tiles["input"] = read_item(src, params.get("image_column", "image"), params.get("id_column", "id"))
+            break
+        except (OSError, ValueError, KeyError) as exc:
+            notes.append(f"input not readable from {src} ({type(exc).__name__}: {exc}); showing the outputs only")
+    for name in ("restored", "mask", "phi"):
+        try:
+            with fsspec.open(row[f"{name}_uri"], "rb", **(storage_options or {})) as f:
+                tiles[name] = f.read()
+        except (OSError, ValueError, TypeError) as exc:
+            tiles[name] = None
+            notes.append(f"{name} output missing: {row[f'{name}_uri']} ({type(exc).__name__})")
+    flag = {True: "anomalous", False: "clean", None: "no threshold"}[row["is_anomalous"]]
+    lines = [f"{row['image_key'][:16]}  score {row['anomaly_score']:.4f} ({flag})  mask {row['mask_fraction']:.2%}",
+             f"source {str(row['source_uri'])[-90:]}",
+             f"{row['method']}  prior {row['prior']}  config {row['config_hash']}  {row['created_at']:%Y-%m-%d %H:%M}"]
+    return image_panel(tiles, lines), row, notes
