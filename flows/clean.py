@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows import progress
+from flows.scale import PriorRef, dask_task_runner, on_dask
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_batch
 from rgi_core.config import InversionConfig, config_for_prior
@@ -50,6 +51,11 @@ class CleanOptions(BaseModel):
     id_column: str = "id"
     max_in_flight: int = Field(2, ge=1, description="micro-batches submitted ahead of the slowest one")
     top_k: int = Field(8, ge=0, description="anomalies shown in the report")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="where inversion batches run: the flow's thread pool, or a Dask cluster")
+    dask_address: str | None = Field(None, description="existing Dask scheduler (tcp://host:8786); "
+                                     "None: a LocalCluster of dask_workers processes")
+    dask_workers: int = Field(2, ge=1, description="worker processes of the LocalCluster")
 
     def inversion_config(self, prior: Prior) -> InversionConfig:
         """The solver config: these options over the prior's calibrated defaults over the paper's."""
@@ -82,7 +88,8 @@ _COMPUTE = threading.Lock()
 
 
 @task(name="invert-batch", tags=["gpu"], cache_policy=NONE)
-def invert_batch(items: list[Item], prior: Prior, options: CleanOptions) -> list[Outcome]:
+def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptions) -> list[Outcome]:
+    prior = prior.load() if isinstance(prior, PriorRef) else prior  # Dask workers load it once per process
     readable = [i for i in items if not i.error]
     cfg, fit = options.inversion_config(prior), options.resolved_fit(prior)
     with _COMPUTE:
@@ -156,6 +163,8 @@ def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
                   options: CleanOptions | None = None) -> dict[str, Any]:
     """Clean every image under ``source`` with ``prior``; write outputs and rows to the ``catalog``."""
     options = options or CleanOptions()
+    if options.task_runner == "dask" and not on_dask():  # e.g. a deployment run: the batches go to Dask
+        return with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options)
     logger = get_run_logger()
     started, t0 = utcnow(), time.perf_counter()
     run_id = str(flow_run.get_id() or f"local-{started:%Y%m%dT%H%M%S}")
@@ -185,8 +194,9 @@ def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
             r.pop("input_png", None)
         top = ranked[: options.top_k]
 
+    prior_arg = PriorRef(prior, p.prior_id, options.device) if on_dask() else p
     for seq, items in enumerate(_batches(shards, done, options, shard_errors)):
-        outcomes = invert_batch.submit(items, p, options)
+        outcomes = invert_batch.submit(items, prior_arg, options)
         pending.append(write_batch.submit(outcomes, items, catalog, context, seq))
         while len(pending) > options.max_in_flight:
             collect(pending.popleft().result())
@@ -208,6 +218,19 @@ def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
     _artifacts(summary, top, [r for r in results if r["status"] == "error"], report_uri)
     top = [{k: v for k, v in r.items() if k != "input_png"} for r in top]
     return {**summary, "top": top, "report_uri": report_uri}
+
+
+def with_task_runner(options: CleanOptions):  # noqa: ANN201  a prefect Flow
+    """``clean_dataset`` on the task runner ``options`` asks for (the flow's own thread pool, or Dask)."""
+    if options.task_runner == "threads":
+        return clean_dataset
+    return clean_dataset.with_options(task_runner=dask_task_runner(options.dask_address, options.dask_workers))
+
+
+def run_clean(source: str, catalog: str, prior: str = "brick-64", options: CleanOptions | None = None) -> dict:
+    """Run ``clean_dataset`` once, on the task runner the options choose (what ``rgi clean`` calls)."""
+    options = options or CleanOptions()
+    return with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options)
 
 
 def _versions() -> dict[str, str]:

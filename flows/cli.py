@@ -114,13 +114,15 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
 
 def _cmd_clean(args: argparse.Namespace) -> int:
     from flows import progress
-    from flows.clean import CleanOptions, clean_dataset
+    from flows.clean import CleanOptions, run_clean
 
     opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
                         n_init=args.n_init, fit=args.fit, device=args.device,
-                        seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column)
+                        seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column,
+                        task_runner="threads" if args.dask is None else "dask", dask_address=args.dask or None,
+                        dask_workers=args.dask_workers)
     with progress.bar("cleaning") as show, progress.listening(show):
-        out = clean_dataset(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
+        out = run_clean(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
           f"in the catalog; {out['images_per_second']:.2f} images/s; config {out['config_hash']}")
     if out["top"]:
@@ -174,6 +176,23 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                   max_messages=args.max_messages, wait_seconds=args.wait_seconds, stop=stop)
     print(f"rgi watch: {stats.messages} messages, {stats.events} events, {stats.duplicates} duplicates, "
           f"{stats.skipped} not shards, {stats.errors} left on the queue", file=sys.stderr)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    import fsspec
+
+    from rgi_core.report import show_image
+
+    png, row, notes = show_image(args.catalog, args.image_key, args.config_hash)
+    for note in notes:
+        _warn(note)
+    out = args.out or f"{row['image_key'][:16]}.png"
+    with fsspec.open(out, "wb") as f:
+        f.write(png)
+    print(f"{row['image_key']}  score {row['anomaly_score']:.4f}  anomalous {row['is_anomalous']}  "
+          f"source {row['source_uri']}")
+    print(f"wrote {out} (input / restored / mask / phi)")
     return 0
 
 
@@ -250,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--force", action="store_true", help="recompute images already in the catalog")
     cl.add_argument("--image-column", default="image", help="Parquet shards: column with image bytes")
     cl.add_argument("--id-column", default="id", help="Parquet shards: column with the image id")
+    cl.add_argument("--dask", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="run inversion batches on Dask: a LocalCluster, or the scheduler at ADDRESS (tcp://h:8786)")
+    cl.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     cl.set_defaults(func=_cmd_clean)
 
     q = sub.add_parser("query", help="run SQL on a catalog (views: images, runs)")
@@ -272,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-messages", type=int, default=None, help="exit after this many messages")
     w.add_argument("--wait-seconds", type=int, default=20, help="SQS long-poll wait (0..20)")
     w.set_defaults(func=_cmd_watch)
+
+    sh = sub.add_parser("show", help="write a PNG panel input / restored / mask / phi for one catalogued image")
+    sh.add_argument("image_key", help="image_key from the catalog (or an unambiguous prefix of one)")
+    sh.add_argument("--catalog", required=True)
+    sh.add_argument("--out", help="PNG to write, local path or fsspec URL (default: KEY[:16].png here)")
+    sh.add_argument("--config-hash", help="which cleaning config to show (default: the newest successful row)")
+    sh.set_defaults(func=_cmd_show)
     return p
 
 

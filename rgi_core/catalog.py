@@ -180,3 +180,35 @@ class Catalog:
         flt = (pc.field("config_hash") == config_hash) & (pc.field("prior_id") == prior_id)
         return set(d.to_table(columns=["source_uri"], filter=flt).column("source_uri").to_pylist())
 
+
+
+# -- public read API ---------------------------------------------------------------------------------
+def open(uri: str, storage_options: dict[str, Any] | None = None) -> Any:  # noqa: A001  duckdb.DuckDBPyConnection
+    """A DuckDB connection with views ``images`` and ``runs`` over the catalog at ``uri``.
+
+    ``storage_options`` go to fsspec (e.g. ``{"anon": False, "client_kwargs": {"endpoint_url": ...}}``)::
+
+        con = rgi_core.catalog.open("s3://bucket/catalog")
+        con.sql("SELECT source_uri, anomaly_score FROM images ORDER BY anomaly_score DESC LIMIT 10").df()
+    """
+    from rgi_core.query import connect
+
+    return connect(uri, storage_options)
+
+
+def dataset(uri: str, table: str = "images", storage_options: dict[str, Any] | None = None) -> Any:
+    """The ``images`` or ``runs`` table as a ``pyarrow.dataset.Dataset`` (hive partitioning: ``method`` column).
+
+    Filters and column selections are pushed down to the Parquet files, e.g.
+    ``dataset(uri).to_table(columns=["source_uri"], filter=pc.field("is_anomalous"))``. A catalog with no
+    rows yet gives an empty dataset with the table's schema.
+    """
+    import pyarrow.dataset as ds
+
+    if table not in ("images", "runs"):
+        raise ValueError(f"unknown catalog table {table!r}; choose 'images' or 'runs'")
+    cat = Catalog(uri, storage_options)
+    d = cat._dataset(table)
+    if d is not None:
+        return d
+    return ds.dataset(cat.read_images() if table == "images" else cat.read_runs())

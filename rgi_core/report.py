@@ -25,14 +25,24 @@ def thumbnail_png(data: bytes, size: int = THUMB) -> bytes:
     return buf.getvalue()
 
 
+def _cell(data: bytes, size: int):  # noqa: ANN202  PIL.Image.Image
+    """An image fitted to a ``size`` cell, small images enlarged (nearest: pixels stay visible)."""
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    scale = size / max(im.size)
+    return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.NEAREST)
+
+
+def _png(im) -> bytes:  # noqa: ANN001  PIL.Image.Image
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def report_grid(rows: list[dict[str, Any]], size: int = THUMB) -> bytes:
     """rows: dicts with ``input_png`` (bytes), ``restored_uri``, ``mask_uri``, ``anomaly_score``, ``source_uri``."""
     from PIL import Image, ImageDraw
-
-    def load(data: bytes) -> Image.Image:
-        im = Image.open(io.BytesIO(data)).convert("RGB")
-        scale = size / max(im.size)  # fit the cell, enlarging small images (nearest: pixels stay visible)
-        return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.NEAREST)
 
     label_h = 14
     grid = Image.new("RGB", (3 * (size + 4) + 4, len(rows) * (size + label_h + 4) + 4), "white")
@@ -46,7 +56,89 @@ def report_grid(rows: list[dict[str, Any]], size: int = THUMB) -> bytes:
                 tiles.append(f.read())
         for j, data in enumerate(tiles):
             if data:
-                grid.paste(load(data), (4 + j * (size + 4), y + label_h))
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    return buf.getvalue()
+                grid.paste(_cell(data, size), (4 + j * (size + 4), y + label_h))
+    return _png(grid)
+
+
+def image_panel(tiles: dict[str, bytes | None], lines: list[str], size: int = 2 * THUMB) -> bytes:
+    """One image's panel: a labelled cell per tile (e.g. input / restored / mask / phi) under text ``lines``.
+
+    A tile that is ``None`` or empty (e.g. an input whose source is gone) is drawn as a gray cell saying
+    so; the other cells are unaffected.
+    """
+    from PIL import Image, ImageDraw
+
+    line_h, label_h, pad = 14, 14, 4
+    top = pad + line_h * len(lines)
+    panel = Image.new("RGB", (len(tiles) * (size + pad) + pad, top + label_h + size + pad), "white")
+    draw = ImageDraw.Draw(panel)
+    for i, text in enumerate(lines):
+        draw.text((pad, pad + i * line_h), text, fill="black")
+    for j, (label, data) in enumerate(tiles.items()):
+        x = pad + j * (size + pad)
+        draw.text((x, top), label, fill="black")
+        if data:
+            panel.paste(_cell(data, size), (x, top + label_h))
+        else:
+            draw.rectangle((x, top + label_h, x + size - 1, top + label_h + size - 1), fill=(200, 200, 200))
+            draw.text((x + pad, top + label_h + size // 2), f"{label} unavailable", fill="black")
+    return _png(panel)
+
+
+def show_image(catalog: str, key: str, config_hash: str | None = None,
+               storage_options: dict[str, Any] | None = None) -> tuple[bytes, dict[str, Any], list[str]]:
+    """The panel input / restored / mask / phi of one catalogued image; returns (PNG, its row, notes).
+
+    ``key`` is an ``image_key`` or an unambiguous prefix of one; ``config_hash`` (or a prefix) picks among
+    several cleaning configs, else the newest successful row is shown. The input is re-read from the row's
+    ``source_uri`` (files, ``tar#member``, ``parquet#id``); when it is gone the panel shows the outputs and
+    ``notes`` says so. Raises ValueError for an unknown or ambiguous key, or an image with only error rows.
+    """
+    import json
+
+    import pyarrow.compute as pc
+
+    from rgi_core.catalog import dataset
+    from rgi_core.io.shards import read_item
+
+    if not key:
+        raise ValueError("empty image key")
+    flt = pc.starts_with(pc.field("image_key"), pattern=key)
+    if config_hash:
+        flt &= pc.starts_with(pc.field("config_hash"), pattern=config_hash)
+    rows = dataset(catalog, "images", storage_options).to_table(filter=flt).to_pylist()
+    keys = sorted({r["image_key"] for r in rows})
+    if not rows:
+        where = f" with config {config_hash}" if config_hash else ""
+        raise ValueError(f"no image {key!r}{where} in catalog {catalog}")
+    if len(keys) > 1:
+        raise ValueError(f"image key prefix {key!r} is ambiguous: {', '.join(k[:16] for k in keys[:5])}...")
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["created_at"], reverse=True)
+    if not ok:
+        raise ValueError(f"image {keys[0][:16]} has no outputs; its rows are errors: {rows[0]['error']}")
+    row, notes = ok[0], []
+    configs = sorted({r["config_hash"] for r in ok} - {row["config_hash"]})
+    if configs:
+        notes.append(f"also cleaned with config(s) {', '.join(configs)}; showing the newest ({row['config_hash']})")
+
+    runs = dataset(catalog, "runs", storage_options).to_table(filter=pc.field("run_id") == row["run_id"]).to_pylist()
+    params = json.loads(runs[0]["parameters_json"]) if runs and runs[0]["parameters_json"] else {}
+    tiles: dict[str, bytes | None] = {"input": None}
+    for src in dict.fromkeys(r["source_uri"] for r in [row, *ok]):  # the same picture may sit in several places
+        try:
+            tiles["input"] = read_item(src, params.get("image_column", "image"), params.get("id_column", "id"))
+            break
+        except (OSError, ValueError, KeyError) as exc:
+            notes.append(f"input not readable from {src} ({type(exc).__name__}: {exc}); showing the outputs only")
+    for name in ("restored", "mask", "phi"):
+        try:
+            with fsspec.open(row[f"{name}_uri"], "rb", **(storage_options or {})) as f:
+                tiles[name] = f.read()
+        except (OSError, ValueError, TypeError) as exc:
+            tiles[name] = None
+            notes.append(f"{name} output missing: {row[f'{name}_uri']} ({type(exc).__name__})")
+    flag = {True: "anomalous", False: "clean", None: "no threshold"}[row["is_anomalous"]]
+    lines = [f"{row['image_key'][:16]}  score {row['anomaly_score']:.4f} ({flag})  mask {row['mask_fraction']:.2%}",
+             f"source {str(row['source_uri'])[-90:]}",
+             f"{row['method']}  prior {row['prior']}  config {row['config_hash']}  {row['created_at']:%Y-%m-%d %H:%M}"]
+    return image_panel(tiles, lines), row, notes
