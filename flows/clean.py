@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
-import threading
 import time
 from collections import deque
 from typing import Any, Literal
@@ -22,7 +21,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows import progress
-from flows.scale import PriorRef, dask_task_runner, on_dask
+from flows.scale import PriorRef, compute_slot, dask_task_runner, on_dask
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_batch
 from rgi_core.config import InversionConfig, config_for_prior
@@ -81,18 +80,12 @@ def read_done(catalog: str, config_hash: str, prior_id: str) -> set[str]:
     return Catalog(catalog).done_uris(config_hash, prior_id)
 
 
-# One inversion at a time per process. The solver already uses every core (or the whole GPU) for one batch;
-# overlapping batches in threads added no throughput and held one set of activations per thread, which made
-# peak memory grow with the length of the run. Reading and writing still overlap with the inversion.
-_COMPUTE = threading.Lock()
-
-
 @task(name="invert-batch", tags=["gpu"], cache_policy=NONE)
 def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptions) -> list[Outcome]:
     prior = prior.load() if isinstance(prior, PriorRef) else prior  # Dask workers load it once per process
     readable = [i for i in items if not i.error]
     cfg, fit = options.inversion_config(prior), options.resolved_fit(prior)
-    with _COMPUTE:
+    with compute_slot():
         done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, cfg, fit))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]
 

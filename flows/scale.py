@@ -13,6 +13,7 @@ The prior is not shipped with every task (1.8 MB per micro-batch for a 64x64 DCG
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,18 @@ def _load_once(source: str, device: str, prior_id: str) -> Prior:
         raise ValueError(f"prior {source!r} on this worker is {p.prior_id[:12]}, the run resolved {prior_id[:12]}: "
                          "give workers the same file (a shipped name or a shared URL)")
     return p
+
+
+# One inversion at a time per process. The solver already uses every core (or the whole GPU) for one batch;
+# overlapping batches in threads added no throughput and held one set of activations per thread.
+# Reading and writing still overlap with the inversion. (A function, not a module-level lock in the task's
+# module: Dask pickles tasks by value, and a lock cannot be pickled.)
+_COMPUTE = threading.Lock()
+
+
+def compute_slot() -> threading.Lock:
+    """This process's inversion lock: ``with compute_slot(): ...``."""
+    return _COMPUTE
 
 
 def dask_task_runner(address: str | None = None, workers: int = 2, threads_per_worker: int = 1) -> DaskTaskRunner:
