@@ -11,11 +11,11 @@ from typing import Any
 from rgi_core.catalog import Catalog
 
 
-def connect(catalog: str) -> Any:
+def connect(catalog: str, storage_options: dict[str, Any] | None = None) -> Any:
     """A DuckDB connection with views ``images`` and ``runs`` over ``catalog`` (empty views if none yet)."""
     import duckdb
 
-    cat = Catalog(catalog)
+    cat = Catalog(catalog, storage_options)
     con = duckdb.connect()
     if not cat.local:
         con.register_filesystem(cat.fs)
@@ -30,6 +30,6 @@ def connect(catalog: str) -> Any:
     return con
 
 
-def query(catalog: str, sql: str) -> Any:
+def query(catalog: str, sql: str, storage_options: dict[str, Any] | None = None) -> Any:
     """Run ``sql`` against the catalog's views; returns a pandas DataFrame."""
-    return connect(catalog).execute(sql).df()
+    return connect(catalog, storage_options).execute(sql).df()
