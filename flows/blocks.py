@@ -232,6 +232,22 @@ def storage_options(storage: RgiCatalog | RgiS3Credentials | None, url: str) -> 
     return storage.storage_options() if storage is not None else {}
 
 
+def setup(gpu_slots: int = 1, tag: str = "gpu") -> list[str]:
+    """Register the block types and create (or resize) the ``gpu`` tag concurrency limit; idempotent.
+
+    Tasks tagged ``gpu`` (:data:`flows.tasks.invert_batch`) then run at most ``gpu_slots`` at a time across
+    every flow run on this Prefect API. Returns the registered block type slugs.
+    """
+    from prefect.client.orchestration import get_client
+
+    if gpu_slots < 0:
+        raise ValueError(f"gpu_slots must be >= 0, got {gpu_slots}")
+    slugs = register_blocks()
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=tag, concurrency_limit=gpu_slots)
+    return slugs
+
+
 class Resolved(NamedTuple):
     """What a cleaning flow runs with once block names are resolved."""
 
