@@ -94,27 +94,23 @@ def test_prefect_block_register_and_rgi_setup(prefect_api):
 
     slugs = [b.get_block_type_slug() for b in BLOCKS]
 
-    def drop_types() -> None:
-        with get_client(sync_client=True) as client:
-            for slug in slugs:
-                try:
-                    client.delete_block_type(client.read_block_type_by_slug(slug).id)
-                except ObjectNotFound:
-                    pass
-
-    def registered() -> set[str]:
+    def registered(drop: bool = False) -> set[str]:
+        """The rgi block types on the API (deleted when ``drop``)."""
         found = set()
         with get_client(sync_client=True) as client:
             for slug in slugs:
                 try:
-                    found.add(client.read_block_type_by_slug(slug).slug)
+                    block_type = client.read_block_type_by_slug(slug)
                 except ObjectNotFound:
-                    pass
+                    continue
+                found.add(block_type.slug)
+                if drop:
+                    client.delete_block_type(block_type.id)
         return found
 
     from prefect.settings import PREFECT_API_URL
 
-    drop_types()
+    registered(drop=True)
     assert registered() == set()
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     r = subprocess.run([str(Path(sys.executable).parent / "prefect"), "block", "register", "-m", "flows.blocks"],
@@ -122,7 +118,7 @@ def test_prefect_block_register_and_rgi_setup(prefect_api):
     assert r.returncode == 0, r.stdout + r.stderr
     assert registered() == set(slugs)
 
-    drop_types()
+    registered(drop=True)
     for args in (("setup", "--gpu-slots", "2"), ("setup",)):  # twice: idempotent, the second resizes
         r = rgi(*args)
         assert r.returncode == 0, r.stderr
@@ -183,7 +179,8 @@ def test_flow_with_blocks_on_s3_never_leaks_credentials(prefect_api, s3, s3_endp
     run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         params = json.dumps(client.read_flow_run(run_id).parameters)
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200, offset=0)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                                limit=200, offset=0)
     assert name in params and logs
     text = "\n".join([params, *(log.message for log in logs), *capfd.readouterr(), caplog.text])
     assert secret not in text and token not in text
