@@ -1,7 +1,8 @@
 """``clean-dataset``: list shards -> skip what the catalog has -> invert micro-batches (gpu) -> write (io) -> report.
 
-The flow is orchestration only; the work is :func:`rgi_core.cleaning.clean_batch` and
-:class:`rgi_core.catalog.Catalog`. Items stream from the shards, so at most ``max_in_flight`` micro-batches
+The flow is orchestration only: its steps are the public tasks of :mod:`flows.tasks` (thin wrappers of
+:func:`rgi_core.cleaning.clean_items` and :class:`rgi_core.catalog.Catalog`), its configuration plain values
+or blocks (:mod:`flows.blocks`). Items stream from the shards, so at most ``max_in_flight`` micro-batches
 of raw bytes are held at once, however large the source.
 """
 
@@ -17,6 +18,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.blocks import RgiCatalog, resolve, storage_options
+from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
 from rgi_core.catalog import utcnow
 from rgi_core.config import InversionConfig, config_for_prior
 from rgi_core.io.shards import batched, read_items
@@ -116,19 +119,6 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
     _artifacts(summary, top, [r for r in results if r["status"] == "error"], report_uri)
     top = [{k: v for k, v in r.items() if k != "input_png"} for r in top]
     return {**summary, "top": top, "report_uri": report_uri}
-
-
-# The steps are the public tasks (flows/tasks.py); imported after CleanOptions, which they refer to.
-from flows.blocks import RgiCatalog, resolve, storage_options  # noqa: E402
-from flows.tasks import (  # noqa: E402
-    invert_batch,
-    list_shards,
-    read_done,
-    run_context,
-    write_report,
-    write_rows,
-    write_run,
-)
 
 
 def _versions() -> dict[str, str]:
