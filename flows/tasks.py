@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
@@ -42,18 +42,20 @@ if TYPE_CHECKING:
     from flows.clean import CleanOptions
 
 Storage = RgiCatalog | RgiS3Credentials | None
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Columns of the rows that write tasks return (the catalog has them all); ok rows add ``input_png``.
 ROW_SUMMARY = ("image_key", "source_uri", "status", "error", "anomaly_score", "restored_uri", "mask_uri")
 
 
-def _io_tasks(fn: Callable[..., Any], name: str) -> tuple[Any, Any]:
+def _io_tasks(fn: Callable[P, R], name: str) -> tuple[Task[P, R], Task[P, Coroutine[Any, Any, R]]]:
     """A sync and an async Prefect task of one function (the async one runs it in a worker thread)."""
     settings: dict[str, Any] = dict(name=name, tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16],
                                     cache_policy=NONE)
 
     @functools.wraps(fn)
-    async def run_in_thread(*args: Any, **kwargs: Any) -> Any:
+    async def run_in_thread(*args: P.args, **kwargs: P.kwargs) -> R:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     run_in_thread.__name__ = run_in_thread.__qualname__ = f"a{fn.__name__.lstrip('_')}"
@@ -88,7 +90,10 @@ def _read_done(catalog: str | RgiCatalog, config_hash: str, prior_id: str) -> se
 
 def _load_batch(shard: Shard, start: int = 0, stop: int | None = None, skip: Collection[str] = (),
                 image_column: str = "image", id_column: str = "id", storage: Storage = None) -> list[Item]:
-    """Items ``start:stop`` of one shard (after leaving out URIs in ``skip``); an unreadable shard is one error item."""
+    """Items ``start:stop`` of one shard (after leaving out URIs in ``skip``); an unreadable shard is one error item.
+
+    Each call streams the shard from its start, so page through a large shard with a few big slices.
+    """
     items = core_shards.read_items([shard], image_column, id_column, frozenset(skip),
                                    storage_options(storage, shard.uri))
     return list(islice(items, start, stop))

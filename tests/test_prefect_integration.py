@@ -87,6 +87,15 @@ def test_blocks_save_and_load_on_api(prefect_api, prior_file, tmp_path):
     assert (opts.method, opts.lam, opts.iterations, opts.seed) == ("rrgi", 0.1, 7, 3)
     assert settings.calibrated_defaults() == {"lam": 0.4, "score_threshold": 0.6}
 
+    from flows.blocks import resolve
+    from flows.clean import CleanOptions
+
+    cat, p, o = resolve("", "unused", CleanOptions(seed=5, iterations=3), name, name, name)
+    assert isinstance(cat, RgiCatalog) and (o.method, o.lam, o.iterations, o.seed) == ("rrgi", 0.1, 3, 5)
+    assert p.defaults["lam"] == 0.4 and p.defaults["score_threshold"] == 0.6  # settings over prior block
+    with pytest.raises(ValueError, match="catalog"):
+        resolve("", prior_file, None, None, None, None)
+
 
 def test_prefect_block_register_and_rgi_setup(prefect_api):
     from prefect.client.orchestration import get_client
@@ -129,11 +138,20 @@ def test_prefect_block_register_and_rgi_setup(prefect_api):
         assert schema.documentation_url and schema.logo_url and "catalog" in schema.description.lower()
 
 
-def test_entry_point_points_at_blocks():
+def test_entry_point_and_task_pairs():
+    import inspect
     from importlib.metadata import entry_points
+
+    from flows import tasks
 
     eps = {ep.name: ep.value for ep in entry_points(group="prefect.collections")}
     assert eps.get("rgi") == "flows.blocks"
+    for name in ("list_shards", "read_done", "load_batch", "write_rows", "write_run", "write_report"):
+        sync, coro = getattr(tasks, name), getattr(tasks, "a" + name)
+        assert sync.tags == coro.tags == {"io"} and sync.name == coro.name and sync.retries == 3
+        assert not inspect.iscoroutinefunction(sync.fn) and inspect.iscoroutinefunction(coro.fn)
+        assert inspect.signature(sync.fn) == inspect.signature(coro.fn)
+    assert tasks.invert_batch.tags == {"gpu"}
 
 
 def test_flow_with_blocks_on_s3_never_leaks_credentials(prefect_api, s3, s3_endpoint, prior_file, monkeypatch,
