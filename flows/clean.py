@@ -1,7 +1,8 @@
 """``clean-dataset``: list shards -> skip what the catalog has -> invert micro-batches (gpu) -> write (io) -> report.
 
-The flow is orchestration only; the work is :func:`rgi_core.cleaning.clean_batch` and
-:class:`rgi_core.catalog.Catalog`. Items stream from the shards, so at most ``max_in_flight`` micro-batches
+The flow is orchestration only: its steps are the public tasks of :mod:`flows.tasks` (thin wrappers of
+:func:`rgi_core.cleaning.clean_items` and :class:`rgi_core.catalog.Catalog`), its configuration plain values
+or blocks (:mod:`flows.blocks`). Items stream from the shards, so at most ``max_in_flight`` micro-batches
 of raw bytes are held at once, however large the source.
 """
 
@@ -9,25 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 import time
 from collections import deque
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NONE
-from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows import progress
-from flows.scale import PriorRef, compute_slot, dask_task_runner, on_dask
-from rgi_core.catalog import Catalog, utcnow
-from rgi_core.cleaning import Outcome, clean_batch
+from flows.blocks import RgiCatalog, RgiPrior, resolve, storage_options
+from flows.scale import PriorRef, dask_task_runner, on_dask
+from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
+from rgi_core.catalog import utcnow
 from rgi_core.config import InversionConfig, config_for_prior
-from rgi_core.io.shards import Item, Shard, iter_items, list_shards
-from rgi_core.models import Prior, load_prior
-from rgi_core.report import report_grid, thumbnail_png
+from rgi_core.io.shards import batched, read_items
+from rgi_core.models import Prior
 
 
 class CleanOptions(BaseModel):
@@ -70,102 +68,26 @@ class CleanOptions(BaseModel):
         return hashlib.sha256(f"{cfg.config_hash()}|{self.resolved_fit(prior)}".encode()).hexdigest()[:16]
 
 
-@task(name="list-shards", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)
-def list_source(source: str) -> list[Shard]:
-    return list_shards(source)
-
-
-@task(name="read-done", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)
-def read_done(catalog: str, config_hash: str, prior_id: str) -> set[str]:
-    return Catalog(catalog).done_uris(config_hash, prior_id)
-
-
-@task(name="invert-batch", tags=["gpu"], cache_policy=NONE)
-def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptions) -> list[Outcome]:
-    prior = prior.load() if isinstance(prior, PriorRef) else prior  # Dask workers load it once per process
-    readable = [i for i in items if not i.error]
-    cfg, fit = options.inversion_config(prior), options.resolved_fit(prior)
-    with compute_slot():
-        done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, cfg, fit))
-    return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]
-
-
-@task(name="write-batch", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)
-def write_batch(
-    outcomes: list[Outcome], items: list[Item], catalog: str, context: dict[str, Any], seq: int
-) -> list[dict]:
-    """Write each outcome's PNGs, then the batch's rows as one part file (rows only after their outputs)."""
-    cat = Catalog(catalog)
-    rows = []
-    for o, item in zip(outcomes, items, strict=True):
-        row = {**context, "image_key": o.image_key, "source_uri": item.uri, "shard_uri": item.shard_uri,
-               "width": o.width, "height": o.height, "channels": o.channels, "status": "error" if o.error else "ok",
-               "error": o.error, "seconds": o.seconds, "meta_json": json.dumps(item.meta, default=str),
-               "created_at": utcnow()}
-        if not o.error:
-            uris = {name: cat.write_output(cat.output_path(context["config_hash"], o.image_key, name), png)
-                    for name, png in (("restored", o.restored_png), ("mask", o.mask_png), ("phi", o.phi_png))}
-            threshold = context.get("score_threshold")
-            row |= {"anomaly_score": o.score, "mask_fraction": o.mask_fraction, "final_loss": o.final_loss,
-                    "converged": o.converged, "restored_uri": uris["restored"], "mask_uri": uris["mask"],
-                    "phi_uri": uris["phi"],
-                    "is_anomalous": None if threshold is None else bool(o.score > threshold)}
-        rows.append(row)
-    cat.write_images(rows, run_id=context["run_id"], seq=seq)
-    keep = ("source_uri", "status", "error", "anomaly_score", "restored_uri", "mask_uri")
-    return [{k: r.get(k) for k in keep} | ({"input_png": thumbnail_png(i.data)} if r["status"] == "ok" else {})
-            for r, i in zip(rows, items, strict=True)]
-
-
-def _batches(shards: list[Shard], done: set[str], options: CleanOptions, shard_errors: dict[str, str]):
-    """Stream micro-batches of items not yet in the catalog; a shard that cannot be read becomes one error item."""
-    batch: list[Item] = []
-    for shard in shards:
-        try:
-            for item in iter_items(shard, options.image_column, options.id_column):
-                if item.uri in done:
-                    continue
-                batch.append(item)
-                if len(batch) == options.batch_size:
-                    yield batch
-                    batch = []
-        except (OSError, ValueError, EOFError, tarfile.TarError) as exc:
-            shard_errors[shard.uri] = f"{type(exc).__name__}: {exc}"
-            if shard.uri not in done:
-                batch.append(Item(shard.uri, shard.uri, error=f"cannot read shard: {exc}"))
-    if batch:
-        yield batch
-
-
-@task(name="write-run", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)
-def write_run(catalog: str, row: dict[str, Any]) -> str:
-    return Catalog(catalog).write_run(row)
-
-
-@task(name="write-report", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)
-def write_report(catalog: str, run_id: str, top: list[dict[str, Any]]) -> str | None:
-    """PNG grid of input / restored / mask for the top anomalies; returns its URI."""
-    if not top:
-        return None
-    cat = Catalog(catalog)
-    return cat.write_output(cat.path("reports", f"{run_id}.png"), report_grid(top))
-
-
 @flow(name="clean-dataset", log_prints=True)
-def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
-                  options: CleanOptions | None = None) -> dict[str, Any]:
-    """Clean every image under ``source`` with ``prior``; write outputs and rows to the ``catalog``."""
-    options = options or CleanOptions()
-    if options.task_runner == "dask" and not on_dask():  # e.g. a deployment run: the batches go to Dask
-        return with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options)
+def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", options: CleanOptions | None = None,
+                  catalog_block: str | None = None, prior_block: str | None = None,
+                  settings_block: str | None = None) -> dict[str, Any]:
+    """Clean every image under ``source`` with ``prior``; write outputs and rows to the ``catalog``.
+
+    Blocks by name (``catalog_block``: RgiCatalog, ``prior_block``: RgiPrior, ``settings_block``:
+    RgiCleaningSettings) replace ``catalog`` / ``prior`` / the defaults of ``options``; see flows/blocks.py.
+    """
+    if options is not None and options.task_runner == "dask" and not on_dask():  # e.g. a deployment run
+        return with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options,
+                                         catalog_block=catalog_block, prior_block=prior_block,
+                                         settings_block=settings_block)
+    catalog, p, options = resolve(catalog, prior, options, catalog_block, prior_block, settings_block)
+    storage = catalog if isinstance(catalog, RgiCatalog) else None
     logger = get_run_logger()
     started, t0 = utcnow(), time.perf_counter()
-    run_id = str(flow_run.get_id() or f"local-{started:%Y%m%dT%H%M%S}")
-    p = load_prior(prior, device=options.device)
-    chash = options.config_hash(p)
-    context = {"method": options.method, "prior": p.name, "prior_id": p.prior_id, "config_hash": chash,
-               "run_id": run_id, "device": str(p.device), "score_threshold": p.defaults.get("score_threshold")}
-    shards = list_source(source)
+    context = run_context(p, options)
+    run_id, chash = context["run_id"], context["config_hash"]
+    shards = list_shards(source, storage)
     done = set() if options.force else read_done(catalog, chash, p.prior_id)
     logger.info("%d shards under %s; %d images already in the catalog for config %s",
                 len(shards), source, len(done), chash)
@@ -187,10 +109,16 @@ def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
             r.pop("input_png", None)
         top = ranked[: options.top_k]
 
-    prior_arg = PriorRef(prior, p.prior_id, options.device) if on_dask() else p
-    for seq, items in enumerate(_batches(shards, done, options, shard_errors)):
+    if on_dask():  # workers load the prior once per process (with this run's resolved defaults)
+        where = RgiPrior.load(prior_block).location if prior_block else prior
+        prior_arg: Any = PriorRef(where, p.prior_id, options.device, p.defaults)
+    else:
+        prior_arg = p
+    items_iter = read_items(shards, options.image_column, options.id_column, done,
+                            storage_options(storage, source), shard_errors)
+    for seq, items in enumerate(batched(items_iter, options.batch_size)):
         outcomes = invert_batch.submit(items, prior_arg, options)
-        pending.append(write_batch.submit(outcomes, items, catalog, context, seq))
+        pending.append(write_rows.submit(outcomes, items, catalog, context, seq))
         while len(pending) > options.max_in_flight:
             collect(pending.popleft().result())
     while pending:

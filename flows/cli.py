@@ -196,6 +196,17 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_setup(args: argparse.Namespace) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.blocks import setup
+
+    slugs = setup(gpu_slots=args.gpu_slots)
+    print(f"registered block types on {PREFECT_API_URL.value() or 'the local Prefect server'}: {', '.join(slugs)}")
+    print(f"tag concurrency limit: gpu = {args.gpu_slots} slot(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgi", description="Clean image datasets with robust GAN inversion.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -301,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", help="PNG to write, local path or fsspec URL (default: KEY[:16].png here)")
     sh.add_argument("--config-hash", help="which cleaning config to show (default: the newest successful row)")
     sh.set_defaults(func=_cmd_show)
+
+    su = sub.add_parser("setup", help="register rgi's Prefect blocks and create the gpu concurrency limit (idempotent)")
+    su.add_argument("--gpu-slots", type=int, default=1, help="gpu-tagged tasks allowed at once (default 1)")
+    su.set_defaults(func=_cmd_setup)
     return p
 
 

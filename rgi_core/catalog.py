@@ -16,15 +16,20 @@ pyarrow and DuckDB globs. A run skips images that already have a row for the sam
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import posixpath
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rgi_core.io.fs import is_local, uri_of
+
+if TYPE_CHECKING:
+    from rgi_core.cleaning import Outcome
+    from rgi_core.io.shards import Item
 
 IMAGE_SCHEMA = pa.schema([
     ("image_key", pa.string()),
@@ -180,6 +185,32 @@ class Catalog:
         flt = (pc.field("config_hash") == config_hash) & (pc.field("prior_id") == prior_id)
         return set(d.to_table(columns=["source_uri"], filter=flt).column("source_uri").to_pylist())
 
+
+    def write_outcomes(self, outcomes: list[Outcome], items: list[Item], context: dict[str, Any],
+                       seq: int) -> list[dict[str, Any]]:
+        """Write each outcome's PNGs, then the batch's rows as one part file (rows only after their outputs).
+
+        ``context``: the run's columns (``method``, ``prior``, ``prior_id``, ``config_hash``, ``run_id``,
+        ``device``) and ``score_threshold`` (``is_anomalous`` = score > threshold; None leaves it null).
+        Returns the rows written.
+        """
+        rows = []
+        for o, item in zip(outcomes, items, strict=True):
+            row = {**context, "image_key": o.image_key, "source_uri": item.uri, "shard_uri": item.shard_uri,
+                   "width": o.width, "height": o.height, "channels": o.channels,
+                   "status": "error" if o.error else "ok", "error": o.error, "seconds": o.seconds,
+                   "meta_json": json.dumps(item.meta, default=str), "created_at": utcnow()}
+            if not o.error:
+                uris = {name: self.write_output(self.output_path(context["config_hash"], o.image_key, name), png)
+                        for name, png in (("restored", o.restored_png), ("mask", o.mask_png), ("phi", o.phi_png))}
+                threshold = context.get("score_threshold")
+                row |= {"anomaly_score": o.score, "mask_fraction": o.mask_fraction, "final_loss": o.final_loss,
+                        "converged": o.converged, "restored_uri": uris["restored"], "mask_uri": uris["mask"],
+                        "phi_uri": uris["phi"],
+                        "is_anomalous": None if threshold is None else bool(o.score > threshold)}
+            rows.append(row)
+        self.write_images(rows, run_id=context["run_id"], seq=seq)
+        return rows
 
 
 # -- public read API ---------------------------------------------------------------------------------

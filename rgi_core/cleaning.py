@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from rgi_core.config import InversionConfig
 from rgi_core.io.images import ImageDecodeError, NativeImage, decode_native, encode_png, encode_png_native
+from rgi_core.io.shards import Item
 from rgi_core.models.checkpoint import Prior
 from rgi_core.solvers import invert
 
@@ -167,3 +168,10 @@ def _finish(uri: str, key: str, img: NativeImage, gen: torch.Tensor, phi: torch.
         mask_png=_png8(amap_f),
         phi_png=_png8(phi_f),
     )
+
+
+def clean_items(items: list[Item], prior: Prior, config: InversionConfig, fit: Fit = "resize") -> list[Outcome]:
+    """:func:`clean_batch` over shard items: items that failed to read keep their error, in order."""
+    readable = [i for i in items if not i.error]
+    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit))
+    return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]

@@ -30,6 +30,6 @@ def connect(catalog: str, storage_options: dict[str, Any] | None = None) -> Any:
     return con
 
 
-def query(catalog: str, sql: str) -> Any:
+def query(catalog: str, sql: str, storage_options: dict[str, Any] | None = None) -> Any:
     """Run ``sql`` against the catalog's views; returns a pandas DataFrame."""
-    return connect(catalog).execute(sql).df()
+    return connect(catalog, storage_options).execute(sql).df()

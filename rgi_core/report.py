@@ -40,8 +40,11 @@ def _png(im) -> bytes:  # noqa: ANN001  PIL.Image.Image
     return buf.getvalue()
 
 
-def report_grid(rows: list[dict[str, Any]], size: int = THUMB) -> bytes:
-    """rows: dicts with ``input_png`` (bytes), ``restored_uri``, ``mask_uri``, ``anomaly_score``, ``source_uri``."""
+def report_grid(rows: list[dict[str, Any]], size: int = THUMB, storage_options: dict[str, Any] | None = None) -> bytes:
+    """rows: dicts with ``input_png`` (bytes), ``restored_uri``, ``mask_uri``, ``anomaly_score``, ``source_uri``.
+
+    ``storage_options`` are the fsspec options of the catalog the URIs point into.
+    """
     from PIL import Image, ImageDraw
 
     label_h = 14
@@ -52,7 +55,7 @@ def report_grid(rows: list[dict[str, Any]], size: int = THUMB) -> bytes:
         draw.text((4, y), f"{r['anomaly_score']:.3f}  {str(r['source_uri'])[-60:]}", fill="black")
         tiles = [r.get("input_png", b"")]
         for key in ("restored_uri", "mask_uri"):
-            with fsspec.open(r[key], "rb") as f:
+            with fsspec.open(r[key], "rb", **(storage_options or {})) as f:
                 tiles.append(f.read())
         for j, data in enumerate(tiles):
             if data:

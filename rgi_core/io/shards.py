@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import posixpath
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 import fsspec
@@ -59,9 +60,12 @@ def _kind(path: str) -> ShardKind | None:
     return None
 
 
-def list_shards(source: str) -> list[Shard]:
-    """The shards under ``source`` (sorted, deterministic). Raises FileNotFoundError if it does not exist."""
-    fs, path = fsspec.core.url_to_fs(source)
+def list_shards(source: str, storage_options: dict[str, Any] | None = None) -> list[Shard]:
+    """The shards under ``source`` (sorted, deterministic). Raises FileNotFoundError if it does not exist.
+
+    ``storage_options`` (e.g. s3fs ``key``/``secret``/``endpoint_url``) go to the fsspec filesystem.
+    """
+    fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
     if not fs.exists(path):
         raise FileNotFoundError(f"no such source: {source}")
     if not fs.isdir(path):
@@ -82,26 +86,28 @@ def list_shards(source: str) -> list[Shard]:
     return sorted(shards, key=lambda s: s.uri)
 
 
-def iter_items(shard: Shard, image_column: str = "image", id_column: str = "id") -> Iterator[Item]:
+def iter_items(shard: Shard, image_column: str = "image", id_column: str = "id",
+               storage_options: dict[str, Any] | None = None) -> Iterator[Item]:
     """Stream a shard's images. Unreadable entries come out as items with ``error`` set, never silently lost.
 
     A shard that cannot be opened at all (missing, truncated tar, not Parquet) raises ``OSError`` /
     ``ValueError``; the caller records that as a shard error.
     """
+    opts = storage_options or {}
     if shard.kind == "images":
         for uri in shard.files:
             try:
-                with fsspec.open(uri, "rb") as f:
+                with fsspec.open(uri, "rb", **opts) as f:
                     yield Item(uri, shard.uri, f.read())
             except OSError as exc:
                 yield Item(uri, shard.uri, error=f"cannot read: {exc}")
     elif shard.kind == "tar":
-        yield from _iter_tar(shard)
+        yield from _iter_tar(shard, opts)
     else:
-        yield from _iter_parquet(shard, image_column, id_column)
+        yield from _iter_parquet(shard, image_column, id_column, opts)
 
 
-def _iter_tar(shard: Shard) -> Iterator[Item]:
+def _iter_tar(shard: Shard, opts: dict[str, Any]) -> Iterator[Item]:
     # Members of one WebDataset sample are adjacent; hold back images until their key changes so a
     # .json side file written after the image still attaches to it.
     pending: dict[str, tuple[str, bytes]] = {}
@@ -114,7 +120,7 @@ def _iter_tar(shard: Shard) -> Iterator[Item]:
         for key in [k for k in metas if k != keep]:
             metas.pop(key)
 
-    with fsspec.open(shard.uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+    with fsspec.open(shard.uri, "rb", **opts) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -153,10 +159,10 @@ def _split_key(name: str) -> tuple[str, str]:
     return posixpath.join(head, stem), ext
 
 
-def _iter_parquet(shard: Shard, image_column: str, id_column: str) -> Iterator[Item]:
+def _iter_parquet(shard: Shard, image_column: str, id_column: str, opts: dict[str, Any]) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
-    with fsspec.open(shard.uri, "rb") as f:
+    with fsspec.open(shard.uri, "rb", **opts) as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
         for col in (image_column, id_column):
@@ -214,3 +220,30 @@ def read_item(uri: str, image_column: str = "image", id_column: str = "id") -> b
         raise FileNotFoundError(f"no row with {id_column} = {ident!r} in {base}")
     with fsspec.open(uri, "rb") as f:
         return f.read()
+
+
+def read_items(shards: list[Shard], image_column: str = "image", id_column: str = "id", skip: Set[str] = frozenset(),
+               storage_options: dict[str, Any] | None = None,
+               shard_errors: dict[str, str] | None = None) -> Iterator[Item]:
+    """Stream the items of ``shards`` in order, leaving out URIs in ``skip``.
+
+    A shard that cannot be read (missing, truncated tar, not Parquet) becomes one error item with the
+    shard's URI (unless skipped), and its message goes to ``shard_errors``; the other shards go on.
+    """
+    for shard in shards:
+        try:
+            for item in iter_items(shard, image_column, id_column, storage_options):
+                if item.uri not in skip:
+                    yield item
+        except (OSError, ValueError, EOFError, tarfile.TarError) as exc:
+            if shard_errors is not None:
+                shard_errors[shard.uri] = f"{type(exc).__name__}: {exc}"
+            if shard.uri not in skip:
+                yield Item(shard.uri, shard.uri, error=f"cannot read shard: {exc}")
+
+
+def batched(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    """Consecutive lists of ``size`` items (the last may be shorter); ``itertools.batched`` before 3.12."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch

@@ -177,7 +177,7 @@ def shipped_priors() -> dict[str, Path]:
             if p.name.endswith(".safetensors")}
 
 
-def _read_source(name_or_path: str | Path) -> tuple[str, bytes]:
+def _read_source(name_or_path: str | Path, storage_options: dict[str, Any] | None = None) -> tuple[str, bytes]:
     shipped = shipped_priors()
     s = str(name_or_path)
     if s in shipped:
@@ -185,7 +185,7 @@ def _read_source(name_or_path: str | Path) -> tuple[str, bytes]:
     if "://" in s:
         import fsspec
 
-        with fsspec.open(s, "rb") as f:
+        with fsspec.open(s, "rb", **(storage_options or {})) as f:
             return Path(s.split("?")[0]).stem, f.read()
     p = Path(s)
     if p.is_file():
@@ -221,9 +221,11 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
     )
 
 
-def load_prior(name_or_path: str | Path, device: str | torch.device = "auto") -> Prior:
-    """Load a prior by shipped name, local path or fsspec URL, onto ``device`` ('auto' picks a GPU)."""
-    name, data = _read_source(name_or_path)
+def load_prior(name_or_path: str | Path, device: str | torch.device = "auto",
+               storage_options: dict[str, Any] | None = None) -> Prior:
+    """Load a prior by shipped name, local path or fsspec URL (``storage_options`` for its filesystem),
+    onto ``device`` ('auto' picks a GPU)."""
+    name, data = _read_source(name_or_path, storage_options)
     return load_prior_bytes(data, name=name, device=device)
 
 
