@@ -48,6 +48,8 @@ class CleanOptions(BaseModel):
     id_column: str = "id"
     max_in_flight: int = Field(2, ge=1, description="micro-batches submitted ahead of the slowest one")
     top_k: int = Field(8, ge=0, description="anomalies shown in the report")
+    io_retry_delays: tuple[float, ...] = Field(
+        (1.0, 4.0, 16.0), description="seconds between retries of a failed storage task (one retry per entry)")
 
     def inversion_config(self, prior: Prior) -> InversionConfig:
         """The solver config: these options over the prior's calibrated defaults over the paper's."""
@@ -102,7 +104,10 @@ def write_batch(
                     "phi_uri": uris["phi"],
                     "is_anomalous": None if threshold is None else bool(o.score > threshold)}
         rows.append(row)
-    cat.write_images(rows, run_id=context["run_id"], seq=seq)
+    _, dropped = cat.commit_images(rows, run_id=context["run_id"], seq=seq, exclusive=not context.get("force"))
+    for r in rows:  # committed by a concurrent run: counted as skipped, not as ours
+        if r["source_uri"] in dropped:
+            r["status"] = "skipped"
     keep = ("source_uri", "status", "error", "anomaly_score", "restored_uri", "mask_uri")
     return [{k: r.get(k) for k in keep} | ({"input_png": thumbnail_png(i.data)} if r["status"] == "ok" else {})
             for r, i in zip(rows, items, strict=True)]
@@ -153,9 +158,11 @@ def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
     p = load_prior(prior, device=options.device)
     chash = options.config_hash(p)
     context = {"method": options.method, "prior": p.name, "prior_id": p.prior_id, "config_hash": chash,
-               "run_id": run_id, "device": str(p.device), "score_threshold": p.defaults.get("score_threshold")}
-    shards = list_source(source)
-    done = set() if options.force else read_done(catalog, chash, p.prior_id)
+               "run_id": run_id, "device": str(p.device), "score_threshold": p.defaults.get("score_threshold"),
+               "force": options.force}
+    io = {"retries": len(options.io_retry_delays), "retry_delay_seconds": list(options.io_retry_delays)}
+    shards = list_source.with_options(**io)(source)
+    done = set() if options.force else read_done.with_options(**io)(catalog, chash, p.prior_id)
     logger.info("%d shards under %s; %d images already in the catalog for config %s",
                 len(shards), source, len(done), chash)
 
@@ -174,24 +181,26 @@ def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
 
     for seq, items in enumerate(_batches(shards, done, options, shard_errors)):
         outcomes = invert_batch.submit(items, p, options)
-        pending.append(write_batch.submit(outcomes, items, catalog, context, seq))
+        pending.append(write_batch.with_options(**io).submit(outcomes, items, catalog, context, seq))
         while len(pending) > options.max_in_flight:
             collect(pending.popleft().result())
     while pending:
         collect(pending.popleft().result())
 
     seconds = time.perf_counter() - t0
+    skipped = sum(r["status"] == "skipped" for r in results)
+    results = [r for r in results if r["status"] != "skipped"]
     ok = [r for r in results if r["status"] == "ok"]
     summary = {
         "run_id": run_id, "source": source, "method": options.method, "prior": p.name, "prior_id": p.prior_id,
         "config_hash": chash, "parameters_json": options.model_dump_json(), "images_ok": len(ok),
-        "images_error": len(results) - len(ok), "images_skipped": len(done), "shards": len(shards),
+        "images_error": len(results) - len(ok), "images_skipped": len(done) + skipped, "shards": len(shards),
         "shard_errors_json": json.dumps(shard_errors), "images_per_second": len(results) / seconds if seconds else 0.0,
         "seconds": seconds, "device": str(p.device), "versions_json": json.dumps(_versions()),
         "started_at": started, "ended_at": utcnow(),
     }
-    write_run(catalog, summary)
-    report_uri = write_report(catalog, run_id, top)
+    write_run.with_options(**io)(catalog, summary)
+    report_uri = write_report.with_options(**io)(catalog, run_id, top)
     _artifacts(summary, top, [r for r in results if r["status"] == "error"], report_uri)
     top = [{k: v for k, v in r.items() if k != "input_png"} for r in top]
     return {**summary, "top": top, "report_uri": report_uri}
