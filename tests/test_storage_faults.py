@@ -31,7 +31,6 @@ def prior_file(tiny_prior, tmp_path_factory):
 def proxy(s3, monkeypatch, tiny_prior):
     """Source images uploaded directly; then every S3 call of the pipeline goes through the proxy."""
     import s3fs
-
     from conftest import generate
 
     for i, x in enumerate(generate(tiny_prior, N, seed=4)):
@@ -68,7 +67,7 @@ def test_transient_faults_on_reads_and_writes_are_survived(prefect_api, proxy, s
     proxy.add(
         *[Fault("GET", rf"/src/img{i:02d}\.png", "503", times=2) for i in range(0, N, 2)],
         *[Fault("GET", rf"/src/img{i:02d}\.png", "reset", times=1) for i in range(1, N, 2)],
-        Fault("GET", r"/src/img03\.png", "delay", delay=2.0, times=1),
+        Fault("GET", r"/src/img03\.png", "delay", delay=1.0, times=1),
         Fault("GET", r"list-type=2", "503", times=2),  # listings (source, catalog)
         Fault("PUT", r"/cat/images/.*\.parquet", "503", times=2),
         Fault("PUT", r"/cat/images/.*\.parquet", "reset-after", times=1),  # written, but the client cannot know
