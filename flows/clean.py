@@ -27,6 +27,8 @@ from rgi_core.config import InversionConfig, config_for_prior
 from rgi_core.io.shards import batched, read_items
 from rgi_core.models import Prior
 
+MAX_LISTED_ERRORS = 20  # error rows named in the run's artifact (all of them are in the catalog)
+
 
 class CleanOptions(BaseModel):
     """Options of a cleaning run; frozen and typed, stored as the flow run's parameters."""
@@ -53,6 +55,8 @@ class CleanOptions(BaseModel):
     dask_address: str | None = Field(None, description="existing Dask scheduler (tcp://host:8786); "
                                      "None: a LocalCluster of dask_workers processes")
     dask_workers: int = Field(2, ge=1, description="worker processes of the LocalCluster")
+    io_retry_delays: tuple[float, ...] = Field(
+        (1.0, 4.0, 16.0), description="seconds between retries of a failed storage task (one retry per entry)")
 
     def inversion_config(self, prior: Prior) -> InversionConfig:
         """The solver config: these options over the prior's calibrated defaults over the paper's."""
@@ -85,16 +89,19 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
     storage = catalog if isinstance(catalog, RgiCatalog) else None
     logger = get_run_logger()
     started, t0 = utcnow(), time.perf_counter()
-    context = run_context(p, options)
+    context = run_context(p, options) | {"force": options.force}
     run_id, chash = context["run_id"], context["config_hash"]
-    shards = list_shards(source, storage)
-    done = set() if options.force else read_done(catalog, chash, p.prior_id)
+    io = {"retries": len(options.io_retry_delays), "retry_delay_seconds": list(options.io_retry_delays)}
+    shards = list_shards.with_options(**io)(source, storage)
+    done = set() if options.force else read_done.with_options(**io)(catalog, chash, p.prior_id)
     logger.info("%d shards under %s; %d images already in the catalog for config %s",
                 len(shards), source, len(done), chash)
 
     shard_errors: dict[str, str] = {}
     pending: deque = deque()
-    results: list[dict] = []
+    # The run keeps counts, the first errors and the top-k rows only: its memory does not grow with the source.
+    counts = {"ok": 0, "error": 0, "skipped": 0}  # skipped: committed meanwhile by a concurrent run
+    errors: list[dict] = []
     top: list[dict] = []
     # Known up front only for folders of image files; tar and Parquet shards are counted as they stream.
     total = (sum(f not in done for s in shards for f in s.files)
@@ -102,8 +109,11 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
 
     def collect(rows: list[dict]) -> None:  # keep thumbnails only for the current top-k
         nonlocal top
-        results.extend(rows)
-        progress.report(len(results), sum(r["status"] == "error" for r in results), total)
+        for r in rows:
+            counts[r["status"]] += 1
+            if r["status"] == "error" and len(errors) < MAX_LISTED_ERRORS:
+                errors.append(r)
+        progress.report(counts["ok"] + counts["error"], counts["error"], total)
         ranked = sorted([*top, *(r for r in rows if r["status"] == "ok")], key=lambda r: -r["anomaly_score"])
         for r in ranked[options.top_k:]:
             r.pop("input_png", None)
@@ -118,25 +128,25 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
                             storage_options(storage, source), shard_errors)
     for seq, items in enumerate(batched(items_iter, options.batch_size)):
         outcomes = invert_batch.submit(items, prior_arg, options)
-        pending.append(write_rows.submit(outcomes, items, catalog, context, seq))
+        pending.append(write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq))
         while len(pending) > options.max_in_flight:
             collect(pending.popleft().result())
     while pending:
         collect(pending.popleft().result())
 
     seconds = time.perf_counter() - t0
-    ok = [r for r in results if r["status"] == "ok"]
+    cleaned = counts["ok"] + counts["error"]
     summary = {
         "run_id": run_id, "source": source, "method": options.method, "prior": p.name, "prior_id": p.prior_id,
-        "config_hash": chash, "parameters_json": options.model_dump_json(), "images_ok": len(ok),
-        "images_error": len(results) - len(ok), "images_skipped": len(done), "shards": len(shards),
-        "shard_errors_json": json.dumps(shard_errors), "images_per_second": len(results) / seconds if seconds else 0.0,
+        "config_hash": chash, "parameters_json": options.model_dump_json(), "images_ok": counts["ok"],
+        "images_error": counts["error"], "images_skipped": len(done) + counts["skipped"], "shards": len(shards),
+        "shard_errors_json": json.dumps(shard_errors), "images_per_second": cleaned / seconds if seconds else 0.0,
         "seconds": seconds, "device": str(p.device), "versions_json": json.dumps(_versions()),
         "started_at": started, "ended_at": utcnow(),
     }
-    write_run(catalog, summary)
-    report_uri = write_report(catalog, run_id, top)
-    _artifacts(summary, top, [r for r in results if r["status"] == "error"], report_uri)
+    write_run.with_options(**io)(catalog, summary)
+    report_uri = write_report.with_options(**io)(catalog, run_id, top)
+    _artifacts(summary, top, errors, report_uri)
     top = [{k: v for k, v in r.items() if k != "input_png"} for r in top]
     return {**summary, "top": top, "report_uri": report_uri}
 
@@ -168,7 +178,7 @@ def _artifacts(summary: dict, top: list[dict], errors: list[dict], report_uri: s
             ("images_ok", "images_error", "images_skipped", "shards", "images_per_second", "seconds", "config_hash")]
     rows += [{"what": f"top anomaly {i + 1}", "value": f"{r['anomaly_score']:.3f}  {r['source_uri']}"}
              for i, r in enumerate(top)]
-    rows += [{"what": "error", "value": f"{r['source_uri']}: {r['error']}"} for r in errors[:20]]
+    rows += [{"what": "error", "value": f"{r['source_uri']}: {r['error']}"} for r in errors]
     create_table_artifact(rows, key="rgi-clean-summary", description=f"rgi cleaning run {summary['run_id']}")
     if report_uri:
         create_markdown_artifact(

@@ -5,19 +5,47 @@ Layout under a catalog root (local path or any fsspec URL)::
     images/method=<method>/part-<run_id>-<seq>.parquet   one row per input image per config
     runs/part-<run_id>.parquet                           one row per run
     outputs/<config_hash>/<image_key>/{restored,mask,phi}.png
+    _claims/<config_hash>/<identity>.<generation>.json   commit markers (see below; not Parquet)
 
 ``method`` lives in the partition path (hive style), so readers get it as a column. Every part file is
 written whole and then made visible at once: locally through a hidden temp file and a rename, on object
-stores by a single PUT. Readers therefore never see half a file; ``.``-prefixed temp files are ignored by
-pyarrow and DuckDB globs. A run skips images that already have a row for the same ``config_hash`` and
-``prior_id`` (unless forced), so a rerun adds nothing.
+stores by a single PUT. Readers therefore never see half a file; ``.``-prefixed ``*.tmp`` temp files are
+ignored by pyarrow (hidden) and by DuckDB's ``**/*.parquet`` glob (suffix). A run skips images that
+already have a row for the same ``config_hash`` and ``prior_id`` (unless forced), so a rerun adds nothing.
+
+Commit protocol (:meth:`Catalog.commit_images`): no duplicate rows in the files themselves, so any reader
+(plain pyarrow/pandas/DuckDB, no rgi code) sees one row per image per config, even when runs race or crash.
+
+1. Identity. A row is identified by ``(config_hash, prior_id, source_uri)``; its claim marker is
+   ``_claims/<config_hash>/<sha256(identity)[:32]>.<g>.json`` for generation ``g = 0, 1, ...``.
+2. Claim. Before a part file is written, each of its rows is claimed by creating its marker
+   *exclusively*: locally ``os.link`` of a fully written temp file (fails if the name exists), on S3 a
+   conditional ``PUT`` with ``If-None-Match: *`` (s3fs ``mode="create"``; 412 -> ``FileExistsError``).
+   The marker records the part it commits to, the run, host, pid and time.
+3. Conflict. If the newest generation's marker belongs to this part (a task retry), the row stays. If it
+   names another part that is visible, the row is already committed: it is dropped here. If that part is
+   not visible and its writer is alive, the row is pending elsewhere: dropped here too (a later run picks
+   it up if that writer dies before publishing). If the writer is dead (same host and its pid is gone, or
+   the marker is older than ``claim_lease_s``), the claim is taken over by creating generation ``g + 1``
+   exclusively, so of two racing take-overs exactly one wins.
+4. Publish. The part file is written (atomically, as above) with the claimed rows only. If the write
+   fails, this part's markers are removed so that the images are not blocked.
+
+Only claimed rows reach a part file and a claim has a single winner, so no identity is ever written twice.
+What remains: a writer that stalls for longer than ``claim_lease_s`` between claim and publish may see its
+claim taken over; and ``force=True`` runs (recompute on purpose) append without claims. Filesystems
+without an atomic create (e.g. ``memory://``) fall back to exists-then-write, which is not race-free.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import os
 import posixpath
+import socket
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -88,10 +116,12 @@ def utcnow() -> _dt.datetime:
 class Catalog:
     """A catalog root on any fsspec filesystem."""
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None,
+                 claim_lease_s: float = 900.0) -> None:
         self.root_uri = root.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.root_uri, **(storage_options or {}))
         self.local = is_local(self.fs)
+        self.claim_lease_s = claim_lease_s
 
     # -- paths ---------------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -134,10 +164,119 @@ class Catalog:
             by_method.setdefault(str(r["method"]), []).append({k: r.get(k) for k in IMAGE_SCHEMA.names})
         written = []
         for method, part in sorted(by_method.items()):
-            path = self.path("images", f"{PARTITION}={method}", f"part-{run_id}-{seq:06d}.parquet")
+            path = self.path(self._part_rel(method, run_id, seq))
             self._put_atomic(path, self._table_bytes(part, IMAGE_SCHEMA))
             written.append(self.uri(path))
         return written
+
+    @staticmethod
+    def _part_rel(method: str, run_id: str, seq: int) -> str:
+        return posixpath.join("images", f"{PARTITION}={method}", f"part-{run_id}-{seq:06d}.parquet")
+
+    # -- committing without duplicates (protocol in the module docstring) --------------------------------
+    def commit_images(self, rows: list[dict[str, Any]], run_id: str, seq: int,
+                      exclusive: bool = True) -> tuple[list[str], list[str]]:
+        """Claim each row's identity, then write the claimed rows as :meth:`write_images` does.
+
+        Returns the part URIs written and the ``source_uri`` of rows dropped because another writer has
+        committed (or is committing) the same identity. ``exclusive=False`` appends without claims (a
+        forced recompute).
+        """
+        if not exclusive:
+            return self.write_images(rows, run_id, seq), []
+        keep, dropped, markers = [], [], []
+        for r in rows:
+            part = self._part_rel(str(r["method"]), run_id, seq)
+            won, marker = self._claim(r, part, run_id)
+            (keep if won else dropped).append(r)
+            if won:
+                markers.append((marker, part))
+        try:
+            written = self.write_images(keep, run_id, seq) if keep else []
+        except BaseException:
+            for marker, part in markers:  # unblock these images unless the part made it after all
+                if not self._visible(part):
+                    self._release(marker)
+            raise
+        return written, [str(r["source_uri"]) for r in dropped]
+
+    def claim_prefix(self, config_hash: str, prior_id: str, source_uri: str) -> str:
+        """Path of an identity's claim markers, without the ``.<generation>.json`` suffix."""
+        ident = hashlib.sha256(f"{config_hash}|{prior_id}|{source_uri}".encode()).hexdigest()[:32]
+        return self.path("_claims", config_hash, ident)
+
+    def _claim(self, row: dict[str, Any], part: str, run_id: str) -> tuple[bool, str]:
+        prefix = self.claim_prefix(str(row["config_hash"]), str(row["prior_id"]), str(row["source_uri"]))
+        body = json.dumps({"part": part, "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                           "time": time.time(), "source_uri": row["source_uri"]}).encode()
+        g = 0
+        for _ in range(1000):
+            marker = f"{prefix}.{g}.json"
+            if self._create_exclusive(marker, body):
+                return True, marker
+            self.fs.invalidate_cache(posixpath.dirname(prefix))
+            while self.fs.exists(f"{prefix}.{g + 1}.json"):  # generations are contiguous: find the newest
+                g += 1
+            marker = f"{prefix}.{g}.json"
+            held = json.loads(self.fs.cat_file(marker))
+            if held.get("part") == part and held.get("run_id") == run_id and not held.get("released"):
+                return True, marker  # ours already (a retried task)
+            if not held.get("released") and (self._visible(held["part"]) or not self._stale(held)):
+                return False, marker  # committed, or being committed by a live writer
+            g += 1  # a dead writer's claim: take it over with the next generation (one racer wins)
+        raise RuntimeError(f"could not claim {prefix}: too many generations")
+
+    def _create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create ``path`` holding ``data`` unless it exists; True if this call created it."""
+        parent = posixpath.dirname(path)
+        self.fs.makedirs(parent, exist_ok=True)
+        if self.local:
+            tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, path)  # atomic, fails if the name exists; the marker is complete when it appears
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        if set(self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)) & {"s3", "s3a"}:
+            try:
+                self.fs.pipe_file(path, data, mode="create")  # PUT with If-None-Match: *
+                return True
+            except FileExistsError:
+                return False
+        if self.fs.exists(path):  # no atomic create on this filesystem: best effort
+            return False
+        self.fs.pipe_file(path, data)
+        return True
+
+    def _visible(self, part: str) -> bool:
+        path = self.path(part)
+        self.fs.invalidate_cache(posixpath.dirname(path))
+        return bool(self.fs.exists(path))
+
+    def _stale(self, held: dict[str, Any]) -> bool:
+        """Is the claim's writer gone? Same host: its pid has exited; anywhere: older than the lease."""
+        if time.time() - float(held.get("time", 0.0)) > self.claim_lease_s:
+            return True
+        if held.get("host") == socket.gethostname():
+            try:
+                os.kill(int(held.get("pid", 0)), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError, OverflowError):
+                return False
+        return False
+
+    def _release(self, marker: str) -> None:
+        """Mark one of our claims released (never deleted: generations stay contiguous)."""
+        try:
+            held = json.loads(self.fs.cat_file(marker))
+            self._put_atomic(marker, json.dumps(held | {"released": True}).encode())
+        except (OSError, ValueError):
+            pass
 
     def write_run(self, row: dict[str, Any]) -> str:
         path = self.path("runs", f"part-{row['run_id']}.parquet")
@@ -192,7 +331,8 @@ class Catalog:
 
         ``context``: the run's columns (``method``, ``prior``, ``prior_id``, ``config_hash``, ``run_id``,
         ``device``) and ``score_threshold`` (``is_anomalous`` = score > threshold; None leaves it null).
-        Returns the rows written.
+        Rows are committed with :meth:`commit_images` (unless ``context["force"]``); a row another run
+        committed first comes back with status ``skipped``. Returns the batch's rows.
         """
         rows = []
         for o, item in zip(outcomes, items, strict=True):
@@ -209,7 +349,11 @@ class Catalog:
                         "phi_uri": uris["phi"],
                         "is_anomalous": None if threshold is None else bool(o.score > threshold)}
             rows.append(row)
-        self.write_images(rows, run_id=context["run_id"], seq=seq)
+        exclusive = not context.get("force")  # a forced recompute appends without claims
+        _, dropped = self.commit_images(rows, run_id=context["run_id"], seq=seq, exclusive=exclusive)
+        for r in rows:  # committed by a concurrent run: reported as skipped, not as ours
+            if r["source_uri"] in dropped:
+                r["status"] = "skipped"
         return rows
 
 

@@ -36,6 +36,7 @@ from rgi_core.io.images import ImageDecodeError, NativeImage, decode_native, enc
 from rgi_core.io.shards import Item
 from rgi_core.models.checkpoint import Prior
 from rgi_core.solvers import invert
+from rgi_core.types import InversionResult
 
 Fit = Literal["resize", "tile"]
 
@@ -124,22 +125,38 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
         decoded.append((i, key, img, inputs.clamp(0.0, 1.0)))
     if decoded:
         t0 = time.perf_counter()
-        batch = torch.cat([d[3] for d in decoded])  # (sum n_i, c, r, r)
-        res = invert(batch, prior, config)
+        solved = _solve(decoded, prior, config)
         per_image = (time.perf_counter() - t0) / len(decoded)
-        start = 0
-        for i, key, img, inputs in decoded:
-            sl = slice(start, start + len(inputs))
-            start += len(inputs)
-            diag = res.diagnostics[sl]
-            errors = [d.error for d in diag if d.error]
-            uri = items[i][0]
-            if errors:
-                outcomes[i] = Outcome(uri, key, error=f"inversion failed: {errors[0]}")
-                continue
-            outcomes[i] = _finish(uri, key, img, res.generated[sl], res.phi[sl], res.anomaly_map[sl],
-                                  res.score[sl], diag, fit, per_image)
+        for group, res in solved:
+            start = 0
+            for i, key, img, inputs in group:
+                sl = slice(start, start + len(inputs))
+                start += len(inputs)
+                uri = items[i][0]
+                if isinstance(res, str):
+                    outcomes[i] = Outcome(uri, key, error=f"inversion failed: {res}")
+                    continue
+                diag = res.diagnostics[sl]
+                errors = [d.error for d in diag if d.error]
+                products = (res.generated[sl], res.phi[sl], res.anomaly_map[sl], res.score[sl])
+                if not errors and not all(bool(torch.isfinite(t).all()) for t in products):
+                    errors = ["inversion diverged: non-finite output"]
+                if errors:
+                    outcomes[i] = Outcome(uri, key, error=f"inversion failed: {errors[0]}")
+                    continue
+                outcomes[i] = _finish(uri, key, img, *products, diag, fit, per_image)
     return [outcomes[i] for i in range(len(items))]
+
+
+def _solve(decoded: list, prior: Prior, config: InversionConfig) -> list[tuple[list, InversionResult | str]]:
+    """Invert the decoded images as one batch; if that raises, each image alone, so one bad solve fails only
+    its own image. Returns ``(images, result or error message)`` groups."""
+    try:
+        return [(decoded, invert(torch.cat([d[3] for d in decoded]), prior, config))]  # (sum n_i, c, r, r)
+    except (RuntimeError, ValueError, FloatingPointError) as exc:
+        if len(decoded) == 1:
+            return [(decoded, f"{type(exc).__name__}: {exc}")]
+    return [g for d in decoded for g in _solve([d], prior, config)]
 
 
 def _finish(uri: str, key: str, img: NativeImage, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor,
