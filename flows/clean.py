@@ -14,15 +14,18 @@ import time
 from collections import deque
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.redact import redacting_flow
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_batch
 from rgi_core.config import InversionConfig, config_for_prior
+from rgi_core.io.fs import redact_text, redact_uri, require_no_credentials
+from rgi_core.io.images import ImageLimits
 from rgi_core.io.shards import Item, Shard, iter_items, list_shards
 from rgi_core.models import Prior, load_prior
 from rgi_core.report import report_grid, thumbnail_png
@@ -48,6 +51,11 @@ class CleanOptions(BaseModel):
     id_column: str = "id"
     max_in_flight: int = Field(2, ge=1, description="micro-batches submitted ahead of the slowest one")
     top_k: int = Field(8, ge=0, description="anomalies shown in the report")
+    max_pixels: int = Field(64_000_000, ge=1, description="larger images (W*H) are refused from their header")
+    min_side: int = Field(8, ge=1, description="images narrower or shorter than this are error rows")
+
+    def limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_pixels, min_side=self.min_side)
 
     def inversion_config(self, prior: Prior) -> InversionConfig:
         """The solver config: these options over the prior's calibrated defaults over the paper's."""
@@ -77,7 +85,7 @@ def read_done(catalog: str, config_hash: str, prior_id: str) -> set[str]:
 def invert_batch(items: list[Item], prior: Prior, options: CleanOptions) -> list[Outcome]:
     readable = [i for i in items if not i.error]
     cfg, fit = options.inversion_config(prior), options.resolved_fit(prior)
-    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, cfg, fit))
+    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, cfg, fit, options.limits()))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]
 
 
@@ -91,7 +99,7 @@ def write_batch(
     for o, item in zip(outcomes, items, strict=True):
         row = {**context, "image_key": o.image_key, "source_uri": item.uri, "shard_uri": item.shard_uri,
                "width": o.width, "height": o.height, "channels": o.channels, "status": "error" if o.error else "ok",
-               "error": o.error, "seconds": o.seconds, "meta_json": json.dumps(item.meta, default=str),
+               "error": redact_text(o.error), "seconds": o.seconds, "meta_json": json.dumps(item.meta, default=str),
                "created_at": utcnow()}
         if not o.error:
             uris = {name: cat.write_output(cat.output_path(context["config_hash"], o.image_key, name), png)
@@ -121,9 +129,9 @@ def _batches(shards: list[Shard], done: set[str], options: CleanOptions, shard_e
                     yield batch
                     batch = []
         except (OSError, ValueError, EOFError, tarfile.TarError) as exc:
-            shard_errors[shard.uri] = f"{type(exc).__name__}: {exc}"
+            shard_errors[shard.uri] = redact_text(f"{type(exc).__name__}: {exc}")
             if shard.uri not in done:
-                batch.append(Item(shard.uri, shard.uri, error=f"cannot read shard: {exc}"))
+                batch.append(Item(shard.uri, shard.uri, error=redact_text(f"cannot read shard: {exc}")))
     if batch:
         yield batch
 
@@ -142,11 +150,13 @@ def write_report(catalog: str, run_id: str, top: list[dict[str, Any]]) -> str | 
     return cat.write_output(cat.path("reports", f"{run_id}.png"), report_grid(top))
 
 
-@flow(name="clean-dataset", log_prints=True)
+@redacting_flow(name="clean-dataset", log_prints=True)
 def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
                   options: CleanOptions | None = None) -> dict[str, Any]:
     """Clean every image under ``source`` with ``prior``; write outputs and rows to the ``catalog``."""
     options = options or CleanOptions()
+    for what, uri in (("source", source), ("catalog", catalog), ("prior", prior)):
+        require_no_credentials(uri, what)  # before any work; the stored parameters are redacted already
     logger = get_run_logger()
     started, t0 = utcnow(), time.perf_counter()
     run_id = str(flow_run.get_id() or f"local-{started:%Y%m%dT%H%M%S}")
@@ -157,7 +167,7 @@ def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
     shards = list_source(source)
     done = set() if options.force else read_done(catalog, chash, p.prior_id)
     logger.info("%d shards under %s; %d images already in the catalog for config %s",
-                len(shards), source, len(done), chash)
+                len(shards), redact_uri(source), len(done), chash)
 
     shard_errors: dict[str, str] = {}
     pending: deque = deque()

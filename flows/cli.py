@@ -107,7 +107,8 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 
     opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
                         n_init=args.n_init, fit=args.fit, device=args.device,
-                        seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column)
+                        seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column,
+                        max_pixels=args.max_pixels, min_side=args.min_side)
     out = clean_dataset(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
           f"in the catalog; {out['images_per_second']:.2f} images/s; config {out['config_hash']}")
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--force", action="store_true", help="recompute images already in the catalog")
     cl.add_argument("--image-column", default="image", help="Parquet shards: column with image bytes")
     cl.add_argument("--id-column", default="id", help="Parquet shards: column with the image id")
+    cl.add_argument("--max-pixels", type=int, default=64_000_000,
+                    help="refuse larger images (W*H) from their header, e.g. decompression bombs (default 64 MP)")
+    cl.add_argument("--min-side", type=int, default=8, help="images smaller than this on a side are error rows")
     cl.set_defaults(func=_cmd_clean)
 
     q = sub.add_parser("query", help="run SQL on a catalog (views: images, runs)")

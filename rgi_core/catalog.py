@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import posixpath
+import re
 import uuid
 from typing import Any
 
@@ -53,6 +54,8 @@ IMAGE_SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 PARTITION = "method"
+_HEX = re.compile(r"[0-9a-f]{8,64}")
+_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
 RUN_SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -96,6 +99,11 @@ class Catalog:
         return uri_of(self.fs, path)
 
     def output_path(self, config_hash: str, image_key: str, name: str) -> str:
+        """``outputs/<config_hash>/<image_key>/<name>.png``: built from hashes only, never from source names
+        (a tar member ``../x.png`` or ``/tmp/x.png`` cannot steer where outputs land)."""
+        if not (_HEX.fullmatch(config_hash) and _HEX.fullmatch(image_key) and _NAME.fullmatch(name)):
+            raise ValueError(f"output paths are built from hex hashes and a plain name, got "
+                             f"{config_hash!r}, {image_key!r}, {name!r}")
         return self.path("outputs", config_hash, image_key, f"{name}.png")
 
     # -- writing -------------------------------------------------------------------------------------
