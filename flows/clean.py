@@ -14,16 +14,19 @@ import time
 from collections import deque
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows import progress
 from flows.blocks import RgiCatalog, RgiPrior, resolve, storage_options
+from flows.redact import redacting_flow
 from flows.scale import PriorRef, dask_task_runner, on_dask
 from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
 from rgi_core.catalog import utcnow
 from rgi_core.config import InversionConfig, config_for_prior
+from rgi_core.io.fs import redact_uri, require_no_credentials
+from rgi_core.io.images import ImageLimits
 from rgi_core.io.shards import batched, read_items
 from rgi_core.models import Prior
 
@@ -57,6 +60,11 @@ class CleanOptions(BaseModel):
     dask_workers: int = Field(2, ge=1, description="worker processes of the LocalCluster")
     io_retry_delays: tuple[float, ...] = Field(
         (1.0, 4.0, 16.0), description="seconds between retries of a failed storage task (one retry per entry)")
+    max_pixels: int = Field(64_000_000, ge=1, description="larger images (W*H) are refused from their header")
+    min_side: int = Field(8, ge=1, description="images narrower or shorter than this are error rows")
+
+    def limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_pixels, min_side=self.min_side)
 
     def inversion_config(self, prior: Prior) -> InversionConfig:
         """The solver config: these options over the prior's calibrated defaults over the paper's."""
@@ -72,7 +80,7 @@ class CleanOptions(BaseModel):
         return hashlib.sha256(f"{cfg.config_hash()}|{self.resolved_fit(prior)}".encode()).hexdigest()[:16]
 
 
-@flow(name="clean-dataset", log_prints=True)
+@redacting_flow(name="clean-dataset", log_prints=True)
 def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", options: CleanOptions | None = None,
                   catalog_block: str | None = None, prior_block: str | None = None,
                   settings_block: str | None = None) -> dict[str, Any]:
@@ -85,6 +93,8 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
         return with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options,
                                          catalog_block=catalog_block, prior_block=prior_block,
                                          settings_block=settings_block)
+    for what, uri in (("source", source), ("catalog", catalog), ("prior", prior)):
+        require_no_credentials(uri, what)  # before any work; the stored parameters are redacted already
     catalog, p, options = resolve(catalog, prior, options, catalog_block, prior_block, settings_block)
     storage = catalog if isinstance(catalog, RgiCatalog) else None
     logger = get_run_logger()
@@ -95,7 +105,7 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
     shards = list_shards.with_options(**io)(source, storage)
     done = set() if options.force else read_done.with_options(**io)(catalog, chash, p.prior_id)
     logger.info("%d shards under %s; %d images already in the catalog for config %s",
-                len(shards), source, len(done), chash)
+                len(shards), redact_uri(source), len(done), chash)
 
     shard_errors: dict[str, str] = {}
     pending: deque = deque()

@@ -120,7 +120,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
                         n_init=args.n_init, fit=args.fit, device=args.device,
                         seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column,
                         task_runner="threads" if args.dask is None else "dask", dask_address=args.dask or None,
-                        dask_workers=args.dask_workers)
+                        dask_workers=args.dask_workers, max_pixels=args.max_pixels, min_side=args.min_side)
     with progress.bar("cleaning") as show, progress.listening(show):
         out = run_clean(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--dask", nargs="?", const="", default=None, metavar="ADDRESS",
                     help="run inversion batches on Dask: a LocalCluster, or the scheduler at ADDRESS (tcp://h:8786)")
     cl.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
+    cl.add_argument("--max-pixels", type=int, default=64_000_000,
+                    help="refuse larger images (W*H) from their header, e.g. decompression bombs (default 64 MP)")
+    cl.add_argument("--min-side", type=int, default=8, help="images smaller than this on a side are error rows")
     cl.set_defaults(func=_cmd_clean)
 
     q = sub.add_parser("query", help="run SQL on a catalog (views: images, runs)")

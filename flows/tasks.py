@@ -140,4 +140,5 @@ def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptio
     """
     prior = prior.load() if isinstance(prior, PriorRef) else prior
     with compute_slot():
-        return clean_items(items, prior, options.inversion_config(prior), options.resolved_fit(prior))
+        return clean_items(items, prior, options.inversion_config(prior), options.resolved_fit(prior),
+                           options.limits())

@@ -10,9 +10,11 @@ import tempfile
 from pathlib import Path
 
 import fsspec
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from flows.redact import redacting_flow
+from rgi_core.io.fs import require_no_credentials
 from rgi_core.io.images import read_clean_images
 from rgi_core.models.nets import ArchSpec
 from rgi_core.training import TrainConfig, train_prior
@@ -46,7 +48,7 @@ def train_gan(images: list, cfg: TrainConfig, work_dir: str, out: str, data: dic
     return out
 
 
-@flow(name="train-prior", log_prints=True)
+@redacting_flow(name="train-prior", log_prints=True)
 def train_prior_flow(
     images: str,
     out: str,
@@ -62,6 +64,8 @@ def train_prior_flow(
     seed: int = 0,
 ) -> str:
     """Train a prior on the clean images under ``images`` and write it to ``out``; returns ``out``."""
+    for what, uri in (("images", images), ("out", out)):
+        require_no_credentials(uri, what)
     arch = ArchSpec(resolution=resolution, channels=channels, latent_dim=latent_dim,
                     latent_mode=latent_mode,  # type: ignore[arg-type]
                     width=width, max_channels=max_channels)

@@ -44,6 +44,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import socket
 import time
 import uuid
@@ -53,7 +54,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rgi_core.io.fs import is_local, uri_of
+from rgi_core.io.fs import is_local, redact_text, uri_of
 
 if TYPE_CHECKING:
     from rgi_core.cleaning import Outcome
@@ -86,6 +87,8 @@ IMAGE_SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 PARTITION = "method"
+_HEX = re.compile(r"[0-9a-f]{8,64}")
+_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
 RUN_SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -131,6 +134,11 @@ class Catalog:
         return uri_of(self.fs, path)
 
     def output_path(self, config_hash: str, image_key: str, name: str) -> str:
+        """``outputs/<config_hash>/<image_key>/<name>.png``: built from hashes only, never from source names
+        (a tar member ``../x.png`` or ``/tmp/x.png`` cannot steer where outputs land)."""
+        if not (_HEX.fullmatch(config_hash) and _HEX.fullmatch(image_key) and _NAME.fullmatch(name)):
+            raise ValueError(f"output paths are built from hex hashes and a plain name, got "
+                             f"{config_hash!r}, {image_key!r}, {name!r}")
         return self.path("outputs", config_hash, image_key, f"{name}.png")
 
     # -- writing -------------------------------------------------------------------------------------
@@ -338,7 +346,7 @@ class Catalog:
         for o, item in zip(outcomes, items, strict=True):
             row = {**context, "image_key": o.image_key, "source_uri": item.uri, "shard_uri": item.shard_uri,
                    "width": o.width, "height": o.height, "channels": o.channels,
-                   "status": "error" if o.error else "ok", "error": o.error, "seconds": o.seconds,
+                   "status": "error" if o.error else "ok", "error": redact_text(o.error), "seconds": o.seconds,
                    "meta_json": json.dumps(item.meta, default=str), "created_at": utcnow()}
             if not o.error:
                 uris = {name: self.write_output(self.output_path(context["config_hash"], o.image_key, name), png)

@@ -12,6 +12,11 @@ Size handling (``fit``):
 - ``tile``: the image is padded (reflect) to a multiple of the prior's resolution and cut into tiles that
   are inverted as one batch and stitched, so a large image keeps its scale (textures, inspection images).
 
+Input checks (:class:`rgi_core.io.images.ImageLimits`): images over ``max_pixels`` (64 MP) are refused from
+their header before decoding (decompression bombs), images under ``min_side`` (8 px) on either side (1x1,
+10000x1) are error rows rather than being stretched into the prior's square, and float images with NaN/Inf
+are error rows rather than being silently sanitised.
+
 Colour handling: the inversion runs in the prior's channels (an RGB image seen by a grayscale prior is
 inverted as its luminance, and phi then blends the prior's gray into each colour channel); outputs keep
 the input's mode (gray/RGB, alpha, 16-bit). The mask PNG is the soft anomaly map
@@ -32,7 +37,15 @@ import torch
 import torch.nn.functional as F
 
 from rgi_core.config import InversionConfig
-from rgi_core.io.images import ImageDecodeError, NativeImage, decode_native, encode_png, encode_png_native
+from rgi_core.io.images import (
+    CLEAN_LIMITS,
+    ImageDecodeError,
+    ImageLimits,
+    NativeImage,
+    decode_native,
+    encode_png,
+    encode_png_native,
+)
 from rgi_core.io.shards import Item
 from rgi_core.models.checkpoint import Prior
 from rgi_core.solvers import invert
@@ -108,15 +121,19 @@ def _png8(p: torch.Tensor) -> bytes:
 
 
 def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionConfig,
-                fit: Fit = "resize") -> list[Outcome]:
-    """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order."""
+                fit: Fit = "resize", limits: ImageLimits = CLEAN_LIMITS) -> list[Outcome]:
+    """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order.
+
+    Images outside ``limits`` (over ``max_pixels``: refused from the header; under ``min_side``), that do
+    not decode, or whose float pixels are NaN/Inf, get an error outcome and never reach the solver.
+    """
     r, c = prior.spec.resolution, prior.spec.channels
     outcomes: dict[int, Outcome] = {}
     decoded: list[tuple[int, str, NativeImage, torch.Tensor]] = []  # (index, key, image, network-size inputs)
     for i, (uri, data) in enumerate(items):
         key = image_key(data)
         try:
-            img = decode_native(data, name=uri)
+            img = decode_native(data, name=uri, limits=limits)
         except ImageDecodeError as exc:
             outcomes[i] = Outcome(uri, key, error=str(exc))
             continue
@@ -187,8 +204,9 @@ def _finish(uri: str, key: str, img: NativeImage, gen: torch.Tensor, phi: torch.
     )
 
 
-def clean_items(items: list[Item], prior: Prior, config: InversionConfig, fit: Fit = "resize") -> list[Outcome]:
+def clean_items(items: list[Item], prior: Prior, config: InversionConfig, fit: Fit = "resize",
+                limits: ImageLimits = CLEAN_LIMITS) -> list[Outcome]:
     """:func:`clean_batch` over shard items: items that failed to read keep their error, in order."""
     readable = [i for i in items if not i.error]
-    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit))
+    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit, limits))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]

@@ -39,8 +39,9 @@ def test_round_trip_and_third_party_readers(tmp_path):
 
 def test_runs_table_and_outputs(tmp_path):
     cat = Catalog(str(tmp_path / "cat"))
-    uri = cat.write_output(cat.output_path("c1", "k0", "mask"), b"\x89PNG fake")
-    assert uri.endswith("outputs/c1/k0/mask.png") and (tmp_path / "cat/outputs/c1/k0/mask.png").exists()
+    uri = cat.write_output(cat.output_path("c1c1c1c1", "0b0b0b0b", "mask"), b"\x89PNG fake")
+    rel = "outputs/c1c1c1c1/0b0b0b0b/mask.png"
+    assert uri.endswith(rel) and (tmp_path / "cat" / rel).exists()
     cat.write_run({"run_id": "r1", "source": "s3://b", "method": "rgi", "images_ok": 3, "started_at": utcnow(),
                    "ended_at": utcnow()})
     assert cat.read_runs().to_pylist()[0]["images_ok"] == 3

@@ -73,8 +73,11 @@ def test_errors_are_clear(source, tmp_path):
         list_shards(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="not an image"):
         list_shards(str(source / "loose" / "notes.txt"))
-    with pytest.raises(ValueError, match="no column 'pixels'"):
-        list(iter_items(Shard(str(source / "p-000.parquet"), "parquet"), image_column="pixels"))
+    rows = list(iter_items(Shard(str(source / "p-000.parquet"), "parquet"), image_column="pixels"))
+    assert [i.uri.rsplit("#", 1)[-1] for i in rows] == ["x", "y"]  # one error item per row, named by its id
+    assert all("no column 'pixels'" in i.error and not i.data for i in rows)
+    with pytest.raises(ValueError, match="no column 'key'"):
+        list(iter_items(Shard(str(source / "p-000.parquet"), "parquet"), id_column="key"))
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises((tarfile.TarError, OSError, ValueError)):

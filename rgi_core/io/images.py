@@ -4,12 +4,19 @@ Images come back as float32 arrays in [0, 1], shape ``(C, H, W)`` with ``C`` the
 (RGB is converted to luminance for ``channels=1``; grayscale is replicated for ``channels=3``).
 16-bit PNG/TIFF are scaled by 65535. Anything PIL cannot decode raises :class:`ImageDecodeError`
 naming the file, so callers can report it (the catalog writes an error row; training skips it).
+
+Untrusted bytes are checked before any pixel is decoded (:class:`ImageLimits`): an image declaring more
+than ``max_pixels`` pixels (a decompression bomb: a few KB of PNG can declare gigabytes) is refused from
+its header, and one smaller than ``min_side`` on either side is refused (cleaning: 8 px) as too small. Float
+images (TIFF mode ``F``) with NaN/Inf are refused rather than silently sanitised.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +25,62 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 
 
 class ImageDecodeError(ValueError):
-    """An image file that could not be decoded (truncated, not an image, unsupported mode)."""
+    """An image file that could not be decoded (truncated, not an image, unsupported mode, over the limits)."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an input image may be, checked from the header before decoding.
+
+    Attributes:
+        max_pixels: largest ``W * H`` accepted (default 64 MP: 256 MB per channel as float32). PIL's own
+            bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``, an error above twice its value, about 179 MP) still
+            applies on top and is reported the same way.
+        min_side: smallest width and height accepted (default 1 px for plain decoding; cleaning uses
+            :data:`CLEAN_LIMITS`, 8 px: below that a prior has nothing to see).
+    """
+
+    max_pixels: int = 64_000_000
+    min_side: int = 1
+
+
+DEFAULT_LIMITS = ImageLimits()
+CLEAN_LIMITS = ImageLimits(min_side=8)  # what the cleaning pipeline accepts by default
+
+
+@contextmanager
+def _open_checked(data: bytes, name: str, limits: ImageLimits) -> Iterator:
+    """``PIL.Image.open`` with the size limits checked on the header; every decoder failure -> ImageDecodeError.
+
+    Decoders of untrusted bytes fail in many ways (OSError, SyntaxError, struct.error, IndexError, ...), so
+    any exception from PIL becomes an :class:`ImageDecodeError`; only the caller's own errors pass through.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our max_pixels decides
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"{name}: refused by the pixel limit (max_pixels={limits.max_pixels}): "
+                               f"{exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"{name}: cannot decode image (not a recognised image format, "
+                               f"{len(data)} bytes)") from exc
+    except Exception as exc:  # noqa: BLE001  any parser failure on untrusted bytes
+        raise ImageDecodeError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    with im:
+        w, h = im.size
+        if w * h > limits.max_pixels:
+            raise ImageDecodeError(f"{name}: refused by the pixel limit: {w}x{h} = {w * h} pixels > "
+                                   f"max_pixels={limits.max_pixels} (possible decompression bomb)")
+        if min(w, h) < limits.min_side:
+            raise ImageDecodeError(f"{name}: image too small to clean: {w}x{h} px, min_side={limits.min_side}")
+        try:
+            im.load()
+        except Exception as exc:  # noqa: BLE001  truncated / corrupt pixel data
+            raise ImageDecodeError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        yield im
 
 
 @dataclass(frozen=True)
@@ -29,35 +91,36 @@ class ImageRecord:
     pixels: np.ndarray
 
 
-def decode_image(data: bytes, channels: int, name: str = "<bytes>") -> np.ndarray:
-    """Decode PNG/JPEG/WebP/TIFF bytes to a (C, H, W) float32 array in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
+def decode_image(data: bytes, channels: int, name: str = "<bytes>",
+                 limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode PNG/JPEG/WebP/TIFF bytes to a (C, H, W) float32 array in [0, 1], within ``limits``."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    with _open_checked(data, name, limits) as im:
+        return _pixels(im, channels, name)
+
+
+def _pixels(im, channels: int, name: str) -> np.ndarray:  # noqa: ANN001  an opened, loaded PIL image
+    """(C, H, W) float32 in [0, 1] from a loaded PIL image; 16-bit / 32-bit int scaled by 65535."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64) / 65535.0
-                arr = np.clip(arr, 0.0, 1.0)[None]  # (1, H, W)
-                if channels == 3:
-                    arr = np.repeat(arr, 3, axis=0)
-                return arr.astype(np.float32)
-            if im.mode == "F":
-                arr = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)[None]
-                return np.repeat(arr, channels, axis=0) if channels == 3 else arr
-            im = im.convert("L" if channels == 1 else "RGB")
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"{name}: cannot decode image ({exc})") from exc
-    if arr.ndim == 2:
-        arr = arr[None]  # (1, H, W)
-    else:
-        arr = arr.transpose(2, 0, 1)  # (3, H, W)
-    if min(arr.shape[1:]) < 1:
-        raise ImageDecodeError(f"{name}: empty image")
-    return np.ascontiguousarray(arr)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.clip(np.asarray(im, dtype=np.float64) / 65535.0, 0.0, 1.0)[None]  # (1, H, W)
+        elif im.mode == "F":
+            arr = np.asarray(im, dtype=np.float32)[None]  # (1, H, W)
+            if not np.isfinite(arr).all():
+                raise ImageDecodeError(f"{name}: float image with NaN/Inf pixel values "
+                                       f"({int((~np.isfinite(arr)).sum())} of {arr.size})")
+            arr = np.clip(arr, 0.0, 1.0)
+        else:
+            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001  unsupported mode conversions of untrusted files
+        raise ImageDecodeError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    if arr.shape[0] != channels:
+        arr = np.repeat(arr, channels, axis=0)  # gray-like modes replicated for channels=3
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -74,24 +137,21 @@ class NativeImage:
         return int(self.pixels.shape[0])
 
 
-def decode_native(data: bytes, name: str = "<bytes>") -> NativeImage:
+def decode_native(data: bytes, name: str = "<bytes>", limits: ImageLimits = DEFAULT_LIMITS) -> NativeImage:
     """Decode keeping the stored mode: gray stays 1 channel, colour 3 (+ alpha kept aside), 16-bit noted."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            mode = im.mode
-            alpha = None
-            if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (PIL reads 16-bit PNGs as "I")
-                return NativeImage(decode_image(data, 1, name), None, 16)
-            if "A" in mode or (mode == "P" and "transparency" in im.info):
+    with _open_checked(data, name, limits) as im:
+        mode = im.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (PIL reads 16-bit PNGs as "I")
+            return NativeImage(_pixels(im, 1, name), None, 16)
+        alpha = None
+        if "A" in mode or (mode == "P" and "transparency" in im.info):
+            try:
                 rgba = np.asarray(im.convert("RGBA" if mode not in ("LA", "La") else "LA"), dtype=np.float32)
-                alpha = rgba[..., -1][None] / 255.0
-            gray = mode in ("1", "L", "LA", "La", "F")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"{name}: cannot decode image ({exc})") from exc
-    return NativeImage(decode_image(data, 1 if gray else 3, name), alpha, 8)
+            except Exception as exc:  # noqa: BLE001
+                raise ImageDecodeError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+            alpha = rgba[..., -1][None] / 255.0  # (1, H, W)
+        gray = mode in ("1", "L", "LA", "La", "F")
+        return NativeImage(_pixels(im, 1 if gray else 3, name), alpha, 8)
 
 
 def encode_png_native(pixels: np.ndarray, like: NativeImage) -> bytes:
@@ -149,7 +209,8 @@ def read_clean_images(
     return records, errors
 
 
-def read_images(source: str, channels: int) -> tuple[list[ImageRecord], list[str]]:
+def read_images(source: str, channels: int,
+                limits: ImageLimits = DEFAULT_LIMITS) -> tuple[list[ImageRecord], list[str]]:
     """Decode every image under ``source``. Returns (records, errors); errors are ``"uri: message"``."""
     import fsspec
 
@@ -159,7 +220,7 @@ def read_images(source: str, channels: int) -> tuple[list[ImageRecord], list[str
         try:
             with fsspec.open(uri, "rb") as f:
                 data = f.read()
-            records.append(ImageRecord(uri, decode_image(data, channels, name=uri)))
+            records.append(ImageRecord(uri, decode_image(data, channels, name=uri, limits=limits)))
         except (ImageDecodeError, OSError) as exc:
             errors.append(f"{uri}: {exc}")
     return records, errors

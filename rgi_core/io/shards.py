@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import fsspec
 
-from rgi_core.io.fs import uri_of
+from rgi_core.io.fs import redact_text, uri_of
 from rgi_core.io.images import IMAGE_EXTENSIONS
 
 ShardKind = Literal["images", "tar", "parquet"]
@@ -122,9 +122,14 @@ def _iter_tar(shard: Shard, opts: dict[str, Any]) -> Iterator[Item]:
 
     with fsspec.open(shard.uri, "rb", **opts) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         for member in tar:
-            if not member.isfile():
-                continue
             key, ext = _split_key(member.name)
+            if not member.isfile():
+                if not member.isdir() and ext in IMAGE_EXTENSIONS:  # links, devices, fifos: never followed
+                    yield from flush(keep=None)
+                    yield Item(f"{shard.uri}#{member.name}", shard.uri,
+                               error=f"tar member is not a regular file ({_TAR_TYPES.get(member.type, 'special')}"
+                                     f"{' -> ' + member.linkname if member.linkname else ''}); links are not followed")
+                continue
             yield from flush(keep=key)
             reader = tar.extractfile(member)
             data = reader.read() if reader is not None else b""
@@ -136,6 +141,10 @@ def _iter_tar(shard: Shard, opts: dict[str, Any]) -> Iterator[Item]:
             elif ext in IMAGE_EXTENSIONS:
                 pending[key] = (member.name, data)
         yield from flush(keep=None)
+
+
+_TAR_TYPES = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "character device",
+              tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo"}
 
 
 def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
@@ -165,16 +174,19 @@ def _iter_parquet(shard: Shard, image_column: str, id_column: str, opts: dict[st
     with fsspec.open(shard.uri, "rb", **opts) as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
-        for col in (image_column, id_column):
-            if col not in names:
-                raise ValueError(f"{shard.uri}: no column {col!r} (columns: {names})")
+        if id_column not in names:
+            raise ValueError(f"{shard.uri}: no column {id_column!r} (columns: {names})")
+        # Without the image column every row (named by its id) becomes an error row, so none goes unreported.
+        missing = "" if image_column in names else f"no column {image_column!r} (columns: {names})"
         extra = [c for c in names if c not in (image_column, id_column)]
-        for batch in pf.iter_batches(batch_size=64):
+        for batch in pf.iter_batches(batch_size=64, columns=[id_column, *extra] if missing else None):
             cols = batch.to_pydict()
-            for i, data in enumerate(cols[image_column]):
-                ident = cols[id_column][i]
+            for i, ident in enumerate(cols[id_column]):
+                data = None if missing else cols[image_column][i]
                 meta = {c: cols[c][i] for c in extra if _jsonable(cols[c][i])}
-                if not isinstance(data, bytes | bytearray) or not data:
+                if missing:
+                    yield Item(f"{shard.uri}#{ident}", shard.uri, meta=meta, error=missing)
+                elif not isinstance(data, bytes | bytearray) or not data:
                     yield Item(f"{shard.uri}#{ident}", shard.uri, meta=meta, error="empty or non-binary image cell")
                 else:
                     yield Item(f"{shard.uri}#{ident}", shard.uri, bytes(data), meta)
@@ -237,9 +249,9 @@ def read_items(shards: list[Shard], image_column: str = "image", id_column: str 
                     yield item
         except (OSError, ValueError, EOFError, tarfile.TarError) as exc:
             if shard_errors is not None:
-                shard_errors[shard.uri] = f"{type(exc).__name__}: {exc}"
+                shard_errors[shard.uri] = redact_text(f"{type(exc).__name__}: {exc}")
             if shard.uri not in skip:
-                yield Item(shard.uri, shard.uri, error=f"cannot read shard: {exc}")
+                yield Item(shard.uri, shard.uri, error=redact_text(f"cannot read shard: {exc}"))
 
 
 def batched(items: Iterable[Item], size: int) -> Iterator[list[Item]]:

@@ -199,8 +199,14 @@ def _read_source(name_or_path: str | Path, storage_options: dict[str, Any] | Non
 def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.device = "auto") -> Prior:
     """Build a :class:`Prior` from safetensors bytes."""
     meta = read_metadata(data)
-    spec = ArchSpec(**meta["architecture"])
-    tensors = st_load(data)
+    try:  # a wrong resolution / channel count or unknown field: a clear error before any work
+        spec = ArchSpec(**meta["architecture"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PriorFormatError(f"{name}: invalid architecture in metadata: {exc}") from exc
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # noqa: BLE001  safetensors raises its own error types on damaged files
+        raise PriorFormatError(f"{name}: damaged safetensors file: {type(exc).__name__}: {exc}") from exc
     g, d = Generator(spec), Discriminator(spec)
     for prefix, net in (("generator.", g), ("discriminator.", d)):
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
