@@ -25,7 +25,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -105,46 +105,97 @@ def _png8(p: torch.Tensor) -> bytes:
     return encode_png(p.clamp(0, 1).numpy())
 
 
+class Fitted(NamedTuple):
+    """One image inverted and mapped back to its own size (fields empty/NaN when ``error`` is set).
+
+    Attributes:
+        restored: ``(C, H, W)`` the fused image ``(1 - phi) x + phi G(z)`` in the input's channels.
+        anomaly_map: ``(1, H, W)`` in [0, 1), 0.5 at the prior's mask threshold.
+        phi: ``(1, H, W)`` in [0, 1], reliance on the prior.
+        score: the image's anomaly score (tiles: the max over its tiles).
+        diagnostics: one per network-size input (one, or one per tile).
+        error: why the solve is unusable, else empty.
+    """
+
+    restored: torch.Tensor
+    anomaly_map: torch.Tensor
+    phi: torch.Tensor
+    score: float
+    diagnostics: tuple
+    error: str = ""
+
+
+def resolve_fit(prior: Prior, fit: Fit | Literal["auto"]) -> Fit:
+    """``auto`` -> the prior's default (metadata ``defaults.fit``; resize when absent)."""
+    return prior.defaults.get("fit", "resize") if fit == "auto" else fit  # type: ignore[return-value]
+
+
+def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig,
+               fit: Fit = "resize") -> tuple[list[Fitted], float]:
+    """Invert images (each (C, H, W) in [0, 1], any size) in one batch; returns results and seconds per image.
+
+    Each image is fitted to the prior's size (resize or tiles), inverted in the prior's channels, and its
+    G(z), phi and anomaly map are mapped back to the image's own size and channels.
+    """
+    if not images:
+        return [], 0.0
+    r, c = prior.spec.resolution, prior.spec.channels
+    inputs = []  # (n_i, c, r, r) network-size inputs per image
+    for x in images:
+        xc = _to_channels(x, c)  # (c, H, W)
+        inputs.append((_resize(xc[None], (r, r)) if fit == "resize" else _tiles(xc, r)[0]).clamp(0.0, 1.0))
+    t0 = time.perf_counter()
+    res = invert(torch.cat(inputs), prior, config)  # batch of sum(n_i)
+    per_image = (time.perf_counter() - t0) / len(images)
+    out, start = [], 0
+    for x, inp in zip(images, inputs, strict=True):
+        sl = slice(start, start + len(inp))
+        start += len(inp)
+        diag = tuple(res.diagnostics[sl])
+        errors = [d.error for d in diag if d.error]
+        if errors:
+            empty = torch.empty(0)
+            out.append(Fitted(empty, empty, empty, float("nan"), diag, f"inversion failed: {errors[0]}"))
+            continue
+        restored, amap, phi = _map_back(x, res.generated[sl], res.phi[sl], res.anomaly_map[sl], fit)
+        out.append(Fitted(restored, amap, phi, float(res.score[sl].max()), diag))
+    return out, per_image
+
+
 def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionConfig,
                 fit: Fit = "resize") -> list[Outcome]:
     """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order."""
-    r, c = prior.spec.resolution, prior.spec.channels
     outcomes: dict[int, Outcome] = {}
-    decoded: list[tuple[int, str, NativeImage, torch.Tensor]] = []  # (index, key, image, network-size inputs)
+    decoded: list[tuple[int, str, NativeImage]] = []
     for i, (uri, data) in enumerate(items):
         key = image_key(data)
         try:
-            img = decode_native(data, name=uri)
+            decoded.append((i, key, decode_native(data, name=uri)))
         except ImageDecodeError as exc:
             outcomes[i] = Outcome(uri, key, error=str(exc))
+    fitted, seconds = fit_invert([torch.from_numpy(img.pixels) for _, _, img in decoded], prior, config, fit)
+    for (i, key, img), f in zip(decoded, fitted, strict=True):
+        uri = items[i][0]
+        if f.error:
+            outcomes[i] = Outcome(uri, key, error=f.error)
             continue
-        x = _to_channels(torch.from_numpy(img.pixels), c)  # (c, H, W)
-        inputs = _resize(x[None], (r, r)) if fit == "resize" else _tiles(x, r)[0]  # (n_i, c, r, r)
-        decoded.append((i, key, img, inputs.clamp(0.0, 1.0)))
-    if decoded:
-        t0 = time.perf_counter()
-        batch = torch.cat([d[3] for d in decoded])  # (sum n_i, c, r, r)
-        res = invert(batch, prior, config)
-        per_image = (time.perf_counter() - t0) / len(decoded)
-        start = 0
-        for i, key, img, inputs in decoded:
-            sl = slice(start, start + len(inputs))
-            start += len(inputs)
-            diag = res.diagnostics[sl]
-            errors = [d.error for d in diag if d.error]
-            uri = items[i][0]
-            if errors:
-                outcomes[i] = Outcome(uri, key, error=f"inversion failed: {errors[0]}")
-                continue
-            outcomes[i] = _finish(uri, key, img, res.generated[sl], res.phi[sl], res.anomaly_map[sl],
-                                  res.score[sl], diag, fit, per_image)
+        mask = (f.anomaly_map > 0.5).to(torch.float32)
+        outcomes[i] = Outcome(
+            uri=uri, image_key=key, width=img.pixels.shape[2], height=img.pixels.shape[1], channels=img.channels,
+            score=f.score, mask_fraction=float(mask.mean()),
+            final_loss=float(np.mean([d.final_loss for d in f.diagnostics])),
+            converged=all(d.converged for d in f.diagnostics),
+            seconds=seconds,
+            restored_png=encode_png_native(f.restored.numpy(), img),
+            mask_png=_png8(f.anomaly_map),
+            phi_png=_png8(f.phi),
+        )
     return [outcomes[i] for i in range(len(items))]
 
 
-def _finish(uri: str, key: str, img: NativeImage, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor,
-            score: torch.Tensor, diag: list, fit: Fit, seconds: float) -> Outcome:
-    """Map network-size outputs back to the image's own size and fuse there."""
-    x = torch.from_numpy(img.pixels)  # (C, H, W)
+def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor,
+              fit: Fit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network-size outputs -> (restored (C, H, W), anomaly map (1, H, W), phi (1, H, W)) at x's size, fused there."""
     ch, h, w = x.shape
     if fit == "resize":
         gen_f, phi_f, amap_f = (_resize(t.float().cpu(), (h, w))[0] for t in (gen, phi, amap))
@@ -155,15 +206,4 @@ def _finish(uri: str, key: str, img: NativeImage, gen: torch.Tensor, phi: torch.
     gen_f = _to_channels(gen_f, ch).clamp(0, 1)  # (C, H, W) prior's image in the input's channels
     phi_f, amap_f = phi_f.clamp(0, 1), amap_f.clamp(0, 1)  # (1, H, W)
     restored = (1.0 - phi_f) * x + phi_f * gen_f
-    mask = (amap_f > 0.5).to(torch.float32)
-    return Outcome(
-        uri=uri, image_key=key, width=w, height=h, channels=ch,
-        score=float(score.max()),  # tiles: the image is as anomalous as its worst tile
-        mask_fraction=float(mask.mean()),
-        final_loss=float(np.mean([d.final_loss for d in diag])),
-        converged=all(d.converged for d in diag),
-        seconds=seconds,
-        restored_png=encode_png_native(restored.numpy(), img),
-        mask_png=_png8(amap_f),
-        phi_png=_png8(phi_f),
-    )
+    return restored, amap_f, phi_f
