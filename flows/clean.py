@@ -20,6 +20,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
+from rgi_core.calibration import read_calibration
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_batch
 from rgi_core.config import InversionConfig, config_for_prior
@@ -48,11 +49,21 @@ class CleanOptions(BaseModel):
     id_column: str = "id"
     max_in_flight: int = Field(2, ge=1, description="micro-batches submitted ahead of the slowest one")
     top_k: int = Field(8, ge=0, description="anomalies shown in the report")
+    calibration: str | None = Field(None, description="calibration JSON (path/URL) from `rgi calibrate`: its lam "
+                                    "and score_threshold override the prior's (an explicit lam still wins)")
+
+    def calibrated(self, prior: Prior) -> dict[str, Any]:
+        """The calibration document, or {} without one."""
+        return read_calibration(self.calibration, prior) if self.calibration else {}
 
     def inversion_config(self, prior: Prior) -> InversionConfig:
-        """The solver config: these options over the prior's calibrated defaults over the paper's."""
-        return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=self.lam,
+        """The solver config: these options over the calibration over the prior's defaults over the paper's."""
+        lam = self.lam if self.lam is not None else self.calibrated(prior).get("lam")
+        return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=lam,
                                 n_init=self.n_init, seed=self.seed, device=self.device)
+
+    def score_threshold(self, prior: Prior) -> float | None:
+        return self.calibrated(prior).get("score_threshold", prior.defaults.get("score_threshold"))
 
     def resolved_fit(self, prior: Prior) -> Literal["resize", "tile"]:
         return prior.defaults.get("fit", "resize") if self.fit == "auto" else self.fit  # type: ignore[return-value]
@@ -60,7 +71,10 @@ class CleanOptions(BaseModel):
     def config_hash(self, prior: Prior) -> str:
         """Identifies results: the resolved solver settings and ``fit``."""
         cfg = self.inversion_config(prior)  # the prior's calibrated lam is already resolved here
-        return hashlib.sha256(f"{cfg.config_hash()}|{self.resolved_fit(prior)}".encode()).hexdigest()[:16]
+        key = f"{cfg.config_hash()}|{self.resolved_fit(prior)}"
+        if self.calibration:  # is_anomalous depends on the calibrated score threshold too
+            key += f"|{self.score_threshold(prior)}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 @task(name="list-shards", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)
@@ -153,7 +167,7 @@ def clean_dataset(source: str, catalog: str, prior: str = "brick-64",
     p = load_prior(prior, device=options.device)
     chash = options.config_hash(p)
     context = {"method": options.method, "prior": p.name, "prior_id": p.prior_id, "config_hash": chash,
-               "run_id": run_id, "device": str(p.device), "score_threshold": p.defaults.get("score_threshold")}
+               "run_id": run_id, "device": str(p.device), "score_threshold": options.score_threshold(p)}
     shards = list_source(source)
     done = set() if options.force else read_done(catalog, chash, p.prior_id)
     logger.info("%d shards under %s; %d images already in the catalog for config %s",

@@ -130,6 +130,13 @@ def resolve_fit(prior: Prior, fit: Fit | Literal["auto"]) -> Fit:
     return prior.defaults.get("fit", "resize") if fit == "auto" else fit  # type: ignore[return-value]
 
 
+def network_inputs(x: torch.Tensor, prior: Prior, fit: Fit = "resize") -> torch.Tensor:
+    """One image (C, H, W) as the prior sees it: (n, c, r, r), n = 1 (resize) or the number of tiles."""
+    r, c = prior.spec.resolution, prior.spec.channels
+    xc = _to_channels(x, c)  # (c, H, W)
+    return (_resize(xc[None], (r, r)) if fit == "resize" else _tiles(xc, r)[0]).clamp(0.0, 1.0)
+
+
 def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig,
                fit: Fit = "resize") -> tuple[list[Fitted], float]:
     """Invert images (each (C, H, W) in [0, 1], any size) in one batch; returns results and seconds per image.
@@ -139,11 +146,7 @@ def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig
     """
     if not images:
         return [], 0.0
-    r, c = prior.spec.resolution, prior.spec.channels
-    inputs = []  # (n_i, c, r, r) network-size inputs per image
-    for x in images:
-        xc = _to_channels(x, c)  # (c, H, W)
-        inputs.append((_resize(xc[None], (r, r)) if fit == "resize" else _tiles(xc, r)[0]).clamp(0.0, 1.0))
+    inputs = [network_inputs(x, prior, fit) for x in images]
     t0 = time.perf_counter()
     res = invert(torch.cat(inputs), prior, config)  # batch of sum(n_i)
     per_image = (time.perf_counter() - t0) / len(images)

@@ -114,10 +114,10 @@ class Labelled:
 
 
 def items_from_set(data: EvalSet) -> list[Labelled]:
-    """An :class:`EvalSet` as labelled items named ``<set>-<index>-<defect>``."""
+    """An :class:`EvalSet` as labelled items named ``<set>-<index>[-<defect>]`` (e.g. ``brick-013-scratch``)."""
     stem = data.name.replace("/", "-")
-    return [Labelled(f"{stem}-{i:03d}-{kind}", data.corrupted[i], data.masks[i], data.clean[i])
-            for i, kind in enumerate(data.kinds)]
+    return [Labelled(f"{stem}-{i:03d}" + ("" if kind in stem else f"-{kind}"), data.corrupted[i], data.masks[i],
+                     data.clean[i]) for i, kind in enumerate(data.kinds)]
 
 
 def export_labelled(items: list[Labelled], out_dir: str) -> list[str]:
