@@ -160,16 +160,13 @@ def test_read_calibration_rejects_bad_files(tmp_path, tiny_prior):
 
 def test_calibrate_json_is_accepted_by_clean(prefect_api, tiny_prior, tmp_path):
     import pandas as pd
-    from conftest import generate
+    from conftest import write_generated
 
     from flows.clean import CleanOptions
     from rgi_core.models import load_prior, save_prior
 
     prior_path = save_prior(tmp_path / "tiny.safetensors", tiny_prior.generator, tiny_prior.discriminator)
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    for i, x in enumerate(generate(tiny_prior, 6, seed=3)):
-        (clean / f"{i}.png").write_bytes(encode_png(x.numpy()))
+    clean = write_generated(tiny_prior, tmp_path / "clean", 6, seed=3)
     cal = tmp_path / "calibration.json"
     r = rgi("calibrate", str(clean), "--prior", str(prior_path), "--fpr", "0.2", "--out", str(cal),
             "--iterations", "20", "--n-init", "4", "--rounds", "1")
@@ -178,10 +175,7 @@ def test_calibrate_json_is_accepted_by_clean(prefect_api, tiny_prior, tmp_path):
     assert doc["fpr"] == 0.2 and doc["images"] == 6 and doc["lam"] > 0 and len(doc["lam_rounds"]) == 1
     assert 0 <= doc["clean_image_fpr"] <= 0.5
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for i, x in enumerate(generate(tiny_prior, 3, seed=9)):
-        (src / f"{i}.png").write_bytes(encode_png(x.numpy()))
+    src = write_generated(tiny_prior, tmp_path / "src", 3, seed=9)
     cat = tmp_path / "cat"
     r = rgi("clean", str(src), "--catalog", str(cat), "--prior", str(prior_path), "--iterations", "10",
             "--n-init", "4", "--calibration", str(cal), api=True)
