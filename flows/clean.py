@@ -23,6 +23,7 @@ from flows.blocks import RgiCatalog, RgiPrior, resolve, storage_options
 from flows.redact import redacting_flow
 from flows.scale import PriorRef, dask_task_runner, on_dask
 from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
+from rgi_core.calibration import read_calibration
 from rgi_core.catalog import utcnow
 from rgi_core.config import InversionConfig, config_for_prior
 from rgi_core.io.fs import redact_uri, require_no_credentials
@@ -65,11 +66,21 @@ class CleanOptions(BaseModel):
 
     def limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_pixels, min_side=self.min_side)
+    calibration: str | None = Field(None, description="calibration JSON (path/URL) from `rgi calibrate`: its lam "
+                                    "and score_threshold override the prior's (an explicit lam still wins)")
+
+    def calibrated(self, prior: Prior) -> dict[str, Any]:
+        """The calibration document, or {} without one."""
+        return read_calibration(self.calibration, prior) if self.calibration else {}
 
     def inversion_config(self, prior: Prior) -> InversionConfig:
-        """The solver config: these options over the prior's calibrated defaults over the paper's."""
-        return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=self.lam,
+        """The solver config: these options over the calibration over the prior's defaults over the paper's."""
+        lam = self.lam if self.lam is not None else self.calibrated(prior).get("lam")
+        return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=lam,
                                 n_init=self.n_init, seed=self.seed, device=self.device)
+
+    def score_threshold(self, prior: Prior) -> float | None:
+        return self.calibrated(prior).get("score_threshold", prior.defaults.get("score_threshold"))
 
     def resolved_fit(self, prior: Prior) -> Literal["resize", "tile"]:
         return prior.defaults.get("fit", "resize") if self.fit == "auto" else self.fit  # type: ignore[return-value]
@@ -77,7 +88,10 @@ class CleanOptions(BaseModel):
     def config_hash(self, prior: Prior) -> str:
         """Identifies results: the resolved solver settings and ``fit``."""
         cfg = self.inversion_config(prior)  # the prior's calibrated lam is already resolved here
-        return hashlib.sha256(f"{cfg.config_hash()}|{self.resolved_fit(prior)}".encode()).hexdigest()[:16]
+        key = f"{cfg.config_hash()}|{self.resolved_fit(prior)}"
+        if self.calibration:  # is_anomalous depends on the calibrated score threshold too
+            key += f"|{self.score_threshold(prior)}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 @redacting_flow(name="clean-dataset", log_prints=True)

@@ -120,7 +120,8 @@ def _cmd_clean(args: argparse.Namespace) -> int:
                         n_init=args.n_init, fit=args.fit, device=args.device,
                         seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column,
                         task_runner="threads" if args.dask is None else "dask", dask_address=args.dask or None,
-                        dask_workers=args.dask_workers, max_pixels=args.max_pixels, min_side=args.min_side)
+                        dask_workers=args.dask_workers, max_pixels=args.max_pixels, min_side=args.min_side,
+                        calibration=args.calibration)
     with progress.bar("cleaning") as show, progress.listening(show):
         out = run_clean(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
@@ -207,6 +208,80 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clean_tensors(source: str, channels: int) -> list:
+    """Clean images for ``rgi calibrate`` as (C, H, W) tensors (unreadable files are warned about and skipped)."""
+    import torch
+
+    from rgi_core.io.images import read_clean_images
+
+    records, _ = read_clean_images(source, channels, _warn)
+    return [torch.from_numpy(r.pixels) for r in records]
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rgi_core.calibration import read_calibration
+    from rgi_core.cleaning import resolve_fit
+    from rgi_core.evaluation import Thresholds, evaluate_labelled, format_scores, load_labelled, write_report
+    from rgi_core.models import load_prior
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    prior = load_prior(args.prior, device=args.device)
+    items, errors = load_labelled(args.data, args.masks)
+    for e in errors:
+        _warn(f"skipped {e}")
+    lam = args.lam
+    thresholds = Thresholds(score=prior.defaults.get("score_threshold"))
+    if args.threshold:
+        cal = read_calibration(args.threshold, prior)
+        lam = cal["lam"] if lam is None else lam
+        thresholds = Thresholds(cal["map_threshold"], cal["score_threshold"],
+                                f"{args.threshold} ({cal.get('method', 'rgi')}, fpr {cal.get('fpr')})")
+    fit = resolve_fit(prior, args.fit)
+    n_masks = sum(it.mask is not None for it in items)
+    n_clean = sum(it.clean is not None for it in items)
+    print(f"rgi evaluate: {len(items)} images ({n_masks} with masks, {n_clean} with clean references), "
+          f"prior {prior.name}, fit {fit}, methods {', '.join(methods)}", file=sys.stderr, flush=True)
+    meta = {"data": args.data, "masks": args.masks, "prior": prior.name, "prior_id": prior.prior_id, "fit": fit,
+            "skipped": errors}
+    report = evaluate_labelled(prior, items, methods, fit, thresholds, args.batch_size,
+                               progress=lambda m: print(m, file=sys.stderr, flush=True), meta=meta,
+                               iterations=args.iterations, n_init=args.n_init, lam=lam, seed=args.seed,
+                               device=args.device)
+    print(format_scores(f"{args.data}: {len(items)} images, thresholds: {thresholds.source}", report.scores))
+    if not n_masks:
+        print("\n(no ground-truth masks: pixel metrics, PRO and image AUROC are n/a)")
+    uris = write_report(report, args.out, grid_k=args.grid)
+    print("\n" + "\n".join(f"wrote {u}" for u in uris.values()))
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    import fsspec
+
+    from rgi_core.calibration import CalibrationConfig, calibrate_fpr
+    from rgi_core.cleaning import resolve_fit
+    from rgi_core.models import load_prior
+
+    prior = load_prior(args.prior, device=args.device)
+    images = _clean_tensors(args.images, prior.spec.channels)
+    cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, n_init=args.n_init,
+                            rounds=args.rounds, seed=args.seed)
+    fit = resolve_fit(prior, args.fit)
+    print(f"rgi calibrate: {len(images)} clean images, prior {prior.name}, method {args.method}, fit {fit}, "
+          f"target FPR {args.fpr}", file=sys.stderr, flush=True)
+    doc = calibrate_fpr(prior, images, args.fpr, cfg, method=args.method, fit=fit, lam_images=args.lam_images,
+                        lam=args.lam)
+    doc["source"] = args.images
+    text = json.dumps(doc, indent=2)
+    with fsspec.open(args.out, "wt") as f:
+        f.write(text + "\n")
+    print(text)
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rgi", description="Clean image datasets with robust GAN inversion.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -286,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--max-pixels", type=int, default=64_000_000,
                     help="refuse larger images (W*H) from their header, e.g. decompression bombs (default 64 MP)")
     cl.add_argument("--min-side", type=int, default=8, help="images smaller than this on a side are error rows")
+
+    cl.add_argument("--calibration", help="calibration JSON from `rgi calibrate` (its lam and score threshold)")
     cl.set_defaults(func=_cmd_clean)
 
     q = sub.add_parser("query", help="run SQL on a catalog (views: images, runs)")
@@ -319,6 +396,42 @@ def build_parser() -> argparse.ArgumentParser:
     su = sub.add_parser("setup", help="register rgi's Prefect blocks and create the gpu concurrency limit (idempotent)")
     su.add_argument("--gpu-slots", type=int, default=1, help="gpu-tagged tasks allowed at once (default 1)")
     su.set_defaults(func=_cmd_setup)
+
+    ev = sub.add_parser("evaluate", help="compare methods on labelled images: table, metrics.json, curves, grid")
+    ev.add_argument("data", help="folder/prefix of images with optional <stem>_mask.png and <stem>_clean.png")
+    ev.add_argument("--prior", required=True, help="shipped prior name, path or URL")
+    ev.add_argument("--methods", default="rgi,rrgi,mse,dgp", help="comma-separated (default rgi,rrgi,mse,dgp)")
+    ev.add_argument("--masks", help="separate folder of masks named <stem>.png or <stem>_mask.png")
+    ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
+    ev.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: each method's)")
+    ev.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
+    ev.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: calibration/prior)")
+    ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
+    ev.add_argument("--fit", choices=("auto", "resize", "tile"), default="auto",
+                    help="images not of the prior's size: as `rgi clean` (auto: the prior's default)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--grid", type=int, default=4, help="worst and best cases in grid.png (each)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    ca = sub.add_parser("calibrate", help="lam and score/mask thresholds for a target FPR from clean images (JSON)")
+    ca.add_argument("images", help="clean images (folder, file or URL), cleaned as `rgi clean` would")
+    ca.add_argument("--prior", required=True, help="shipped prior name, path or URL")
+    ca.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
+    ca.add_argument("--out", default="calibration.json", help="JSON to write (local or URL)")
+    ca.add_argument("--method", choices=("rgi", "rrgi", "mse", "dgp"), default="rgi",
+                    help="the method whose scores and maps are thresholded (use the one you clean with)")
+    ca.add_argument("--iterations", type=int, default=1000, help="use the same value when cleaning")
+    ca.add_argument("--n-init", type=int, default=200)
+    ca.add_argument("--lambda", dest="lam", type=float, default=None, help="keep this lam instead of fitting it")
+    ca.add_argument("--quantile", type=float, default=0.995, help="clean-residual quantile that sets lam")
+    ca.add_argument("--rounds", type=int, default=2, help="fixed-point rounds for lam")
+    ca.add_argument("--lam-images", type=int, default=64, help="network-size inputs used to fit lam")
+    ca.add_argument("--fit", choices=("auto", "resize", "tile"), default="auto")
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--device", default="auto")
+    ca.set_defaults(func=_cmd_calibrate)
     return p
 
 

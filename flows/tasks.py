@@ -76,7 +76,7 @@ def run_context(prior: Prior, options: CleanOptions, run_id: str | None = None) 
     run_id = run_id or str(flow_run.get_id() or f"local-{utcnow():%Y%m%dT%H%M%S}")
     return {"method": options.method, "prior": prior.name, "prior_id": prior.prior_id,
             "config_hash": options.config_hash(prior), "run_id": run_id, "device": str(prior.device),
-            "score_threshold": prior.defaults.get("score_threshold")}
+            "score_threshold": options.score_threshold(prior)}
 
 
 def _list_shards(source: str, storage: Storage = None) -> list[Shard]:

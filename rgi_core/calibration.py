@@ -13,6 +13,11 @@ an image as anomalous above it.
 
 Defaults land in the prior file's metadata (``defaults``) and :func:`rgi_core.solvers.invert` reads
 ``lam`` from there whenever a config leaves it ``None``.
+
+:func:`calibrate_fpr` (``rgi calibrate``) instead writes a small JSON next to the data: the same
+:math:`\lambda` rule plus score and anomaly-map thresholds for a target false-positive rate, measured on
+clean images cleaned exactly as the pipeline cleans them. ``rgi clean --calibration`` and
+``rgi evaluate --threshold`` read it (:func:`read_calibration`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 import torch
 
 from rgi_core import losses
+from rgi_core.cleaning import Fit
 from rgi_core.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
 from rgi_core.models.checkpoint import Prior
 from rgi_core.solvers import invert
@@ -61,6 +67,20 @@ def _rgi(prior: Prior, lam: float, cfg: CalibrationConfig) -> InversionConfig:
                             seed=cfg.seed)
 
 
+def fit_lam(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig) -> tuple[float, list[float]]:
+    """The fixed-point rule of the module docstring on clean images (N, C, R, R): (lam, lam after each round)."""
+    if clean.ndim != 4 or clean.shape[0] < 2:
+        raise ValueError(f"need at least 2 clean images (N, C, H, W), got shape {tuple(clean.shape)}")
+    lam = float(prior.defaults.get("lam", DEFAULT_LAMBDA))
+    history = []
+    for _ in range(cfg.rounds):
+        result = invert(clean, prior, _rgi(prior, lam, cfg))
+        e = losses.pixel_residual(clean.to(result.generated), result.generated).flatten()  # (N*H*W,)
+        lam = 2.0 * float(torch.quantile(e.double(), cfg.quantile))
+        history.append(lam)
+    return lam, history
+
+
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
@@ -69,17 +89,7 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     they were obtained (images, quantiles, per-round lam, clean mask fraction).
     """
     cfg = cfg or CalibrationConfig()
-    if clean.ndim != 4 or clean.shape[0] < 2:
-        raise ValueError(f"need at least 2 clean images (N, C, H, W), got shape {tuple(clean.shape)}")
-    lam = float(prior.defaults.get("lam", DEFAULT_LAMBDA))
-    history = []
-    result = None
-    for _ in range(cfg.rounds):
-        result = invert(clean, prior, _rgi(prior, lam, cfg))
-        e = losses.pixel_residual(clean.to(result.generated), result.generated).flatten()  # (N*H*W,)
-        lam = 2.0 * float(torch.quantile(e.double(), cfg.quantile))
-        history.append(lam)
-    assert result is not None
+    lam, history = fit_lam(prior, clean, cfg)
     final = invert(clean, prior, _rgi(prior, lam, cfg))
     scores = final.score.double()
     return {
@@ -97,3 +107,107 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
             "clean_score_median": float(scores.median()),
         },
     }
+
+
+# ------------------------------------------------------------------------------ thresholds for a target FPR
+
+CALIBRATION_KIND = "rgi-calibration"
+
+
+def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: CalibrationConfig | None = None,
+                  method: str = "rgi", fit: Fit = "resize", lam_images: int = 64, batch_size: int = 64,
+                  lam: float | None = None) -> dict[str, Any]:
+    r"""Thresholds for a target false-positive rate, from clean images only (each (C, H, W), any size).
+
+    1. :math:`\lambda` by :func:`fit_lam` on up to ``lam_images`` network-size inputs (seeded choice), unless
+       ``lam`` is given;
+    2. every image is cleaned as the pipeline does (:func:`rgi_core.cleaning.fit_invert`, ``method`` with that
+       :math:`\lambda`), and
+
+    .. math:: t_{score} = Q_{1-f}(\{s_i\}),\qquad t_{map} = Q_{1-f}(\{a_p\})
+
+    the (1 - fpr) quantiles of the clean image scores and of all clean anomaly-map values, so a fraction
+    ``fpr`` of clean images (pixels) lies above them. Returns the calibration document (JSON-ready).
+    """
+    import numpy as np
+
+    from rgi_core.cleaning import fit_invert, network_inputs
+
+    cfg = cfg or CalibrationConfig()
+    if not 0.0 < fpr < 0.5:
+        raise ValueError(f"fpr must be in (0, 0.5), got {fpr}")
+    if len(images) < 2:
+        raise ValueError(f"need at least 2 clean images, got {len(images)}")
+    history: list[float] = []
+    if lam is None:
+        inputs = torch.cat([network_inputs(x, prior, fit) for x in images])  # (n, c, r, r)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        pick = torch.randperm(len(inputs), generator=gen)[:lam_images].sort().values
+        lam, history = fit_lam(prior, inputs[pick], cfg)
+    run_cfg = config_for_prior(method, prior.defaults, lam=lam, iterations=cfg.iterations, n_init=cfg.n_init,
+                               seed=cfg.seed)
+    scores, maps, failed = [], [], 0
+    for start in range(0, len(images), batch_size):
+        fitted, _ = fit_invert(images[start : start + batch_size], prior, run_cfg, fit)
+        for f in fitted:
+            if f.error:
+                failed += 1
+                continue
+            scores.append(f.score)
+            maps.append(f.anomaly_map.reshape(-1).double().numpy())
+    if len(scores) < 2:
+        raise ValueError(f"only {len(scores)} clean images could be inverted; need at least 2")
+    s, m = np.asarray(scores), np.concatenate(maps)
+    score_t, map_t = float(np.quantile(s, 1.0 - fpr)), float(np.quantile(m, 1.0 - fpr))
+    return {
+        "kind": CALIBRATION_KIND,
+        "version": 1,
+        "prior": prior.name,
+        "prior_id": prior.prior_id,
+        "method": method,
+        "fit": fit,
+        "fpr": fpr,
+        "lam": lam,
+        "score_threshold": score_t,
+        "map_threshold": map_t,
+        "iterations": cfg.iterations,
+        "n_init": cfg.n_init,
+        "seed": cfg.seed,
+        "images": len(scores),
+        "failed": failed,
+        "lam_quantile": cfg.quantile,
+        "lam_rounds": history,
+        # In-sample rates at the thresholds (held-out rates: docs/evaluation.md).
+        "clean_image_fpr": float((s > score_t).mean()),
+        "clean_pixel_fpr": float((m > map_t).mean()),
+    }
+
+
+def read_calibration(uri: str, prior: Prior | None = None) -> dict[str, Any]:
+    """Load a calibration JSON (local path or fsspec URL) written by :func:`calibrate_fpr`, validated.
+
+    With ``prior``, a calibration made for another prior (``prior_id``) is an error: its thresholds would
+    not mean anything there.
+    """
+    import json
+
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rt") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such calibration file: {uri}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{uri}: not a calibration JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("kind") != CALIBRATION_KIND:
+        raise ValueError(f"{uri}: not a calibration file (expected \"kind\": \"{CALIBRATION_KIND}\"; "
+                         "write one with `rgi calibrate`)")
+    for key in ("lam", "score_threshold", "map_threshold"):
+        v = doc.get(key)
+        if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:
+            raise ValueError(f"{uri}: {key} must be a number >= 0, got {v!r}")
+    if prior is not None and doc.get("prior_id") not in (None, "", prior.prior_id):
+        raise ValueError(f"{uri} was calibrated for prior {doc.get('prior')!r} ({doc.get('prior_id')}), "
+                         f"not {prior.name!r} ({prior.prior_id})")
+    return doc

@@ -30,7 +30,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -120,6 +120,86 @@ def _png8(p: torch.Tensor) -> bytes:
     return encode_png(p.clamp(0, 1).numpy())
 
 
+class Fitted(NamedTuple):
+    """One image inverted and mapped back to its own size (fields empty/NaN when ``error`` is set).
+
+    Attributes:
+        restored: ``(C, H, W)`` the fused image ``(1 - phi) x + phi G(z)`` in the input's channels.
+        anomaly_map: ``(1, H, W)`` in [0, 1), 0.5 at the prior's mask threshold.
+        phi: ``(1, H, W)`` in [0, 1], reliance on the prior.
+        score: the image's anomaly score (tiles: the max over its tiles).
+        diagnostics: one per network-size input (one, or one per tile).
+        error: why the solve is unusable, else empty.
+    """
+
+    restored: torch.Tensor
+    anomaly_map: torch.Tensor
+    phi: torch.Tensor
+    score: float
+    diagnostics: tuple
+    error: str = ""
+
+
+def resolve_fit(prior: Prior, fit: Fit | Literal["auto"]) -> Fit:
+    """``auto`` -> the prior's default (metadata ``defaults.fit``; resize when absent)."""
+    return prior.defaults.get("fit", "resize") if fit == "auto" else fit  # type: ignore[return-value]
+
+
+def network_inputs(x: torch.Tensor, prior: Prior, fit: Fit = "resize") -> torch.Tensor:
+    """One image (C, H, W) as the prior sees it: (n, c, r, r), n = 1 (resize) or the number of tiles."""
+    r, c = prior.spec.resolution, prior.spec.channels
+    xc = _to_channels(x, c)  # (c, H, W)
+    return (_resize(xc[None], (r, r)) if fit == "resize" else _tiles(xc, r)[0]).clamp(0.0, 1.0)
+
+
+def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig,
+               fit: Fit = "resize") -> tuple[list[Fitted], float]:
+    """Invert images (each (C, H, W) in [0, 1], any size) in one batch; returns results and seconds per image.
+
+    Each image is fitted to the prior's size (resize or tiles), inverted in the prior's channels, and its
+    G(z), phi and anomaly map are mapped back to the image's own size and channels.
+    """
+    if not images:
+        return [], 0.0
+    inputs = [network_inputs(x, prior, fit) for x in images]
+    t0 = time.perf_counter()
+    solved = _solve(list(range(len(images))), inputs, prior, config)
+    per_image = (time.perf_counter() - t0) / len(images)
+    out: list[Fitted | None] = [None] * len(images)
+    empty = torch.empty(0)
+    for group, res in solved:
+        start = 0
+        for k in group:
+            sl = slice(start, start + len(inputs[k]))
+            start += len(inputs[k])
+            if isinstance(res, str):
+                out[k] = Fitted(empty, empty, empty, float("nan"), (), f"inversion failed: {res}")
+                continue
+            diag = tuple(res.diagnostics[sl])
+            gen, phi, amap, score = res.generated[sl], res.phi[sl], res.anomaly_map[sl], res.score[sl]
+            errors = [d.error for d in diag if d.error]
+            if not errors and not all(bool(torch.isfinite(t).all()) for t in (gen, phi, amap, score)):
+                errors = ["inversion diverged: non-finite output"]
+            if errors:
+                out[k] = Fitted(empty, empty, empty, float("nan"), diag, f"inversion failed: {errors[0]}")
+                continue
+            restored, amap_k, phi_k = _map_back(images[k], gen, phi, amap, fit)
+            out[k] = Fitted(restored, amap_k, phi_k, float(score.max()), diag)  # tiles: the worst tile
+    return out, per_image  # type: ignore[return-value]
+
+
+def _solve(group: list[int], inputs: list[torch.Tensor], prior: Prior,
+           config: InversionConfig) -> list[tuple[list[int], InversionResult | str]]:
+    """Invert ``inputs[k]`` for k in ``group`` as one batch; if that raises, each image alone, so one bad solve
+    fails only its own image. Returns ``(indices, result or error message)`` groups."""
+    try:
+        return [(group, invert(torch.cat([inputs[k] for k in group]), prior, config))]  # (sum n_k, c, r, r)
+    except (RuntimeError, ValueError, FloatingPointError) as exc:
+        if len(group) == 1:
+            return [(group, f"{type(exc).__name__}: {exc}")]
+    return [g for k in group for g in _solve([k], inputs, prior, config)]
+
+
 def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionConfig,
                 fit: Fit = "resize", limits: ImageLimits = CLEAN_LIMITS) -> list[Outcome]:
     """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order.
@@ -127,59 +207,37 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
     Images outside ``limits`` (over ``max_pixels``: refused from the header; under ``min_side``), that do
     not decode, or whose float pixels are NaN/Inf, get an error outcome and never reach the solver.
     """
-    r, c = prior.spec.resolution, prior.spec.channels
     outcomes: dict[int, Outcome] = {}
-    decoded: list[tuple[int, str, NativeImage, torch.Tensor]] = []  # (index, key, image, network-size inputs)
+    decoded: list[tuple[int, str, NativeImage]] = []
     for i, (uri, data) in enumerate(items):
         key = image_key(data)
         try:
-            img = decode_native(data, name=uri, limits=limits)
+            decoded.append((i, key, decode_native(data, name=uri, limits=limits)))
         except ImageDecodeError as exc:
             outcomes[i] = Outcome(uri, key, error=str(exc))
+    fitted, seconds = fit_invert([torch.from_numpy(img.pixels) for _, _, img in decoded], prior, config, fit)
+    for (i, key, img), f in zip(decoded, fitted, strict=True):
+        uri = items[i][0]
+        if f.error:
+            outcomes[i] = Outcome(uri, key, error=f.error)
             continue
-        x = _to_channels(torch.from_numpy(img.pixels), c)  # (c, H, W)
-        inputs = _resize(x[None], (r, r)) if fit == "resize" else _tiles(x, r)[0]  # (n_i, c, r, r)
-        decoded.append((i, key, img, inputs.clamp(0.0, 1.0)))
-    if decoded:
-        t0 = time.perf_counter()
-        solved = _solve(decoded, prior, config)
-        per_image = (time.perf_counter() - t0) / len(decoded)
-        for group, res in solved:
-            start = 0
-            for i, key, img, inputs in group:
-                sl = slice(start, start + len(inputs))
-                start += len(inputs)
-                uri = items[i][0]
-                if isinstance(res, str):
-                    outcomes[i] = Outcome(uri, key, error=f"inversion failed: {res}")
-                    continue
-                diag = res.diagnostics[sl]
-                errors = [d.error for d in diag if d.error]
-                products = (res.generated[sl], res.phi[sl], res.anomaly_map[sl], res.score[sl])
-                if not errors and not all(bool(torch.isfinite(t).all()) for t in products):
-                    errors = ["inversion diverged: non-finite output"]
-                if errors:
-                    outcomes[i] = Outcome(uri, key, error=f"inversion failed: {errors[0]}")
-                    continue
-                outcomes[i] = _finish(uri, key, img, *products, diag, fit, per_image)
+        mask = (f.anomaly_map > 0.5).to(torch.float32)
+        outcomes[i] = Outcome(
+            uri=uri, image_key=key, width=img.pixels.shape[2], height=img.pixels.shape[1], channels=img.channels,
+            score=f.score, mask_fraction=float(mask.mean()),
+            final_loss=float(np.mean([d.final_loss for d in f.diagnostics])),
+            converged=all(d.converged for d in f.diagnostics),
+            seconds=seconds,
+            restored_png=encode_png_native(f.restored.numpy(), img),
+            mask_png=_png8(f.anomaly_map),
+            phi_png=_png8(f.phi),
+        )
     return [outcomes[i] for i in range(len(items))]
 
 
-def _solve(decoded: list, prior: Prior, config: InversionConfig) -> list[tuple[list, InversionResult | str]]:
-    """Invert the decoded images as one batch; if that raises, each image alone, so one bad solve fails only
-    its own image. Returns ``(images, result or error message)`` groups."""
-    try:
-        return [(decoded, invert(torch.cat([d[3] for d in decoded]), prior, config))]  # (sum n_i, c, r, r)
-    except (RuntimeError, ValueError, FloatingPointError) as exc:
-        if len(decoded) == 1:
-            return [(decoded, f"{type(exc).__name__}: {exc}")]
-    return [g for d in decoded for g in _solve([d], prior, config)]
-
-
-def _finish(uri: str, key: str, img: NativeImage, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor,
-            score: torch.Tensor, diag: list, fit: Fit, seconds: float) -> Outcome:
-    """Map network-size outputs back to the image's own size and fuse there."""
-    x = torch.from_numpy(img.pixels)  # (C, H, W)
+def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor,
+              fit: Fit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network-size outputs -> (restored (C, H, W), anomaly map (1, H, W), phi (1, H, W)) at x's size, fused there."""
     ch, h, w = x.shape
     if fit == "resize":
         gen_f, phi_f, amap_f = (_resize(t.float().cpu(), (h, w))[0] for t in (gen, phi, amap))
@@ -190,18 +248,7 @@ def _finish(uri: str, key: str, img: NativeImage, gen: torch.Tensor, phi: torch.
     gen_f = _to_channels(gen_f, ch).clamp(0, 1)  # (C, H, W) prior's image in the input's channels
     phi_f, amap_f = phi_f.clamp(0, 1), amap_f.clamp(0, 1)  # (1, H, W)
     restored = (1.0 - phi_f) * x + phi_f * gen_f
-    mask = (amap_f > 0.5).to(torch.float32)
-    return Outcome(
-        uri=uri, image_key=key, width=w, height=h, channels=ch,
-        score=float(score.max()),  # tiles: the image is as anomalous as its worst tile
-        mask_fraction=float(mask.mean()),
-        final_loss=float(np.mean([d.final_loss for d in diag])),
-        converged=all(d.converged for d in diag),
-        seconds=seconds,
-        restored_png=encode_png_native(restored.numpy(), img),
-        mask_png=_png8(amap_f),
-        phi_png=_png8(phi_f),
-    )
+    return restored, amap_f, phi_f
 
 
 def clean_items(items: list[Item], prior: Prior, config: InversionConfig, fit: Fit = "resize",

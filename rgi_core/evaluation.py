@@ -1,4 +1,4 @@
-"""Held-out evaluation sets with synthetic defects, and one function that scores every method on them.
+"""Evaluate methods on labelled images: built-in held-out sets with synthetic defects, or a user's folder.
 
 Evaluation data never overlaps a prior's training split (:mod:`rgi_core.io.builtin`):
 
@@ -8,24 +8,45 @@ Evaluation data never overlaps a prior's training split (:mod:`rgi_core.io.built
 - digits: held-out images 1500..1796 with one gross corruption each (``salt_pepper`` / ``block`` /
   ``scribble``, 10-25 % of the pixels for the first two).
 
-:func:`evaluate` inverts the same images with each method in one run and reports pixel AUROC (pooled
-over all pixels of all images), image AUROC (clean vs defective crops), PRO, mask IoU at 0.5 and the
-restored PSNR against the clean image (median over defective images), plus seconds per image.
+A labelled folder (:func:`load_labelled`, the input of ``rgi evaluate``) holds images, optional
+ground-truth masks ``<stem>_mask.png`` (or ``<stem>.png`` / ``<stem>_mask.png`` in a separate masks folder)
+and optional clean references ``<stem>_clean.png``. :func:`export_labelled` writes an :class:`EvalSet` in
+that layout.
+
+:func:`run_methods` inverts the same images with each method (images of any size go through the cleaning
+pipeline's resize/tile path, :func:`rgi_core.cleaning.fit_invert`) and :func:`score_run` computes, for one
+method (``nan`` = not applicable, shown as ``n/a``):
+
+- pixel AUROC and max-F1 (= Dice at the best threshold): pooled over every pixel of the images with masks;
+- PRO: AU-PRO up to 30 % FPR over the defective images (regions of their masks, their normal pixels);
+- image AUROC: image score against "mask has a positive pixel", over images with masks (needs both kinds);
+- IoU: median over defective images of ``anomaly map > t`` against the mask, ``t`` = the map threshold
+  (0.5, the prior's lambda rule, unless a calibration sets it);
+- PSNR / SSIM of the restored image against the clean reference, median over the defective images that
+  have one (all images with one when there are no masks), and the same for the input as a baseline;
+- at the thresholds: pixel FPR (normal pixels flagged), image FPR/TPR (score above the score threshold);
+- images per second of the inversion (all images, one batch of ``batch_size`` at a time).
+
+:func:`evaluate` does all of it on an :class:`EvalSet` (the tables of docs/quality.md).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import json
+import math
+import posixpath
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
 from rgi_core import metrics
-from rgi_core.config import config_for_prior
+from rgi_core.cleaning import Fit, Fitted, fit_invert
+from rgi_core.config import InversionConfig, config_for_prior
 from rgi_core.defects import TEXTURE_DEFECTS, apply_defect
 from rgi_core.io import builtin
 from rgi_core.models.checkpoint import Prior
-from rgi_core.solvers import invert
 
 
 @dataclass(frozen=True)
@@ -71,47 +92,404 @@ def digits_eval_set(kind: str, n: int = 32, seed: int = 0) -> EvalSet:
 
 
 @dataclass(frozen=True)
+class Labelled:
+    """One image with its optional ground truth.
+
+    Attributes:
+        name: the image's path relative to the data folder, without extension (e.g. ``sub/img-003``).
+        image: ``(C, H, W)`` in [0, 1], C = 1 or 3 as stored.
+        mask: ``(1, H, W)`` bool defect mask, or ``None`` (unknown).
+        clean: ``(C, H, W)`` clean reference, or ``None``.
+    """
+
+    name: str
+    image: torch.Tensor
+    mask: torch.Tensor | None = None
+    clean: torch.Tensor | None = None
+
+    @property
+    def defective(self) -> bool | None:
+        """The image label: the mask has a positive pixel (``None`` without a mask)."""
+        return None if self.mask is None else bool(self.mask.any())
+
+
+def items_from_set(data: EvalSet) -> list[Labelled]:
+    """An :class:`EvalSet` as labelled items named ``<set>-<index>[-<defect>]`` (e.g. ``brick-013-scratch``)."""
+    stem = data.name.replace("/", "-")
+    return [Labelled(f"{stem}-{i:03d}" + ("" if kind in stem else f"-{kind}"), data.corrupted[i], data.masks[i],
+                     data.clean[i]) for i, kind in enumerate(data.kinds)]
+
+
+def export_labelled(items: list[Labelled], out_dir: str) -> list[str]:
+    """Write items as a labelled folder: ``<name>.png``, ``<name>_mask.png``, ``<name>_clean.png``; returns URIs."""
+    import fsspec
+
+    from rgi_core.io.fs import uri_of
+    from rgi_core.io.images import encode_png
+
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    written = []
+    for it in items:
+        parts = [("", it.image), ("_mask", it.mask), ("_clean", it.clean)]
+        for suffix, t in parts:
+            if t is None:
+                continue
+            path = posixpath.join(root, f"{it.name}{suffix}.png")
+            fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            fs.pipe_file(path, encode_png(t.float().numpy()))
+            written.append(uri_of(fs, path))
+    return written
+
+
+def _stem_index(source: str) -> dict[str, str]:
+    """Image files under ``source`` keyed by relative path without extension."""
+    import fsspec
+
+    from rgi_core.io.fs import uri_of
+    from rgi_core.io.images import list_images
+
+    fs, root = fsspec.core.url_to_fs(source)
+    prefix = uri_of(fs, root.rstrip("/")) + "/"
+    out = {}
+    for uri in list_images(source):
+        rel = uri[len(prefix):] if uri.startswith(prefix) else posixpath.basename(uri)
+        out[posixpath.splitext(rel)[0]] = uri
+    return out
+
+
+def load_labelled(data: str, masks: str | None = None) -> tuple[list[Labelled], list[str]]:
+    """Read a labelled folder (local or fsspec URL); returns (items sorted by name, errors ``"uri: message"``).
+
+    An image that cannot be decoded, or whose mask/clean reference cannot be decoded or has another size,
+    becomes an error and is left out. Masks are read as gray, positive where > 0.5.
+    """
+    import fsspec
+
+    from rgi_core.io.images import ImageDecodeError, decode_image, decode_native
+
+    files = _stem_index(data)
+    images = {k: v for k, v in files.items() if not k.endswith(("_mask", "_clean"))}
+    mask_files = {k[: -len("_mask")]: v for k, v in files.items() if k.endswith("_mask")}
+    if masks is not None:
+        mask_files = {k.removesuffix("_mask"): v for k, v in _stem_index(masks).items()}
+    if not images:
+        raise ValueError(f"no images under {data} (files named *_mask / *_clean are ground truth, not inputs)")
+
+    def read(uri: str) -> bytes:
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+
+    items, errors = [], []
+    for name, uri in sorted(images.items()):
+        try:
+            x = torch.from_numpy(decode_native(read(uri), name=uri).pixels)  # (C, H, W)
+            mask = clean = None
+            if name in mask_files:
+                mask = torch.from_numpy(decode_image(read(mask_files[name]), 1, name=mask_files[name])) > 0.5
+            if f"{name}_clean" in files:
+                clean = torch.from_numpy(decode_image(read(files[f"{name}_clean"]), x.shape[0], name=uri))
+            for what, t in (("mask", mask), ("clean reference", clean)):
+                if t is not None and t.shape[-2:] != x.shape[-2:]:
+                    raise ImageDecodeError(f"{what} is {tuple(t.shape[-2:])}, the image {tuple(x.shape[-2:])}")
+            items.append(Labelled(name, x, mask, clean))
+        except (ImageDecodeError, OSError) as exc:
+            errors.append(f"{uri}: {exc}")
+    return items, errors
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds: anomaly-map value for pixels, image score for images (``None``: not set)."""
+
+    map: float = 0.5
+    score: float | None = None
+    source: str = "default (map 0.5 = the prior's lambda rule; score: the prior's score_threshold)"
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One method's outputs on every image (same order as the items) and its inversion time."""
+
+    method: str
+    config: InversionConfig
+    outputs: list[Fitted]
+    seconds: float
+
+
+def run_methods(prior: Prior, images: list[torch.Tensor], methods: tuple[str, ...], fit: Fit = "resize",
+                batch_size: int = 32, progress: Callable[[str], None] | None = None,
+                **overrides: object) -> list[MethodRun]:
+    """Invert the same images (each (C, H, W), any size) with every method; config overrides are shared."""
+    runs = []
+    for method in methods:
+        cfg = config_for_prior(method, prior.defaults, **overrides)
+        outputs: list[Fitted] = []
+        seconds = 0.0
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            fitted, per_image = fit_invert(chunk, prior, cfg, fit)
+            outputs += fitted
+            seconds += per_image * len(chunk)
+        if progress:
+            progress(f"{method}: {len(images)} images in {seconds:.1f} s")
+        runs.append(MethodRun(method, cfg, outputs, seconds))
+    return runs
+
+
+@dataclass(frozen=True)
 class MethodScores:
+    """One method's metrics (see the module docstring); ``nan`` where not applicable."""
+
     method: str
     pixel_auroc: float
     image_auroc: float
     pro: float
+    max_f1: float
     mask_iou: float
     psnr_db: float
     psnr_input_db: float
-    seconds_per_image: float
+    ssim: float
+    ssim_input: float
+    pixel_fpr: float
+    image_fpr: float
+    image_tpr: float
+    images_per_second: float
+    failed: int = 0
+
+    @property
+    def seconds_per_image(self) -> float:
+        return 1.0 / self.images_per_second if self.images_per_second > 0 else float("nan")
+
+
+def _flat(ts: list[torch.Tensor]) -> torch.Tensor:
+    """Maps/masks of any sizes pooled as one (1, 1, 1, N) batch for pooled pixel metrics."""
+    return torch.cat([t.reshape(-1) for t in ts]).view(1, 1, 1, -1)
+
+
+def _median(values: list[float]) -> float:
+    return float(torch.tensor(values, dtype=torch.float64).median()) if values else float("nan")
+
+
+def _rate(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")
+
+
+def per_image_iou(amap: torch.Tensor, mask: torch.Tensor, threshold: float) -> float:
+    """IoU of ``amap > threshold`` with the mask; for an all-normal mask, the share of pixels left unflagged."""
+    if not bool(mask.any()):
+        return 1.0 - float((amap > threshold).double().mean())
+    return float(metrics.iou(amap[None], mask[None], threshold)[0])
+
+
+def score_run(items: list[Labelled], run: MethodRun, thresholds: Thresholds = Thresholds()) -> MethodScores:
+    """Metrics of one method's outputs against the items' ground truth (module docstring)."""
+    ok = [(it, o) for it, o in zip(items, run.outputs, strict=True) if not o.error]
+    labelled = [(it, o) for it, o in ok if it.mask is not None]
+    bad = [(it, o) for it, o in labelled if it.defective]
+    nan = float("nan")
+    pixel_auroc = max_f1 = pro = pixel_fpr = image_auroc = nan
+    if labelled:
+        maps, gts = [o.anomaly_map for _, o in labelled], [it.mask for it, _ in labelled]
+        pixel_auroc = metrics.pixel_auroc(_flat(maps), _flat(gts))
+        max_f1 = metrics.max_f1(_flat(maps), _flat(gts))[0]
+        normal = torch.cat([m.reshape(-1)[~g.reshape(-1)] for m, g in zip(maps, gts, strict=True)])
+        pixel_fpr = float((normal > thresholds.map).double().mean()) if normal.numel() else nan
+        scores = torch.tensor([o.score for _, o in labelled])
+        image_auroc = metrics.image_auroc(scores, torch.tensor([bool(it.defective) for it, _ in labelled]))
+    if bad:
+        pro = metrics.pro_auc([o.anomaly_map for _, o in bad], [it.mask for it, _ in bad])
+    references = [(it, o) for it, o in (bad if labelled else ok) if it.clean is not None]
+
+    def restoration(metric: Callable[..., torch.Tensor], which: str) -> float:
+        return _median([float(metric((o.restored if which == "restored" else it.image)[None].float(),
+                                     it.clean[None].float())[0]) for it, o in references])
+
+    s = thresholds.score
+    return MethodScores(
+        method=run.method,
+        pixel_auroc=pixel_auroc,
+        image_auroc=image_auroc,
+        pro=pro,
+        max_f1=max_f1,
+        mask_iou=_median([per_image_iou(o.anomaly_map, it.mask, thresholds.map) for it, o in bad]),
+        psnr_db=restoration(metrics.psnr, "restored"),
+        psnr_input_db=restoration(metrics.psnr, "input"),
+        ssim=restoration(metrics.ssim, "restored"),
+        ssim_input=restoration(metrics.ssim, "input"),
+        pixel_fpr=pixel_fpr,
+        image_fpr=nan if s is None else _rate([o.score > s for it, o in labelled if not it.defective]),
+        image_tpr=nan if s is None else _rate([o.score > s for _, o in bad]),
+        images_per_second=len(items) / run.seconds if run.seconds > 0 else nan,
+        failed=len(items) - len(ok),
+    )
 
 
 def evaluate(prior: Prior, data: EvalSet, methods: tuple[str, ...] = ("mse", "rgi", "rrgi"),
              **overrides: object) -> list[MethodScores]:
-    """Invert ``data.corrupted`` with each method (config overrides shared, e.g. ``iterations``)."""
-    out = []
-    bad = data.labels
-    has_clean = bool((~bad).any()) and bool(bad.any())  # image AUROC needs both classes
-    for method in methods:
-        cfg = config_for_prior(method, prior.defaults, **overrides)
-        t0 = time.perf_counter()
-        res = invert(data.corrupted, prior, cfg)
-        secs = (time.perf_counter() - t0) / len(data.corrupted)
-        out.append(MethodScores(
-            method=method,
-            pixel_auroc=metrics.pixel_auroc(res.anomaly_map, data.masks),
-            image_auroc=metrics.image_auroc(res.score, bad) if has_clean else float("nan"),
-            pro=metrics.pro_auc(res.anomaly_map[bad], data.masks[bad]),
-            mask_iou=float(metrics.iou(res.mask[bad], data.masks[bad]).median()),
-            psnr_db=float(metrics.psnr(res.restored[bad], data.clean[bad]).median()),
-            psnr_input_db=float(metrics.psnr(data.corrupted[bad], data.clean[bad]).median()),
-            seconds_per_image=secs,
-        ))
-    return out
+    """Invert ``data.corrupted`` with each method (config overrides shared, e.g. ``iterations``) and score it."""
+    items = items_from_set(data)
+    runs = run_methods(prior, [it.image for it in items], methods, batch_size=max(1, len(items)), **overrides)
+    return [score_run(items, run) for run in runs]
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v:.{digits}f}"
 
 
 def format_scores(title: str, rows: list[MethodScores]) -> str:
-    """A Markdown table of :func:`evaluate`'s rows."""
+    """A Markdown table of scored methods (``n/a`` where a metric does not apply)."""
     lines = [f"**{title}**", "",
-             "| method | pixel AUROC | image AUROC | PRO | mask IoU | PSNR restored | PSNR input | s/image |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | pixel AUROC | PRO | image AUROC | max-F1 | IoU@t | PSNR restored | PSNR input | "
+             "SSIM restored | SSIM input | images/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.method} | {r.pixel_auroc:.3f} | {r.image_auroc:.3f} | {r.pro:.3f} | {r.mask_iou:.3f} | "
-                     f"{r.psnr_db:.2f} | {r.psnr_input_db:.2f} | {r.seconds_per_image:.2f} |")
+        lines.append(f"| {r.method} | {_fmt(r.pixel_auroc)} | {_fmt(r.pro)} | {_fmt(r.image_auroc)} | "
+                     f"{_fmt(r.max_f1)} | {_fmt(r.mask_iou)} | {_fmt(r.psnr_db, 2)} | {_fmt(r.psnr_input_db, 2)} | "
+                     f"{_fmt(r.ssim)} | {_fmt(r.ssim_input)} | {_fmt(r.images_per_second, 2)} |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything one ``rgi evaluate`` run produced: items, per-method outputs and scores, thresholds."""
+
+    items: list[Labelled]
+    runs: list[MethodRun]
+    scores: list[MethodScores]
+    thresholds: Thresholds
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, ...], fit: Fit = "resize",
+                      thresholds: Thresholds = Thresholds(), batch_size: int = 32,
+                      progress: Callable[[str], None] | None = None, meta: dict[str, Any] | None = None,
+                      **overrides: object) -> EvalReport:
+    """Run every method on the items and score each run."""
+    if not items:
+        raise ValueError("no images to evaluate")
+    runs = run_methods(prior, [it.image for it in items], methods, fit, batch_size, progress, **overrides)
+    return EvalReport(items, runs, [score_run(items, r, thresholds) for r in runs], thresholds, dict(meta or {}))
+
+
+def _jsonable(v: Any) -> Any:
+    """NaN/inf -> None (strict JSON); recurse into dicts and lists."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _quality(it: Labelled, o: Fitted, t: Thresholds) -> float:
+    """Per-image quality used to rank worst/best cases: IoU, else restored PSNR, else minus the score."""
+    if o.error:
+        return -math.inf
+    if it.mask is not None:
+        return per_image_iou(o.anomaly_map, it.mask, t.map)
+    if it.clean is not None:
+        return float(metrics.psnr(o.restored[None].float(), it.clean[None].float())[0])
+    return -o.score
+
+
+def report_json(report: EvalReport) -> dict[str, Any]:
+    """The ``metrics.json`` document: metadata, thresholds, per-method metrics and per-image results."""
+    per_image = []
+    for i, it in enumerate(report.items):
+        row: dict[str, Any] = {"name": it.name, "defective": it.defective, "has_clean": it.clean is not None}
+        for run in report.runs:
+            o = run.outputs[i]
+            row[run.method] = {"error": o.error} if o.error else {
+                "score": o.score, "quality": _quality(it, o, report.thresholds),
+                "flagged_fraction": float((o.anomaly_map > report.thresholds.map).double().mean())}
+        per_image.append(row)
+    return _jsonable({
+        **report.meta,
+        "images": len(report.items),
+        "with_masks": sum(it.mask is not None for it in report.items),
+        "defective": sum(bool(it.defective) for it in report.items),
+        "with_clean": sum(it.clean is not None for it in report.items),
+        "thresholds": asdict(report.thresholds),
+        "methods": {s.method: {**asdict(s), "config": r.config.to_dict(), "config_hash": r.config.config_hash()}
+                    for s, r in zip(report.scores, report.runs, strict=True)},
+        "per_image": per_image,
+    })
+
+
+def curves_png(report: EvalReport) -> tuple[bytes, bytes]:
+    """(ROC PNG: pixel and image ROC per method, PRO PNG: PRO against FPR per method)."""
+    from rgi_core.plots import curves_png as draw
+
+    labelled = [i for i, it in enumerate(report.items) if it.mask is not None]
+    bad = [i for i in labelled if report.items[i].defective]
+    pixel, image, pro = {}, {}, {}
+    for run in report.runs:
+        lab = [i for i in labelled if not run.outputs[i].error]
+        gts = [report.items[i].mask for i in lab]
+        empty = (torch.empty(0), torch.empty(0))
+        pixel[run.method] = metrics.roc_curve(_flat([run.outputs[i].anomaly_map for i in lab]), _flat(gts)) \
+            if lab else empty
+        image[run.method] = metrics.roc_curve(torch.tensor([run.outputs[i].score for i in lab]),
+                                              torch.tensor([bool(report.items[i].defective) for i in lab])) \
+            if lab else empty
+        b = [i for i in bad if not run.outputs[i].error]
+        pro[run.method] = metrics.pro_curve([run.outputs[i].anomaly_map for i in b],
+                                            [report.items[i].mask for i in b]) if b else empty
+    area = {name: {s.method: getattr(s, name) for s in report.scores} for name in ("pixel_auroc", "image_auroc", "pro")}
+    roc = draw([("pixel ROC", "false-positive rate", "true-positive rate", pixel, area["pixel_auroc"]),
+                ("image ROC", "false-positive rate", "true-positive rate", image, area["image_auroc"])])
+    pro_png = draw([("PRO (AU-PRO to FPR 0.3)", "pixel false-positive rate", "per-region overlap", pro, area["pro"])],
+                   fpr_limit=0.3)
+    return roc, pro_png
+
+
+def worst_best_grid(report: EvalReport, k: int = 4, size: int = 96) -> bytes:
+    """Grid PNG of the ``k`` worst and ``k`` best images by the first method's per-image quality.
+
+    Columns: input, ground-truth mask (blank without one), then each method's restored image and anomaly map.
+    Quality is the IoU at the map threshold (an all-normal mask: the share of pixels left unflagged), else
+    the restored PSNR against the clean reference, else minus the score (worst = most anomalous).
+    """
+    from rgi_core.io.images import encode_png
+    from rgi_core.report import image_grid
+
+    first = report.runs[0]
+    quality = [_quality(it, o, report.thresholds) for it, o in zip(report.items, first.outputs, strict=True)]
+    order = sorted(range(len(report.items)), key=lambda i: quality[i])
+    k = min(k, len(order) // 2) or min(1, len(order))
+    picks = [("worst", i) for i in order[:k]] + [("best", i) for i in order[::-1][:k]]
+
+    def png(t: torch.Tensor | None) -> bytes:
+        return b"" if t is None or t.numel() == 0 else encode_png(t.float().numpy())
+
+    rows = []
+    for tag, i in picks:
+        it = report.items[i]
+        cells = [png(it.image), png(None if it.mask is None else it.mask.float())]
+        for run in report.runs:
+            cells += [png(run.outputs[i].restored), png(run.outputs[i].anomaly_map)]
+        rows.append((f"{tag}: {it.name[-28:]}  {quality[i]:.3f}", cells))
+    columns = ["input", "truth"] + [f"{r.method} {what}" for r in report.runs for what in ("restored", "map")]
+    return image_grid(rows, columns, size=size)
+
+
+def write_report(report: EvalReport, out_dir: str, grid_k: int = 4) -> dict[str, str]:
+    """Write ``metrics.json``, ``roc.png``, ``pro.png`` and ``grid.png`` under ``out_dir``; returns their URIs."""
+    import fsspec
+
+    from rgi_core.io.fs import uri_of
+
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    fs.makedirs(root, exist_ok=True)
+    roc, pro = curves_png(report)
+    files = {"roc.png": roc, "pro.png": pro, "grid.png": worst_best_grid(report, grid_k)}
+    uris = {name: uri_of(fs, posixpath.join(root, name)) for name in ("metrics.json", *files)}
+    doc = report_json(report) | {"files": uris}
+    files["metrics.json"] = json.dumps(doc, indent=2, allow_nan=False).encode()
+    for name, data in files.items():
+        fs.pipe_file(posixpath.join(root, name), data)
+    return uris

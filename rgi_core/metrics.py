@@ -19,12 +19,13 @@ dependency provides, is implemented here, with connected components from :func:`
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import Tensor
-from torchmetrics.functional.classification import binary_auroc, binary_precision_recall_curve
+from torchmetrics.functional.classification import binary_auroc, binary_precision_recall_curve, binary_roc
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "pro_auc",
     "pro_curve",
     "psnr",
+    "roc_curve",
     "ssim",
 ]
 
@@ -222,6 +224,26 @@ def _auroc(scores: Tensor, positive: Tensor) -> float:
     return float(binary_auroc(unit, positive.long(), thresholds=None, validate_args=False))
 
 
+def roc_curve(scores: Tensor, labels: Tensor, max_points: int = 512) -> tuple[Tensor, Tensor]:
+    """Exact ROC curve of scores (any shape) against labels of the same shape, thinned for plotting.
+
+    Returns:
+        ``(fpr, tpr)``, float64 1-D tensors from (0, 0) to (1, 1), at most ``max_points`` long (evenly spaced
+        along the curve's index; the ends are kept). Both empty when the labels have a single class.
+    """
+    scores, positive = _check_scores(scores.reshape(-1), labels.reshape(-1))
+    n_pos = int(positive.sum())
+    if n_pos == 0 or n_pos == positive.numel():
+        empty = torch.empty(0, dtype=torch.float64)
+        return empty, empty
+    unit, _ = _to_unit_interval(scores)
+    fpr, tpr, _ = binary_roc(unit, positive.long(), thresholds=None, validate_args=False)
+    if fpr.numel() > max_points:
+        keep = torch.linspace(0, fpr.numel() - 1, max_points).round().long()
+        fpr, tpr = fpr[keep], tpr[keep]
+    return fpr.double(), tpr.double()
+
+
 def max_f1(anomaly_map: Tensor, gt_mask: Tensor) -> tuple[float, float]:
     r"""Best pixel F1 over all thresholds, pooled over all pixels, and the threshold achieving it.
 
@@ -283,7 +305,8 @@ def iou(pred_mask: Tensor, gt_mask: Tensor, threshold: float = 0.5) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
-def pro_curve(anomaly_map: Tensor, gt_mask: Tensor, num_thresholds: int = 1000) -> tuple[Tensor, Tensor]:
+def pro_curve(anomaly_map: Tensor | Sequence[Tensor], gt_mask: Tensor | Sequence[Tensor],
+              num_thresholds: int = 1000) -> tuple[Tensor, Tensor]:
     r"""Per-Region Overlap against pooled false-positive rate (Bergmann et al., MVTec AD, IJCV 2021).
 
     Ground-truth regions are the 8-connected components of each image's mask. For a threshold ``t``
@@ -300,25 +323,33 @@ def pro_curve(anomaly_map: Tensor, gt_mask: Tensor, num_thresholds: int = 1000) 
     evenly spaced from the map's min to its max, plus ``+inf`` (nothing flagged: FPR = PRO = 0); the
     min flags everything (FPR = PRO = 1).
 
+    Images of different sizes are passed as sequences of ``(1, H_i, W_i)`` maps and masks.
+
     Returns:
         ``(fpr, pro)``, float64 1-D tensors sorted by increasing FPR (PRO is then non-decreasing too).
         Both are empty when there is no ground-truth region or no normal pixel.
     """
     if num_thresholds < 2:
         raise ValueError(f"num_thresholds must be >= 2; got {num_thresholds}")
-    amap, gt = _check_map_and_mask(anomaly_map, gt_mask)
-    amap = amap.detach().cpu().double()
-    gt = gt.detach().cpu()
+    if isinstance(anomaly_map, Tensor) and isinstance(gt_mask, Tensor):
+        pairs = [_check_map_and_mask(anomaly_map, gt_mask)]
+    else:  # images of different sizes: one (1, H_i, W_i) map and mask each
+        if len(anomaly_map) != len(gt_mask):
+            raise ValueError(f"{len(anomaly_map)} anomaly maps but {len(gt_mask)} masks")
+        pairs = [_check_map_and_mask(m, g) for m, g in zip(anomaly_map, gt_mask, strict=True)]
 
-    # Region labels, made unique across the batch: 0 = normal, 1..R = regions.
-    region = torch.zeros(gt.shape, dtype=torch.long)  # (B, H, W)
+    # Region labels, made unique across the batch: 0 = normal, 1..R = regions; everything flattened.
+    maps, regions = [], []
     n_regions = 0
-    for i, g in enumerate(gt.numpy()):
-        lab, n = ndimage.label(g, structure=_EIGHT_CONNECTED)
-        lab_t = torch.from_numpy(lab.astype(np.int64))
-        region[i] = torch.where(lab_t > 0, lab_t + n_regions, lab_t)
-        n_regions += n
-    normal = ~gt
+    for amap_i, gt_i in pairs:
+        maps.append(amap_i.detach().cpu().double().reshape(-1))
+        for g in gt_i.detach().cpu().numpy():
+            lab, n = ndimage.label(g, structure=_EIGHT_CONNECTED)
+            lab_t = torch.from_numpy(lab.astype(np.int64)).reshape(-1)
+            regions.append(torch.where(lab_t > 0, lab_t + n_regions, lab_t))
+            n_regions += n
+    amap, reg = torch.cat(maps), torch.cat(regions)  # (N,)
+    normal = reg == 0
     if n_regions == 0 or not bool(normal.any()):
         empty = torch.empty(0, dtype=torch.float64)
         return empty, empty
@@ -327,8 +358,7 @@ def pro_curve(anomaly_map: Tensor, gt_mask: Tensor, num_thresholds: int = 1000) 
     thresholds = torch.unique(torch.cat([thresholds, thresholds.new_tensor([math.inf])]))  # ascending, (K,)
     k = thresholds.numel()
     # A pixel is flagged at thresholds[j] iff j < level, level = #{thresholds <= value} in [0, K).
-    level = torch.searchsorted(thresholds, amap.reshape(-1), right=True)  # (N,)
-    reg = region.reshape(-1)
+    level = torch.searchsorted(thresholds, amap, right=True)  # (N,)
 
     # flagged[j] = #{pixels with level > j}: a histogram of levels, cumulated from the top.
     def flagged_counts(levels: Tensor, groups: Tensor, n_groups: int) -> Tensor:
@@ -340,15 +370,15 @@ def pro_curve(anomaly_map: Tensor, gt_mask: Tensor, num_thresholds: int = 1000) 
     region_hits = flagged_counts(level[in_region], reg[in_region] - 1, n_regions)  # (R, K)
     region_size = torch.bincount(reg[in_region] - 1, minlength=n_regions).double()  # (R,)
     pro = (region_hits / region_size[:, None]).mean(0)  # (K,)
-    normal_flat = normal.reshape(-1)
-    fp = flagged_counts(level[normal_flat], torch.zeros_like(level[normal_flat]), 1)[0]  # (K,)
-    fpr = fp / int(normal_flat.sum())
+    fp = flagged_counts(level[normal], torch.zeros_like(level[normal]), 1)[0]  # (K,)
+    fpr = fp / int(normal.sum())
     # Thresholds ascend, so both curves descend: flip to sort by increasing FPR.
     return fpr.flip(0), pro.flip(0)
 
 
 def pro_auc(
-    anomaly_map: Tensor, gt_mask: Tensor, fpr_limit: float = 0.3, num_thresholds: int = 1000
+    anomaly_map: Tensor | Sequence[Tensor], gt_mask: Tensor | Sequence[Tensor], fpr_limit: float = 0.3,
+    num_thresholds: int = 1000,
 ) -> float:
     r"""Normalised area under the PRO curve up to ``fpr_limit`` (MVTec AD's AU-PRO, default 30 % FPR).
 

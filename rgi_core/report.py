@@ -1,4 +1,4 @@
-"""The run report: one PNG grid, a row per top anomaly with its input, restored image and mask."""
+"""Report images: PNG grids (a cleaning run's top anomalies, ``rgi evaluate``'s worst and best cases)."""
 
 from __future__ import annotations
 
@@ -40,27 +40,43 @@ def _png(im) -> bytes:  # noqa: ANN001  PIL.Image.Image
     return buf.getvalue()
 
 
+def image_grid(rows: list[tuple[str, list[bytes]]], columns: list[str] | None = None, size: int = THUMB) -> bytes:
+    """A PNG grid: one row per ``(label, [png bytes per cell])``, an optional header of column titles.
+
+    Cells are fitted to ``size`` pixels (small images are enlarged with nearest-neighbour, so pixels stay
+    visible); an empty ``b""`` cell stays blank. Every report grid (cleaning run, ``rgi evaluate``) is drawn here.
+    """
+    from PIL import Image, ImageDraw
+
+    label_h, pad = 14, 4
+    n_cols = max([len(cells) for _, cells in rows] + [len(columns or [])] + [1])
+    header = label_h if columns else 0
+    grid = Image.new("RGB", (n_cols * (size + pad) + pad, header + len(rows) * (size + label_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for j, title in enumerate(columns or []):
+        draw.text((pad + j * (size + pad), 2), title[: size // 6], fill="black")
+    for i, (label, cells) in enumerate(rows):
+        y = header + pad + i * (size + label_h + pad)
+        draw.text((pad, y), label, fill="black")
+        for j, data in enumerate(cells):
+            if data:
+                grid.paste(_cell(data, size), (pad + j * (size + pad), y + label_h))
+    return _png(grid)
+
+
 def report_grid(rows: list[dict[str, Any]], size: int = THUMB, storage_options: dict[str, Any] | None = None) -> bytes:
     """rows: dicts with ``input_png`` (bytes), ``restored_uri``, ``mask_uri``, ``anomaly_score``, ``source_uri``.
 
     ``storage_options`` are the fsspec options of the catalog the URIs point into.
     """
-    from PIL import Image, ImageDraw
-
-    label_h = 14
-    grid = Image.new("RGB", (3 * (size + 4) + 4, len(rows) * (size + label_h + 4) + 4), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, r in enumerate(rows):
-        y = 4 + i * (size + label_h + 4)
-        draw.text((4, y), f"{r['anomaly_score']:.3f}  {str(r['source_uri'])[-60:]}", fill="black")
+    cells = []
+    for r in rows:
         tiles = [r.get("input_png", b"")]
         for key in ("restored_uri", "mask_uri"):
             with fsspec.open(r[key], "rb", **(storage_options or {})) as f:
                 tiles.append(f.read())
-        for j, data in enumerate(tiles):
-            if data:
-                grid.paste(_cell(data, size), (4 + j * (size + 4), y + label_h))
-    return _png(grid)
+        cells.append((f"{r['anomaly_score']:.3f}  {str(r['source_uri'])[-60:]}", tiles))
+    return image_grid(cells, size=size)
 
 
 def image_panel(tiles: dict[str, bytes | None], lines: list[str], size: int = 2 * THUMB) -> bytes:

@@ -92,3 +92,13 @@ def parquet_bytes(columns: dict) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.table(columns), buf)
     return buf.getvalue()
+
+
+def write_generated(prior, folder, n: int, seed: int):
+    """Write ``generate(prior, n, seed)`` as ``folder/<i>.png`` (folder created); returns the folder."""
+    from rgi_core.io.images import encode_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(generate(prior, n, seed)):
+        (folder / f"{i}.png").write_bytes(encode_png(x.numpy()))
+    return folder

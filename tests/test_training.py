@@ -135,13 +135,10 @@ def test_calibration_keeps_clean_images_unmasked(tiny_prior, tmp_path):
 
 
 def test_cli_calibrate_prior_stores_defaults(tiny_prior, tmp_path, capsys):
-    from conftest import generate
+    from conftest import write_generated
 
     path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator)
-    clean = tmp_path / "clean"
-    clean.mkdir()
-    for i, x in enumerate(generate(tiny_prior, 4, seed=2)):
-        (clean / f"{i}.png").write_bytes(encode_png(x.numpy()))
+    clean = write_generated(tiny_prior, tmp_path / "clean", 4, seed=2)
     rc = main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "20",
                "--set", "map_sigma=1.0"])
     assert rc == 0
