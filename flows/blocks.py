@@ -199,7 +199,8 @@ class RgiCleaningSettings(Block):
         """The :class:`flows.clean.CleanOptions` of these settings, with ``overrides``."""
         from flows.clean import CleanOptions
 
-        names = set(CleanOptions.model_fields) & set(type(self).model_fields)
+        # ``calibration`` here is a dict of prior defaults (see calibrated_defaults), not CleanOptions' file
+        names = (set(CleanOptions.model_fields) & set(type(self).model_fields)) - {"calibration"}
         return CleanOptions(**(self.model_dump(include=names) | overrides))
 
     def calibrated_defaults(self, storage: RgiCatalog | RgiS3Credentials | None = None) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
-from flows.clean import CleanOptions, list_source
+from flows.clean import CleanOptions
 from flows.events import shard_event
+from flows.tasks import list_shards
 from rgi_core.catalog import Catalog
 from rgi_core.io.shards import Shard
 from rgi_core.models import load_prior
@@ -35,7 +36,7 @@ def poll_for_shards(source: str, catalog: str, prior: str = "brick-64",
     """Emit ``rgi.shard.uploaded`` for every shard under ``source`` the catalog has not seen; returns their URIs."""
     options = options or CleanOptions()
     p = load_prior(prior, device="cpu")
-    shards: list[Shard] = list_source(source)
+    shards: list[Shard] = list_shards(source)
     done_shards, done_sources = read_seen(catalog, options.config_hash(p), p.prior_id)
     new = unseen_shards(shards, done_shards, done_sources)
     for s in new:

@@ -39,6 +39,7 @@ without an atomic create (e.g. ``memory://``) fall back to exists-then-write, wh
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import hashlib
 import json
@@ -240,7 +241,7 @@ class Catalog:
         self.fs.makedirs(parent, exist_ok=True)
         if self.local:
             tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as f:
+            with builtins.open(tmp, "wb") as f:  # this module defines its own open()
                 f.write(data)
             try:
                 os.link(tmp, path)  # atomic, fails if the name exists; the marker is complete when it appears

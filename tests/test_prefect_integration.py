@@ -154,15 +154,19 @@ def test_entry_point_and_task_pairs():
     assert tasks.invert_batch.tags == {"gpu"}
 
 
-def test_flow_with_blocks_on_s3_never_leaks_credentials(prefect_api, s3, s3_endpoint, prior_file, monkeypatch,
-                                                        capfd, caplog):
-    """Credentials reach s3fs only through the catalog block: the environment has none during the run."""
+def test_flow_with_blocks_on_s3_never_leaks_credentials(prefect_api, s3, s3_endpoint, prior_file, monkeypatch):
+    """Credentials reach s3fs only through the catalog block: the run's process has none in its environment.
+
+    The flow runs in a child process so that everything it prints is captured whole (stdout and stderr).
+    """
+    import os
+    import subprocess
+    import sys
+
     import s3fs
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogWorker
-
-    from flows.clean import clean_dataset
+    from prefect.settings import PREFECT_API_URL
 
     tiny = load_prior(prior_file, device="cpu")
     for i, x in enumerate(generate(tiny, 3, seed=4)):
@@ -175,32 +179,42 @@ def test_flow_with_blocks_on_s3_never_leaks_credentials(prefect_api, s3, s3_endp
     RgiPrior(location=prior_file, defaults={"score_threshold": 0.0}).save(name)
     RgiCleaningSettings(calibration={"lam": 0.2}, **CHEAP).save(name)
 
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+    no_creds = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                "AWS_CONFIG_FILE": "/nonexistent"}
+    hidden = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL")
+    env = {k: v for k, v in os.environ.items() if k not in hidden} | no_creds
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    for var in hidden:
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    for var, value in no_creds.items():
+        monkeypatch.setenv(var, value)
     s3fs.S3FileSystem.clear_instance_cache()
     with pytest.raises(Exception):  # noqa: B017  without the block's keys the store refuses us
         s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True).ls("rgi-test/src")
 
-    state = clean_dataset(source="s3://rgi-test/src", catalog_block=name, prior_block=name, settings_block=name,
-                          return_state=True)
-    out = state.result()
-    assert out["images_ok"] == 3 and out["report_uri"].startswith("s3://rgi-test/catalog/reports/")
+    code = ("import json\nfrom flows.clean import clean_dataset\n"
+            f"s = clean_dataset(source='s3://rgi-test/src', catalog_block={name!r}, prior_block={name!r}, "
+            f"settings_block={name!r}, return_state=True)\n"
+            "out = s.result()\n"
+            "print(json.dumps({'run_id': str(s.state_details.flow_run_id), 'ok': out['images_ok'], "
+            "'report': out['report_uri']}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ok"] == 3 and out["report"].startswith("s3://rgi-test/catalog/reports/")
+    monkeypatch.undo()  # the test's own S3 access below uses the fixture's credentials again
+    s3fs.S3FileSystem.clear_instance_cache()
     images = pd.read_parquet("rgi-test/catalog/images", filesystem=s3)
     expected = with_defaults(load_prior(prior_file, device="cpu"), {"lam": 0.2})
     assert (images.config_hash == RgiCleaningSettings(**CHEAP).options().config_hash(expected)).all()
     assert images.is_anomalous.all()  # the prior block's score_threshold 0.0
 
-    APILogWorker.drain_all(timeout=10)
-    run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        params = json.dumps(client.read_flow_run(run_id).parameters)
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+        params = json.dumps(client.read_flow_run(out["run_id"]).parameters)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[out["run_id"]])),
                                 limit=200, offset=0)
     assert name in params and logs
-    text = "\n".join([params, *(log.message for log in logs), *capfd.readouterr(), caplog.text])
+    text = "\n".join([params, *(log.message for log in logs), proc.stdout, proc.stderr])
     assert secret not in text and token not in text
 
 

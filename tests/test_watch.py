@@ -121,3 +121,30 @@ def test_watch_keeps_messages_it_cannot_parse(prefect_api, queue):
     stats = watch(url, once=True, wait_seconds=1, visibility_timeout=0, echo=lambda _: None)
     assert (stats.messages, stats.errors, stats.deleted) == (1, 1, 0)
     assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"][0]["Body"] == "not a notification"
+
+
+def test_rgi_watch_stops_cleanly_on_sigterm(prefect_api, queue):
+    """The long-running consumer finishes the poll in hand on SIGTERM, prints its counts and exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    url, _, sqs, _ = queue
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "watch", url, "--wait-seconds", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "Messages" in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0, VisibilityTimeout=0):
+            assert time.monotonic() < deadline, "rgi watch never consumed the queue's TestEvent"
+            time.sleep(0.5)  # wait until the watcher is polling (it deletes the TestEvent)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "rgi watch: 1 messages, 0 events" in err
