@@ -50,16 +50,20 @@ def _load_once(source: str, device: str, prior_id: str) -> Prior:
     return p
 
 
-# One inversion at a time per process. The solver already uses every core (or the whole GPU) for one batch;
-# overlapping batches in threads added no throughput and held one set of activations per thread.
-# Reading and writing still overlap with the inversion. (A function, not a module-level lock in the task's
-# module: Dask pickles tasks by value, and a lock cannot be pickled.)
-_COMPUTE = threading.Lock()
+# At most ``slots`` solves at once per process. Each solve already uses several cores (or the GPU); letting
+# every thread of the flow's pool solve at once held one set of activations per thread, and peak memory
+# grew with the length of the run. Two slots keep both cores of a small CPU box busy (a single slot left
+# them idle while a batch was decoded or encoded). Decoding, encoding, reading and writing run outside.
+# (A function, not a module-level lock in the task's module: Dask pickles tasks by value, and a lock
+# cannot be pickled.)
+_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
 
 
-def compute_slot() -> threading.Lock:
-    """This process's inversion lock: ``with compute_slot(): ...``."""
-    return _COMPUTE
+def compute_slot(slots: int = 2) -> threading.BoundedSemaphore:
+    """This process's solver semaphore for ``slots`` concurrent solves (``guard`` of ``clean_items``)."""
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(slots, threading.BoundedSemaphore(slots))
 
 
 def dask_task_runner(address: str | None = None, workers: int = 2, threads_per_worker: int = 1) -> DaskTaskRunner:

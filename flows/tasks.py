@@ -135,10 +135,9 @@ write_report, awrite_report = _io_tasks(_write_report, "write-report")
 def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptions) -> list[Outcome]:
     """Clean a batch with ``prior`` under ``options``; one outcome per item, in order.
 
-    ``prior`` may be a :class:`~flows.scale.PriorRef` (Dask workers load it once per process). One batch
-    inverts at a time per process (:func:`~flows.scale.compute_slot`).
+    ``prior`` may be a :class:`~flows.scale.PriorRef` (Dask workers load it once per process). One solve
+    runs at a time per process (:func:`~flows.scale.compute_slot`); decoding and encoding overlap with it.
     """
     prior = prior.load() if isinstance(prior, PriorRef) else prior
-    with compute_slot():
-        return clean_items(items, prior, options.inversion_config(prior), options.resolved_fit(prior),
-                           options.limits())
+    return clean_items(items, prior, options.inversion_config(prior), options.resolved_fit(prior),
+                       options.limits(), guard=compute_slot())

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -152,18 +153,20 @@ def network_inputs(x: torch.Tensor, prior: Prior, fit: Fit = "resize") -> torch.
     return (_resize(xc[None], (r, r)) if fit == "resize" else _tiles(xc, r)[0]).clamp(0.0, 1.0)
 
 
-def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig,
-               fit: Fit = "resize") -> tuple[list[Fitted], float]:
+def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig, fit: Fit = "resize",
+               guard: AbstractContextManager | None = None) -> tuple[list[Fitted], float]:
     """Invert images (each (C, H, W) in [0, 1], any size) in one batch; returns results and seconds per image.
 
     Each image is fitted to the prior's size (resize or tiles), inverted in the prior's channels, and its
-    G(z), phi and anomaly map are mapped back to the image's own size and channels.
+    G(z), phi and anomaly map are mapped back to the image's own size and channels. ``guard`` (e.g. a lock)
+    is held around the solver only, so callers can bound concurrent solves without serialising the rest.
     """
     if not images:
         return [], 0.0
     inputs = [network_inputs(x, prior, fit) for x in images]
     t0 = time.perf_counter()
-    solved = _solve(list(range(len(images))), inputs, prior, config)
+    with guard or nullcontext():
+        solved = _solve(list(range(len(images))), inputs, prior, config)
     per_image = (time.perf_counter() - t0) / len(images)
     out: list[Fitted | None] = [None] * len(images)
     empty = torch.empty(0)
@@ -201,11 +204,13 @@ def _solve(group: list[int], inputs: list[torch.Tensor], prior: Prior,
 
 
 def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionConfig,
-                fit: Fit = "resize", limits: ImageLimits = CLEAN_LIMITS) -> list[Outcome]:
+                fit: Fit = "resize", limits: ImageLimits = CLEAN_LIMITS,
+                guard: AbstractContextManager | None = None) -> list[Outcome]:
     """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order.
 
     Images outside ``limits`` (over ``max_pixels``: refused from the header; under ``min_side``), that do
     not decode, or whose float pixels are NaN/Inf, get an error outcome and never reach the solver.
+    ``guard`` is held around the solve only (see :func:`fit_invert`); decoding and encoding run outside it.
     """
     outcomes: dict[int, Outcome] = {}
     decoded: list[tuple[int, str, NativeImage]] = []
@@ -215,7 +220,8 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             decoded.append((i, key, decode_native(data, name=uri, limits=limits)))
         except ImageDecodeError as exc:
             outcomes[i] = Outcome(uri, key, error=str(exc))
-    fitted, seconds = fit_invert([torch.from_numpy(img.pixels) for _, _, img in decoded], prior, config, fit)
+    fitted, seconds = fit_invert([torch.from_numpy(img.pixels) for _, _, img in decoded], prior, config, fit,
+                                 guard)
     for (i, key, img), f in zip(decoded, fitted, strict=True):
         uri = items[i][0]
         if f.error:
@@ -252,8 +258,8 @@ def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch
 
 
 def clean_items(items: list[Item], prior: Prior, config: InversionConfig, fit: Fit = "resize",
-                limits: ImageLimits = CLEAN_LIMITS) -> list[Outcome]:
+                limits: ImageLimits = CLEAN_LIMITS, guard: AbstractContextManager | None = None) -> list[Outcome]:
     """:func:`clean_batch` over shard items: items that failed to read keep their error, in order."""
     readable = [i for i in items if not i.error]
-    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit, limits))
+    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit, limits, guard))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]
