@@ -50,17 +50,17 @@ def _load_once(source: str, device: str, prior_id: str) -> Prior:
     return p
 
 
-# At most ``slots`` solves at once per process. Each solve already uses several cores (or the GPU); letting
-# every thread of the flow's pool solve at once held one set of activations per thread, and peak memory
-# grew with the length of the run. Two slots keep both cores of a small CPU box busy (a single slot left
-# them idle while a batch was decoded or encoded). Decoding, encoding, reading and writing run outside.
+# At most ``slots`` solves at once per process (default one). Each solve already uses several cores (or
+# the GPU); letting every thread of the flow's pool solve at once held one set of activations per thread,
+# and peak memory grew with the length of the run. Decoding, encoding, reading and writing run outside the
+# slot and overlap with the solve. One slot and two gave the same P2 throughput here (docs/benchmarks.md).
 # (A function, not a module-level lock in the task's module: Dask pickles tasks by value, and a lock
 # cannot be pickled.)
 _SLOTS: dict[int, threading.BoundedSemaphore] = {}
 _SLOTS_LOCK = threading.Lock()
 
 
-def compute_slot(slots: int = 2) -> threading.BoundedSemaphore:
+def compute_slot(slots: int = 1) -> threading.BoundedSemaphore:
     """This process's solver semaphore for ``slots`` concurrent solves (``guard`` of ``clean_items``)."""
     with _SLOTS_LOCK:
         return _SLOTS.setdefault(slots, threading.BoundedSemaphore(slots))
