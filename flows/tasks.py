@@ -85,8 +85,11 @@ def _list_shards(source: str, storage: Storage = None) -> list[Shard]:
 
 
 def _read_done(catalog: str | RgiCatalog, config_hash: str, prior_id: str) -> set[str]:
-    """Source URIs the catalog already has a row for, for this config and prior."""
-    return open_catalog(catalog).done_uris(config_hash, prior_id)
+    """Source URIs the catalog already has a row for, for this config and prior (stale temp files of killed
+    local writers are swept on the way)."""
+    cat = open_catalog(catalog)
+    cat.sweep_temp()
+    return cat.done_uris(config_hash, prior_id)
 
 
 def _load_batch(shard: Shard, start: int = 0, stop: int | None = None, skip: Collection[str] = (),

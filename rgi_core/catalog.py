@@ -154,6 +154,25 @@ class Catalog:
         else:
             self.fs.pipe_file(path, data)  # one PUT: visible whole or not at all
 
+    def sweep_temp(self, older_than_s: float | None = None) -> int:
+        """Delete temp files (``.<name>.<uuid>.tmp``) that a killed local writer left behind; returns how many.
+
+        Only files older than ``older_than_s`` (default: the claim lease) go, so a live writer's temp file is
+        never touched. Readers ignore these files anyway; this keeps the catalog tidy. No-op off local disk
+        (object stores write in one PUT and leave no temp files).
+        """
+        if not self.local or not os.path.isdir(self.root):
+            return 0
+        cutoff = time.time() - (self.claim_lease_s if older_than_s is None else older_than_s)
+        swept = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                path = os.path.join(folder, name)
+                if name.startswith(".") and name.endswith(".tmp") and os.path.getmtime(path) < cutoff:
+                    os.remove(path)
+                    swept += 1
+        return swept
+
     def write_output(self, path: str, png: bytes) -> str:
         """Write one output PNG; returns its URI."""
         self._put_atomic(path, png)

@@ -112,3 +112,23 @@ def test_failed_write_publishes_nothing_and_releases_claims(tmp_path, monkeypatc
     monkeypatch.undo()
     _, dropped = Catalog(str(tmp_path)).commit_images([_row(i, "B") for i in range(3)], run_id="B", seq=0)
     assert dropped == [] and len(_sources(cat)) == 3  # the released claims did not block the images
+
+
+def test_stale_temp_files_of_killed_writers_are_swept(tmp_path):
+    """A killed local writer leaves `.name.uuid.tmp`; old ones are swept, a live writer's fresh one is kept."""
+    import os
+    import time
+
+    cat = Catalog(str(tmp_path / "cat"), claim_lease_s=60)
+    part = tmp_path / "cat" / "images" / "method=rgi"
+    part.mkdir(parents=True)
+    stale, fresh = part / ".part-a-000000.parquet.0f.tmp", part / ".part-b-000000.parquet.1e.tmp"
+    kept = part / "part-c-000000.parquet"
+    for f in (stale, fresh, kept):
+        f.write_bytes(b"x")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(kept, (old, old))
+    assert cat.sweep_temp() == 1
+    assert not stale.exists() and fresh.exists() and kept.exists()
+    assert Catalog("memory://cat").sweep_temp() == 0  # object stores leave no temp files
