@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from flows import progress
 from flows.blocks import RgiCatalog, RgiPrior, resolve, storage_options
@@ -25,6 +25,7 @@ from flows.scale import PriorRef, dask_task_runner, on_dask
 from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
 from rgi_core.calibration import read_calibration
 from rgi_core.catalog import utcnow
+from rgi_core.cleaning import Fit, resolve_fit
 from rgi_core.config import InversionConfig, config_for_prior
 from rgi_core.io.fs import redact_uri, require_no_credentials
 from rgi_core.io.images import ImageLimits
@@ -63,15 +64,21 @@ class CleanOptions(BaseModel):
         (1.0, 4.0, 16.0), description="seconds between retries of a failed storage task (one retry per entry)")
     max_pixels: int = Field(64_000_000, ge=1, description="larger images (W*H) are refused from their header")
     min_side: int = Field(8, ge=1, description="images narrower or shorter than this are error rows")
+    calibration: str | None = Field(None, description="calibration JSON (path/URL) from `rgi calibrate`: its lam "
+                                    "and score_threshold override the prior's (an explicit lam still wins)")
+    # (prior_id, document): the calibration file is read once per options object, not at every batch
+    _calibration_doc: tuple[str, dict[str, Any]] | None = PrivateAttr(default=None)
 
     def limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_pixels, min_side=self.min_side)
-    calibration: str | None = Field(None, description="calibration JSON (path/URL) from `rgi calibrate`: its lam "
-                                    "and score_threshold override the prior's (an explicit lam still wins)")
 
     def calibrated(self, prior: Prior) -> dict[str, Any]:
-        """The calibration document, or {} without one."""
-        return read_calibration(self.calibration, prior) if self.calibration else {}
+        """The calibration document (validated for ``prior``), or {} without one."""
+        if not self.calibration:
+            return {}
+        if self._calibration_doc is None or self._calibration_doc[0] != prior.prior_id:
+            self._calibration_doc = (prior.prior_id, read_calibration(self.calibration, prior))
+        return self._calibration_doc[1]
 
     def inversion_config(self, prior: Prior) -> InversionConfig:
         """The solver config: these options over the calibration over the prior's defaults over the paper's."""
@@ -82,8 +89,8 @@ class CleanOptions(BaseModel):
     def score_threshold(self, prior: Prior) -> float | None:
         return self.calibrated(prior).get("score_threshold", prior.defaults.get("score_threshold"))
 
-    def resolved_fit(self, prior: Prior) -> Literal["resize", "tile"]:
-        return prior.defaults.get("fit", "resize") if self.fit == "auto" else self.fit  # type: ignore[return-value]
+    def resolved_fit(self, prior: Prior) -> Fit:
+        return resolve_fit(prior, self.fit)
 
     def config_hash(self, prior: Prior) -> str:
         """Identifies results: the resolved solver settings and ``fit``."""

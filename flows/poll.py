@@ -8,7 +8,6 @@ server's event de-duplication (30 min), and a second clean of it would skip ever
 
 from __future__ import annotations
 
-import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
@@ -25,8 +24,7 @@ from rgi_core.notifications import unseen_shards
 @task(name="read-seen", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)
 def read_seen(catalog: str, config_hash: str, prior_id: str) -> tuple[set[str], set[str]]:
     """Shard URIs and source URIs that have a row for this config and prior."""
-    t = Catalog(catalog).read_images(columns=["shard_uri", "source_uri", "config_hash", "prior_id"])
-    t = t.filter(pc.and_(pc.equal(t["config_hash"], config_hash), pc.equal(t["prior_id"], prior_id)))
+    t = Catalog(catalog).done_table(config_hash, prior_id, ("shard_uri", "source_uri"))
     return set(t.column("shard_uri").to_pylist()), set(t.column("source_uri").to_pylist())
 
 

@@ -55,7 +55,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rgi_core.io.fs import is_local, redact_text, uri_of
+from rgi_core.io.fs import is_local, protocols, redact_text, uri_of
 
 if TYPE_CHECKING:
     from rgi_core.cleaning import Outcome
@@ -269,7 +269,7 @@ class Catalog:
                 return False
             finally:
                 os.unlink(tmp)
-        if set(self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)) & {"s3", "s3a"}:
+        if set(protocols(self.fs)) & {"s3", "s3a"}:
             try:
                 self.fs.pipe_file(path, data, mode="create")  # PUT with If-None-Match: *
                 return True
@@ -342,16 +342,19 @@ class Catalog:
         d = self._dataset("runs")
         return RUN_SCHEMA.empty_table() if d is None else d.to_table()
 
-    def done_uris(self, config_hash: str, prior_id: str) -> set[str]:
-        """Source URIs that already have a row (ok or error) for this config and prior."""
+    def done_table(self, config_hash: str, prior_id: str, columns: tuple[str, ...] = ("source_uri",)) -> pa.Table:
+        """``columns`` of the rows (ok or error) this config and prior already have; empty if none."""
         import pyarrow.compute as pc
 
         d = self._dataset("images")
         if d is None:
-            return set()
+            return IMAGE_SCHEMA.empty_table().select(list(columns))
         flt = (pc.field("config_hash") == config_hash) & (pc.field("prior_id") == prior_id)
-        return set(d.to_table(columns=["source_uri"], filter=flt).column("source_uri").to_pylist())
+        return d.to_table(columns=list(columns), filter=flt)
 
+    def done_uris(self, config_hash: str, prior_id: str) -> set[str]:
+        """Source URIs that already have a row (ok or error) for this config and prior."""
+        return set(self.done_table(config_hash, prior_id).column("source_uri").to_pylist())
 
     def write_outcomes(self, outcomes: list[Outcome], items: list[Item], context: dict[str, Any],
                        seq: int) -> list[dict[str, Any]]:
@@ -378,7 +381,7 @@ class Catalog:
                         "is_anomalous": None if threshold is None else bool(o.score > threshold)}
             rows.append(row)
         exclusive = not context.get("force")  # a forced recompute appends without claims
-        _, dropped = self.commit_images(rows, run_id=context["run_id"], seq=seq, exclusive=exclusive)
+        dropped = set(self.commit_images(rows, run_id=context["run_id"], seq=seq, exclusive=exclusive)[1])
         for r in rows:  # committed by a concurrent run: reported as skipped, not as ours
             if r["source_uri"] in dropped:
                 r["status"] = "skipped"

@@ -8,10 +8,14 @@ import re
 import fsspec
 
 
+def protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    """The protocol names of ``fs`` (fsspec gives a string or a tuple), e.g. ``("s3", "s3a")``."""
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """True for the local filesystem, whose paths are used as they are (no ``file://``)."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
+    return protocols(fs)[0] in ("file", "local")
 
 
 def uri_of(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -203,35 +203,23 @@ def _jsonable(v: Any) -> bool:
 def read_item(uri: str, image_column: str = "image", id_column: str = "id") -> bytes:
     """The bytes of one item by its URI (as :func:`iter_items` names it): a file, ``tar#member`` or ``parquet#id``.
 
-    Raises FileNotFoundError when the file, the tar member or the Parquet row is not there (any more).
+    Raises FileNotFoundError when the file, the tar member or the Parquet row is not there (any more), or
+    when the entry cannot be read.
     """
-    base, sep, ident = uri.rpartition("#")
+    base, sep, _ = uri.rpartition("#")
     kind = _kind(base) if sep else None
-    if kind == "tar":
-        try:
-            with fsspec.open(base, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-                for member in tar:
-                    if member.isfile() and member.name == ident:
-                        reader = tar.extractfile(member)
-                        return reader.read() if reader is not None else b""
-        except tarfile.TarError as exc:
-            raise FileNotFoundError(f"{base}: cannot read tar: {exc}") from exc
-        raise FileNotFoundError(f"no member {ident!r} in {base}")
-    if kind == "parquet":
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        with fsspec.open(base, "rb") as f:
-            pf = pq.ParquetFile(f)
-            for batch in pf.iter_batches(batch_size=256, columns=[id_column, image_column]):
-                ids = pc.cast(batch.column(id_column), "string")  # ids of any type are named as text
-                hit = pc.index(ids, ident).as_py()
-                if hit >= 0:
-                    data = batch.column(image_column)[hit].as_py()
-                    return bytes(data) if data else b""
-        raise FileNotFoundError(f"no row with {id_column} = {ident!r} in {base}")
-    with fsspec.open(uri, "rb") as f:
-        return f.read()
+    if kind not in ("tar", "parquet"):
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+    try:
+        for item in iter_items(Shard(base, kind), image_column, id_column):  # streams up to the entry
+            if item.uri == uri:
+                if item.error:
+                    raise FileNotFoundError(f"{uri}: {item.error}")
+                return item.data
+    except tarfile.TarError as exc:
+        raise FileNotFoundError(f"{base}: cannot read tar: {exc}") from exc
+    raise FileNotFoundError(f"no entry {uri!r} in {base}")
 
 
 def read_items(shards: list[Shard], image_column: str = "image", id_column: str = "id", skip: Set[str] = frozenset(),
