@@ -19,6 +19,7 @@ from rgi_core.models import (
     save_prior,
 )
 from rgi_core.models.checkpoint import plain_state_dict
+from rgi_core.models.nets import upsample_conv3x3
 
 
 def _nets(spec: ArchSpec = TINY, spectral: bool = True) -> tuple[Generator, Discriminator]:
@@ -131,3 +132,22 @@ def test_generator_stages_cover_every_parameter_once():
 def test_arch_spec_validates(bad):
     with pytest.raises(ValueError):
         ArchSpec(**bad)
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "h", "w"), [(3, 5, 4, 4), (8, 4, 7, 10), (1, 2, 1, 3)])
+def test_fused_upsample_conv_equals_upsample_then_conv(c_in, c_out, h, w):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, c_in, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in, 3, 3, generator=g, dtype=torch.float64)
+    plain = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"),
+                                       weight, padding=1)
+    torch.testing.assert_close(upsample_conv3x3(x, weight), plain, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["brick-64", "digits-32"])
+def test_shipped_generators_give_the_same_images_fused_or_plain(name):
+    prior = load_prior(name)
+    z = torch.randn(3, *prior.generator.latent_shape(), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(prior.generator(z, fused=True), prior.generator(z, fused=False),
+                                   rtol=0, atol=1e-5)
