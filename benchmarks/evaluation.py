@@ -5,12 +5,14 @@ Everything goes through the command line users run, on labelled folders exported
 
 - ``brick``: crops of brick-64's held-out quarter, half clean, half with one synthetic defect;
 - ``digits``: held-out digits, half with salt-and-pepper corruption, half clean;
-- ``fpr``: ``rgi calibrate`` on training-split digits (a seeded random subset), then ``rgi evaluate
-  --threshold`` on clean held-out digits: the image and pixel false-positive rates actually reached.
+- ``fpr``: ``rgi calibrate`` on one half of a held-out set of clean images, ``rgi evaluate --threshold`` on
+  the other half, and swapped: the image and pixel false-positive rates reached on images that neither the
+  prior nor the calibration saw (digits 1500..1796 split in two; brick crops from the two halves of the
+  held-out quarter).
 
 Usage (writes under runs/evaluation/, prints Markdown):
     OMP_NUM_THREADS=1 python benchmarks/evaluation.py [--n 16] [--iterations 300] [--n-init 200] \
-        [--only brick digits fpr] [--fpr 0.05] [--fpr-train 400] [--fpr-eval 297] [--fpr-iterations 100]
+        [--only brick digits fpr] [--fpr 0.05] [--fpr-data digits brick] [--fpr-eval 400] [--fpr-iterations 100]
 """
 
 from __future__ import annotations
@@ -55,30 +57,60 @@ def evaluate_folder(name: str, items: list[Labelled], prior: str, root: Path, ar
           flush=True)
 
 
-def fpr_check(root: Path, args: argparse.Namespace) -> None:
-    train_dir, eval_dir = root / "fpr" / "train", root / "fpr" / "eval"
-    n_train = len(builtin.digits("train"))
-    pick = torch.randperm(n_train, generator=torch.Generator().manual_seed(args.seed))[: args.fpr_train].sort().values
-    export_labelled(clean_digits("train", pick, labelled=False), str(train_dir))  # calibration: images only
-    export_labelled(clean_digits("eval", torch.arange(args.fpr_eval)), str(eval_dir))
-    cal = root / "fpr" / "calibration.json"
+def held_out_halves(data: str, n: int, seed: int) -> tuple[list[Labelled], list[Labelled]]:
+    """Two disjoint sets of clean images the prior never saw, labelled with all-normal masks.
+
+    digits: held-out digits 1500..1647 and 1648..1796 (``n`` ignored: all of each half); brick: ``n`` random
+    64x64 crops from each half of the held-out quarter, rows 0..255 and 256..511 (crops never straddle).
+    """
+    if data == "digits":
+        x = torch.from_numpy(builtin.digits("eval"))
+        half = len(x) // 2
+        idx = (torch.arange(half), torch.arange(half, len(x)))
+        return tuple(clean_digits("eval", i) for i in idx)  # type: ignore[return-value]
+    strip = torch.from_numpy(builtin.texture(data, "eval"))  # (1, 512, 128)
+    gen = torch.Generator().manual_seed(seed)
+    empty = torch.zeros((1, 64, 64), dtype=torch.bool)
+    halves = []
+    for h, rows in enumerate((strip[:, :256], strip[:, 256:])):
+        ys = torch.randint(rows.shape[1] - 64 + 1, (n,), generator=gen).tolist()
+        xs = torch.randint(rows.shape[2] - 64 + 1, (n,), generator=gen).tolist()
+        crops = [rows[:, y : y + 64, x : x + 64].clone() for y, x in zip(ys, xs, strict=True)]
+        halves.append([Labelled(f"{data}-half{h}-{i:04d}", c, empty, c) for i, c in enumerate(crops)])
+    return halves[0], halves[1]
+
+
+def fpr_check(root: Path, args: argparse.Namespace, data: str) -> None:
+    """``rgi calibrate`` on one half of held-out clean images, ``rgi evaluate --threshold`` on the other, and
+    the same with the halves swapped: the false-positive rates reached on images calibration never saw."""
+    prior = "digits-32" if data == "digits" else f"{data}-64"
+    halves = held_out_halves(data, args.fpr_eval, args.seed)
+    dirs = []
+    for h, items in enumerate(halves):
+        d = root / f"fpr-{data}" / f"half{h}"
+        export_labelled(items, str(d))
+        dirs.append(d)
     common = ("--iterations", str(args.fpr_iterations), "--n-init", str(args.fpr_n_init))
-    t0 = time.perf_counter()
-    rgi("calibrate", str(train_dir), "--prior", "digits-32", "--fpr", str(args.fpr), "--out", str(cal), *common)
-    rgi("evaluate", str(eval_dir), "--prior", "digits-32", "--methods", "rgi", "--threshold", str(cal),
-        "--out", str(root / "fpr" / "report"), *common)
-    doc = json.loads(cal.read_text())
-    m = json.loads((root / "fpr" / "report" / "metrics.json").read_text())["methods"]["rgi"]
-    print(f"**calibrated FPR, digits-32**: `rgi calibrate --fpr {args.fpr}` on {doc['images']} training-split "
-          f"digits, measured on {args.fpr_eval} clean held-out digits ({args.fpr_iterations} iterations, "
-          f"n_init {args.fpr_n_init}; {time.perf_counter() - t0:.0f} s)\n")
-    print("| | target | calibration images (in-sample) | held-out images |")
-    print("|---|---|---|---|")
-    print(f"| image FPR (score > {doc['score_threshold']:.4f}) | {args.fpr:.3f} | {doc['clean_image_fpr']:.3f} | "
-          f"{m['image_fpr']:.3f} |")
-    print(f"| pixel FPR (map > {doc['map_threshold']:.4f}) | {args.fpr:.3f} | {doc['clean_pixel_fpr']:.3f} | "
-          f"{m['pixel_fpr']:.3f} |")
-    print(f"\nlam = {doc['lam']:.4f}\n", flush=True)
+    print(f"**calibrated FPR, {prior}** (target {args.fpr}): `rgi calibrate` on one half of the held-out "
+          f"images, `rgi evaluate --threshold` on the other half, then swapped; {len(halves[0])} + "
+          f"{len(halves[1])} clean images, {args.fpr_iterations} iterations, n_init {args.fpr_n_init}\n")
+    print("| calibrated on | measured on | λ | score threshold | image FPR in-sample | image FPR held-out | "
+          "map threshold | pixel FPR in-sample | pixel FPR held-out | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for cal_h, test_h in ((0, 1), (1, 0)):
+        t0 = time.perf_counter()
+        cal = root / f"fpr-{data}" / f"calibration-half{cal_h}.json"
+        rgi("calibrate", str(dirs[cal_h]), "--prior", prior, "--fpr", str(args.fpr), "--out", str(cal), *common)
+        report = root / f"fpr-{data}" / f"report-half{test_h}"
+        rgi("evaluate", str(dirs[test_h]), "--prior", prior, "--methods", "rgi", "--threshold", str(cal),
+            "--out", str(report), *common)
+        doc = json.loads(cal.read_text())
+        m = json.loads((report / "metrics.json").read_text())["methods"]["rgi"]
+        print(f"| half {cal_h} | half {test_h} | {doc['lam']:.4f} | {doc['score_threshold']:.4f} | "
+              f"{doc['clean_image_fpr']:.3f} | **{m['image_fpr']:.3f}** | {doc['map_threshold']:.4f} | "
+              f"{doc['clean_pixel_fpr']:.3f} | **{m['pixel_fpr']:.3f}** | {time.perf_counter() - t0:.0f} |",
+              flush=True)
+    print()
 
 
 def main() -> None:
@@ -90,8 +122,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=["brick", "digits", "fpr"])
     ap.add_argument("--fpr", type=float, default=0.05)
-    ap.add_argument("--fpr-train", type=int, default=400, help="training-split digits to calibrate on")
-    ap.add_argument("--fpr-eval", type=int, default=297, help="clean held-out digits to measure on (max 297)")
+    ap.add_argument("--fpr-data", nargs="*", default=["digits", "brick"], help="held-out sets for the FPR check")
+    ap.add_argument("--fpr-eval", type=int, default=400, help="texture crops per held-out half (digits: all)")
     ap.add_argument("--fpr-iterations", type=int, default=100, help="iterations for calibration and measurement")
     ap.add_argument("--fpr-n-init", type=int, default=32)
     ap.add_argument("--out", default="runs/evaluation")
@@ -108,7 +140,8 @@ def main() -> None:
         items += clean_digits("eval", torch.arange(n_bad, args.n))  # other held-out digits, left clean
         evaluate_folder("digits-32", items, "digits-32", root, args)
     if "fpr" in args.only:
-        fpr_check(root, args)
+        for data in args.fpr_data:
+            fpr_check(root, args, data)
 
 
 if __name__ == "__main__":

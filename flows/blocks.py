@@ -269,12 +269,14 @@ def resolve(catalog: str, prior: str, options: CleanOptions | None, catalog_bloc
     settings = RgiCleaningSettings.load(settings_block) if settings_block else None
     explicit = options.model_dump(include=options.model_fields_set) if options else {}
     opts = settings.options(**explicit) if settings else (options or CleanOptions())
+    from flows.scale import on_compute  # the prior's tensors are touched on the solver's thread only
+
     if prior_block:
-        p = RgiPrior.load(prior_block).load_prior(device=opts.device)
+        p = on_compute(RgiPrior.load(prior_block).load_prior, device=opts.device)
     else:
         from rgi_core.models import load_prior
 
-        p = load_prior(prior, device=opts.device)
+        p = on_compute(load_prior, prior, device=opts.device)
     if settings:
         storage = cat if isinstance(cat, RgiCatalog) else None
         with_defaults(p, settings.calibrated_defaults(storage))

@@ -15,10 +15,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rgi_core.models import Prior, load_prior
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
@@ -50,20 +54,29 @@ def _load_once(source: str, device: str, prior_id: str) -> Prior:
     return p
 
 
-# At most ``slots`` solves at once per process (default one). Each solve already uses several cores (or
-# the GPU); letting every thread of the flow's pool solve at once held one set of activations per thread,
-# and peak memory grew with the length of the run. Decoding, encoding, reading and writing run outside the
-# slot and overlap with the solve. One slot and two gave the same P2 throughput here (docs/benchmarks.md).
-# (A function, not a module-level lock in the task's module: Dask pickles tasks by value, and a lock
-# cannot be pickled.)
-_SLOTS: dict[int, threading.BoundedSemaphore] = {}
-_SLOTS_LOCK = threading.Lock()
+# One compute thread per process runs every solve (and all torch work of a batch). Two reasons:
+# - memory: letting every thread of the flow's pool solve at once held one set of activations per thread,
+#   and peak memory grew with the length of the run (docs/benchmarks.md, P2 memory);
+# - speed: with libgomp (torch's CPU threading), once a second thread has run a parallel op, every later op
+#   of the first runs ~1.6x slower, even while the second sits idle (P2 throughput, 2026-11-24). Prefect's
+#   pool hands batches to different threads, so the solves are funnelled onto one.
+# Reading, decoding, encoding and writing stay on the pool's threads and overlap with the solve.
+# (A function, not a module-level executor in the task's module: Dask pickles tasks by value.)
+_COMPUTE: list[ThreadPoolExecutor] = []
+_COMPUTE_LOCK = threading.Lock()
 
 
-def compute_slot(slots: int = 1) -> threading.BoundedSemaphore:
-    """This process's solver semaphore for ``slots`` concurrent solves (``guard`` of ``clean_items``)."""
-    with _SLOTS_LOCK:
-        return _SLOTS.setdefault(slots, threading.BoundedSemaphore(slots))
+def compute_executor() -> ThreadPoolExecutor:
+    """This process's single compute thread (the ``compute`` of :func:`rgi_core.cleaning.clean_items`)."""
+    with _COMPUTE_LOCK:
+        if not _COMPUTE:
+            _COMPUTE.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="rgi-compute"))
+        return _COMPUTE[0]
+
+
+def on_compute(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` on this process's compute thread (see :func:`compute_executor`)."""
+    return compute_executor().submit(fn, *args, **kwargs).result()
 
 
 def dask_task_runner(address: str | None = None, workers: int = 2, threads_per_worker: int = 1) -> DaskTaskRunner:

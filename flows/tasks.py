@@ -31,7 +31,7 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from flows.blocks import RgiCatalog, RgiS3Credentials, storage_options
-from flows.scale import PriorRef, compute_slot
+from flows.scale import PriorRef, compute_executor, on_compute
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_items
 from rgi_core.io import shards as core_shards
@@ -139,8 +139,9 @@ def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptio
     """Clean a batch with ``prior`` under ``options``; one outcome per item, in order.
 
     ``prior`` may be a :class:`~flows.scale.PriorRef` (Dask workers load it once per process). One solve
-    runs at a time per process (:func:`~flows.scale.compute_slot`); decoding and encoding overlap with it.
+    runs at a time per process, on its compute thread (:func:`~flows.scale.compute_executor`); decoding and
+    encoding overlap with it.
     """
-    prior = prior.load() if isinstance(prior, PriorRef) else prior
+    prior = on_compute(prior.load) if isinstance(prior, PriorRef) else prior
     return clean_items(items, prior, options.inversion_config(prior), options.resolved_fit(prior),
-                       options.limits(), guard=compute_slot())
+                       options.limits(), compute=compute_executor())

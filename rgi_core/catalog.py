@@ -55,7 +55,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rgi_core.io.fs import is_local, protocols, redact_text, uri_of
+from rgi_core.io.fs import is_local, is_object_store, protocols, redact_text, uri_of
 
 if TYPE_CHECKING:
     from rgi_core.cleaning import Outcome
@@ -125,6 +125,8 @@ class Catalog:
         self.root_uri = root.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.root_uri, **(storage_options or {}))
         self.local = is_local(self.fs)
+        # s3fs's makedirs costs a HEAD of the bucket per call: 2 066 of 4 188 requests of a 512-image run.
+        self._has_dirs = not is_object_store(self.fs)
         self.claim_lease_s = claim_lease_s
 
     # -- paths ---------------------------------------------------------------------------------------
@@ -143,9 +145,14 @@ class Catalog:
         return self.path("outputs", config_hash, image_key, f"{name}.png")
 
     # -- writing -------------------------------------------------------------------------------------
-    def _put_atomic(self, path: str, data: bytes) -> None:
+    def _make_parent(self, path: str) -> str:
         parent = posixpath.dirname(path)
-        self.fs.makedirs(parent, exist_ok=True)
+        if self._has_dirs:
+            self.fs.makedirs(parent, exist_ok=True)
+        return parent
+
+    def _put_atomic(self, path: str, data: bytes) -> None:
+        parent = self._make_parent(path)
         if self.local:
             tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
             with self.fs.open(tmp, "wb") as f:
@@ -256,8 +263,7 @@ class Catalog:
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         """Create ``path`` holding ``data`` unless it exists; True if this call created it."""
-        parent = posixpath.dirname(path)
-        self.fs.makedirs(parent, exist_ok=True)
+        parent = self._make_parent(path)
         if self.local:
             tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
             with builtins.open(tmp, "wb") as f:  # this module defines its own open()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from contextlib import AbstractContextManager, nullcontext
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -116,9 +116,9 @@ def _untile(t: torch.Tensor, grid: tuple[int, int], h: int, w: int) -> torch.Ten
     return full[:, :h, :w]
 
 
-def _png8(p: torch.Tensor) -> bytes:
+def _png8(p: np.ndarray) -> bytes:
     """(1, H, W) in [0, 1] -> 8-bit gray PNG with value round(255 p)."""
-    return encode_png(p.clamp(0, 1).numpy())
+    return encode_png(np.clip(p, 0.0, 1.0))
 
 
 class Fitted(NamedTuple):
@@ -153,20 +153,18 @@ def network_inputs(x: torch.Tensor, prior: Prior, fit: Fit = "resize") -> torch.
     return (_resize(xc[None], (r, r)) if fit == "resize" else _tiles(xc, r)[0]).clamp(0.0, 1.0)
 
 
-def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig, fit: Fit = "resize",
-               guard: AbstractContextManager | None = None) -> tuple[list[Fitted], float]:
+def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig,
+               fit: Fit = "resize") -> tuple[list[Fitted], float]:
     """Invert images (each (C, H, W) in [0, 1], any size) in one batch; returns results and seconds per image.
 
     Each image is fitted to the prior's size (resize or tiles), inverted in the prior's channels, and its
-    G(z), phi and anomaly map are mapped back to the image's own size and channels. ``guard`` (e.g. a lock)
-    is held around the solver only, so callers can bound concurrent solves without serialising the rest.
+    G(z), phi and anomaly map are mapped back to the image's own size and channels.
     """
     if not images:
         return [], 0.0
     inputs = [network_inputs(x, prior, fit) for x in images]
     t0 = time.perf_counter()
-    with guard or nullcontext():
-        solved = _solve(list(range(len(images))), inputs, prior, config)
+    solved = _solve(list(range(len(images))), inputs, prior, config)
     per_image = (time.perf_counter() - t0) / len(images)
     out: list[Fitted | None] = [None] * len(images)
     empty = torch.empty(0)
@@ -205,12 +203,15 @@ def _solve(group: list[int], inputs: list[torch.Tensor], prior: Prior,
 
 def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionConfig,
                 fit: Fit = "resize", limits: ImageLimits = CLEAN_LIMITS,
-                guard: AbstractContextManager | None = None) -> list[Outcome]:
+                compute: Executor | None = None) -> list[Outcome]:
     """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order.
 
     Images outside ``limits`` (over ``max_pixels``: refused from the header; under ``min_side``), that do
     not decode, or whose float pixels are NaN/Inf, get an error outcome and never reach the solver.
-    ``guard`` is held around the solve only (see :func:`fit_invert`); decoding and encoding run outside it.
+    ``compute``: an executor (in the pipeline, one thread per process) that runs :func:`fit_invert`, every
+    torch operation of the batch; decoding and PNG encoding (numpy/PIL) stay on the calling thread. With
+    libgomp, a second thread that ever ran a parallel torch op makes every later op of the solver thread
+    1.6x slower, even while it sits idle (docs/benchmarks.md, P2), so all of them belong on one thread.
     """
     outcomes: dict[int, Outcome] = {}
     decoded: list[tuple[int, str, NativeImage]] = []
@@ -220,23 +221,24 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             decoded.append((i, key, decode_native(data, name=uri, limits=limits)))
         except ImageDecodeError as exc:
             outcomes[i] = Outcome(uri, key, error=str(exc))
-    fitted, seconds = fit_invert([torch.from_numpy(img.pixels) for _, _, img in decoded], prior, config, fit,
-                                 guard)
+    images = [torch.from_numpy(img.pixels) for _, _, img in decoded]
+    fitted, seconds = (compute.submit(fit_invert, images, prior, config, fit).result() if compute is not None
+                       else fit_invert(images, prior, config, fit))
     for (i, key, img), f in zip(decoded, fitted, strict=True):
         uri = items[i][0]
         if f.error:
             outcomes[i] = Outcome(uri, key, error=f.error)
             continue
-        mask = (f.anomaly_map > 0.5).to(torch.float32)
+        amap = f.anomaly_map.numpy()  # numpy from here on: no torch op off the compute thread
         outcomes[i] = Outcome(
             uri=uri, image_key=key, width=img.pixels.shape[2], height=img.pixels.shape[1], channels=img.channels,
-            score=f.score, mask_fraction=float(mask.mean()),
+            score=f.score, mask_fraction=float((amap > 0.5).mean()),
             final_loss=float(np.mean([d.final_loss for d in f.diagnostics])),
             converged=all(d.converged for d in f.diagnostics),
             seconds=seconds,
             restored_png=encode_png_native(f.restored.numpy(), img),
-            mask_png=_png8(f.anomaly_map),
-            phi_png=_png8(f.phi),
+            mask_png=_png8(amap),
+            phi_png=_png8(f.phi.numpy()),
         )
     return [outcomes[i] for i in range(len(items))]
 
@@ -258,8 +260,8 @@ def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch
 
 
 def clean_items(items: list[Item], prior: Prior, config: InversionConfig, fit: Fit = "resize",
-                limits: ImageLimits = CLEAN_LIMITS, guard: AbstractContextManager | None = None) -> list[Outcome]:
+                limits: ImageLimits = CLEAN_LIMITS, compute: Executor | None = None) -> list[Outcome]:
     """:func:`clean_batch` over shard items: items that failed to read keep their error, in order."""
     readable = [i for i in items if not i.error]
-    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit, limits, guard))
+    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit, limits, compute))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]

@@ -18,6 +18,15 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocols(fs)[0] in ("file", "local")
 
 
+#: Flat key-value stores: "directories" are key prefixes, so nothing needs creating before a write.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def is_object_store(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for S3/GCS/Azure blob filesystems (no directories to create)."""
+    return bool(OBJECT_STORES & set(protocols(fs)))
+
+
 def uri_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """A path on ``fs`` as the URI users pass around: the plain path locally, ``s3://...`` etc. otherwise."""
     return path if is_local(fs) else fs.unstrip_protocol(path)
