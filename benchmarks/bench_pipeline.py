@@ -137,8 +137,8 @@ def throughput(n: int, iterations: int, batch_size: int, n_init: int) -> None:
         solve = pd.read_parquet(f"s3://{BUCKET}/catalog-{n}/images", columns=["seconds"])["seconds"].sum()
         print(f"P2 {n} images, iterations={iterations}, batch={batch_size}: kernel {kernel:.2f} img/s | "
               f"flow from S3 {flow:.2f} img/s | flow/kernel {100 * flow / kernel:.1f} %", flush=True)
-        print(f"   flow {wall:.1f} s: solves inside it {solve:.1f} s (kernel alone {n / kernel:.1f} s); CPU of the flow "
-              f"process {cpu:.1f} s, of the S3 server {moto_cpu:.1f} s (both on this machine's cores)", flush=True)
+        print(f"   flow {wall:.1f} s: solves inside it {solve:.1f} s (kernel alone {n / kernel:.1f} s); CPU of the "
+              f"flow process {cpu:.1f} s, of the S3 server {moto_cpu:.1f} s (both on this machine's cores)", flush=True)
 
 
 def _child(source: str, n: int) -> None:

@@ -57,41 +57,52 @@ def evaluate_folder(name: str, items: list[Labelled], prior: str, root: Path, ar
           flush=True)
 
 
-def held_out_halves(data: str, n: int, seed: int) -> tuple[list[Labelled], list[Labelled]]:
+def held_out_halves(data: str, n: int, seed: int, split: str = "bands") -> tuple[list[Labelled], list[Labelled]]:
     """Two disjoint sets of clean images the prior never saw, labelled with all-normal masks.
 
-    digits: held-out digits 1500..1647 and 1648..1796 (``n`` ignored: all of each half); brick: ``n`` random
-    64x64 crops from each half of the held-out quarter, rows 0..255 and 256..511 (crops never straddle).
+    digits: held-out digits 1500..1647 and 1648..1796 for ``seed`` 0, a seeded random halving of the 297 otherwise
+    (``n`` ignored: all of each half). Textures: ``n``
+    random 64x64 crops per half of the held-out quarter (512 x 128 px), split by rows. ``split="bands"``:
+    half 0 = rows 0..127 and 256..383, half 1 = rows 128..255 and 384..511, so both halves sample the whole
+    photograph. ``"top-bottom"``: rows 0..255 against 256..511, a shift in lighting and wear. Crops never
+    straddle two bands, so no pixel is in both halves.
     """
     if data == "digits":
         x = torch.from_numpy(builtin.digits("eval"))
+        order = torch.arange(len(x)) if seed == 0 else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
         half = len(x) // 2
-        idx = (torch.arange(half), torch.arange(half, len(x)))
-        return tuple(clean_digits("eval", i) for i in idx)  # type: ignore[return-value]
+        return clean_digits("eval", order[:half].sort().values), clean_digits("eval", order[half:].sort().values)
     strip = torch.from_numpy(builtin.texture(data, "eval"))  # (1, 512, 128)
+    bands = ([(0, 128), (256, 384)], [(128, 256), (384, 512)]) if split == "bands" else ([(0, 256)], [(256, 512)])
     gen = torch.Generator().manual_seed(seed)
     empty = torch.zeros((1, 64, 64), dtype=torch.bool)
     halves = []
-    for h, rows in enumerate((strip[:, :256], strip[:, 256:])):
-        ys = torch.randint(rows.shape[1] - 64 + 1, (n,), generator=gen).tolist()
-        xs = torch.randint(rows.shape[2] - 64 + 1, (n,), generator=gen).tolist()
-        crops = [rows[:, y : y + 64, x : x + 64].clone() for y, x in zip(ys, xs, strict=True)]
+    for h, rows in enumerate(bands):
+        crops = []
+        for i in range(n):
+            y0, y1 = rows[i % len(rows)]
+            y = y0 + int(torch.randint(y1 - y0 - 64 + 1, (), generator=gen))
+            x = int(torch.randint(strip.shape[2] - 64 + 1, (), generator=gen))
+            crops.append(strip[:, y : y + 64, x : x + 64].clone())
         halves.append([Labelled(f"{data}-half{h}-{i:04d}", c, empty, c) for i, c in enumerate(crops)])
     return halves[0], halves[1]
 
 
-def fpr_check(root: Path, args: argparse.Namespace, data: str) -> None:
+def fpr_check(root: Path, args: argparse.Namespace, data: str, split: str = "bands") -> None:
     """``rgi calibrate`` on one half of held-out clean images, ``rgi evaluate --threshold`` on the other, and
     the same with the halves swapped: the false-positive rates reached on images calibration never saw."""
     prior = "digits-32" if data == "digits" else f"{data}-64"
-    halves = held_out_halves(data, args.fpr_eval, args.seed)
-    dirs = []
+    halves = held_out_halves(data, args.fpr_eval, args.seed, split)
+    images, labelled = [], []  # per half: the images alone (calibration input) and labelled (evaluation input)
     for h, items in enumerate(halves):
-        d = root / f"fpr-{data}" / f"half{h}"
-        export_labelled(items, str(d))
-        dirs.append(d)
+        d = root / f"fpr-{data}-{split}-seed{args.seed}" / f"half{h}"
+        export_labelled([Labelled(it.name, it.image) for it in items], str(d / "images"))
+        export_labelled(items, str(d / "labelled"))
+        images.append(d / "images")
+        labelled.append(d / "labelled")
     common = ("--iterations", str(args.fpr_iterations), "--n-init", str(args.fpr_n_init))
-    print(f"**calibrated FPR, {prior}** (target {args.fpr}): `rgi calibrate` on one half of the held-out "
+    how = "" if data == "digits" else f", halves split {split}"
+    print(f"**calibrated FPR, {prior}{how}** (target {args.fpr}): `rgi calibrate` on one half of the held-out "
           f"images, `rgi evaluate --threshold` on the other half, then swapped; {len(halves[0])} + "
           f"{len(halves[1])} clean images, {args.fpr_iterations} iterations, n_init {args.fpr_n_init}\n")
     print("| calibrated on | measured on | λ | score threshold | image FPR in-sample | image FPR held-out | "
@@ -99,10 +110,10 @@ def fpr_check(root: Path, args: argparse.Namespace, data: str) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for cal_h, test_h in ((0, 1), (1, 0)):
         t0 = time.perf_counter()
-        cal = root / f"fpr-{data}" / f"calibration-half{cal_h}.json"
-        rgi("calibrate", str(dirs[cal_h]), "--prior", prior, "--fpr", str(args.fpr), "--out", str(cal), *common)
-        report = root / f"fpr-{data}" / f"report-half{test_h}"
-        rgi("evaluate", str(dirs[test_h]), "--prior", prior, "--methods", "rgi", "--threshold", str(cal),
+        cal = root / f"fpr-{data}-{split}-seed{args.seed}" / f"calibration-half{cal_h}.json"
+        rgi("calibrate", str(images[cal_h]), "--prior", prior, "--fpr", str(args.fpr), "--out", str(cal), *common)
+        report = root / f"fpr-{data}-{split}-seed{args.seed}" / f"report-half{test_h}"
+        rgi("evaluate", str(labelled[test_h]), "--prior", prior, "--methods", "rgi", "--threshold", str(cal),
             "--out", str(report), *common)
         doc = json.loads(cal.read_text())
         m = json.loads((report / "metrics.json").read_text())["methods"]["rgi"]
@@ -123,6 +134,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["brick", "digits", "fpr"])
     ap.add_argument("--fpr", type=float, default=0.05)
     ap.add_argument("--fpr-data", nargs="*", default=["digits", "brick"], help="held-out sets for the FPR check")
+    ap.add_argument("--fpr-split", nargs="*", default=["bands", "top-bottom"], choices=["bands", "top-bottom"],
+                    help="how a texture's held-out quarter is halved (see held_out_halves)")
     ap.add_argument("--fpr-eval", type=int, default=400, help="texture crops per held-out half (digits: all)")
     ap.add_argument("--fpr-iterations", type=int, default=100, help="iterations for calibration and measurement")
     ap.add_argument("--fpr-n-init", type=int, default=32)
@@ -141,7 +154,8 @@ def main() -> None:
         evaluate_folder("digits-32", items, "digits-32", root, args)
     if "fpr" in args.only:
         for data in args.fpr_data:
-            fpr_check(root, args, data)
+            for split in (["bands"] if data == "digits" else args.fpr_split):
+                fpr_check(root, args, data, split)
 
 
 if __name__ == "__main__":

@@ -209,13 +209,25 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
 
 def _clean_tensors(source: str, channels: int) -> list:
-    """Clean images for ``rgi calibrate`` as (C, H, W) tensors (unreadable files are warned about and skipped)."""
+    """Clean images for ``rgi calibrate`` as (C, H, W) tensors (unreadable files are warned about and skipped).
+
+    Ground-truth masks of a labelled folder (``*_mask.*``, the ``rgi evaluate`` convention) are not images
+    and are left out; a black mask taken as a "clean image" would drag the thresholds down.
+    """
+    import posixpath
+
     import torch
 
     from rgi_core.io.images import read_clean_images
 
     records, _ = read_clean_images(source, channels, _warn)
-    return [torch.from_numpy(r.pixels) for r in records]
+    is_mask = [posixpath.splitext(r.uri)[0].endswith("_mask") for r in records]
+    if any(is_mask):
+        _warn(f"left out {sum(is_mask)} ground-truth mask file(s) (*_mask.*) under {source}")
+    kept = [torch.from_numpy(r.pixels) for r, m in zip(records, is_mask, strict=True) if not m]
+    if not kept:
+        raise ValueError(f"no clean images under {source}: only *_mask files")
+    return kept
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
