@@ -69,7 +69,8 @@ def held_out_halves(data: str, n: int, seed: int, split: str = "bands") -> tuple
     """
     if data == "digits":
         x = torch.from_numpy(builtin.digits("eval"))
-        order = torch.arange(len(x)) if seed == 0 else torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.arange(len(x)) if seed == 0 else torch.randperm(len(x), generator=gen)
         half = len(x) // 2
         return clean_digits("eval", order[:half].sort().values), clean_digits("eval", order[half:].sort().values)
     strip = torch.from_numpy(builtin.texture(data, "eval"))  # (1, 512, 128)
