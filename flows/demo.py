@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def run(out_dir: str = "demo-output", texture: str = "brick", n: int = 24, itera
     from flows.clean import CleanOptions, clean_dataset
     from rgi_core.query import query
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local S3 server's per-request log is noise here
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
