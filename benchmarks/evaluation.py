@@ -39,12 +39,11 @@ def rgi(*args: str) -> str:
     return r.stdout
 
 
-def clean_digits(split: str, indices: torch.Tensor, labelled: bool = True) -> list[Labelled]:
-    """Clean digits; ``labelled``: with an all-normal mask and themselves as the clean reference."""
+def clean_digits(split: str, indices: torch.Tensor) -> list[Labelled]:
+    """Clean digits, labelled with an all-normal mask and themselves as the clean reference."""
     x = torch.from_numpy(builtin.digits(split))
     empty = torch.zeros((1, 32, 32), dtype=torch.bool)
-    return [Labelled(f"digits-{split}-{int(i):04d}", x[i], empty if labelled else None, x[i] if labelled else None)
-            for i in indices]
+    return [Labelled(f"digits-{split}-{int(i):04d}", x[i], empty, x[i]) for i in indices]
 
 
 def evaluate_folder(name: str, items: list[Labelled], prior: str, root: Path, args: argparse.Namespace) -> None:
@@ -94,9 +93,10 @@ def fpr_check(root: Path, args: argparse.Namespace, data: str, split: str = "ban
     the same with the halves swapped: the false-positive rates reached on images calibration never saw."""
     prior = "digits-32" if data == "digits" else f"{data}-64"
     halves = held_out_halves(data, args.fpr_eval, args.seed, split)
+    base = root / f"fpr-{data}-{split}-seed{args.seed}"
     images, labelled = [], []  # per half: the images alone (calibration input) and labelled (evaluation input)
     for h, items in enumerate(halves):
-        d = root / f"fpr-{data}-{split}-seed{args.seed}" / f"half{h}"
+        d = base / f"half{h}"
         export_labelled([Labelled(it.name, it.image) for it in items], str(d / "images"))
         export_labelled(items, str(d / "labelled"))
         images.append(d / "images")
@@ -111,9 +111,9 @@ def fpr_check(root: Path, args: argparse.Namespace, data: str, split: str = "ban
     print("|---|---|---|---|---|---|---|---|---|---|")
     for cal_h, test_h in ((0, 1), (1, 0)):
         t0 = time.perf_counter()
-        cal = root / f"fpr-{data}-{split}-seed{args.seed}" / f"calibration-half{cal_h}.json"
+        cal = base / f"calibration-half{cal_h}.json"
         rgi("calibrate", str(images[cal_h]), "--prior", prior, "--fpr", str(args.fpr), "--out", str(cal), *common)
-        report = root / f"fpr-{data}-{split}-seed{args.seed}" / f"report-half{test_h}"
+        report = base / f"report-half{test_h}"
         rgi("evaluate", str(labelled[test_h]), "--prior", prior, "--methods", "rgi", "--threshold", str(cal),
             "--out", str(report), *common)
         doc = json.loads(cal.read_text())

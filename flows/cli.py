@@ -214,20 +214,12 @@ def _clean_tensors(source: str, channels: int) -> list:
     Ground-truth masks of a labelled folder (``*_mask.*``, the ``rgi evaluate`` convention) are not images
     and are left out; a black mask taken as a "clean image" would drag the thresholds down.
     """
-    import posixpath
-
     import torch
 
     from rgi_core.io.images import read_clean_images
 
-    records, _ = read_clean_images(source, channels, _warn)
-    is_mask = [posixpath.splitext(r.uri)[0].endswith("_mask") for r in records]
-    if any(is_mask):
-        _warn(f"left out {sum(is_mask)} ground-truth mask file(s) (*_mask.*) under {source}")
-    kept = [torch.from_numpy(r.pixels) for r, m in zip(records, is_mask, strict=True) if not m]
-    if not kept:
-        raise ValueError(f"no clean images under {source}: only *_mask files")
-    return kept
+    records, _ = read_clean_images(source, channels, _warn, skip_masks=True)
+    return [torch.from_numpy(r.pixels) for r in records]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -45,7 +45,8 @@ from rgi_core.types import ImageDiagnostics, InversionResult
 # Candidate latents scored at once in the best-of-N search; bounded so B x chunk x H x W stays small.
 _INIT_ELEMENTS = 1 << 24
 # On CPU, G runs on slices of at most this many output pixels (16 images of 64x64): its activations then
-# stay in cache, and a 64-image step took 300 instead of 469 ms forward+backward (2 cores, 2026-11-24).
+# stay in cache. Forward+backward cost 4.7 ms per image 16 at a time against 7.3 ms 64 at a time (2 cores,
+# 2026-11-24).
 # Each slice keeps its own autograd graph, so results do not depend on the slicing.
 _CPU_SLICE_PIXELS = 1 << 16
 
@@ -69,7 +70,7 @@ class _GeneratorFn:
         return self.theta
 
     def _one(self, params: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        # Plain upsample+conv under vmap: the fused form's per-image kernels made it 2.7x slower there (CPU).
+        # Plain upsample+conv under vmap: the fused form's per-image kernels made it 2.2x slower there (CPU).
         return functional_call(self.module, (params, self.buffers), (z.unsqueeze(0),), {"fused": False}).squeeze(0)
 
     def _call(self, z: torch.Tensor, sl: slice) -> torch.Tensor:

@@ -14,6 +14,7 @@ images (TIFF mode ``F``) with NaN/Inf are refused rather than silently sanitised
 from __future__ import annotations
 
 import io
+import posixpath
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -197,11 +198,25 @@ def list_images(source: str) -> list[str]:
     return [uri_of(fs, p) for p in files]
 
 
+def is_mask_file(uri: str) -> bool:
+    """A ground-truth mask of a labelled folder: ``<name>_mask.<ext>`` (the ``rgi evaluate`` convention)."""
+    return posixpath.splitext(uri)[0].endswith("_mask")
+
+
 def read_clean_images(
-    source: str, channels: int, warn: Callable[[str], None]
+    source: str, channels: int, warn: Callable[[str], None], skip_masks: bool = False
 ) -> tuple[list[ImageRecord], list[str]]:
-    """:func:`read_images` for training/calibration: ``warn`` each skipped file; no decodable image is an error."""
-    records, errors = read_images(source, channels)
+    """:func:`read_images` for training/calibration: ``warn`` each skipped file; no decodable image is an error.
+
+    ``skip_masks``: leave out ground-truth masks (:func:`is_mask_file`) without reading them, with one warning.
+    """
+    uris = list_images(source)
+    if skip_masks:
+        masks = [u for u in uris if is_mask_file(u)]
+        if masks:
+            warn(f"left out {len(masks)} ground-truth mask file(s) (*_mask.*) under {source}")
+            uris = [u for u in uris if not is_mask_file(u)]
+    records, errors = read_images(source, channels, uris=uris)
     for e in errors:
         warn(f"skipped {e}")
     if not records:
@@ -209,14 +224,17 @@ def read_clean_images(
     return records, errors
 
 
-def read_images(source: str, channels: int,
-                limits: ImageLimits = DEFAULT_LIMITS) -> tuple[list[ImageRecord], list[str]]:
-    """Decode every image under ``source``. Returns (records, errors); errors are ``"uri: message"``."""
+def read_images(source: str, channels: int, limits: ImageLimits = DEFAULT_LIMITS,
+                uris: list[str] | None = None) -> tuple[list[ImageRecord], list[str]]:
+    """Decode every image under ``source`` (or just ``uris``, as :func:`list_images` gives them).
+
+    Returns (records, errors); errors are ``"uri: message"``.
+    """
     import fsspec
 
     records: list[ImageRecord] = []
     errors: list[str] = []
-    for uri in list_images(source):
+    for uri in list_images(source) if uris is None else uris:
         try:
             with fsspec.open(uri, "rb") as f:
                 data = f.read()

@@ -118,7 +118,7 @@ class UpBlock(nn.Sequential):
             nn.ReLU(inplace=False),
         )
 
-    def forward(self, h: torch.Tensor, fused: bool = True) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, fused: bool) -> torch.Tensor:  # type: ignore[override]
         h = upsample_conv3x3(h, self[1].weight) if fused else self[1](self[0](h))
         return self[3](self[2](h))
 
