@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -278,6 +279,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     doc = calibrate_fpr(prior, images, args.fpr, cfg, method=args.method, fit=fit, lam_images=args.lam_images,
                         lam=args.lam)
     doc["source"] = args.images
+    if not doc["conformal"]:
+        print(f"rgi calibrate: warning: {doc['images']} images are too few for a {args.fpr} FPR bound "
+              f"(need {math.ceil(1 / args.fpr - 1)}); the score threshold is the highest clean score",
+              file=sys.stderr)
     text = json.dumps(doc, indent=2)
     with fsspec.open(args.out, "wt") as f:
         f.write(text + "\n")

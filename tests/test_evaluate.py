@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from rgi_core import metrics
-from rgi_core.calibration import read_calibration
+from rgi_core.calibration import conformal_threshold, read_calibration
 from rgi_core.evaluation import Labelled, digits_eval_set, export_labelled, items_from_set, load_labelled
 from rgi_core.io import builtin
 from rgi_core.io.images import encode_png
@@ -140,6 +140,23 @@ def test_image_grid_has_header_and_blank_cells():
         assert im.size == (3 * 24 + 4, 14 + 2 * (20 + 14 + 4) + 4)
 
 
+def test_conformal_threshold_hand_computed_and_its_guarantee():
+    v = np.arange(1.0, 21.0)  # 20 clean scores 1..20, in any order
+    # k = ceil(21 * 0.9) = 19: the 19th smallest. One of the 20 lies above it, and a 21st exchangeable
+    # score exceeds it with probability 2/21 <= 0.1.
+    assert conformal_threshold(v[::-1], 0.1) == 19.0
+    assert conformal_threshold(v, 0.05) == 20.0  # k = ceil(19.95) = 20
+    assert conformal_threshold(v[:10], 0.05) == 10.0  # k = 11 > 10: too few values, the largest one
+    with pytest.raises(ValueError, match="no values"):
+        conformal_threshold(np.array([]), 0.1)
+    # The guarantee, by simulation: a new draw exceeds the threshold of n = 40 others with probability
+    # (n + 1 - k) / (n + 1) = 4/41 (k = ceil(41 * 0.9) = 37), within (0.1 - 1/41, 0.1].
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 41))
+    hits = [row[-1] > conformal_threshold(row[:-1], 0.1) for row in x]
+    assert abs(np.mean(hits) - 4 / 41) < 0.015  # 3 sigma of 4000 trials
+
+
 def test_read_calibration_rejects_bad_files(tmp_path, tiny_prior):
     p = tmp_path / "c.json"
     p.write_text("{}")
@@ -177,7 +194,8 @@ def test_calibrate_json_is_accepted_by_clean(prefect_api, tiny_prior, tmp_path):
     assert "left out 1 ground-truth mask" in r.stderr
     doc = json.loads(cal.read_text())
     assert doc["fpr"] == 0.2 and doc["images"] == 6 and doc["lam"] > 0 and len(doc["lam_rounds"]) == 1
-    assert 0 <= doc["clean_image_fpr"] <= 0.5
+    assert doc["conformal"]  # 6 images bound a 0.2 FPR (needs >= 4)
+    assert doc["clean_image_fpr"] == 0.0  # k = ceil(7 * 0.8) = 6 of 6: the highest clean score
 
     src = write_generated(tiny_prior, tmp_path / "src", 3, seed=9)
     cat = tmp_path / "cat"
@@ -210,7 +228,8 @@ def test_calibrated_thresholds_hit_target_fpr_on_held_out_digits():
     calib, test = list(held[:148]), list(held[148:])
     cfg = CalibrationConfig(iterations=40, n_init=8, rounds=1)
     cal = calibrate_fpr(prior, calib, fpr, cfg, lam_images=32)
-    assert abs(cal["clean_image_fpr"] - fpr) < 0.01 and abs(cal["clean_pixel_fpr"] - fpr) < 0.001  # in-sample
+    # In-sample: the conformal threshold is the k = ceil(149 * 0.95) = 142nd of 148 scores, so 6 lie above it.
+    assert cal["clean_image_fpr"] == pytest.approx(6 / 148) and abs(cal["clean_pixel_fpr"] - fpr) < 0.001
 
     empty = torch.zeros((1, 32, 32), dtype=torch.bool)
     held_out = [Labelled(f"e{i}", x, empty) for i, x in enumerate(test)]
