@@ -155,7 +155,7 @@ def fpr_resample(args: argparse.Namespace) -> None:
     for _ in range(args.resamples):
         perm = rng.permutation(n)
         cal, test = perm[:half], perm[half:]
-        t_score, t_map = fpr_thresholds(scores[cal], list(stacked[cal]), f)
+        t_score, t_map = fpr_thresholds(scores[cal], stacked[cal], f)
         image.append(float((scores[test] > t_score).mean()))
         pixel.append(float((stacked[test] > t_map).mean()))
     print(f"**calibrated FPR over {args.resamples} random halvings, digits-32** (target {f}; λ = {lam:.4f} "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -265,7 +264,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     import fsspec
 
-    from rgi_core.calibration import CalibrationConfig, calibrate_fpr
+    from rgi_core.calibration import CalibrationConfig, calibrate_fpr, conformal_min_images
     from rgi_core.cleaning import resolve_fit
     from rgi_core.models import load_prior
 
@@ -281,7 +280,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     doc["source"] = args.images
     if not doc["conformal"]:
         print(f"rgi calibrate: warning: {doc['images']} images are too few for a {args.fpr} FPR bound "
-              f"(need {math.ceil(1 / args.fpr - 1)}); the score threshold is the highest clean score",
+              f"(need {conformal_min_images(args.fpr)}); the score threshold is the highest clean score",
               file=sys.stderr)
     text = json.dumps(doc, indent=2)
     with fsspec.open(args.out, "wt") as f:

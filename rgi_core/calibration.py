@@ -157,9 +157,15 @@ def conformal_threshold(values: np.ndarray, fpr: float) -> float:
     return float(v[min(k, v.size) - 1])
 
 
-def fpr_thresholds(scores: np.ndarray, maps: list[np.ndarray], fpr: float) -> tuple[float, float]:
-    """``(t_score, t_map)``: :func:`conformal_threshold` of the clean image scores and of all clean map values."""
-    return conformal_threshold(scores, fpr), conformal_threshold(np.concatenate(maps), fpr)
+def conformal_min_images(fpr: float) -> int:
+    """The fewest clean values for which :func:`conformal_threshold` bounds the FPR: n >= 1/fpr - 1."""
+    return math.ceil(1.0 / fpr - 1.0 - 1e-9)
+
+
+def fpr_thresholds(scores: np.ndarray, map_values: np.ndarray, fpr: float) -> tuple[float, float]:
+    """``(t_score, t_map)``: :func:`conformal_threshold` of the clean image scores and of the clean anomaly-map
+    values pooled over all pixels (any shape)."""
+    return conformal_threshold(scores, fpr), conformal_threshold(map_values, fpr)
 
 
 def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: CalibrationConfig | None = None,
@@ -190,7 +196,7 @@ def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: Cal
     if len(s) < 2:
         raise ValueError(f"only {len(s)} clean images could be inverted; need at least 2")
     m = np.concatenate(maps)
-    score_t, map_t = fpr_thresholds(s, maps, fpr)
+    score_t, map_t = fpr_thresholds(s, m, fpr)
     return {
         "kind": CALIBRATION_KIND,
         "version": 1,
@@ -206,8 +212,8 @@ def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: Cal
         "n_init": cfg.n_init,
         "seed": cfg.seed,
         "images": len(s),
-        # Split-conformal bound E[FPR] <= fpr holds with n >= 1/fpr - 1 images (see conformal_threshold).
-        "conformal": bool(len(s) + 1 >= 1.0 / fpr),
+        # Whether the split-conformal bound E[FPR] <= fpr holds (see conformal_threshold).
+        "conformal": len(s) >= conformal_min_images(fpr),
         "failed": failed,
         "lam_quantile": cfg.quantile,
         "lam_rounds": history,

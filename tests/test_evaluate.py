@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from rgi_core import metrics
-from rgi_core.calibration import conformal_threshold, read_calibration
+from rgi_core.calibration import conformal_min_images, conformal_threshold, read_calibration
 from rgi_core.evaluation import Labelled, digits_eval_set, export_labelled, items_from_set, load_labelled
 from rgi_core.io import builtin
 from rgi_core.io.images import encode_png
@@ -147,6 +147,7 @@ def test_conformal_threshold_hand_computed_and_its_guarantee():
     assert conformal_threshold(v[::-1], 0.1) == 19.0
     assert conformal_threshold(v, 0.05) == 20.0  # k = ceil(19.95) = 20
     assert conformal_threshold(v[:10], 0.05) == 10.0  # k = 11 > 10: too few values, the largest one
+    assert conformal_min_images(0.05) == 19 and conformal_min_images(0.1) == 9  # k <= n from there on
     with pytest.raises(ValueError, match="no values"):
         conformal_threshold(np.array([]), 0.1)
     # The guarantee, by simulation: a new draw exceeds the threshold of n = 40 others with probability
