@@ -78,37 +78,34 @@ class ArchSpec:
         return asdict(self)
 
 
-def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``conv2d(nearest_upsample_2x(x), weight, padding=1)`` without building the upsampled input.
+# Row (and column) taps of the 4-tap transposed-conv kernel from the 3 taps of the conv: see upsample_conv3x3.
+_TAPS = ((0, 0, 1), (0, 1, 1), (1, 1, 0), (1, 0, 0))
 
-    Output pixel ``(2i + a, 2j + b)`` of the upsampled conv sees input rows ``(i - 1, i)`` for ``a = 0``
-    (kernel rows ``w0`` and ``w1 + w2``) or ``(i, i + 1)`` for ``a = 1`` (``w0 + w1`` and ``w2``), and the
-    same for columns. So each of the four output phases is a 2x2 conv on ``x`` itself: 4 instead of 9
-    multiply-adds per input channel and output pixel, and no 4x-larger intermediate. Exact up to float
-    rounding (tested against the plain form). x: (B, Cin, H, W), weight: (Cout, Cin, 3, 3) -> (B, Cout, 2H, 2W).
+
+def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``conv2d(nearest_upsample_2x(x), weight, padding=1)`` as one transposed conv on ``x`` itself.
+
+    Output row ``2i + a`` of the upsampled conv sees input rows ``(i - 1, i)`` with kernel rows
+    ``(w0, w1 + w2)`` for ``a = 0`` and rows ``(i, i + 1)`` with ``(w0 + w1, w2)`` for ``a = 1``; the same holds
+    for columns. A stride-2 transposed conv with padding 1 and a 4x4 kernel ``K`` adds ``x[i] * K[k]`` to
+    output row ``2i + k - 1``, so ``K = T w T^T`` with the tap rows of ``T`` = ``(w2, w1 + w2, w0 + w1, w0)``
+    gives exactly those sums: 4 instead of 9 multiply-adds per input channel and output pixel, no 4x-larger
+    intermediate, and one oneDNN deconvolution kernel. Exact up to float rounding (tested against the plain
+    form). x: (B, Cin, H, W), weight: (Cout, Cin, 3, 3) -> (B, Cout, 2H, 2W).
     """
-    b, _, h, w = x.shape
-    cout = weight.shape[0]
-    kernels = []
-    for rows in (torch.stack([weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2),  # a = 0
-                 torch.stack([weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2)):  # a = 1; (Cout, Cin, 2, 3)
-        kernels.append(torch.stack([rows[..., 0], rows[..., 1] + rows[..., 2]], -1))  # b = 0
-        kernels.append(torch.stack([rows[..., 0] + rows[..., 1], rows[..., 2]], -1))  # b = 1
-    k = torch.cat(kernels, 0)  # (4 Cout, Cin, 2, 2), phases 00, 01, 10, 11
-    o = F.conv2d(F.pad(x, (1, 1, 1, 1)), k).unflatten(1, (2, 2, cout))  # (B, 2, 2, Cout, H+1, W+1)
-    y = torch.stack([torch.stack([o[:, a, bb, :, a : a + h, bb : bb + w] for bb in (0, 1)], -1)
-                     for a in (0, 1)], 3)  # (B, Cout, H, 2, W, 2)
-    return y.reshape(b, cout, 2 * h, 2 * w)
+    t = torch.tensor(_TAPS, dtype=weight.dtype, device=weight.device)  # (4, 3)
+    k = torch.einsum("pr,oirs,qs->iopq", t, weight, t)  # (Cin, Cout, 4, 4), transposed-conv layout
+    return F.conv_transpose2d(x, k, stride=2, padding=1)
 
 
 #: Batch size from which :meth:`Generator.forward` fuses upsample+conv by default.
-FUSED_MIN_BATCH = 8
+FUSED_MIN_BATCH = 2
 
 
 class UpBlock(nn.Sequential):
     """Nearest 2x upsample, 3x3 conv (no bias), BatchNorm, ReLU; ``fused`` runs the first two as one
-    :func:`upsample_conv3x3`. Same parameters and results either way; the plain form is faster for small
-    batches and under ``vmap`` over per-image weights on CPU (docs/benchmarks.md)."""
+    :func:`upsample_conv3x3`. Same parameters and results either way; the plain form is faster for a
+    single image and under ``vmap`` over per-image weights on CPU (docs/benchmarks.md)."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(
@@ -170,10 +167,10 @@ class Generator(nn.Module):
         return groups
 
     def forward(self, z: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
-        """``fused``: upsample+conv as one 2x2-phase conv (:func:`upsample_conv3x3`), same result; ``None``
-        picks it for batches of :data:`FUSED_MIN_BATCH` or more, where it was faster (CPU, 2026-11-24:
-        B=64 forward+backward 469 vs 663 ms on a 64x64 prior; B=1 10.7 vs 7.8 ms, so small batches and
-        per-image ``vmap`` calls stay plain)."""
+        """``fused``: upsample+conv as one transposed conv (:func:`upsample_conv3x3`), same result; ``None``
+        picks it for batches of :data:`FUSED_MIN_BATCH` or more, where it was faster (CPU, 2 threads,
+        2026-11-24, 64x64 prior, forward+backward to z: B=64 259 vs 729 ms, B=16 45 vs 88 ms, B=2 10.3 vs
+        10.7 ms, B=1 7.7 vs 6.7 ms; per-image ``vmap`` calls stay plain, docs/benchmarks.md)."""
         # z: (B, latent_dim) or (B, latent_dim, h, w)
         fused = z.shape[0] >= FUSED_MIN_BATCH if fused is None else fused
         h = self.stem(z)  # (B, ch0, 4, 4) or (B, ch0, h, w)
