@@ -27,11 +27,13 @@ def fidelity_power(kind: Fidelity) -> int:
 def pixel_residual(y: torch.Tensor, x: torch.Tensor, kind: Fidelity = "l2") -> torch.Tensor:
     """Per-pixel residual :math:`e_p = \\mathrm{mean}_c |y - x|^p`, p = 2 (l2) or 1 (l1).
 
-    y, x: (B, C, H, W) -> (B, 1, H, W). Channels are pooled: corruption is per pixel, not per channel.
+    y, x: (..., C, H, W), broadcast -> (..., 1, H, W); e.g. (B, C, H, W) -> (B, 1, H, W), or images
+    (B, 1, C, H, W) against candidates (1, n, C, H, W) -> (B, n, 1, H, W). Channels (dim -3) are pooled:
+    corruption is per pixel, not per channel.
     """
     d = y - x
     e = d.square() if kind == "l2" else d.abs()
-    return e.mean(dim=1, keepdim=True)
+    return e.mean(dim=-3, keepdim=True)
 
 
 def masked_fidelity(residual: torch.Tensor, mask: torch.Tensor | None, kind: Fidelity = "l2") -> torch.Tensor:

@@ -44,7 +44,7 @@ def cleaned(prefect_api, tiny_prior, tmp_path_factory):
     (src / "s-000.tar").write_bytes(tar_bytes([("k/a.png", imgs[3]), ("k/b.png", imgs[4])]))
     (src / "p-000.parquet").write_bytes(parquet_bytes({"id": [10, 11], "image": [imgs[5], imgs[6]]}))
     prior = save_prior(root / "tiny.safetensors", tiny_prior.generator, tiny_prior.discriminator,
-                       defaults={"score_threshold": 0.6})
+                       defaults={"score_threshold": 0.55})
     cat = root / "catalog"
     runs = [clean_dataset(str(src), str(cat), str(prior), CleanOptions(**FAST, lam=lam)) for lam in (None, 0.2)]
     return {"src": src, "catalog": str(cat), "runs": runs, "imgs": imgs}
