@@ -45,6 +45,8 @@ class CleanOptions(BaseModel):
     iterations: int | None = Field(None, ge=0, description="optimisation steps (None: the method's default)")
     lam: float | None = Field(None, ge=0, description="mask sparsity weight (None: the prior's calibrated value)")
     n_init: int | None = Field(None, ge=1, description="best-of-N latent candidates (None: method default)")
+    mask_tv: float | None = Field(None, ge=0, description="rgi/rrgi: weight of the mask's total variation "
+                                  "(None: the prior's default; 0 = the paper's element-wise mask)")
     fit: Literal["auto", "resize", "tile"] = Field(
         "auto", description="images not of the prior's size: resize, or tile; auto = the prior's default "
         "(metadata defaults.fit; resize when absent)")
@@ -83,8 +85,9 @@ class CleanOptions(BaseModel):
     def inversion_config(self, prior: Prior) -> InversionConfig:
         """The solver config: these options over the calibration over the prior's defaults over the paper's."""
         lam = self.lam if self.lam is not None else self.calibrated(prior).get("lam")
+        extra = {} if self.mask_tv is None else {"mask_tv": self.mask_tv}  # mse/dgp: a clear "no field" error
         return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=lam,
-                                n_init=self.n_init, seed=self.seed, device=self.device)
+                                n_init=self.n_init, seed=self.seed, device=self.device, **extra)
 
     def score_threshold(self, prior: Prior) -> float | None:
         return self.calibrated(prior).get("score_threshold", prior.defaults.get("score_threshold"))

@@ -117,7 +117,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     from flows.clean import CleanOptions, run_clean
 
     opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
-                        n_init=args.n_init, fit=args.fit, device=args.device,
+                        n_init=args.n_init, mask_tv=args.mask_tv, fit=args.fit, device=args.device,
                         seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column,
                         task_runner="threads" if args.dask is None else "dask", dask_address=args.dask or None,
                         dask_workers=args.dask_workers, max_pixels=args.max_pixels, min_side=args.min_side,
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: the method's)")
     cl.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: the prior's)")
     cl.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
+    cl.add_argument("--mask-tv", type=float, default=None,
+                    help="rgi/rrgi: mask total-variation weight (default: the prior's; 0 = per-pixel mask)")
     fit = cl.add_mutually_exclusive_group()
     fit.add_argument("--tile", dest="fit", action="store_const", const="tile",
                      help="cut images into prior-size tiles (keeps the scale; texture priors default to this)")

@@ -104,12 +104,27 @@ class RGIConfig(InversionConfig):
     Attributes:
         lr_mask: Adam learning rate on M (RGI paper: 0.1).
         adv_weight: weight of the optional ``-D(G(z))`` realism term (0 = off).
+        mask_tv: weight of the mask's total variation (ours; 0 = off, the paper's element-wise L1 only).
+            Corruption is usually contiguous: TV makes a hole in the mask cost its perimeter, so a
+            region whose border is flagged is flagged whole, and G is free to explain its inside.
+        mask_tv_until: fraction of the mask's steps during which ``mask_tv`` is on (a continuation: TV
+            groups the mask into regions while z settles, then M relaxes to the per-pixel rule). The
+            mask's steps are all ``iterations``, or those before fine-tuning when R-RGI freezes M.
     """
 
     method: ClassVar[str] = "rgi"
 
     lr_mask: float = 0.1
     adv_weight: float = 0.0
+    mask_tv: float = 0.0
+    mask_tv_until: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mask_tv < 0:
+            raise ValueError(f"mask_tv must be >= 0, got {self.mask_tv}")
+        if not 0.0 <= self.mask_tv_until <= 1.0:
+            raise ValueError(f"mask_tv_until must be in [0, 1], got {self.mask_tv_until}")
 
 
 @dataclass(frozen=True)
@@ -186,15 +201,19 @@ def make_config(method: str, **overrides: Any) -> InversionConfig:
 
 
 #: Prior-metadata ``defaults`` that a config takes over when the caller leaves them unset.
-PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk")
+PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "mask_tv", "mask_tv_until")
 
 
 def config_for_prior(method: str, prior_defaults: dict[str, Any], **overrides: Any) -> InversionConfig:
     """``make_config`` with the prior's calibrated defaults (:data:`PRIOR_DEFAULT_FIELDS`) under the overrides.
 
     Precedence: explicit overrides (not ``None``) > the prior's metadata > the method's paper defaults.
+    A default the method has no field for (``mask_tv`` for ``mse``) is skipped.
     """
-    base = {k: prior_defaults[k] for k in PRIOR_DEFAULT_FIELDS if prior_defaults.get(k) is not None}
+    cls = CONFIGS.get(method)
+    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+    base = {k: prior_defaults[k] for k in PRIOR_DEFAULT_FIELDS
+            if prior_defaults.get(k) is not None and k in fields}
     return make_config(method, **(base | {k: v for k, v in overrides.items() if v is not None}))
 
 

@@ -6,6 +6,7 @@ The solvers combine them (see :mod:`rgi_core.solvers`):
 
     \\mathcal{L}(z, M, \\theta) = \\underbrace{\\overline{(1-M)^p \\odot e_p(y, A(G_\\theta(z)))}}_{\\texttt{fidelity}}
     + \\lambda \\underbrace{\\overline{|M|}}_{\\texttt{mask\\_l1}}
+    + \\mu \\underbrace{\\overline{|\\nabla_h M| + |\\nabla_v M|}}_{\\texttt{mask\\_tv}}
     + w_z \\underbrace{\\overline{z^2}/2}_{\\texttt{latent\\_reg}}
     + w_D \\underbrace{\\textstyle\\sum_l \\overline{|D_l(a) - D_l(b)|}}_{\\texttt{dfeat}}
     - w_{adv} \\underbrace{D(G(z))}_{\\texttt{adv}}
@@ -50,6 +51,18 @@ def masked_fidelity(residual: torch.Tensor, mask: torch.Tensor | None, kind: Fid
 def mask_l1(mask: torch.Tensor) -> torch.Tensor:
     """``mask_l1``: :math:`\\mathrm{mean}\\,|M|` (B, 1, H, W) -> (B,); weighted by lambda."""
     return mask.abs().flatten(1).mean(1)
+
+
+def mask_tv(mask: torch.Tensor) -> torch.Tensor:
+    """``mask_tv``: anisotropic total variation :math:`\\mathrm{mean}\\,(|\\nabla_h M| + |\\nabla_v M|)` -> (B,).
+
+    Means are over the ``H x W`` pixels (differences past the border count as 0), so ``mask_tv`` is on the
+    same per-pixel scale as ``mask_l1``: a single flagged pixel costs ``lam`` in ``mask_l1`` and adds its
+    perimeter, 4, in ``mask_tv``. Weighted by ``mask_tv`` in the config. mask (B, 1, H, W) -> (B,).
+    """
+    dh = (mask[..., :, 1:] - mask[..., :, :-1]).abs().flatten(1).sum(1)
+    dv = (mask[..., 1:, :] - mask[..., :-1, :]).abs().flatten(1).sum(1)
+    return (dh + dv) / mask[0].numel()
 
 
 def latent_reg(z: torch.Tensor) -> torch.Tensor:

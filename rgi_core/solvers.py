@@ -7,7 +7,8 @@ All methods minimise, per image and batched over B images, a sum of named terms
 method        objective                                                            parameters (from step)
 ============  ===================================================================  =====================
 ``mse``       ``fidelity(no mask) [+ latent_reg]``                                 z
-``rgi``       ``fidelity((1-M)) + lam * mask_l1 [- adv_weight * D(G(z))]``         z, M
+``rgi``       ``fidelity((1-M)) + lam * mask_l1 [+ mask_tv * TV(M)]``              z, M
+              ``[- adv_weight * D(G(z))]``
 ``rrgi``      RGI, then also per-image generator weights theta                     z, M (frozen or not),
                                                                                    theta (finetune_from)
 ``dgp``       ``fidelity + dfeat_weight * dfeat + latent_reg``                     z, theta stage k from
@@ -220,11 +221,14 @@ def invert(
         feats = disc.features(from_unit(physics.A_dagger(ax, shape)))[-config.dfeat_layers :]
         return losses.feature_l1(feats, feats_y)
 
-    def terms(x: torch.Tensor, ax: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def terms(x: torch.Tensor, ax: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None,
+              tv_on: bool = False) -> dict[str, torch.Tensor]:
         res = losses.pixel_residual(y, ax, kind)  # (B, 1, H', W')
         t = {"fidelity": losses.masked_fidelity(res, mask, kind)}
         if mask is not None:
             t["mask_l1"] = lam * losses.mask_l1(mask)
+            if tv_on and config.mask_tv > 0:
+                t["mask_tv"] = config.mask_tv * losses.mask_tv(mask)
         if config.latent_reg > 0:
             t["latent_reg"] = config.latent_reg * losses.latent_reg(z)
         if is_dgp and config.dfeat_weight > 0:
@@ -262,6 +266,7 @@ def invert(
         g_stages = prior.generator.stages()
         stages = [(names, config.lr_theta * config.stage_lr_decay**k, (k * T) // len(g_stages))
                   for k, names in enumerate(g_stages)]
+    mask_stop = T  # the steps during which M is optimised
     if mask is not None:
         mask_stop = theta_start if isinstance(config, RRGIConfig) and config.freeze_mask else T
         groups.append(_Group("mask", [mask], config.lr_mask, 0, mask_stop))
@@ -278,14 +283,18 @@ def invert(
             theta = gen.personalise(B)
             if mask is not None and isinstance(config, RRGIConfig) and config.freeze_mask:
                 with torch.no_grad():  # frozen mask = its support: fine-tune G on trusted pixels only
-                    mask.copy_((mask > 0.5).to(mask.dtype))
+                    # M's support, and every pixel the per-pixel rule would mask now: with mask_tv a
+                    # scattered corrupted pixel may still be off in M, and G must not learn it.
+                    rule = anomaly.closed_form_mask(losses.pixel_residual(y, physics.A(gen(z)), kind), lam, kind)
+                    mask.copy_(((mask > 0.5) | (rule > 0.5)).to(mask.dtype))
             for k, (names, lr, start) in enumerate(stages):
                 g = _Group(f"theta{k}", [theta[n] for n in names], lr, start, T)
                 groups.append(g)
                 opt.add_param_group({"params": g.params, "lr": g.lr})
         x = gen(z)  # (B, C, H, W)
         ax = physics.A(x)
-        total = sum(terms(x, ax, z, mask).values())  # (B,)
+        tv_on = is_rgi and step < config.mask_tv_until * mask_stop  # M relaxes before it stops or freezes
+        total = sum(terms(x, ax, z, mask, tv_on).values())  # (B,)
         total.sum().backward()
         for g in groups:
             if not g.start <= step < g.stop:
@@ -302,7 +311,7 @@ def invert(
     with torch.no_grad():
         x = gen(z)
         ax = physics.A(x)
-        final = terms(x, ax, z, mask)
+        final = terms(x, ax, z, mask, tv_on=is_rgi and config.mask_tv_until * mask_stop >= T)
         res = losses.pixel_residual(y, ax, kind)  # (B, 1, H', W')
         m = lift(mask.detach() if mask is not None else anomaly.closed_form_mask(res, lam, kind))
         observed = physics.observed(shape, device=device)  # (1|B, 1, H, W)

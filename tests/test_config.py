@@ -34,6 +34,7 @@ def test_paper_defaults():
     assert make_config("rgi").lr_z == 0.1 and make_config("rgi").iterations == 2000
     assert RRGIConfig().lr_theta == 1e-5
     assert DGPConfig().latent_reg == 0.02 and DGPConfig().n_init == 500
+    assert make_config("rgi").mask_tv == 0.0  # the paper's mask prior is element-wise L1 only
 
 
 def test_errors_name_the_problem():
@@ -47,6 +48,10 @@ def test_errors_name_the_problem():
         make_config("rrgi", finetune_from=2.0)
     with pytest.raises(ValueError, match="fidelity"):
         make_config("rgi", fidelity="l3")
+    with pytest.raises(ValueError, match="mask_tv must"):
+        make_config("rgi", mask_tv=-0.1)
+    with pytest.raises(ValueError, match="mask_tv_until"):
+        make_config("rrgi", mask_tv_until=1.5)
 
 
 def test_none_overrides_keep_defaults():
@@ -62,3 +67,7 @@ def test_prior_defaults_sit_between_paper_defaults_and_overrides():
     cfg = config_for_prior("rrgi", meta, lam=0.3, map_sigma=None, iterations=50)
     assert cfg.lam == 0.3 and cfg.map_sigma == 1.0 and cfg.iterations == 50
     assert config_for_prior("mse", {}).map_sigma == 0.0
+    # A default only mask methods have (mask_tv) reaches rgi/rrgi and is skipped for mse/dgp.
+    meta = {"lam": 0.02, "mask_tv": 0.1, "mask_tv_until": 0.75}
+    assert config_for_prior("rrgi", meta).mask_tv == 0.1 and config_for_prior("rgi", meta).mask_tv_until == 0.75
+    assert config_for_prior("mse", meta).lam == 0.02 and not hasattr(config_for_prior("dgp", meta), "mask_tv")
