@@ -32,3 +32,21 @@ def test_console_script_help_and_errors():
 def test_priors_lists_or_says_none(capsys):
     assert main(["priors"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_clean_passes_mask_tv_to_the_flow_options(monkeypatch, tmp_path):
+    import flows.clean
+    from flows.cli import main
+
+    seen = {}
+
+    def fake_run_clean(source, catalog, prior, options):
+        seen["options"] = options
+        return {"images_ok": 1, "images_error": 0, "images_skipped": 0, "images_per_second": 1.0,
+                "config_hash": "x", "top": [], "report_uri": ""}
+
+    monkeypatch.setattr(flows.clean, "run_clean", fake_run_clean)
+    assert main(["clean", str(tmp_path), "--catalog", str(tmp_path / "c"), "--mask-tv", "0"]) == 0
+    assert seen["options"].mask_tv == 0.0
+    assert main(["clean", str(tmp_path), "--catalog", str(tmp_path / "c")]) == 0
+    assert seen["options"].mask_tv is None  # None: the prior's default

@@ -116,3 +116,17 @@ def test_pipeline_demo_end_to_end(prefect_api, tmp_path):
     assert run(out_dir=str(tmp_path / "demo"), n=6, iterations=30) == 0
     assert (tmp_path / "demo" / "report.png").stat().st_size > 0
     assert os.environ.get("AWS_ENDPOINT_URL") == before  # the demo's S3 endpoint does not leak
+
+
+def test_mask_tv_option_overrides_the_prior_and_is_part_of_the_config_hash():
+    from flows.clean import CleanOptions
+    from rgi_core.models import load_prior
+
+    prior = load_prior("digits-32", device="cpu")  # ships mask_tv > 0
+    default, off = CleanOptions(), CleanOptions(mask_tv=0.0)
+    assert default.inversion_config(prior).mask_tv == prior.defaults["mask_tv"] > 0
+    assert off.inversion_config(prior).mask_tv == 0.0
+    assert default.config_hash(prior) != off.config_hash(prior)  # results of either setting stay apart
+    assert CleanOptions(method="mse").inversion_config(prior).method == "mse"  # the prior's TV is rgi-only
+    with pytest.raises(ValueError, match="mask_tv"):
+        CleanOptions(method="mse", mask_tv=0.1).inversion_config(prior)
