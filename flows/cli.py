@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--images-n", type=int, default=32, help="clean crops/images to calibrate on (default 32)")
     c.add_argument("--quantile", type=float, default=0.995, help="clean-residual quantile that sets the mask threshold")
     c.add_argument("--iterations", type=int, default=1000)
-    c.add_argument("--rounds", type=int, default=3, help="fixed-point rounds of invert / re-estimate lam")
+    c.add_argument("--rounds", type=int, default=6, help="RGI solves spent on lam's fixed point (damped steps)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--n-init", type=int, default=200)
     ca.add_argument("--lambda", dest="lam", type=float, default=None, help="keep this lam instead of fitting it")
     ca.add_argument("--quantile", type=float, default=0.995, help="clean-residual quantile that sets lam")
-    ca.add_argument("--rounds", type=int, default=2, help="fixed-point rounds for lam")
+    ca.add_argument("--rounds", type=int, default=4, help="RGI solves spent on lam's fixed point (damped steps)")
     ca.add_argument("--lam-images", type=int, default=64, help="network-size inputs used to fit lam")
     ca.add_argument("--fit", choices=("auto", "resize", "tile"), default="auto")
     ca.add_argument("--seed", type=int, default=0)

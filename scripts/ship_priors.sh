@@ -4,8 +4,10 @@
 # Usage: scripts/ship_priors.sh [NAME ...]   (default: brick grass gravel digits)
 #   textures: map_sigma=1.0 (inspection defects are regions: the anomaly map pools residuals over ~1 px)
 #   digits:   map_sigma=0.0 (the RGI paper's scattered gross corruption: keep maps pixel-exact), and
-#             mask_tv=0.1 for the first 75 % of the steps (~1.5 lam; chosen on training-split digits with
-#             synthetic corruption, docs/quality.md: it fills blocks without costing scattered corruption)
+#             mask_tv = 1.5 lam for the first 75 % of the steps (chosen on training-split digits with
+#             synthetic corruption, docs/quality.md): lam is fitted first (with TV off, as always), then a
+#             second call stores mask_tv and measures the score threshold with it.
+# lam is the fixed point of the calibration rule, 6 damped steps from lam = 0.05 (rgi_core.calibration).
 set -euo pipefail
 export OMP_NUM_THREADS=1
 cd "$(dirname "$0")/.."
@@ -17,14 +19,22 @@ pids=()
 for name in brick grass gravel; do
   [[ $NAMES == *" $name "* ]] || continue
   cp "$OUT/$name-64.safetensors" "$OUT/ship/$name-64.safetensors"
-  $RGI calibrate-prior "$OUT/ship/$name-64.safetensors" "$OUT/data/$name-train" --images-n 32 --iterations 300 --rounds 2 \
+  $RGI calibrate-prior "$OUT/ship/$name-64.safetensors" "$OUT/data/$name-train" --images-n 32 --iterations 300 --rounds 6 \
     --set map_sigma=1.0 --set fit=\"tile\" >"$OUT/ship/$name-64.calibration.json" &
   pids+=($!)
 done
 if [[ $NAMES == *" digits "* ]]; then
-  cp "$OUT/digits-32.safetensors" "$OUT/ship/digits-32.safetensors"
-  $RGI calibrate-prior "$OUT/ship/digits-32.safetensors" "$OUT/data/digits-train" --images-n 32 --iterations 300 --rounds 2 \
-    --set map_sigma=0.0 --set mask_tv=0.1 --set mask_tv_until=0.75 >"$OUT/ship/digits-32.calibration.json" &
+  (
+    f="$OUT/ship/digits-32.safetensors"
+    cp "$OUT/digits-32.safetensors" "$f"
+    $RGI calibrate-prior "$f" "$OUT/data/digits-train" --images-n 32 --iterations 300 --rounds 6 \
+      --set map_sigma=0.0 --set mask_tv=0.0 >"$OUT/ship/digits-32.lam.json"
+    tv=$(python3 -c "import json,sys; print(round(1.5 * json.load(open(sys.argv[1]))['lam'], 4))" \
+      "$OUT/ship/digits-32.lam.json")
+    # starts at the fixed point: one round keeps lam there and records the score threshold with TV on
+    $RGI calibrate-prior "$f" "$OUT/data/digits-train" --images-n 32 --iterations 300 --rounds 1 \
+      --set mask_tv="$tv" --set mask_tv_until=0.75 >"$OUT/ship/digits-32.calibration.json"
+  ) &
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done

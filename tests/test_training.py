@@ -146,3 +146,25 @@ def test_cli_calibrate_prior_stores_defaults(tiny_prior, tmp_path, capsys):
     assert defaults["map_sigma"] == 1.0 and defaults["lam"] > 0 and "score_threshold" in defaults
     assert defaults["calibration"]["source"] == str(clean)
     assert main(["calibrate-prior", str(path), str(clean), "--set", "oops"]) == 2
+
+
+def test_lambda_fixed_point_is_damped_not_iterated():
+    """f(lam) = 0.03^2 / lam makes lam <- f(lam) cycle 0.05, 0.018, 0.05, ... for ever (the digits prior did
+    this: 0.015, 0.069, 0.015, ...); the damped step lam <- sqrt(lam f(lam)) lands on 0.03."""
+    from rgi_core.calibration import damped_fixed_point
+
+    def f(x: float) -> float:
+        return 0.03**2 / x
+
+    x = 0.05
+    for _ in range(6):
+        x = f(x)
+    assert x == pytest.approx(0.05)  # plain iteration is back where it started
+    lam, calls = damped_fixed_point(f, 0.05, rounds=3)
+    assert lam == pytest.approx(0.03) and calls[0] == [0.05, pytest.approx(0.018)] and len(calls) == 3
+    # Steeper (log-log slope -2, where plain iteration diverges): still converges, error halving per step.
+    lam, calls = damped_fixed_point(lambda x: 1e-4 / x**2, 0.05, rounds=20)
+    assert lam == pytest.approx(1e-4 ** (1 / 3), rel=1e-4)
+    assert all(c[1] == pytest.approx(1e-4 / c[0] ** 2) for c in calls)
+    with pytest.raises(ValueError):
+        damped_fixed_point(f, 0.0, rounds=3)
