@@ -36,6 +36,7 @@ def test_digits_blocks_beat_mse_and_the_mask_tv_default_helps():
     data = digits_eval_set("block", n=8, seed=1)
     rows = {r.method: r for r in evaluate(prior, data, methods=("mse", "rgi"), **FAST)}
     assert rows["rgi"].mask_iou > rows["mse"].mask_iou, rows
+    assert rows["rgi"].mask_iou >= 0.75, rows  # the target (0.90 on these 8 at 300 steps, session 7)
     # Without TV the block's inside, where strokes turned black, stays unflagged (docs/quality.md).
     (plain,) = evaluate(prior, data, methods=("rgi",), mask_tv=0.0, **FAST)
     assert rows["rgi"].mask_iou >= plain.mask_iou + 0.05, (rows["rgi"], plain)
