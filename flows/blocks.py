@@ -185,6 +185,8 @@ class RgiCleaningSettings(Block):
     lam: float | None = Field(None, ge=0, title="Lambda", description="The mask sparsity weight; null: the prior's.")
     iterations: int | None = Field(None, ge=0, description="Optimisation steps; null: the method's default.")
     n_init: int | None = Field(None, ge=1, description="Best-of-N latent candidates; null: the method's default.")
+    mask_tv: float | None = Field(None, ge=0, title="Mask TV",
+                                  description="rgi/rrgi: weight of the mask's total variation; null: the prior's.")
     batch_size: int = Field(16, ge=1, description="Images per inversion task.")
     fit: Literal["auto", "resize", "tile"] = Field("auto", description="Resize or tile images to the prior's size.")
     device: str = Field("auto", description="Torch device: auto (GPU if any), cpu, cuda, cuda:1, mps.")
