@@ -85,9 +85,9 @@ class CleanOptions(BaseModel):
     def inversion_config(self, prior: Prior) -> InversionConfig:
         """The solver config: these options over the calibration over the prior's defaults over the paper's."""
         lam = self.lam if self.lam is not None else self.calibrated(prior).get("lam")
-        extra = {} if self.mask_tv is None else {"mask_tv": self.mask_tv}  # mse/dgp: a clear "no field" error
+        # mask_tv=None is dropped like any unset override; a value with mse/dgp is a clear "no field" error
         return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=lam,
-                                n_init=self.n_init, seed=self.seed, device=self.device, **extra)
+                                n_init=self.n_init, mask_tv=self.mask_tv, seed=self.seed, device=self.device)
 
     def score_threshold(self, prior: Prior) -> float | None:
         return self.calibrated(prior).get("score_threshold", prior.defaults.get("score_threshold"))

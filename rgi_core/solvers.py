@@ -222,12 +222,12 @@ def invert(
         return losses.feature_l1(feats, feats_y)
 
     def terms(x: torch.Tensor, ax: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None,
-              tv_on: bool = False) -> dict[str, torch.Tensor]:
+              with_tv: bool = False) -> dict[str, torch.Tensor]:
         res = losses.pixel_residual(y, ax, kind)  # (B, 1, H', W')
         t = {"fidelity": losses.masked_fidelity(res, mask, kind)}
         if mask is not None:
             t["mask_l1"] = lam * losses.mask_l1(mask)
-            if tv_on and config.mask_tv > 0:
+            if with_tv and config.mask_tv > 0:
                 t["mask_tv"] = config.mask_tv * losses.mask_tv(mask)
         if config.latent_reg > 0:
             t["latent_reg"] = config.latent_reg * losses.latent_reg(z)
@@ -271,6 +271,9 @@ def invert(
         mask_stop = theta_start if isinstance(config, RRGIConfig) and config.freeze_mask else T
         groups.append(_Group("mask", [mask], config.lr_mask, 0, mask_stop))
 
+    def tv_on(step: int) -> bool:  # M relaxes to the per-pixel rule before it stops or freezes
+        return is_rgi and step < config.mask_tv_until * mask_stop
+
     # One fused kernel per step instead of ~10 elementwise passes: with per-image generator copies the
     # optimiser touches B x |theta| values a step, and the unfused Adam took 28 % of an rrgi solve on CPU.
     fused = True if device.type in ("cpu", "cuda") else None
@@ -293,8 +296,7 @@ def invert(
                 opt.add_param_group({"params": g.params, "lr": g.lr})
         x = gen(z)  # (B, C, H, W)
         ax = physics.A(x)
-        tv_on = is_rgi and step < config.mask_tv_until * mask_stop  # M relaxes before it stops or freezes
-        total = sum(terms(x, ax, z, mask, tv_on).values())  # (B,)
+        total = sum(terms(x, ax, z, mask, tv_on(step)).values())  # (B,)
         total.sum().backward()
         for g in groups:
             if not g.start <= step < g.stop:
@@ -311,7 +313,7 @@ def invert(
     with torch.no_grad():
         x = gen(z)
         ax = physics.A(x)
-        final = terms(x, ax, z, mask, tv_on=is_rgi and config.mask_tv_until * mask_stop >= T)
+        final = terms(x, ax, z, mask, tv_on(T - 1))  # the terms of the last step
         res = losses.pixel_residual(y, ax, kind)  # (B, 1, H', W')
         m = lift(mask.detach() if mask is not None else anomaly.closed_form_mask(res, lam, kind))
         observed = physics.observed(shape, device=device)  # (1|B, 1, H, W)
