@@ -187,13 +187,18 @@ CONFIGS: dict[str, type[InversionConfig]] = {
 }
 
 
-def make_config(method: str, **overrides: Any) -> InversionConfig:
-    """The config of ``method`` with paper defaults, overriding the given fields (``None`` = keep)."""
+def _config_class(method: str) -> tuple[type[InversionConfig], set[str]]:
+    """The config class of ``method`` and its field names."""
     try:
         cls = CONFIGS[method]
     except KeyError:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(CONFIGS)}") from None
-    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls, {f.name for f in dataclasses.fields(cls)}
+
+
+def make_config(method: str, **overrides: Any) -> InversionConfig:
+    """The config of ``method`` with paper defaults, overriding the given fields (``None`` = keep)."""
+    cls, fields = _config_class(method)
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"{method} config has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
@@ -210,8 +215,7 @@ def config_for_prior(method: str, prior_defaults: dict[str, Any], **overrides: A
     Precedence: explicit overrides (not ``None``) > the prior's metadata > the method's paper defaults.
     A default the method has no field for (``mask_tv`` for ``mse``) is skipped.
     """
-    cls = CONFIGS.get(method)
-    fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+    _, fields = _config_class(method)
     base = {k: prior_defaults[k] for k in PRIOR_DEFAULT_FIELDS
             if prior_defaults.get(k) is not None and k in fields}
     return make_config(method, **(base | {k: v for k, v in overrides.items() if v is not None}))
