@@ -65,6 +65,19 @@ def test_pickle_files_are_refused(tmp_path):
         load_prior(raw)
 
 
+def test_a_safetensors_header_whose_length_starts_with_the_pickle_byte_loads(tmp_path):
+    # A header of 128 + 256 k bytes makes the file's first byte 0x80, a pickle's first byte.
+    g, d = _nets()
+    data = save_prior(tmp_path / "p.safetensors", g, d).read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    padded = n + (128 - n) % 256  # JSON allows trailing spaces; 128 + 256 k keeps 8-byte alignment
+    odd = tmp_path / "odd.safetensors"
+    odd.write_bytes(padded.to_bytes(8, "little") + data[8 : 8 + n] + b" " * (padded - n) + data[8 + n :])
+    assert odd.read_bytes()[:1] == b"\x80"
+    got, ref = load_prior(odd).generator.state_dict(), load_prior(tmp_path / "p.safetensors").generator.state_dict()
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
 def test_foreign_or_damaged_files_give_clear_errors(tmp_path):
     from safetensors.torch import save_file
 

@@ -146,9 +146,21 @@ def update_metadata(path: str | Path, **updates: Any) -> dict[str, Any]:
     return meta
 
 
+def _safetensors_header(data: bytes) -> bool:
+    """Whether ``data`` opens like safetensors: an 8-byte length that fits, then a JSON object.
+
+    Checked before the pickle magic: a header of 128 + 256 k bytes makes a safetensors file start with 0x80,
+    the first byte of a pickle (the shipped gravel-64 did).
+    """
+    if len(data) < 9:
+        return False
+    (n,) = struct.unpack("<Q", data[:8])
+    return n <= len(data) - 8 and data[8:9] == b"{"
+
+
 def read_metadata(data: bytes) -> dict[str, Any]:
     """The ``rgi`` metadata document from safetensors bytes, without loading tensors."""
-    if data.startswith(_PICKLE_MAGIC):
+    if not _safetensors_header(data) and data.startswith(_PICKLE_MAGIC):
         raise PriorFormatError(
             "this looks like a pickle / torch.save file; rgi loads priors only from safetensors "
             "(pickles can run arbitrary code). Convert it with rgi_core.models.save_prior."
