@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Train the four shipped priors exactly as docs/priors.md records. Re-running resumes each run from its
 # last checkpoint (runs/priors/<name>.train/state.safetensors); raise STEPS_* to train further.
-# gravel-64 ships at 16000 steps (resumed from 8000: its clean training-split fit improved, lam 0.110 -> 0.105);
-# grass-64 at 8000 (a resumed run to 16000 fitted its training split no better, lam 0.201 -> 0.211).
+# brick-64 has a spatial latent grid (32 x 4 x 4); grass-64 and gravel-64 a global latent of 128 (session 8: on a
+# validation strip of the training region the global prior detected defects better; docs/priors.md).
 # Usage: scripts/train_shipped_priors.sh [brick grass gravel digits]   (default: all four, in parallel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RGI=${RGI:-.venv/bin/rgi}
 THREADS=${THREADS:-1}
-STEPS_TEXTURE=${STEPS_TEXTURE:-8000}    # brick, grass
-STEPS_GRAVEL=${STEPS_GRAVEL:-16000}
+STEPS_TEXTURE=${STEPS_TEXTURE:-8000}    # brick, grass, gravel
 STEPS_DIGITS=${STEPS_DIGITS:-8000}
 OUT=runs/priors
 mkdir -p "$OUT"
@@ -25,10 +24,10 @@ for name in ${names[@]}; do
       >>"$OUT/digits-32.log" 2>&1 &
   else
     [ -d "$OUT/data/$name-train" ] || $RGI export-dataset "$name" "$OUT/data/$name-train" --split train
-    steps=$STEPS_TEXTURE; [ "$name" = gravel ] && steps=$STEPS_GRAVEL
+    latent=(--latent-dim 128 --latent-mode global); [ "$name" = brick ] && latent=(--latent-dim 32 --latent-mode spatial)
     $RGI train-prior "$OUT/data/$name-train" --out "$OUT/$name-64.safetensors" --resolution 64 --channels 1 \
-      --latent-dim 32 --latent-mode spatial --width 16 --max-channels 128 --batch-size 16 \
-      --steps "$steps" --seed 0 --threads "$THREADS" \
+      "${latent[@]}" --width 16 --max-channels 128 --batch-size 16 \
+      --steps "$STEPS_TEXTURE" --seed 0 --threads "$THREADS" \
       --data-note "skimage.data.$name() columns x < 384 (left three quarters), random 64x64 crops; x >= 384 held out" \
       >>"$OUT/$name-64.log" 2>&1 &
   fi
