@@ -139,7 +139,9 @@ class RRGIConfig(RGIConfig):
             pixels RGI trusts only (paper: frozen for inpainting). With a free mask (the paper's anomaly
             setting) our small generators learned the corruption itself: mask IoU fell from 0.985 to 0.91
             and restoration got worse than RGI, whereas the frozen support gained 2.8-10 dB on every
-            off-manifold test image.
+            off-manifold test image. With a frozen mask the anomaly map scores each pixel with a
+            generator that was not fit to it: inside M the final G, outside it G(z) at the freeze
+            (docs/design.md; the final residual there is a training residual and hid missed defects).
     """
 
     method: ClassVar[str] = "rrgi"

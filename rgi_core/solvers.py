@@ -24,7 +24,8 @@ After the solve, every method's products are formed the same way (:mod:`rgi_core
 (RGI's M, or the closed-form mask of the fit), the BIGPrior fusion
 ``restored = (1 - phi) * A_dagger(y) + phi * G(z)`` with phi the sharpened mask rule
 (:func:`rgi_core.anomaly.reliance`; 1 wherever the physics observes nothing), the anomaly map and the
-image score.
+image score. One exception: ``rrgi`` with a frozen mask scores the pixels outside M by their residual
+at the freeze, since G is fine-tuned on exactly those pixels afterwards.
 """
 
 from __future__ import annotations
@@ -271,6 +272,10 @@ def invert(
         mask_stop = theta_start if isinstance(config, RRGIConfig) and config.freeze_mask else T
         groups.append(_Group("mask", [mask], config.lr_mask, 0, mask_stop))
 
+    # R-RGI with a frozen mask: the residual when M froze. G is then fine-tuned on the pixels outside M,
+    # so their final residual is fit, not held out; the map scores them with the generator of that step.
+    res_at_freeze: torch.Tensor | None = None
+
     def tv_on(step: int) -> bool:  # M relaxes to the per-pixel rule before it stops or freezes
         return is_rgi and step < config.mask_tv_until * mask_stop
 
@@ -288,7 +293,8 @@ def invert(
                 with torch.no_grad():  # frozen mask = its support: fine-tune G on trusted pixels only
                     # M's support, and every pixel the per-pixel rule would mask now: with mask_tv a
                     # scattered corrupted pixel may still be off in M, and G must not learn it.
-                    rule = anomaly.closed_form_mask(losses.pixel_residual(y, physics.A(gen(z)), kind), lam, kind)
+                    res_at_freeze = losses.pixel_residual(y, physics.A(gen(z)), kind)  # (B, 1, H', W')
+                    rule = anomaly.closed_form_mask(res_at_freeze, lam, kind)
                     mask.copy_(((mask > 0.5) | (rule > 0.5)).to(mask.dtype))
             for k, (names, lr, start) in enumerate(stages):
                 g = _Group(f"theta{k}", [theta[n] for n in names], lr, start, T)
@@ -319,7 +325,10 @@ def invert(
         observed = physics.observed(shape, device=device)  # (1|B, 1, H, W)
         phi = 1.0 - observed * (1.0 - lift(anomaly.reliance(res, lam, kind)))
         restored = ((1.0 - phi) * physics.A_dagger(y, shape) + phi * x).clamp(0.0, 1.0)
-        amap = lift(anomaly.anomaly_map(res, lam, kind, config.map_sigma))
+        # Each pixel is scored by a generator that was not fit to it: inside a frozen mask the final G,
+        # outside it G as it was at the freeze (see res_at_freeze).
+        scored = res if res_at_freeze is None or mask is None else torch.where(mask > 0.5, res, res_at_freeze)
+        amap = lift(anomaly.anomaly_map(scored, lam, kind, config.map_sigma))
         score = anomaly.image_score(amap, config.score_topk, config.score_sigma)
 
     diagnostics = _diagnostics(final, history, init_loss, T, config.converge_tol)

@@ -88,8 +88,9 @@ def test_rgi_finds_a_contiguous_block(tiny_prior):
     assert metrics.psnr(rgi.restored, x).median() > metrics.psnr(mse.restored, x).median() + 5
 
 
-def test_rrgi_beats_rgi_off_the_generator_range(tiny_prior, scattered):
-    """x = G'(z*) with G' a perturbed copy of G: only fine-tuning G closes the gap."""
+@pytest.fixture(scope="module")
+def off_range(tiny_prior):
+    """x = G'(z*) with G' a perturbed copy of G (only fine-tuning G closes the gap), 10 % flipped."""
     g = torch.Generator().manual_seed(5)
     shifted = copy.deepcopy(tiny_prior.generator)
     with torch.no_grad():
@@ -98,12 +99,33 @@ def test_rrgi_beats_rgi_off_the_generator_range(tiny_prior, scattered):
         z = torch.randn((6, 32), generator=torch.Generator().manual_seed(1))
         x = to_unit(shifted(z))
     y, corrupt = gross_flip(x, 0.10, seed=2)
+    return x, y, corrupt
+
+
+def test_rrgi_beats_rgi_off_the_generator_range(tiny_prior, off_range):
+    x, y, corrupt = off_range
     rgi = invert(y, tiny_prior, make_config("rgi", **QUALITY))
     rrgi = invert(y, tiny_prior, make_config("rrgi", **QUALITY))
     gain = metrics.psnr(rrgi.restored, x) - metrics.psnr(rgi.restored, x)
     assert gain.mean() > 2.0, gain
     assert (gain > 0).sum() >= 5, gain
     assert metrics.iou(rrgi.mask, corrupt).mean() >= metrics.iou(rgi.mask, corrupt).mean() - 0.02
+
+
+def test_rrgi_scores_pixels_with_a_generator_not_fit_to_them(tiny_prior, off_range):
+    """Outside the frozen mask G is fine-tuned on the very pixels the map scores; the map must not credit
+    that fit: it is the same whether fine-tuning is off (lr 0) or strong enough to learn those pixels."""
+    _, y, _ = off_range
+    cfg = make_config("rrgi", iterations=80, n_init=64, lam=LAM)
+    still = invert(y, tiny_prior, cfg.replace(lr_theta=0.0))
+    tuned = invert(y, tiny_prior, cfg.replace(lr_theta=1e-3))
+    outside = tuned.mask <= 0.5  # (B, 1, H, W)
+    assert torch.equal(still.mask, tuned.mask)  # both froze the same mask
+    fit_still = (y - still.generated).abs()[outside.expand_as(y)].mean()
+    fit_tuned = (y - tuned.generated).abs()[outside.expand_as(y)].mean()
+    assert fit_tuned < 0.7 * fit_still  # the fine-tuned G did fit the unmasked pixels ...
+    torch.testing.assert_close(tuned.anomaly_map[outside], still.anomaly_map[outside])  # ... unrewarded
+    assert not torch.equal(tuned.anomaly_map[~outside], still.anomaly_map[~outside])  # inside: the final G
 
 
 @pytest.fixture(scope="module")
