@@ -95,6 +95,15 @@ class Physics(nn.Module):
         """Shape ``(C', H', W')`` of ``A(x)`` for an image of shape ``shape = (C, H, W)``."""
         raise NotImplementedError
 
+    @property
+    def batch_size(self) -> int:
+        """1 when every image of a batch shares this operator, else B (one operator per image)."""
+        return 1
+
+    def select(self, index: int) -> Physics:
+        """The operator of image ``index`` alone (``self`` when every image shares it)."""
+        return self
+
     def noise(self, like: Tensor) -> Tensor:
         """Seeded standard normal noise ``n`` with the shape, dtype and device of ``like``.
 
@@ -233,6 +242,15 @@ class Inpainting(Physics):
         mask = torch.ones(h_img * w_img)
         mask[idx] = 0.0
         return cls(mask.view(h_img, w_img), noise_sigma=noise_sigma, seed=seed)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.mask.shape[0])
+
+    def select(self, index: int) -> Inpainting:
+        if self.mask.shape[0] == 1:
+            return self
+        return Inpainting(self.mask[index : index + 1], noise_sigma=self.noise_sigma, seed=self.seed)
 
     def _mask_for(self, x: Tensor) -> Tensor:
         """The mask cast to ``x``'s dtype/device, after checking it broadcasts against ``x``."""

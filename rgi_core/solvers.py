@@ -149,9 +149,14 @@ def _init_latent(
     gen: _GeneratorFn,
     physics: Physics,
     config: InversionConfig,
-    cost: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    cost: Callable[[slice, Physics, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best of ``n_init`` seeded candidates per image. ``cost(y, Ax_candidates) -> (B, n)``."""
+    """Best of ``n_init`` seeded candidates per image.
+
+    ``cost(rows, physics, G(candidates)) -> (b, n)`` scores the candidates for the images ``y[rows]`` seen
+    through ``physics``. G runs once per chunk of candidates; an operator with one instance per image
+    (e.g. per-image inpainting masks) is applied image by image.
+    """
     g = torch.Generator().manual_seed(config.seed)
     cand = torch.randn((config.n_init, *latent_shape), generator=g) * config.init_std
     cand = cand.to(device=y.device, dtype=y.dtype)
@@ -159,9 +164,12 @@ def _init_latent(
     chunk = max(1, min(config.n_init, _INIT_ELEMENTS // per))
     best = torch.full((y.shape[0],), float("inf"), device=y.device, dtype=y.dtype)
     best_idx = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+    parts = [(slice(None), physics)] if physics.batch_size == 1 else [
+        (slice(b, b + 1), physics.select(b)) for b in range(y.shape[0])]
     with torch.no_grad():
         for s in range(0, config.n_init, chunk):
-            c = cost(y, physics.A(gen(cand[s : s + chunk])))  # (B, n)
+            xc = gen(cand[s : s + chunk])  # (n, C, H, W)
+            c = torch.cat([cost(rows, ph, xc) for rows, ph in parts])  # (B, n)
             val, idx = c.min(dim=1)
             better = val < best
             best = torch.where(better, val, best)
@@ -240,13 +248,13 @@ def invert(
 
     # --- initialisation ---------------------------------------------------------------------------
     if is_dgp:
-        def init_cost(yy: torch.Tensor, ax: torch.Tensor) -> torch.Tensor:
-            fc = disc.features(from_unit(physics.A_dagger(ax, shape)))[-config.dfeat_layers :]
-            return sum(torch.cdist(fy.flatten(1), f.flatten(1), p=1) / fy[0].numel()
+        def init_cost(rows: slice, ph: Physics, xc: torch.Tensor) -> torch.Tensor:
+            fc = disc.features(from_unit(ph.A_dagger(ph.A(xc), shape)))[-config.dfeat_layers :]
+            return sum(torch.cdist(fy[rows].flatten(1), f.flatten(1), p=1) / fy[0].numel()
                        for fy, f in zip(feats_y, fc, strict=True))
     else:
-        def init_cost(yy: torch.Tensor, ax: torch.Tensor) -> torch.Tensor:
-            e = losses.pixel_residual(yy[:, None], ax[None], kind).squeeze(2)  # (B, n, H', W')
+        def init_cost(rows: slice, ph: Physics, xc: torch.Tensor) -> torch.Tensor:
+            e = losses.pixel_residual(y[rows][:, None], ph.A(xc)[None], kind).squeeze(2)  # (b, n, H', W')
             if is_rgi:
                 e = losses.robust_pixel_cost(e, lam, kind)
             return e.flatten(2).mean(2)
