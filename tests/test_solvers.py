@@ -152,7 +152,6 @@ def test_batched_equals_looped(tiny_prior64, scattered, method):
             torch.testing.assert_close(getattr(one, field), getattr(batched, field)[i : i + 1], atol=1e-8, rtol=1e-6)
 
 
-
 @pytest.mark.parametrize("method", sorted(CONFIGS))
 def test_per_image_known_masks_batched_equals_looped(tiny_prior, tiny_prior64, method):
     """Inpainting with one mask per image: the best-of-N search must see each image through its own mask."""
