@@ -10,6 +10,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import time
 
@@ -39,7 +40,11 @@ def main() -> None:
                 print(format_scores(f"digits-32, held-out 1500.., {kind}", rows), "\n", flush=True)
         else:
             prior = load_prior(f"{name}-64", device="auto")
-            rows = evaluate(prior, texture_eval_set(name, n=args.n, seed=args.seed), **common)
+            data = texture_eval_set(name, n=args.n, seed=args.seed)
+            rows = evaluate(prior, data, **common)
+            if "texture_stats" in prior.defaults:  # what the residual map alone gives (rgi_core.texture)
+                rows += [dataclasses.replace(r, method=f"{r.method}, residual map only")
+                         for r in evaluate(prior, data, methods=("rgi", "rrgi"), texture_map=False, **common)]
             print(format_scores(f"{name}-64, held-out right quarter, {args.n // 2} clean + "
                                 f"{args.n - args.n // 2} defective crops", rows), "\n", flush=True)
         print(f"({name}: {time.perf_counter() - t0:.0f} s)\n", flush=True)

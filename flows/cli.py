@@ -105,7 +105,8 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, args.seed)
     clean = sampler.sample(args.images_n)  # (N, C, R, R)
     cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, rounds=args.rounds, seed=args.seed)
-    defaults = calibrate(prior, clean, cfg)
+    texture = sampler.sample(args.texture_stats) if args.texture_stats > 0 else None  # (M, C, R, R)
+    defaults = calibrate(prior, clean, cfg, texture_clean=texture)
     defaults["calibration"]["source"] = args.images
     meta = update_metadata(args.prior, defaults=defaults)
     print(json.dumps(meta["defaults"], indent=2))
@@ -341,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="also store this default (JSON value), e.g. map_sigma=1.0; applied before calibrating")
+    c.add_argument("--texture-stats", type=int, default=0, metavar="N",
+                   help="stationary textures: fit local texture statistics on N clean crops (e.g. 256); they join "
+                        "the anomaly map (rgi_core.texture). 0 keeps the prior's as they are")
     c.set_defaults(func=_cmd_calibrate_prior)
 
     cl = sub.add_parser("clean", help="clean every image under SOURCE into a Parquet catalog (a Prefect flow)")

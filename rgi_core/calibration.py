@@ -43,6 +43,7 @@ from rgi_core.cleaning import Fit, fit_invert, network_inputs
 from rgi_core.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
 from rgi_core.models.checkpoint import Prior
 from rgi_core.solvers import invert
+from rgi_core.texture import TextureStats
 
 
 @dataclass(frozen=True)
@@ -119,19 +120,28 @@ def damped_fixed_point(f: Callable[[float], float], start: float, rounds: int) -
     return x, calls
 
 
-def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None) -> dict[str, Any]:
+def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None,
+              texture_clean: torch.Tensor | None = None) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
+    With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
+    (:class:`rgi_core.texture.TextureStats`) on those clean crops; they join the anomaly map and the score,
+    so the score threshold is measured with them. Without it the prior's statistics (if any) are kept.
+
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
-    (e.g. ``map_sigma``) with ``lam`` and ``score_threshold`` replaced, and a ``calibration`` record of how
-    they were obtained (images, quantiles, per-round lam, clean mask fraction).
+    (e.g. ``map_sigma``) with ``lam``, ``score_threshold`` (and ``texture_stats``) replaced, and a
+    ``calibration`` record of how they were obtained (images, quantiles, per-round lam, clean mask fraction).
     """
     cfg = cfg or CalibrationConfig()
-    lam, history = fit_lam(prior, clean, cfg)
+    lam, history = fit_lam(prior, clean, cfg)  # the mask rule: residuals only, texture statistics play no part
+    kept = {k: v for k, v in prior.defaults.items() if k != "calibration"}
+    if texture_clean is not None:
+        kept["texture_stats"] = TextureStats.fit(texture_clean).to_dict()
+        prior.meta.setdefault("defaults", {})["texture_stats"] = kept["texture_stats"]
     final = invert(clean, prior, _rgi(prior, lam, cfg))
     scores = final.score.double()
     return {
-        **{k: v for k, v in prior.defaults.items() if k != "calibration"},
+        **kept,
         "lam": lam,
         "score_threshold": float(torch.quantile(scores, cfg.score_quantile)),
         "calibration": {

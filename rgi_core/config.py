@@ -43,6 +43,9 @@ class InversionConfig:
             0 keeps maps pixel-exact, see :mod:`rgi_core.anomaly`).
         score_topk: image score = mean of the top ``score_topk`` fraction of the anomaly map (ours).
         score_sigma: Gaussian blur (pixels) of the map before the score's top-k (ours).
+        texture_map: fuse the prior's local texture statistics (:mod:`rgi_core.texture`) into the anomaly
+            map and score when its metadata has them (``defaults.texture_stats``; the shipped texture
+            priors do). Off for ``mse``, the residual-only baseline.
         converge_tol: relative change of the loss over the last 10 % of steps that counts as converged.
         seed: seeds the latent candidates; a given image gets the same result in any batch.
         device: ``"auto"`` (cuda, then mps, then cpu) or any torch device string.
@@ -60,6 +63,7 @@ class InversionConfig:
     map_sigma: float = 0.0
     score_topk: float = 0.01
     score_sigma: float = 1.0
+    texture_map: bool = True
     converge_tol: float = 1e-3
     seed: int = 0
     device: str = "auto"
@@ -95,6 +99,8 @@ class MSEConfig(InversionConfig):
     """Plain GAN inversion ``min_z ||x - G(z)||^2`` (Yeh et al.); the no-mask baseline."""
 
     method: ClassVar[str] = "mse"
+
+    texture_map: bool = False
 
 
 @dataclass(frozen=True)

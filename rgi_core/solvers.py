@@ -25,7 +25,9 @@ After the solve, every method's products are formed the same way (:mod:`rgi_core
 ``restored = (1 - phi) * A_dagger(y) + phi * G(z)`` with phi the sharpened mask rule
 (:func:`rgi_core.anomaly.reliance`; 1 wherever the physics observes nothing), the anomaly map and the
 image score. One exception: ``rrgi`` with a frozen mask scores the pixels outside M by their residual
-at the freeze, since G is fine-tuned on exactly those pixels afterwards.
+at the freeze, since G is fine-tuned on exactly those pixels afterwards. With the identity physics and a
+prior that stores texture statistics (:mod:`rgi_core.texture`), the map is the maximum of the residual map
+and the texture map and the score the mean of their scores (``texture_map``; off for ``mse``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from rgi_core.device import resolve_device
 from rgi_core.models.checkpoint import Prior
 from rgi_core.models.nets import Generator, from_unit, to_unit
 from rgi_core.operators import Downsample, Identity, Physics
+from rgi_core.texture import texture_stats_of
 from rgi_core.types import ImageDiagnostics, InversionResult
 
 # Candidate latents scored at once in the best-of-N search; bounded so B x chunk x H x W stays small.
@@ -338,6 +341,11 @@ def invert(
         scored = res if res_at_freeze is None or mask is None else torch.where(mask > 0.5, res, res_at_freeze)
         amap = lift(anomaly.anomaly_map(scored, lam, kind, config.map_sigma))
         score = anomaly.image_score(amap, config.score_topk, config.score_sigma)
+        stats = texture_stats_of(prior.defaults) if config.texture_map and isinstance(physics, Identity) else None
+        if stats is not None:  # a second detector for defects G reproduces (rgi_core.texture)
+            tmap = stats.anomaly_map(y)  # (B, 1, H, W)
+            score = 0.5 * (score + anomaly.image_score(tmap, config.score_topk, config.score_sigma))
+            amap = torch.maximum(amap, tmap)
 
     diagnostics = _diagnostics(final, history, init_loss, T, config.converge_tol)
     out = images.device

@@ -145,6 +145,12 @@ def test_cli_calibrate_prior_stores_defaults(tiny_prior, tmp_path, capsys):
     defaults = read_metadata(path.read_bytes())["defaults"]
     assert defaults["map_sigma"] == 1.0 and defaults["lam"] > 0 and "score_threshold" in defaults
     assert defaults["calibration"]["source"] == str(clean)
+    assert "texture_stats" not in defaults  # only on request: it assumes a stationary texture
+    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "20",
+                 "--rounds", "1", "--texture-stats", "6"]) == 0
+    stats = read_metadata(path.read_bytes())["defaults"]["texture_stats"]
+    assert stats["images"] == 6 and stats["threshold"] > 0
+    assert load_prior(path, device="cpu").defaults["texture_stats"] == stats
     assert main(["calibrate-prior", str(path), str(clean), "--set", "oops"]) == 2
 
 

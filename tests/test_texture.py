@@ -1,0 +1,103 @@
+"""Local texture statistics (rgi_core.texture) and their place in the anomaly map."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from rgi_core.anomaly import gaussian_blur, image_score
+from rgi_core.config import make_config
+from rgi_core.defects import apply_defect
+from rgi_core.io import builtin
+from rgi_core.operators import Inpainting
+from rgi_core.solvers import invert
+from rgi_core.texture import FEATURES_PER_CHANNEL, TextureStats, texture_stats_of
+
+
+def noise_texture(n: int, seed: int, size: int = 32, channels: int = 1) -> torch.Tensor:
+    """A stationary texture: white noise blurred by 1 px, scaled around 0.5. (n, C, size, size)"""
+    g = torch.Generator().manual_seed(seed)
+    x = gaussian_blur(torch.randn((n, channels, size, size), generator=g), 1.0)
+    return (0.5 + 0.15 * x / x.std()).clamp(0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def stats() -> TextureStats:
+    return TextureStats.fit(noise_texture(24, seed=0))
+
+
+def _crops(name: str, split: str, n: int, seed: int) -> torch.Tensor:
+    region = torch.from_numpy(builtin.texture(name, split))  # (1, 512, W)
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.randint(region.shape[1] - 63, (n,), generator=g).tolist()
+    xs = torch.randint(region.shape[2] - 63, (n,), generator=g).tolist()
+    return torch.stack([region[:, y : y + 64, x : x + 64] for y, x in zip(ys, xs, strict=True)])  # (n, 1, 64, 64)
+
+
+def test_smooth_defects_in_grass_are_found():
+    """The defects the residual map misses on grass: smooth regions (flat patch, stain). Fitted on the
+    training split, tested on crops of the held-out quarter."""
+    stats = TextureStats.fit(_crops("grass", "train", 64, seed=0))
+    clean = _crops("grass", "eval", 6, seed=1)
+    flat = clean.clone()
+    truth = torch.zeros_like(clean, dtype=torch.bool)
+    truth[:, :, 20:44, 16:40] = True
+    flat[truth] = clean.mean()
+    amap = stats.anomaly_map(flat)
+    # The patch's inside is over the threshold; its rim is not (the statistics pool over ~4 px).
+    assert (amap[:, :, 26:38, 22:34] > 0.5).float().mean() > 0.9
+    stained = [apply_defect(c, "stain", seed=i) for i, c in enumerate(clean)]
+    x, m = torch.stack([s[0] for s in stained]), torch.stack([s[1] for s in stained])
+    assert roc_auc_score(m.flatten().numpy(), stats.anomaly_map(x).flatten().numpy()) > 0.85
+    assert (stats.anomaly_map(clean) > 0.5).float().mean() < 0.03  # unseen clean grass stays under it
+
+
+def test_threshold_is_the_clean_quantile(stats):
+    clean = noise_texture(24, seed=0)  # the fit's own images
+    above = (stats.distance(clean) > stats.threshold).float().mean().item()
+    assert above == pytest.approx(1 - stats.quantile, abs=2e-3)
+    assert (stats.anomaly_map(clean) > 0.5).float().mean().item() == pytest.approx(above)
+
+
+def test_round_trip_and_bad_input(stats):
+    assert TextureStats.from_dict(stats.to_dict()) == stats
+    assert texture_stats_of({"texture_stats": stats.to_dict()}) == stats and texture_stats_of({}) is None
+    with pytest.raises(ValueError, match="malformed"):
+        TextureStats.from_dict({"mean": [0.0] * 11})
+    with pytest.raises(ValueError, match="square precision"):
+        dataclasses.replace(stats, precision=stats.precision[:-1])
+    with pytest.raises(ValueError, match="1-channel"):
+        stats.anomaly_map(torch.rand(1, 3, 16, 16))
+    rgb = TextureStats.fit(noise_texture(4, seed=2, channels=3))
+    assert rgb.channels == 3 and len(rgb.mean) == 3 * FEATURES_PER_CHANNEL
+    assert rgb.anomaly_map(noise_texture(1, seed=3, channels=3)).shape == (1, 1, 32, 32)
+
+
+def _with_stats(prior, stats):
+    meta = {**prior.meta, "defaults": {**prior.defaults, "texture_stats": stats.to_dict()}}
+    return dataclasses.replace(prior, meta=meta)
+
+
+def test_invert_fuses_the_texture_map_only_where_it_applies(tiny_prior):
+    from conftest import generate
+
+    stats = TextureStats.fit(generate(tiny_prior, 16, seed=5))
+    prior = _with_stats(tiny_prior, stats)
+    images = generate(tiny_prior, 3, seed=6)
+    images[:, :, 8:16, 8:16] = images.mean()  # a flat patch
+    settings = dict(iterations=30, n_init=8, lam=0.05, device="cpu")
+    plain = invert(images, prior, make_config("rgi", texture_map=False, **settings))
+    fused = invert(images, prior, make_config("rgi", **settings))
+    tmap = stats.anomaly_map(images)
+    assert torch.allclose(fused.anomaly_map, torch.maximum(plain.anomaly_map, tmap))
+    assert torch.allclose(fused.score, 0.5 * (plain.score + image_score(tmap)))
+    assert torch.equal(fused.mask, plain.mask) and torch.equal(fused.restored, plain.restored)  # RGI's own products
+    # The residual-only baseline, a known degradation, and a prior without statistics keep the residual map.
+    mse = make_config("mse", **settings)
+    assert torch.equal(invert(images, prior, mse).anomaly_map, invert(images, tiny_prior, mse).anomaly_map)
+    known = Inpainting(torch.ones(1, 1, 32, 32))
+    assert torch.equal(invert(images, prior, make_config("rgi", **settings), known).anomaly_map,
+                       invert(images, tiny_prior, make_config("rgi", **settings), known).anomaly_map)
