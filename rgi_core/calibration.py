@@ -30,6 +30,7 @@ clean images cleaned exactly as the pipeline cleans them. ``rgi clean --calibrat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,9 +136,9 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     cfg = cfg or CalibrationConfig()
     lam, history = fit_lam(prior, clean, cfg)  # the mask rule: residuals only, texture statistics play no part
     kept = {k: v for k, v in prior.defaults.items() if k != "calibration"}
-    if texture_clean is not None:
+    if texture_clean is not None:  # score with the new statistics, without touching the caller's prior
         kept["texture_stats"] = TextureStats.fit(texture_clean).to_dict()
-        prior.meta.setdefault("defaults", {})["texture_stats"] = kept["texture_stats"]
+        prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": kept})
     final = invert(clean, prior, _rgi(prior, lam, cfg))
     scores = final.score.double()
     return {

@@ -11,10 +11,12 @@ from sklearn.metrics import roc_auc_score
 from rgi_core.anomaly import gaussian_blur, image_score
 from rgi_core.config import make_config
 from rgi_core.defects import apply_defect
+from rgi_core.evaluation import texture_eval_set
 from rgi_core.io import builtin
 from rgi_core.operators import Inpainting
 from rgi_core.solvers import invert
 from rgi_core.texture import FEATURES_PER_CHANNEL, TextureStats, texture_stats_of
+from rgi_core.training import ImageSampler
 
 
 def noise_texture(n: int, seed: int, size: int = 32, channels: int = 1) -> torch.Tensor:
@@ -29,19 +31,12 @@ def stats() -> TextureStats:
     return TextureStats.fit(noise_texture(24, seed=0))
 
 
-def _crops(name: str, split: str, n: int, seed: int) -> torch.Tensor:
-    region = torch.from_numpy(builtin.texture(name, split))  # (1, 512, W)
-    g = torch.Generator().manual_seed(seed)
-    ys = torch.randint(region.shape[1] - 63, (n,), generator=g).tolist()
-    xs = torch.randint(region.shape[2] - 63, (n,), generator=g).tolist()
-    return torch.stack([region[:, y : y + 64, x : x + 64] for y, x in zip(ys, xs, strict=True)])  # (n, 1, 64, 64)
-
-
 def test_smooth_defects_in_grass_are_found():
     """The defects the residual map misses on grass: smooth regions (flat patch, stain). Fitted on the
     training split, tested on crops of the held-out quarter."""
-    stats = TextureStats.fit(_crops("grass", "train", 64, seed=0))
-    clean = _crops("grass", "eval", 6, seed=1)
+    train = ImageSampler([builtin.texture("grass", "train")], 64, "random", False, seed=0)  # as calibrate-prior
+    stats = TextureStats.fit(train.sample(64))
+    clean = texture_eval_set("grass", n=12, seed=1).clean[:6]  # the clean half: (6, 1, 64, 64)
     flat = clean.clone()
     truth = torch.zeros_like(clean, dtype=torch.bool)
     truth[:, :, 20:44, 16:40] = True
