@@ -7,6 +7,10 @@ relative to the image, so the same kinds work on 32x32 digits and 64x64 (or larg
 Texture defects (industrial-inspection style): ``scratch`` (thin line), ``blob`` (filled ellipse),
 ``stain`` (soft-edged ellipse that shifts intensity), ``dead_pixels`` (a cluster of stuck pixels),
 ``patch`` (a rectangle pasted from another image, e.g. another texture: pass ``donor``).
+Novel texture defects, added in session 11 to check that the defaults generalise (no shipped default was
+chosen on them): ``blur`` (an ellipse of lost detail, same mean), ``noise`` (a rectangle of additive grain),
+``shift`` (a hard-edged ellipse of over- or under-exposure), ``lines`` (three parallel 1-px lines) and
+``hole`` (a rectangle of missing data, set to 0).
 Digit corruptions (the RGI paper's gross corruption): ``salt_pepper`` (a fraction of pixels set to 0
 or 1), ``block`` (one rectangle of pixels pushed to the far end), ``scribble`` (a thick random polyline).
 
@@ -22,9 +26,12 @@ from collections.abc import Callable
 
 import torch
 
+from rgi_core.anomaly import gaussian_blur
+
 DefectFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 TEXTURE_DEFECTS = ("scratch", "blob", "stain", "dead_pixels", "patch")
 DIGIT_DEFECTS = ("salt_pepper", "block", "scribble")
+NOVEL_DEFECTS = ("blur", "noise", "shift", "lines", "hole")
 
 
 def _u(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -174,6 +181,65 @@ def scribble(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch
     return _paint(x, (dist <= width / 2)[None], gen)
 
 
+def _rect(h: int, w: int, gen: torch.Generator, lo: float = 0.15, hi: float = 0.3) -> torch.Tensor:
+    """A random axis-aligned rectangle, lo..hi of each side: (1, H, W) bool."""
+    rh, rw = max(2, int(_u(gen, lo, hi) * h)), max(2, int(_u(gen, lo, hi) * w))
+    y0, x0 = int(torch.randint(h - rh + 1, (), generator=gen)), int(torch.randint(w - rw + 1, (), generator=gen))
+    mask = torch.zeros((1, h, w), dtype=torch.bool)
+    mask[:, y0 : y0 + rh, x0 : x0 + rw] = True
+    return mask
+
+
+def blur(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """An ellipse (semi-axes 8-18 %) blurred with a Gaussian of 2-4 % of the image size (at least 1.5 px).
+
+    Detail is lost, the local mean stays: on a smooth image this is hardly a change, on a texture it is.
+    """
+    _, h, w = x.shape
+    mask = (_ellipse(h, w, gen, 0.08, 0.18) <= 1.0)[None]
+    sigma = max(1.5, _u(gen, 0.02, 0.04) * min(h, w))
+    return torch.where(mask, gaussian_blur(x[None], sigma)[0], x), mask
+
+
+def noise(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rectangle (15-30 % of each side) with additive Gaussian noise of std 0.15-0.25 (grain, sensor noise)."""
+    _, h, w = x.shape
+    mask = _rect(h, w, gen)
+    grain = _u(gen, 0.15, 0.25) * torch.randn(x.shape, generator=gen)
+    return torch.where(mask, (x + grain).clamp(0.0, 1.0), x), mask
+
+
+def shift(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A hard-edged ellipse (semi-axes 8-18 %) whose intensity moves by 0.25-0.35 away from its own mean level."""
+    _, h, w = x.shape
+    mask = (_ellipse(h, w, gen, 0.08, 0.18) <= 1.0)[None]
+    delta = _u(gen, 0.25, 0.35) * (-1.0 if float(x.mean(0, keepdim=True)[mask].mean()) > 0.5 else 1.0)
+    return torch.where(mask, (x + delta).clamp(0.0, 1.0), x), mask
+
+
+def lines(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three parallel 1-px lines across the image, 6-12 % of its size apart, vertical or horizontal."""
+    _, h, w = x.shape
+    vertical = bool(torch.rand((), generator=gen) < 0.5)
+    size = w if vertical else h
+    step = max(2, int(_u(gen, 0.06, 0.12) * size))
+    start = int(torch.randint(max(1, size - 2 * step), (), generator=gen))
+    mask = torch.zeros((1, h, w), dtype=torch.bool)
+    for k in range(3):
+        if vertical:
+            mask[:, :, min(size - 1, start + k * step)] = True
+        else:
+            mask[:, min(size - 1, start + k * step), :] = True
+    return _paint(x, mask, gen)
+
+
+def hole(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rectangle (15-30 % of each side) of missing data: every channel set to 0."""
+    _, h, w = x.shape
+    mask = _rect(h, w, gen)
+    return torch.where(mask, torch.zeros_like(x), x), mask
+
+
 DEFECTS: dict[str, DefectFn] = {
     "scratch": scratch,
     "blob": blob,
@@ -183,6 +249,11 @@ DEFECTS: dict[str, DefectFn] = {
     "salt_pepper": salt_pepper,
     "block": block,
     "scribble": scribble,
+    "blur": blur,
+    "noise": noise,
+    "shift": shift,
+    "lines": lines,
+    "hole": hole,
 }
 
 
