@@ -17,6 +17,10 @@ from rgi_core.models.nets import to_unit  # noqa: E402
 @pytest.fixture(scope="session")
 def prefect_api():
     """A real Prefect API (temporary local server + SQLite) for tests that run flows; started once."""
+    # Importing prefect.main configures Prefect's logging, and its console handler keeps the sys.stderr of that
+    # moment. Do it here, on the session's streams: done first inside a test with capsys, it would keep that
+    # test's stream, closed once the test ends, and every later flow run would fail to log.
+    import prefect.main  # noqa: F401
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
