@@ -6,6 +6,7 @@ those. Every comparison is within one run on the same images.
 
 from __future__ import annotations
 
+from rgi_core.defects import NOVEL_DEFECTS
 from rgi_core.evaluation import digits_eval_set, evaluate, texture_eval_set
 from rgi_core.models import load_prior
 
@@ -20,6 +21,19 @@ def test_brick_defects_are_found_on_held_out_crops():
     assert rgi.pixel_auroc >= 0.95, rows
     assert rgi.image_auroc >= 0.9, rows
     assert rgi.psnr_db >= mse.psnr_db + 1.0, rows  # the robust fit restores better than the dragged MSE fit
+
+
+def test_brick_defect_kinds_no_default_was_chosen_on_are_found():
+    """Blur, grain, exposure shift, thin lines and a hole (rgi_core.defects.NOVEL_DEFECTS), held-out crops: the
+    defaults generalise beyond the five kinds they were measured on. Measured here: pixel AUROC 0.950 (MSE
+    0.917), image AUROC 0.840, restored PSNR 38.5 dB (MSE 33.8)."""
+    rows = {r.method: r for r in evaluate(load_prior("brick-64", device="cpu"),
+                                          texture_eval_set("brick", n=10, seed=1, kinds=NOVEL_DEFECTS),
+                                          methods=("mse", "rgi"), **FAST)}
+    rgi, mse = rows["rgi"], rows["mse"]
+    assert rgi.pixel_auroc >= 0.9 and rgi.pixel_auroc >= mse.pixel_auroc, rows
+    assert rgi.image_auroc >= 0.7, rows
+    assert rgi.psnr_db >= mse.psnr_db + 2.0, rows
 
 
 def test_grass_texture_statistics_find_what_the_residual_misses():
