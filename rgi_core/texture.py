@@ -7,24 +7,33 @@ flat pasted patch) removes that detail, and its residual is *lower* than clean t
 strip of docs/priors.md the RGI map ranked stains and patches at or below chance (pixel AUROC 0.19-0.61).
 A stationary texture has fixed local statistics, and those defects change them.
 
-What. Per pixel and channel, :func:`texture_features` stacks 11 local statistics of the image :math:`x`
+What. Per pixel and channel, :func:`texture_features` stacks 14 local statistics of the image :math:`x`
 (:math:`G_s` a Gaussian blur of :math:`s` pixels, :math:`p` the pooling scale, ``pool``):
 
 - local means :math:`G_2 x,\ G_4 x`;
-- log energies of three band-pass layers :math:`b_1 = x - G_1 x,\ b_2 = G_1 x - G_2 x,\ b_3 = G_2 x - G_4 x`:
-  :math:`\tfrac12 \log(G_{p_k} b_k^2 + \epsilon)`, :math:`p_k = p \max(1, s_k / 2)`;
+- three band-pass layers :math:`b_1 = x - G_1 x,\ b_2 = G_1 x - G_2 x,\ b_3 = G_2 x - G_4 x` with
+  :math:`p_k = p \max(1, s_k / 2)`, each twice: the log of the pooled energy
+  :math:`\tfrac12 \log(G_{p_k} b_k^2 + \epsilon)` and the pooled log-energy
+  :math:`G_{p_k}\,\tfrac12 \log(G_{\max(1, s_k/2)} b_k^2 + \epsilon)`. The first follows the strongest
+  energy in the window, the second its typical level (a geometric mean); their gap (Jensen's) is large where
+  the window mixes flat and busy pixels, as at a flat patch or a blurred spot inside a busy texture;
 - for :math:`s \in \{1, 2\}` the structure tensor of :math:`G_s x` (central differences
-  :math:`g_x, g_y`; :math:`J_{uv} = G_p (g_u g_v)`): :math:`\tfrac12\log J_{xx},\ \tfrac12\log J_{yy},\
-  J_{xy} / (J_{xx} + J_{yy})`, i.e. gradient energy per direction and its orientation.
+  :math:`g_x, g_y`; :math:`J_{uv} = G_1 (g_u g_v)`), pooled in the log domain like the second energies:
+  :math:`G_p \tfrac12\log J_{xx},\ G_p \tfrac12\log J_{yy},\ G_p\, J_{xy} / (J_{xx} + J_{yy})`.
 
-:class:`TextureStats` fits one Gaussian :math:`\mathcal N(\mu, \Sigma)` to the feature vectors of every
-pixel of clean images (the texture is stationary, so one Gaussian for all positions) and scores a pixel
-by its Mahalanobis distance :math:`d = \sqrt{(f - \mu)^\top \Sigma^{-1} (f - \mu)}`. The map is
-:math:`a = d / (d + t)` with :math:`t` the ``quantile`` (0.995) of :math:`d` over the clean pixels, so it
-has the RGI map's reading: 0.5 where a pixel is as unusual as the top 0.5 % of clean ones.
-This is the classic Gaussian texture-defect model (local filter-bank energies, cf. Portilla & Simoncelli
-2000 for texture statistics; PaDiM, Defard et al. 2021, for per-pixel Mahalanobis scoring) with
-hand-written filters instead of a pretrained network, which this project cannot download.
+:class:`TextureStats` fits a Gaussian mixture (``components``, default 8, full covariances) to the feature
+vectors of every pixel of clean images (the texture is stationary, so one model for all positions; a
+texture such as grass has several local regimes, lit blades and shadow, hence a mixture) and scores a
+pixel by its negative log-likelihood, as a distance :math:`d = \sqrt{2\,(-\log p(f) - c)}`, :math:`c` the
+lowest value over the clean pixels (for one Gaussian, :math:`d` is the Mahalanobis distance). The map is
+:math:`a = G_\sigma\!\left(d / (d + t)\right)`, smoothed by ``smooth`` (:math:`\sigma = 2` px, as
+anomaly-detection maps are), with :math:`t` set so that a ``quantile`` (0.995) of clean pixels stay under
+0.5: the RGI map's reading, 0.5 where a pixel is as unusual as the top 0.5 % of clean ones.
+
+This is the classic statistical texture-defect model (local filter-bank energies, cf. Portilla & Simoncelli
+2000 for texture statistics; per-pixel density scoring as in PaDiM, Defard et al. 2021) with hand-written
+filters instead of a pretrained network, which this project cannot download. How the statistics and the
+mixture were chosen, on a validation strip of the training split: docs/design.md.
 
 :func:`rgi_core.solvers.invert` fuses it with the residual map when the prior stores statistics
 (``defaults.texture_stats``, written by ``rgi calibrate-prior --texture-stats``) and the config's
@@ -34,6 +43,7 @@ The mask M and the restored image stay RGI's own.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +54,13 @@ import torch.nn.functional as F
 from rgi_core.anomaly import gaussian_blur
 
 #: statistics per channel (see the module docstring)
-FEATURES_PER_CHANNEL = 11
+FEATURES_PER_CHANNEL = 14
 _EPS = 1e-6
 _BANDS = (1.0, 2.0, 4.0)
+#: pixels the mixture is fitted on (a seeded subsample of the clean pixels; the threshold uses all of them)
+_FIT_PIXELS = 200_000
+
+Matrix = tuple[tuple[float, ...], ...]
 
 
 def _grad(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,117 +70,178 @@ def _grad(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gx, gy
 
 
+def _half_log(v: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.log(v + _EPS)
+
+
 def texture_features(x: torch.Tensor, pool: float = 2.0) -> torch.Tensor:
-    """Local statistics of each channel: (B, C, H, W) in [0, 1] -> (B, C * 11, H, W), channel-major."""
+    """Local statistics of each channel: (B, C, H, W) in [0, 1] -> (B, C * 14, H, W), channel-major."""
     if x.ndim != 4 or min(x.shape[-2:]) < 3:
         raise ValueError(f"texture_features needs (B, C, H, W) images of at least 3x3, got {tuple(x.shape)}")
     out = []
     for c in range(x.shape[1]):
         xc = x[:, c : c + 1]  # (B, 1, H, W)
-        feats = [gaussian_blur(xc, 2.0), gaussian_blur(xc, 4.0)]
+        means = [gaussian_blur(xc, 2.0), gaussian_blur(xc, 4.0)]
+        pooled_energy, pooled_log = [], []
         lower = xc
         for s in _BANDS:
             blurred = gaussian_blur(xc, s)
-            band = lower - blurred
-            feats.append(0.5 * torch.log(gaussian_blur(band * band, pool * max(1.0, s / 2)) + _EPS))
+            energy = (lower - blurred) ** 2
+            p = pool * max(1.0, s / 2)
+            pooled_energy.append(_half_log(gaussian_blur(energy, p)))
+            pooled_log.append(gaussian_blur(_half_log(gaussian_blur(energy, max(1.0, s / 2))), p))
             lower = blurred
+        structure = []
         for s in (1.0, 2.0):
             gx, gy = _grad(gaussian_blur(xc, s))
-            jxx, jyy, jxy = (gaussian_blur(v, pool) for v in (gx * gx, gy * gy, gx * gy))
-            feats += [0.5 * torch.log(jxx + _EPS), 0.5 * torch.log(jyy + _EPS), jxy / (jxx + jyy + _EPS)]
-        out.append(torch.cat(feats, 1))
+            jxx, jyy, jxy = (gaussian_blur(v, 1.0) for v in (gx * gx, gy * gy, gx * gy))
+            structure += [gaussian_blur(v, pool) for v in (_half_log(jxx), _half_log(jyy), jxy / (jxx + jyy + _EPS))]
+        out.append(torch.cat(means + pooled_energy + pooled_log + structure, 1))
     return torch.cat(out, 1)
 
 
 @dataclass(frozen=True)
 class TextureStats:
-    """A Gaussian model of a texture's local statistics, fitted on clean images (module docstring).
+    """A Gaussian-mixture model of a texture's local statistics, fitted on clean images (module docstring).
 
     Attributes:
-        mean: :math:`\\mu`, ``C * 11`` values.
-        precision: :math:`\\Sigma^{-1}` (with a small ridge), ``C * 11`` rows.
-        threshold: :math:`t`, the ``quantile`` of clean pixels' Mahalanobis distances (the map's 0.5 point).
-        pool: pooling scale :math:`p` in pixels.
+        weights: mixture weights, one per component (K).
+        means: component means, K rows of ``C * 14`` values.
+        precisions: component inverse covariances (with a small ridge), K matrices of ``C * 14`` rows.
+        offset: :math:`c`, the lowest negative log-likelihood over the clean pixels (the distance's zero).
+        threshold: :math:`t`, set so that the ``quantile`` of clean pixels' smoothed map is 0.5.
+        pool: pooling scale :math:`p` of the statistics, in pixels.
+        smooth: :math:`\\sigma` of the map's Gaussian smoothing, in pixels.
         quantile: the clean quantile that set ``threshold``.
         images: how many clean images the fit saw.
     """
 
-    mean: tuple[float, ...]
-    precision: tuple[tuple[float, ...], ...]
+    weights: tuple[float, ...]
+    means: Matrix
+    precisions: tuple[Matrix, ...]
+    offset: float
     threshold: float
     pool: float = 2.0
+    smooth: float = 2.0
     quantile: float = 0.995
     images: int = 0
 
     def __post_init__(self) -> None:
-        n = len(self.mean)
-        if n == 0 or n % FEATURES_PER_CHANNEL or len(self.precision) != n or any(len(r) != n for r in self.precision):
-            raise ValueError(f"texture stats need C * {FEATURES_PER_CHANNEL} means and a square precision matrix")
-        if not self.threshold > 0 or not self.pool > 0:
-            raise ValueError("texture stats need threshold > 0 and pool > 0")
+        k = len(self.weights)
+        n = len(self.means[0]) if self.means else 0
+        if k == 0 or len(self.means) != k or len(self.precisions) != k:
+            raise ValueError("texture stats need one weight, mean and precision matrix per mixture component")
+        if n == 0 or n % FEATURES_PER_CHANNEL or any(len(m) != n for m in self.means) or any(
+                len(p) != n or any(len(r) != n for r in p) for p in self.precisions):
+            raise ValueError(f"texture stats need C * {FEATURES_PER_CHANNEL} means and square precision matrices")
+        if not self.threshold > 0 or not self.pool > 0 or self.smooth < 0 or min(self.weights) < 0:
+            raise ValueError("texture stats need threshold > 0, pool > 0, smooth >= 0 and weights >= 0")
 
     @property
     def channels(self) -> int:
-        return len(self.mean) // FEATURES_PER_CHANNEL
+        return len(self.means[0]) // FEATURES_PER_CHANNEL
 
     @classmethod
-    def fit(cls, clean: torch.Tensor, pool: float = 2.0, quantile: float = 0.995, ridge: float = 1e-4,
-            batch: int = 64) -> TextureStats:
-        """Fit on clean images (N, C, H, W) in [0, 1]; every pixel of every image is a sample."""
+    def fit(cls, clean: torch.Tensor, components: int = 8, pool: float = 2.0, smooth: float = 2.0,
+            quantile: float = 0.995, ridge: float = 1e-4, seed: int = 0, batch: int = 16) -> TextureStats:
+        """Fit on clean images (N, C, H, W) in [0, 1]: every pixel of every image is a sample.
+
+        The mixture is fitted by EM (scikit-learn's ``GaussianMixture``, k-means start, ``seed``) on at most
+        200k seeded pixels; the offset and threshold are measured on all of them.
+        """
+        from sklearn.mixture import GaussianMixture
+
         if clean.ndim != 4 or clean.shape[0] == 0:
             raise ValueError(f"need clean images (N, C, H, W), got {tuple(clean.shape)}")
         if not 0.5 <= quantile < 1.0:
             raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
         clean = clean.detach().to("cpu", torch.float64)
-        n_feat = clean.shape[1] * FEATURES_PER_CHANNEL
-        total, outer, count = torch.zeros(n_feat, dtype=torch.float64), torch.zeros(n_feat, n_feat,
-                                                                                    dtype=torch.float64), 0
-        for s in range(0, clean.shape[0], batch):
-            f = _flat(texture_features(clean[s : s + batch], pool))  # (P, F)
-            total += f.sum(0)
-            outer += f.T @ f
-            count += f.shape[0]
-        mean = total / count
-        cov = (outer - count * torch.outer(mean, mean)) / max(1, count - 1)
-        precision = torch.linalg.inv(cov + ridge * torch.eye(n_feat, dtype=torch.float64))
-        probe = cls(tuple(mean.tolist()), tuple(map(tuple, precision.tolist())), 1.0, pool, quantile, 0)
-        d = torch.cat([probe.distance(clean[s : s + batch]).flatten() for s in range(0, clean.shape[0], batch)])
-        threshold = float(np.quantile(d.numpy(), quantile))
-        return cls(probe.mean, probe.precision, threshold, pool, quantile, int(clean.shape[0]))
+        feats = torch.cat([_flat(texture_features(clean[s : s + batch], pool))
+                           for s in range(0, clean.shape[0], batch)])  # (P, F)
+        if feats.shape[0] < 10 * components:
+            raise ValueError(f"{feats.shape[0]} clean pixels are too few for {components} mixture components")
+        rng = np.random.default_rng(seed)
+        sub = feats.numpy()[rng.choice(feats.shape[0], min(feats.shape[0], _FIT_PIXELS), replace=False)]
+        gmm = GaussianMixture(components, covariance_type="full", reg_covar=ridge, random_state=seed,
+                              max_iter=200).fit(sub)
+        probe = cls(tuple(gmm.weights_.tolist()), _tuples(gmm.means_), tuple(_tuples(p) for p in gmm.precisions_),
+                    0.0, 1.0, pool, smooth, quantile, 0)
+        nll = torch.cat([probe._nll(f) for f in feats.split(1 << 16)])  # (P,)
+        offset = float(nll.min())
+        d = (2.0 * (nll - offset)).clamp_min(0.0).sqrt().reshape(clean.shape[0], 1, *clean.shape[-2:])
+        threshold = _smoothed_quantile_threshold(d, smooth, quantile)
+        return cls(probe.weights, probe.means, probe.precisions, offset, threshold, pool, smooth, quantile,
+                   int(clean.shape[0]))
+
+    def _nll(self, f: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of feature vectors f (..., F) under the mixture: (...,)."""
+        w = torch.tensor(self.weights, dtype=f.dtype, device=f.device)  # (K,)
+        mu = torch.tensor(self.means, dtype=f.dtype, device=f.device)  # (K, F)
+        prec = torch.tensor(self.precisions, dtype=f.dtype, device=f.device)  # (K, F, F)
+        diff = f[..., None, :] - mu  # (..., K, F)
+        maha = torch.einsum("...kf,kfg,...kg->...k", diff, prec, diff)  # (..., K)
+        log_norm = 0.5 * torch.linalg.slogdet(prec.double()).logabsdet.to(f.dtype) - 0.5 * mu.shape[1] * math.log(
+            2 * math.pi)  # (K,)
+        return -torch.logsumexp(torch.log(w.clamp_min(1e-300)) + log_norm - 0.5 * maha, dim=-1)
 
     def distance(self, x: torch.Tensor) -> torch.Tensor:
-        """Mahalanobis distance of each pixel's statistics: (B, C, H, W) -> (B, 1, H, W)."""
+        """:math:`d = \\sqrt{2(-\\log p(f) - c)}` of each pixel's statistics: (B, C, H, W) -> (B, 1, H, W)."""
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise ValueError(f"texture stats were fitted on {self.channels}-channel images, got {tuple(x.shape)}")
-        mu = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
-        prec = torch.tensor(self.precision, dtype=x.dtype, device=x.device)
-        f = texture_features(x, self.pool).movedim(1, -1) - mu  # (B, H, W, F)
-        d2 = torch.einsum("bhwf,fg,bhwg->bhw", f, prec, f).clamp_min(0.0)
-        return d2.sqrt()[:, None]
+        nll = self._nll(texture_features(x, self.pool).movedim(1, -1))  # (B, H, W)
+        return (2.0 * (nll - self.offset)).clamp_min(0.0).sqrt()[:, None]
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """:math:`d / (d + t)` in [0, 1), 0.5 at the clean quantile: (B, C, H, W) -> (B, 1, H, W)."""
+        """:math:`G_\\sigma(d / (d + t))` in [0, 1), 0.5 at the clean quantile: (B, C, H, W) -> (B, 1, H, W)."""
         d = self.distance(x)
-        return d / (d + self.threshold)
+        return gaussian_blur(d / (d + self.threshold), self.smooth)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for a prior's metadata (``defaults.texture_stats``)."""
-        return {"mean": list(self.mean), "precision": [list(r) for r in self.precision],
-                "threshold": self.threshold, "pool": self.pool, "quantile": self.quantile, "images": self.images}
+        return {"model": "gmm", "weights": list(self.weights), "means": [list(m) for m in self.means],
+                "precisions": [[list(r) for r in p] for p in self.precisions], "offset": self.offset,
+                "threshold": self.threshold, "pool": self.pool, "smooth": self.smooth, "quantile": self.quantile,
+                "images": self.images}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TextureStats:
+        if d.get("model") != "gmm":
+            raise ValueError("texture_stats metadata is not the Gaussian-mixture format of this version (priors "
+                             "calibrated before it stored one Gaussian over 11 statistics); re-fit them with "
+                             "`rgi calibrate-prior PRIOR CLEAN_IMAGES --texture-stats 256`")
         try:
-            return cls(tuple(float(v) for v in d["mean"]), tuple(tuple(float(v) for v in r) for r in d["precision"]),
-                       float(d["threshold"]), float(d.get("pool", 2.0)), float(d.get("quantile", 0.995)),
+            return cls(tuple(float(v) for v in d["weights"]), _tuples(d["means"]),
+                       tuple(_tuples(p) for p in d["precisions"]), float(d["offset"]), float(d["threshold"]),
+                       float(d.get("pool", 2.0)), float(d.get("smooth", 2.0)), float(d.get("quantile", 0.995)),
                        int(d.get("images", 0)))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"malformed texture_stats metadata: {e}") from e
+        except (KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"malformed texture_stats metadata: {e!r}") from e
+
+
+def _tuples(rows: Any) -> Matrix:
+    return tuple(tuple(float(v) for v in r) for r in rows)
 
 
 def _flat(f: torch.Tensor) -> torch.Tensor:
     """(B, F, H, W) -> (B * H * W, F)."""
     return f.movedim(1, -1).reshape(-1, f.shape[1])
+
+
+def _smoothed_quantile_threshold(d: torch.Tensor, smooth: float, quantile: float, steps: int = 60) -> float:
+    """The t for which the ``quantile`` of :math:`G_\\sigma(d / (d + t))` over clean maps d (N, 1, H, W) is 0.5.
+
+    The smoothed map falls pointwise as t grows, so its quantile does too: bisection on log t.
+    """
+    def q_at(t: float) -> float:
+        return float(torch.quantile(gaussian_blur(d / (d + t), smooth).flatten().float(), quantile))
+
+    if smooth <= 0:  # no smoothing: d / (d + t) = 0.5 exactly at d = t
+        return float(torch.quantile(d.flatten().float(), quantile))
+    lo, hi = 1e-6, float(d.max()) * 10 + 1e-6
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if q_at(mid) > 0.5 else (lo, mid)
+    return math.sqrt(lo * hi)
 
 
 def texture_stats_of(defaults: dict[str, Any]) -> TextureStats | None:

@@ -152,6 +152,16 @@ def test_cli_calibrate_prior_stores_defaults(tiny_prior, tmp_path, capsys):
     assert stats["images"] == 6 and stats["threshold"] > 0
     assert load_prior(path, device="cpu").defaults["texture_stats"] == stats
     assert main(["calibrate-prior", str(path), str(clean), "--set", "oops"]) == 2
+    # A prior with statistics in the single-Gaussian format of earlier versions: without new statistics the
+    # texture map can't be used (a clear error), and --texture-stats replaces them.
+    update_metadata(path, defaults={**read_metadata(path.read_bytes())["defaults"],
+                                    "texture_stats": {"mean": [0.0] * 11, "precision": [[1.0] * 11] * 11}})
+    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "20",
+                 "--rounds", "1"]) == 2
+    assert "--texture-stats" in capsys.readouterr().err
+    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "20",
+                 "--rounds", "1", "--texture-stats", "6"]) == 0
+    assert read_metadata(path.read_bytes())["defaults"]["texture_stats"]["model"] == "gmm"
 
 
 def test_lambda_fixed_point_is_damped_not_iterated():

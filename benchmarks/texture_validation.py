@@ -1,0 +1,94 @@
+"""The texture-statistics map alone, on the validation strip: a fast check for changes to rgi_core.texture.
+
+Never touches the evaluation quarter. Inside the training split (columns x < 384) the statistics are fitted
+on random crops of rows y < 384 and scored on crops of rows y >= 384 (the "validation strip" of
+docs/design.md); pasted patches come from another texture's validation strip. No generator runs, so a
+texture and seed take seconds: this ranks texture-map variants before the full solver is run on them.
+
+Prints, per texture: pooled pixel AUROC, image AUROC (the map's image score) and per-kind pixel AUROC (each
+kind's defect pixels against the clean crops' pixels).
+
+Usage:
+    python benchmarks/texture_validation.py [--seeds 11 12] [--n 40] [--fit 256] [--defects standard novel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from rgi_core.anomaly import image_score
+from rgi_core.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS, apply_defect
+from rgi_core.io import builtin
+from rgi_core.metrics import image_auroc, pixel_auroc
+from rgi_core.texture import TextureStats
+
+VAL_Y = 384  # rows y >= VAL_Y of the training split are the validation strip
+
+
+def _crops(region: torch.Tensor, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    ys = torch.randint(region.shape[1] - size + 1, (n,), generator=gen).tolist()
+    xs = torch.randint(region.shape[2] - size + 1, (n,), generator=gen).tolist()
+    return torch.stack([region[:, y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
+
+
+def validation_set(texture: str, n: int, seed: int, kinds: tuple[str, ...], size: int = 64):
+    """(clean (n, 1, S, S), corrupted, masks (n, 1, S, S) bool, kind names): first half clean."""
+    train = torch.from_numpy(builtin.texture(texture, "train"))  # (1, 512, 384)
+    donor_name = next(t for t in builtin.TEXTURES if t != texture)
+    donor = torch.from_numpy(builtin.texture(donor_name, "train"))[:, VAL_Y:]
+    gen = torch.Generator().manual_seed(seed)
+    clean = _crops(train[:, VAL_Y:], n, size, gen)
+    corrupted, masks, names = clean.clone(), torch.zeros((n, 1, size, size), dtype=torch.bool), ["none"] * n
+    for i in range(n // 2, n):
+        kind = kinds[(i - n // 2) % len(kinds)]
+        extra = {"donor": donor} if kind == "patch" else {}
+        corrupted[i], masks[i] = apply_defect(clean[i], kind, seed=seed * 10_000 + i, **extra)
+        names[i] = kind
+    return clean, corrupted, masks, names
+
+
+def fit_crops(texture: str, n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Clean fitting crops from rows y < VAL_Y of the training split."""
+    train = torch.from_numpy(builtin.texture(texture, "train"))[:, :VAL_Y]
+    return _crops(train, n, size, torch.Generator().manual_seed(seed + 1))
+
+
+def score(amap: torch.Tensor, masks: torch.Tensor, names: list[str]) -> dict[str, float]:
+    labels = torch.tensor([k != "none" for k in names])
+    out = {"pixel": pixel_auroc(amap, masks), "image": image_auroc(image_score(amap), labels)}
+    clean_px = amap[~labels].flatten()
+    for kind in sorted(set(names) - {"none"}):
+        sel = torch.tensor([k == kind for k in names])
+        pos = amap[sel][masks[sel]]
+        both = torch.cat([pos, clean_px])[:, None, None, None]  # as a (P, 1, 1, 1) map
+        out[kind] = pixel_auroc(both, torch.arange(len(both))[:, None, None, None] < len(pos))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[11, 12])
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--fit", type=int, default=256, help="clean crops the statistics are fitted on")
+    ap.add_argument("--textures", nargs="+", default=["grass", "gravel", "brick"])
+    ap.add_argument("--defects", nargs="+", choices=("standard", "novel"), default=["standard", "novel"])
+    args = ap.parse_args()
+    for texture in args.textures:
+        t0 = time.perf_counter()
+        stats = TextureStats.fit(fit_crops(texture, args.fit))
+        for defects in args.defects:
+            kinds = NOVEL_DEFECTS if defects == "novel" else TEXTURE_DEFECTS
+            for seed in args.seeds:
+                _, corrupted, masks, names = validation_set(texture, args.n, seed, kinds)
+                s = score(stats.anomaly_map(corrupted), masks, names)
+                kinds_txt = " ".join(f"{k} {v:.3f}" for k, v in s.items() if k not in ("pixel", "image"))
+                print(f"{texture:6s} {defects:8s} seed {seed}: pixel {s['pixel']:.3f} image {s['image']:.3f} | "
+                      f"{kinds_txt}", flush=True)
+        print(f"({texture}: {time.perf_counter() - t0:.1f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
