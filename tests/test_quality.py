@@ -6,6 +6,8 @@ those. Every comparison is within one run on the same images.
 
 from __future__ import annotations
 
+import pytest
+
 from rgi_core.defects import NOVEL_DEFECTS
 from rgi_core.evaluation import digits_eval_set, evaluate, texture_eval_set
 from rgi_core.models import load_prior
@@ -36,16 +38,21 @@ def test_brick_defect_kinds_no_default_was_chosen_on_are_found():
     assert rgi.psnr_db >= mse.psnr_db + 2.0, rows
 
 
-def test_grass_texture_statistics_find_what_the_residual_misses():
-    """Stains and pasted patches on grass leave less residual than clean grass; the prior's texture
-    statistics (rgi_core.texture, fitted on the training split) flag them. Held-out crops, one run."""
-    prior = load_prior("grass-64", device="cpu")
+@pytest.mark.parametrize("texture", ["grass", "gravel"])
+def test_texture_statistics_find_what_the_residual_misses(texture):
+    """Stains, blurred spots and pasted patches on grass and gravel leave less residual than the clean texture;
+    the prior's texture statistics (rgi_core.texture, fitted on the training split) flag them. Held-out crops,
+    one run. Measured here (session 12): grass pixel AUROC 0.967 (residual map only 0.599, MSE 0.601),
+    gravel 0.910 (0.753, 0.781)."""
+    prior = load_prior(f"{texture}-64", device="cpu")
     assert prior.defaults["texture_stats"]["images"] > 0
-    data = texture_eval_set("grass", n=10, seed=1)
+    data = texture_eval_set(texture, n=10, seed=1)
     (fused,) = evaluate(prior, data, methods=("rgi",), **FAST)
     (plain,) = evaluate(prior, data, methods=("rgi",), texture_map=False, **FAST)
+    (mse,) = evaluate(prior, data, methods=("mse",), **FAST)
     assert fused.pixel_auroc >= plain.pixel_auroc + 0.1, (fused, plain)
-    assert fused.pixel_auroc >= 0.75 and fused.image_auroc >= plain.image_auroc - 0.1, (fused, plain)
+    assert fused.pixel_auroc >= mse.pixel_auroc + 0.05, (fused, mse)  # the issue's margin over the MSE baseline
+    assert fused.pixel_auroc >= 0.88 and fused.image_auroc >= plain.image_auroc - 0.1, (fused, plain)
 
 
 def test_digits_scattered_corruption_restored_and_masked():
