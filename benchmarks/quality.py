@@ -7,7 +7,7 @@ on), half clean, half with one defect each. Digits: held-out images 1500.. with 
 
 Usage:
     python benchmarks/quality.py [--n 32] [--iterations 2000] [--n-init 1000] [--only brick grass ...]
-                                 [--defects standard|novel]
+                                 [--defects standard|novel] [--methods mse rgi rrgi]
 """
 
 from __future__ import annotations
@@ -33,26 +33,30 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["brick", "grass", "gravel", "digits"])
     ap.add_argument("--defects", choices=("standard", "novel"), default="standard",
                     help="texture defect kinds: the standard five or the novel five (rgi_core.defects)")
+    ap.add_argument("--methods", nargs="+", default=["mse", "rgi", "rrgi"], choices=("mse", "rgi", "rrgi", "dgp"),
+                    help="methods to run (R-RGI is the slowest; the residual-only rows follow the chosen rgi/rrgi)")
     args = ap.parse_args()
     print(f"# {platform.machine()} {platform.processor()}, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}, n={args.n}, iterations={args.iterations}, n_init={args.n_init}, "
           f"defects={args.defects}\n")
     kinds = NOVEL_DEFECTS if args.defects == "novel" else TEXTURE_DEFECTS
     common = {"iterations": args.iterations, "n_init": args.n_init, "seed": args.seed}
+    methods = tuple(args.methods)
+    robust = tuple(m for m in methods if m in ("rgi", "rrgi"))
     for name in args.only:
         t0 = time.perf_counter()
         if name == "digits":
             prior = load_prior("digits-32", device="auto")
             for kind in ("salt_pepper", "block", "scribble"):
-                rows = evaluate(prior, digits_eval_set(kind, n=args.n, seed=args.seed), **common)
+                rows = evaluate(prior, digits_eval_set(kind, n=args.n, seed=args.seed), methods=methods, **common)
                 print(format_scores(f"digits-32, held-out 1500.., {kind}", rows), "\n", flush=True)
         else:
             prior = load_prior(f"{name}-64", device="auto")
             data = texture_eval_set(name, n=args.n, seed=args.seed, kinds=kinds)
-            rows = evaluate(prior, data, **common)
-            if "texture_stats" in prior.defaults:  # what the residual map alone gives (rgi_core.texture)
+            rows = evaluate(prior, data, methods=methods, **common)
+            if "texture_stats" in prior.defaults and robust:  # what the residual map alone gives (rgi_core.texture)
                 rows += [dataclasses.replace(r, method=f"{r.method}, residual map only")
-                         for r in evaluate(prior, data, methods=("rgi", "rrgi"), texture_map=False, **common)]
+                         for r in evaluate(prior, data, methods=robust, texture_map=False, **common)]
             title = (f"{name}-64, held-out right quarter, {args.n // 2} clean + {args.n - args.n // 2} defective "
                      f"crops ({args.defects} defects)")
             print(format_scores(title, rows), "\n", flush=True)
