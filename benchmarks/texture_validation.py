@@ -20,7 +20,8 @@ import time
 import torch
 
 from rgi_core.anomaly import image_score
-from rgi_core.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS, apply_defect
+from rgi_core.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS
+from rgi_core.evaluation import EvalSet, crops_with_defects
 from rgi_core.io import builtin
 from rgi_core.metrics import image_auroc, pixel_auroc
 from rgi_core.texture import TextureStats
@@ -28,32 +29,18 @@ from rgi_core.texture import TextureStats
 VAL_Y = 384  # rows y >= VAL_Y of the training split are the validation strip
 
 
-def _crops(region: torch.Tensor, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
-    ys = torch.randint(region.shape[1] - size + 1, (n,), generator=gen).tolist()
-    xs = torch.randint(region.shape[2] - size + 1, (n,), generator=gen).tolist()
-    return torch.stack([region[:, y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
-
-
-def validation_set(texture: str, n: int, seed: int, kinds: tuple[str, ...], size: int = 64):
-    """(clean (n, 1, S, S), corrupted, masks (n, 1, S, S) bool, kind names): first half clean."""
-    train = torch.from_numpy(builtin.texture(texture, "train"))  # (1, 512, 384)
+def validation_set(texture: str, n: int, seed: int, kinds: tuple[str, ...], size: int = 64) -> EvalSet:
+    """Crops of the validation strip, first half clean; pasted patches from another texture's strip."""
     donor_name = next(t for t in builtin.TEXTURES if t != texture)
     donor = torch.from_numpy(builtin.texture(donor_name, "train"))[:, VAL_Y:]
-    gen = torch.Generator().manual_seed(seed)
-    clean = _crops(train[:, VAL_Y:], n, size, gen)
-    corrupted, masks, names = clean.clone(), torch.zeros((n, 1, size, size), dtype=torch.bool), ["none"] * n
-    for i in range(n // 2, n):
-        kind = kinds[(i - n // 2) % len(kinds)]
-        extra = {"donor": donor} if kind == "patch" else {}
-        corrupted[i], masks[i] = apply_defect(clean[i], kind, seed=seed * 10_000 + i, **extra)
-        names[i] = kind
-    return clean, corrupted, masks, names
+    strip = torch.from_numpy(builtin.texture(texture, "train"))[:, VAL_Y:]  # (1, 128, 384)
+    return crops_with_defects(texture, strip, donor, n, size, seed, kinds)
 
 
 def fit_crops(texture: str, n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
-    """Clean fitting crops from rows y < VAL_Y of the training split."""
-    train = torch.from_numpy(builtin.texture(texture, "train"))[:, :VAL_Y]
-    return _crops(train, n, size, torch.Generator().manual_seed(seed + 1))
+    """Clean fitting crops (n, 1, size, size) from rows y < VAL_Y of the training split."""
+    rows = torch.from_numpy(builtin.texture(texture, "train"))[:, :VAL_Y]
+    return crops_with_defects(texture, rows, rows, n, size, seed + 1, ()).clean
 
 
 def score(amap: torch.Tensor, masks: torch.Tensor, names: list[str]) -> dict[str, float]:
@@ -82,8 +69,8 @@ def main() -> None:
         for defects in args.defects:
             kinds = NOVEL_DEFECTS if defects == "novel" else TEXTURE_DEFECTS
             for seed in args.seeds:
-                _, corrupted, masks, names = validation_set(texture, args.n, seed, kinds)
-                s = score(stats.anomaly_map(corrupted), masks, names)
+                data = validation_set(texture, args.n, seed, kinds)
+                s = score(stats.anomaly_map(data.corrupted), data.masks, data.kinds)
                 kinds_txt = " ".join(f"{k} {v:.3f}" for k, v in s.items() if k not in ("pixel", "image"))
                 print(f"{texture:6s} {defects:8s} seed {seed}: pixel {s['pixel']:.3f} image {s['image']:.3f} | "
                       f"{kinds_txt}", flush=True)

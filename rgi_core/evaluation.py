@@ -67,18 +67,25 @@ def texture_eval_set(texture: str, n: int = 32, size: int = 64, seed: int = 0,
     region = torch.from_numpy(builtin.texture(texture, "eval"))  # (1, 512, 128)
     donor_name = next(t for t in builtin.TEXTURES if t != texture)
     donor = torch.from_numpy(builtin.texture(donor_name, "eval"))
+    return crops_with_defects(texture, region, donor, n, size, seed, kinds)
+
+
+def crops_with_defects(name: str, region: torch.Tensor, donor: torch.Tensor, n: int, size: int, seed: int,
+                       kinds: tuple[str, ...]) -> EvalSet:
+    """``n`` seeded ``size`` crops of ``region`` (C, H, W): the first ``n // 2`` clean, the rest with one defect
+    each, the kinds in turn (with no kinds every crop stays clean); pasted patches come from ``donor`` (C, H', W')."""
     gen = torch.Generator().manual_seed(seed)
     ys = torch.randint(region.shape[1] - size + 1, (n,), generator=gen).tolist()
     xs = torch.randint(region.shape[2] - size + 1, (n,), generator=gen).tolist()
     clean = torch.stack([region[:, y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
     corrupted, masks, names = clean.clone(), torch.zeros((n, 1, size, size), dtype=torch.bool), ["none"] * n
-    for i in range(n // 2, n):
+    for i in range(n // 2, n) if kinds else ():
         kind = kinds[(i - n // 2) % len(kinds)]
         extra = {"donor": donor} if kind == "patch" else {}
         corrupted[i], masks[i] = apply_defect(clean[i], kind, seed=seed * 10_000 + i, **extra)
         names[i] = kind
     labels = torch.tensor([k != "none" for k in names])
-    return EvalSet(texture, clean, corrupted, masks, labels, names)
+    return EvalSet(name, clean, corrupted, masks, labels, names)
 
 
 def digits_eval_set(kind: str, n: int = 32, seed: int = 0) -> EvalSet:
