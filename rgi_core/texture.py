@@ -232,11 +232,12 @@ def _smoothed_quantile_threshold(d: torch.Tensor, smooth: float, quantile: float
 
     The smoothed map falls pointwise as t grows, so its quantile does too: bisection on log t.
     """
+    # np.quantile: torch.quantile refuses inputs over 2^24 values (4096 crops of 64x64)
     def q_at(t: float) -> float:
-        return float(torch.quantile(gaussian_blur(d / (d + t), smooth).flatten().float(), quantile))
+        return float(np.quantile(gaussian_blur(d / (d + t), smooth).flatten().numpy(), quantile))
 
     if smooth <= 0:  # no smoothing: d / (d + t) = 0.5 exactly at d = t
-        return float(torch.quantile(d.flatten().float(), quantile))
+        return float(np.quantile(d.flatten().numpy(), quantile))
     lo, hi = 1e-6, float(d.max()) * 10 + 1e-6
     for _ in range(steps):
         mid = math.sqrt(lo * hi)
