@@ -2,8 +2,8 @@
 
 Every method inverts the same images in one run. Textures: 64x64 crops of the right quarter (never trained
 on), half clean, half with one defect each. Digits: held-out images 1500.. with 10-25 % gross corruption.
-``--defects novel`` gives the texture crops the defect kinds no default was chosen on
-(:data:`rgi_core.defects.NOVEL_DEFECTS`) instead, to check that the defaults generalise.
+``--defects novel`` gives the texture crops the second set of kinds (:data:`rgi_core.defects.NOVEL_DEFECTS`)
+instead, to check that the defaults generalise beyond the standard five.
 
 Usage:
     python benchmarks/quality.py [--n 32] [--iterations 2000] [--n-init 1000] [--only brick grass ...]
