@@ -7,7 +7,7 @@ instead, to check that the defaults generalise beyond the standard five.
 
 Usage:
     python benchmarks/quality.py [--n 32] [--iterations 2000] [--n-init 1000] [--only brick grass ...]
-                                 [--defects standard|novel] [--methods mse rgi rrgi]
+                                 [--defects standard|novel] [--methods mse rgi rrgi] [--no-residual-rows]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main() -> None:
                     help="texture defect kinds: the standard five or the novel five (rgi_core.defects)")
     ap.add_argument("--methods", nargs="+", default=["mse", "rgi", "rrgi"], choices=("mse", "rgi", "rrgi", "dgp"),
                     help="methods to run (R-RGI is the slowest; the residual-only rows follow the chosen rgi/rrgi)")
+    ap.add_argument("--no-residual-rows", action="store_true",
+                    help="skip the texture priors' residual-map-only rows (they solve rgi/rrgi a second time)")
     args = ap.parse_args()
     print(f"# {platform.machine()} {platform.processor()}, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}, n={args.n}, iterations={args.iterations}, n_init={args.n_init}, "
@@ -54,7 +56,8 @@ def main() -> None:
             prior = load_prior(f"{name}-64", device="auto")
             data = texture_eval_set(name, n=args.n, seed=args.seed, kinds=kinds)
             rows = evaluate(prior, data, methods=methods, **common)
-            if "texture_stats" in prior.defaults and robust:  # what the residual map alone gives (rgi_core.texture)
+            # what the residual map alone gives (rgi_core.texture)
+            if "texture_stats" in prior.defaults and robust and not args.no_residual_rows:
                 rows += [dataclasses.replace(r, method=f"{r.method}, residual map only")
                          for r in evaluate(prior, data, methods=robust, texture_map=False, **common)]
             title = (f"{name}-64, held-out right quarter, {args.n // 2} clean + {args.n - args.n // 2} defective "

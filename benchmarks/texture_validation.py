@@ -8,8 +8,14 @@ texture and seed take seconds: this ranks texture-map variants before the full s
 Prints, per texture: pooled pixel AUROC, image AUROC (the map's image score) and per-kind pixel AUROC (each
 kind's defect pixels against the clean crops' pixels).
 
+With ``--priors DIR`` the solver runs too, on the same crops, with the validation priors
+``DIR/NAME-val.safetensors`` (``scripts/train_validation_priors.sh``: trained and calibrated on rows y < 384
+only, so the strip is unseen by the generator as well). The texture map is then the prior's own, and each
+method prints its residual map alone and fused with the texture map as ``invert`` fuses them.
+
 Usage:
     python benchmarks/texture_validation.py [--seeds 11 12] [--n 40] [--fit 256] [--defects standard novel]
+                                            [--priors runs/val --methods rgi rrgi --iterations 600 --n-init 500]
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ import time
 
 import torch
 
-from rgi_core.anomaly import image_score
+from rgi_core.anomaly import fuse_texture, image_score
+from rgi_core.config import config_for_prior
 from rgi_core.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS
 from rgi_core.evaluation import EvalSet, crops_with_defects
 from rgi_core.io import builtin
 from rgi_core.metrics import image_auroc, pixel_auroc
-from rgi_core.texture import TextureStats
+from rgi_core.models import Prior, load_prior
+from rgi_core.solvers import invert
+from rgi_core.texture import TextureStats, texture_stats_of
 
 VAL_Y = 384  # rows y >= VAL_Y of the training split are the validation strip
 
@@ -55,6 +64,20 @@ def score(amap: torch.Tensor, masks: torch.Tensor, names: list[str]) -> dict[str
     return out
 
 
+def solver_rows(prior: Prior, data: EvalSet, tmap: torch.Tensor, methods: list[str], iterations: int,
+                n_init: int) -> dict[str, dict[str, float]]:
+    """Each method's residual map alone and fused with ``tmap`` (as ``invert`` fuses them), scored."""
+    rows = {}
+    for m in methods:
+        cfg = config_for_prior(m, prior.defaults, iterations=iterations, n_init=n_init, texture_map=False)
+        res = invert(data.corrupted, prior, cfg)
+        fused_map, fused_score = fuse_texture(res.anomaly_map, res.score, tmap, cfg.score_topk, cfg.score_sigma)
+        labels = torch.tensor([k != "none" for k in data.kinds])
+        for name, amap, sc in ((f"{m} residual", res.anomaly_map, res.score), (f"{m} fused", fused_map, fused_score)):
+            rows[name] = {"pixel": pixel_auroc(amap, data.masks), "image": image_auroc(sc, labels)}
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[11, 12])
@@ -62,18 +85,30 @@ def main() -> None:
     ap.add_argument("--fit", type=int, default=256, help="clean crops the statistics are fitted on")
     ap.add_argument("--textures", nargs="+", default=["grass", "gravel", "brick"])
     ap.add_argument("--defects", nargs="+", choices=("standard", "novel"), default=["standard", "novel"])
+    ap.add_argument("--priors", help="folder of validation priors NAME-val.safetensors: run the solver too")
+    ap.add_argument("--methods", nargs="+", choices=("rgi", "rrgi"), default=["rgi"])
+    ap.add_argument("--iterations", type=int, default=600)
+    ap.add_argument("--n-init", type=int, default=500)
     args = ap.parse_args()
     for texture in args.textures:
         t0 = time.perf_counter()
-        stats = TextureStats.fit(fit_crops(texture, args.fit))
+        prior = load_prior(f"{args.priors}/{texture}-val.safetensors") if args.priors else None
+        stats = texture_stats_of(prior.defaults) if prior else TextureStats.fit(fit_crops(texture, args.fit))
+        if stats is None:
+            raise SystemExit(f"{texture}-val stores no texture statistics (calibrate it with --texture-stats)")
         for defects in args.defects:
             kinds = NOVEL_DEFECTS if defects == "novel" else TEXTURE_DEFECTS
             for seed in args.seeds:
                 data = validation_set(texture, args.n, seed, kinds)
-                s = score(stats.anomaly_map(data.corrupted), data.masks, data.kinds)
+                tmap = stats.anomaly_map(data.corrupted)
+                s = score(tmap, data.masks, data.kinds)
                 kinds_txt = " ".join(f"{k} {v:.3f}" for k, v in s.items() if k not in ("pixel", "image"))
                 print(f"{texture:6s} {defects:8s} seed {seed}: pixel {s['pixel']:.3f} image {s['image']:.3f} | "
                       f"{kinds_txt}", flush=True)
+                if prior is not None:
+                    rows = solver_rows(prior, data, tmap, args.methods, args.iterations, args.n_init)
+                    print("    " + " | ".join(f"{k}: pixel {v['pixel']:.3f} image {v['image']:.3f}"
+                                             for k, v in rows.items()), flush=True)
         print(f"({texture}: {time.perf_counter() - t0:.1f} s)", flush=True)
 
 

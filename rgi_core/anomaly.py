@@ -95,3 +95,15 @@ def image_score(amap: torch.Tensor, topk: float = 0.01, sigma: float = 1.0) -> t
     flat = gaussian_blur(amap, sigma).flatten(1)
     k = max(1, int(round(topk * flat.shape[1])))
     return flat.topk(k, dim=1).values.mean(1)
+
+
+def fuse_texture(
+    amap: torch.Tensor, score: torch.Tensor, tmap: torch.Tensor, topk: float = 0.01, sigma: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual map (B, 1, H, W) and score (B,) joined with a texture map (B, 1, H, W) (:mod:`rgi_core.texture`).
+
+    Map: the pixel-wise maximum (both read 0.5 at their clean 99.5 % quantile). Score: the mean of the two
+    image scores (session 10; standardising each by its clean scores was measured and not adopted in session 13,
+    docs/design.md).
+    """
+    return torch.maximum(amap, tmap), 0.5 * (score + image_score(tmap, topk, sigma))

@@ -343,9 +343,7 @@ def invert(
         score = anomaly.image_score(amap, config.score_topk, config.score_sigma)
         stats = texture_stats_of(prior.defaults) if config.texture_map and isinstance(physics, Identity) else None
         if stats is not None:  # a second detector for defects G reproduces (rgi_core.texture)
-            tmap = stats.anomaly_map(y)  # (B, 1, H, W)
-            score = 0.5 * (score + anomaly.image_score(tmap, config.score_topk, config.score_sigma))
-            amap = torch.maximum(amap, tmap)
+            amap, score = anomaly.fuse_texture(amap, score, stats.anomaly_map(y), config.score_topk, config.score_sigma)
 
     diagnostics = _diagnostics(final, history, init_loss, T, config.converge_tol)
     out = images.device
