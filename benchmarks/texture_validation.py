@@ -68,11 +68,11 @@ def solver_rows(prior: Prior, data: EvalSet, tmap: torch.Tensor, methods: list[s
                 n_init: int) -> dict[str, dict[str, float]]:
     """Each method's residual map alone and fused with ``tmap`` (as ``invert`` fuses them), scored."""
     rows = {}
+    labels = torch.tensor([k != "none" for k in data.kinds])
     for m in methods:
         cfg = config_for_prior(m, prior.defaults, iterations=iterations, n_init=n_init, texture_map=False)
         res = invert(data.corrupted, prior, cfg)
         fused_map, fused_score = fuse_texture(res.anomaly_map, res.score, tmap, cfg.score_topk, cfg.score_sigma)
-        labels = torch.tensor([k != "none" for k in data.kinds])
         for name, amap, sc in ((f"{m} residual", res.anomaly_map, res.score), (f"{m} fused", fused_map, fused_score)):
             rows[name] = {"pixel": pixel_auroc(amap, data.masks), "image": image_auroc(sc, labels)}
     return rows

@@ -12,6 +12,7 @@ RGI=${RGI:-.venv/bin/rgi}
 PY=${PY:-.venv/bin/python}
 OUT=runs/val
 mkdir -p "$OUT"
+pids=()
 for name in ${@:-grass gravel}; do
   (
     data="$OUT/data/$name-fit"
@@ -35,6 +36,7 @@ Image.fromarray(np.round(rows * 255).astype(np.uint8)).save(f'{sys.argv[2]}/{sys
         --set map_sigma=1.0 --set fit=\"tile\" --texture-stats 256 >"$OUT/$name-val.calibration.json"
     fi
   ) &
+  pids+=($!)
 done
-wait
+for p in "${pids[@]}"; do wait "$p"; done  # a failed run fails the script
 ls -la "$OUT"/*.safetensors
