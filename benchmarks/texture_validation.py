@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from rgi_core.anomaly import fuse_texture, image_score
+from rgi_core.anomaly import fuse_maps, image_score
 from rgi_core.config import config_for_prior
 from rgi_core.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS
 from rgi_core.evaluation import EvalSet, crops_with_defects
@@ -72,7 +72,7 @@ def solver_rows(prior: Prior, data: EvalSet, tmap: torch.Tensor, methods: list[s
     for m in methods:
         cfg = config_for_prior(m, prior.defaults, iterations=iterations, n_init=n_init, texture_map=False)
         res = invert(data.corrupted, prior, cfg)
-        fused_map, fused_score = fuse_texture(res.anomaly_map, res.score, tmap, cfg.score_topk, cfg.score_sigma)
+        fused_map, fused_score = fuse_maps(res.anomaly_map, res.score, [tmap], cfg.score_topk, cfg.score_sigma)
         for name, amap, sc in ((f"{m} residual", res.anomaly_map, res.score), (f"{m} fused", fused_map, fused_score)):
             rows[name] = {"pixel": pixel_auroc(amap, data.masks), "image": image_auroc(sc, labels)}
     return rows

@@ -32,15 +32,18 @@ def _cmd_priors(args: argparse.Namespace) -> int:
     if not priors:
         print("no priors shipped with this installation; load your own with --prior PATH_OR_URL")
         return 0
-    print(f"{'name':<12} {'size':>7} {'ch':>3} {'latent':>8} {'steps':>6} {'lam':>7}  training data")
+    print(f"{'name':<12} {'size':>7} {'ch':>3} {'latent':>8} {'steps':>6} {'lam':>7} {'maps':<24}  training data")
     for name, path in sorted(priors.items()):
         meta = read_metadata(path.read_bytes())
         a, t = meta["architecture"], meta.get("training", {})
         data = t.get("data", {})
         note = data.get("description", data.get("source", "")) if isinstance(data, dict) else str(data)
-        lam = meta.get("defaults", {}).get("lam")
+        defaults = meta.get("defaults", {})
+        lam = defaults.get("lam")
+        maps = "+".join(["residual"] + [m for m, key in (("texture", "texture_stats"), ("learned", "segmenter"))
+                                        if defaults.get(key)])
         print(f"{name:<12} {a['resolution']:>3}x{a['resolution']:<3} {a['channels']:>3} {a['latent_mode']:>8} "
-              f"{t.get('steps', ''):>6} {'' if lam is None else f'{lam:.4f}':>7}  {note}")
+              f"{t.get('steps', ''):>6} {'' if lam is None else f'{lam:.4f}':>7} {maps:<24}  {note}")
     return 0
 
 
@@ -93,6 +96,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     from rgi_core.calibration import CalibrationConfig, calibrate
     from rgi_core.io.images import read_clean_images
     from rgi_core.models import load_prior, update_metadata
+    from rgi_core.segmenter import LearnedMap, SegmenterConfig
     from rgi_core.training import ImageSampler
 
     prior = load_prior(args.prior, device=args.device)
@@ -106,9 +110,14 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     clean = sampler.sample(args.images_n)  # (N, C, R, R)
     cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, rounds=args.rounds, seed=args.seed)
     texture = sampler.sample(args.texture_stats) if args.texture_stats > 0 else None  # (M, C, R, R)
-    defaults = calibrate(prior, clean, cfg, texture_clean=texture)
+    segmenter = None
+    if args.segmenter_steps > 0:  # trained on its own crops, thresholded on others it never saw
+        train, held_out = sampler.sample(args.segmenter_crops), sampler.sample(256)
+        segmenter = LearnedMap.fit(train, held_out, SegmenterConfig(steps=args.segmenter_steps, seed=args.seed),
+                                   log=lambda s, v: print(f"segmenter step {s}: focal loss {v:.4f}", file=sys.stderr))
+    defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter)
     defaults["calibration"]["source"] = args.images
-    meta = update_metadata(args.prior, defaults=defaults)
+    meta = update_metadata(args.prior, segmenter=segmenter, defaults=defaults)
     print(json.dumps(meta["defaults"], indent=2))
     return 0
 
@@ -345,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--texture-stats", type=int, default=0, metavar="N",
                    help="stationary textures: fit local texture statistics on N clean crops (e.g. 256); they join "
                         "the anomaly map (rgi_core.texture). 0 keeps the prior's as they are")
+    c.add_argument("--segmenter-steps", type=int, default=0, metavar="N",
+                   help="train a learned anomaly segmenter for N steps on synthetic anomalies in clean crops (e.g. "
+                        "1000, minutes on a CPU); it joins the anomaly map (rgi_core.segmenter). 0 keeps the prior's")
+    c.add_argument("--segmenter-crops", type=int, default=1024, metavar="N",
+                   help="clean crops the segmenter is trained on (default 1024); 256 others set its threshold")
     c.set_defaults(func=_cmd_calibrate_prior)
 
     cl = sub.add_parser("clean", help="clean every image under SOURCE into a Parquet catalog (a Prefect flow)")

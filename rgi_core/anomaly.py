@@ -34,7 +34,9 @@ pixel (unlike the max) yet sensitive to defects covering only ~1 % of the image 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -97,13 +99,36 @@ def image_score(amap: torch.Tensor, topk: float = 0.01, sigma: float = 1.0) -> t
     return flat.topk(k, dim=1).values.mean(1)
 
 
-def fuse_texture(
-    amap: torch.Tensor, score: torch.Tensor, tmap: torch.Tensor, topk: float = 0.01, sigma: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual map (B, 1, H, W) and score (B,) joined with a texture map (B, 1, H, W) (:mod:`rgi_core.texture`).
+def smoothed_quantile_threshold(d: torch.Tensor, smooth: float, quantile: float, steps: int = 60) -> float:
+    """The t for which the ``quantile`` of :math:`G_\\sigma(d / (d + t))` over clean maps d (N, 1, H, W) is 0.5.
 
-    Map: the pixel-wise maximum (both read 0.5 at their clean 99.5 % quantile). Score: the mean of the two
-    image scores (session 10; standardising each by its clean scores was measured and not adopted in session 13,
-    docs/design.md).
+    The smoothed map falls pointwise as t grows, so its quantile does too: bisection on log t.
     """
-    return torch.maximum(amap, tmap), 0.5 * (score + image_score(tmap, topk, sigma))
+    # np.quantile: torch.quantile refuses inputs over 2^24 values (4096 crops of 64x64)
+    def q_at(t: float) -> float:
+        return float(np.quantile(gaussian_blur(d / (d + t), smooth).flatten().numpy(), quantile))
+
+    if smooth <= 0:  # no smoothing: d / (d + t) = 0.5 exactly at d = t
+        return float(np.quantile(d.flatten().numpy(), quantile))
+    lo, hi = 1e-6, float(d.max()) * 10 + 1e-6
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if q_at(mid) > 0.5 else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
+def fuse_maps(
+    amap: torch.Tensor, score: torch.Tensor, maps: Sequence[torch.Tensor], topk: float = 0.01, sigma: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual map (B, 1, H, W) and score (B,) joined with the prior's other detectors' maps (each (B, 1, H, W)):
+    the texture map (:mod:`rgi_core.texture`) and the learned map (:mod:`rgi_core.segmenter`).
+
+    Map: the pixel-wise maximum (each reads 0.5 at its clean 99.5 % quantile). Score: the mean of the image
+    scores (session 10; standardising each by its clean scores was measured and not adopted in session 13,
+    docs/design.md). With no other maps, ``amap`` and ``score`` come back unchanged.
+    """
+    fused, scores = amap, [score]
+    for m in maps:
+        fused = torch.maximum(fused, m)
+        scores.append(image_score(m, topk, sigma))
+    return fused, torch.stack(scores).mean(0)

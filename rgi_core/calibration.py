@@ -44,6 +44,7 @@ from rgi_core.cleaning import Fit, fit_invert, network_inputs
 from rgi_core.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
 from rgi_core.models.checkpoint import Prior
 from rgi_core.solvers import invert
+from rgi_core.segmenter import LearnedMap
 from rgi_core.texture import TextureStats
 
 
@@ -123,12 +124,15 @@ def damped_fixed_point(f: Callable[[float], float], start: float, rounds: int) -
 
 
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None,
-              texture_clean: torch.Tensor | None = None) -> dict[str, Any]:
+              texture_clean: torch.Tensor | None = None, segmenter: LearnedMap | None = None) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
     With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
     (:class:`rgi_core.texture.TextureStats`) on those clean crops; they join the anomaly map and the score,
     so the score threshold is measured with them. Without it the prior's statistics (if any) are kept.
+    A trained ``segmenter`` (:class:`rgi_core.segmenter.LearnedMap`) joins the score the same way and is
+    described in the returned ``defaults.segmenter``; its weights go into the file with
+    ``update_metadata(path, segmenter=...)``. Without it the prior's (if any) is kept.
 
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
     (e.g. ``map_sigma``) with ``lam``, ``score_threshold`` (and ``texture_stats``) replaced, and a
@@ -139,7 +143,11 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     kept = {k: v for k, v in prior.defaults.items() if k != "calibration"}
     if texture_clean is not None:  # score with the new statistics, without touching the caller's prior
         kept["texture_stats"] = TextureStats.fit(texture_clean).to_dict()
-        prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": kept})
+    if segmenter is not None:
+        kept["segmenter"] = segmenter.to_dict()
+    if texture_clean is not None or segmenter is not None:
+        prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": kept},
+                                    segmenter=segmenter if segmenter is not None else prior.segmenter)
     final = invert(clean, prior, _rgi(prior, lam, cfg))
     scores = final.score.double()
     return {

@@ -46,6 +46,8 @@ class InversionConfig:
         texture_map: fuse the prior's local texture statistics (:mod:`rgi_core.texture`) into the anomaly
             map and score when its metadata has them (``defaults.texture_stats``; the shipped texture
             priors do). Off for ``mse``, the residual-only baseline.
+        learned_map: fuse the prior's learned anomaly segmenter (:mod:`rgi_core.segmenter`) the same way
+            when the prior file carries one (the shipped texture priors do). Off for ``mse``.
         converge_tol: relative change of the loss over the last 10 % of steps that counts as converged.
         seed: seeds the latent candidates; a given image gets the same result in any batch.
         device: ``"auto"`` (cuda, then mps, then cpu) or any torch device string.
@@ -64,6 +66,7 @@ class InversionConfig:
     score_topk: float = 0.01
     score_sigma: float = 1.0
     texture_map: bool = True
+    learned_map: bool = True
     converge_tol: float = 1e-3
     seed: int = 0
     device: str = "auto"
@@ -101,6 +104,7 @@ class MSEConfig(InversionConfig):
     method: ClassVar[str] = "mse"
 
     texture_map: bool = False
+    learned_map: bool = False
 
 
 @dataclass(frozen=True)

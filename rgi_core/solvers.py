@@ -26,8 +26,9 @@ After the solve, every method's products are formed the same way (:mod:`rgi_core
 (:func:`rgi_core.anomaly.reliance`; 1 wherever the physics observes nothing), the anomaly map and the
 image score. One exception: ``rrgi`` with a frozen mask scores the pixels outside M by their residual
 at the freeze, since G is fine-tuned on exactly those pixels afterwards. With the identity physics and a
-prior that stores texture statistics (:mod:`rgi_core.texture`), the map is the maximum of the residual map
-and the texture map and the score the mean of their scores (``texture_map``; off for ``mse``).
+prior that stores texture statistics (:mod:`rgi_core.texture`) or a learned segmenter
+(:mod:`rgi_core.segmenter`), the map is the maximum of the residual map and those detectors' maps and the
+score the mean of their scores (``texture_map``, ``learned_map``; off for ``mse``).
 """
 
 from __future__ import annotations
@@ -341,9 +342,8 @@ def invert(
         scored = res if res_at_freeze is None or mask is None else torch.where(mask > 0.5, res, res_at_freeze)
         amap = lift(anomaly.anomaly_map(scored, lam, kind, config.map_sigma))
         score = anomaly.image_score(amap, config.score_topk, config.score_sigma)
-        stats = texture_stats_of(prior.defaults) if config.texture_map and isinstance(physics, Identity) else None
-        if stats is not None:  # a second detector for defects G reproduces (rgi_core.texture)
-            amap, score = anomaly.fuse_texture(amap, score, stats.anomaly_map(y), config.score_topk, config.score_sigma)
+        amap, score = anomaly.fuse_maps(amap, score, _detector_maps(prior, config, physics, y), config.score_topk,
+                                        config.score_sigma)
 
     diagnostics = _diagnostics(final, history, init_loss, T, config.converge_tol)
     out = images.device
@@ -352,6 +352,18 @@ def invert(
         anomaly_map=amap.to(out, images.dtype), score=score.to(out, images.dtype),
         generated=x.to(out, images.dtype), latent=z.detach().to(out, images.dtype), diagnostics=diagnostics,
     )
+
+
+def _detector_maps(prior: Prior, config: InversionConfig, physics: Physics, y: torch.Tensor) -> list[torch.Tensor]:
+    """Maps (B, 1, H, W) of the prior's other detectors, for defects G reproduces: texture statistics, the
+    learned segmenter. Only for the identity physics (they read the image itself)."""
+    if not isinstance(physics, Identity):
+        return []
+    stats = texture_stats_of(prior.defaults) if config.texture_map else None
+    maps = [stats.anomaly_map(y)] if stats is not None else []
+    if config.learned_map and prior.segmenter is not None:
+        maps.append(prior.segmenter.anomaly_map(y))
+    return maps
 
 
 def _diagnostics(

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rgi_core.anomaly import gaussian_blur
+from rgi_core.anomaly import gaussian_blur, smoothed_quantile_threshold
 
 #: statistics per channel (see the module docstring)
 FEATURES_PER_CHANNEL = 14
@@ -169,7 +169,7 @@ class TextureStats:
         nll = torch.cat([probe._nll(f) for f in feats.split(1 << 16)])  # (P,)
         offset = float(nll.min())
         d = (2.0 * (nll - offset)).clamp_min(0.0).sqrt().reshape(clean.shape[0], 1, *clean.shape[-2:])
-        threshold = _smoothed_quantile_threshold(d, smooth, quantile)
+        threshold = smoothed_quantile_threshold(d, smooth, quantile)
         return cls(probe.weights, probe.means, probe.precisions, offset, threshold, pool, smooth, quantile,
                    int(clean.shape[0]))
 
@@ -225,24 +225,6 @@ def _tuples(rows: Any) -> Matrix:
 def _flat(f: torch.Tensor) -> torch.Tensor:
     """(B, F, H, W) -> (B * H * W, F)."""
     return f.movedim(1, -1).reshape(-1, f.shape[1])
-
-
-def _smoothed_quantile_threshold(d: torch.Tensor, smooth: float, quantile: float, steps: int = 60) -> float:
-    """The t for which the ``quantile`` of :math:`G_\\sigma(d / (d + t))` over clean maps d (N, 1, H, W) is 0.5.
-
-    The smoothed map falls pointwise as t grows, so its quantile does too: bisection on log t.
-    """
-    # np.quantile: torch.quantile refuses inputs over 2^24 values (4096 crops of 64x64)
-    def q_at(t: float) -> float:
-        return float(np.quantile(gaussian_blur(d / (d + t), smooth).flatten().numpy(), quantile))
-
-    if smooth <= 0:  # no smoothing: d / (d + t) = 0.5 exactly at d = t
-        return float(np.quantile(d.flatten().numpy(), quantile))
-    lo, hi = 1e-6, float(d.max()) * 10 + 1e-6
-    for _ in range(steps):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if q_at(mid) > 0.5 else (lo, mid)
-    return math.sqrt(lo * hi)
 
 
 def texture_stats_of(defaults: dict[str, Any]) -> TextureStats | None:

@@ -1,7 +1,8 @@
 """Priors as files: safetensors tensors plus a JSON metadata block, never pickle.
 
 File layout: one ``.safetensors`` file. Tensors are named ``generator.<param>`` and
-``discriminator.<param>``; the safetensors header's ``__metadata__`` holds one key, ``rgi``, whose value
+``discriminator.<param>``, and ``segmenter.<param>`` when the prior carries a learned anomaly segmenter
+(:mod:`rgi_core.segmenter`, described by ``defaults.segmenter``); the safetensors header's ``__metadata__`` holds one key, ``rgi``, whose value
 is a JSON document::
 
     {"format": 1, "name": ..., "architecture": {ArchSpec fields}, "training": {data, split, recipe,
@@ -28,8 +29,10 @@ from torch import nn
 
 from rgi_core.device import resolve_device
 from rgi_core.models.nets import ArchSpec, Discriminator, Generator
+from rgi_core.segmenter import LearnedMap
 
 FORMAT_VERSION = 1
+SEGMENTER_PREFIX = "segmenter."
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save zip archives
 
 
@@ -47,6 +50,7 @@ class Prior:
         spec: their architecture.
         meta: the full metadata document (training data, split, defaults, ...).
         prior_id: sha256 of the file's bytes (identifies the exact weights in catalogs).
+        segmenter: the learned anomaly segmenter stored with the prior, or None.
     """
 
     name: str
@@ -55,6 +59,7 @@ class Prior:
     spec: ArchSpec
     meta: dict[str, Any] = field(default_factory=dict)
     prior_id: str = ""
+    segmenter: LearnedMap | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -66,9 +71,11 @@ class Prior:
         return next(self.generator.parameters()).device
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Prior:
-        """Move both nets (in place) to a device and/or floating dtype; returns self."""
+        """Move the nets (in place) to a device and/or floating dtype; returns self."""
         self.generator.to(device=device, dtype=dtype)
         self.discriminator.to(device=device, dtype=dtype)
+        if self.segmenter is not None:
+            self.segmenter.net.to(device=device, dtype=dtype)
         return self
 
 
@@ -134,15 +141,21 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def update_metadata(path: str | Path, **updates: Any) -> dict[str, Any]:
-    """Rewrite a local prior file with metadata fields replaced (e.g. ``defaults=...``); tensors unchanged.
+def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, **updates: Any) -> dict[str, Any]:
+    """Rewrite a local prior file with metadata fields replaced (e.g. ``defaults=...``).
 
+    The generator's and discriminator's tensors are kept; with ``segmenter`` the file's segmenter tensors
+    are replaced by its weights (its description belongs in ``defaults.segmenter``: ``segmenter.to_dict()``).
     Written atomically; returns the new metadata document.
     """
     path = Path(path)
     data = path.read_bytes()
     meta = read_metadata(data) | updates
-    _write_atomic(path, st_save(st_load(data), metadata={"rgi": json.dumps(meta, sort_keys=True)}))
+    tensors = st_load(data)
+    if segmenter is not None:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(SEGMENTER_PREFIX)}
+        tensors |= {SEGMENTER_PREFIX + k: v for k, v in plain_state_dict(segmenter.net).items()}
+    _write_atomic(path, st_save(tensors, metadata={"rgi": json.dumps(meta, sort_keys=True)}))
     return meta
 
 
@@ -226,8 +239,9 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise PriorFormatError(f"{name}: tensors do not match the architecture in metadata: {exc}") from exc
+    seg = _segmenter(tensors, meta, name)
     dev = resolve_device(device)
-    for net in (g, d):
+    for net in (g, d, *([seg.net] if seg else [])):
         net.eval().requires_grad_(False).to(dev)
     return Prior(
         name=meta.get("name") or name,
@@ -236,7 +250,23 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
         spec=spec,
         meta=meta,
         prior_id=hashlib.sha256(data).hexdigest(),
+        segmenter=seg,
     )
+
+
+def _segmenter(tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str) -> LearnedMap | None:
+    """The learned segmenter of a file: ``defaults.segmenter`` and the ``segmenter.*`` tensors, both or neither."""
+    state = {k[len(SEGMENTER_PREFIX):]: v for k, v in tensors.items() if k.startswith(SEGMENTER_PREFIX)}
+    described = (meta.get("defaults") or {}).get("segmenter")
+    if not state and not described:
+        return None
+    if not state or not described:
+        raise PriorFormatError(f"{name}: a segmenter needs both its tensors and defaults.segmenter; the file has "
+                               f"{'only the tensors' if state else 'only the metadata'}")
+    try:
+        return LearnedMap.from_parts(described, state)
+    except ValueError as exc:
+        raise PriorFormatError(f"{name}: {exc}") from exc
 
 
 def load_prior(name_or_path: str | Path, device: str | torch.device = "auto",

@@ -1,0 +1,122 @@
+"""The learned anomaly segmenter (rgi_core.segmenter): its training data, loss, storage and place in the map."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from rgi_core.anomaly import image_score
+from rgi_core.config import make_config
+from rgi_core.defects import apply_defect
+from rgi_core.evaluation import texture_eval_set
+from rgi_core.io import builtin
+from rgi_core.models import PriorFormatError, load_prior, save_prior, update_metadata
+from rgi_core.operators import Inpainting
+from rgi_core.segmenter import (
+    LearnedMap,
+    Segmenter,
+    SegmenterConfig,
+    focal_loss,
+    noise_masks,
+    synthesize,
+)
+from rgi_core.solvers import invert
+from rgi_core.training import ImageSampler
+
+
+def test_synthetic_anomalies_are_labelled_where_the_pixels_changed():
+    x = torch.rand(16, 1, 32, 32)
+    out, label = synthesize(x, torch.Generator().manual_seed(0), clean_fraction=0.0)
+    changed = (out - x).abs().amax(1, keepdim=True) > 0.02  # (16, 1, 32, 32)
+    assert label.shape == (16, 1, 32, 32) and label.dtype == torch.bool
+    assert not (label & ~changed).any()  # never labelled where nothing changed
+    assert label.flatten(1).any(1).float().mean() >= 0.75  # almost every image got a visible anomaly
+    assert out.min() >= 0 and out.max() <= 1
+    same, none = synthesize(x, torch.Generator().manual_seed(0), clean_fraction=1.0)
+    assert torch.equal(same, x) and not none.any()
+    again, label_again = synthesize(x, torch.Generator().manual_seed(0), clean_fraction=0.0)
+    assert torch.equal(again, out) and torch.equal(label_again, label)  # seeded
+
+
+def test_noise_masks_cover_one_to_thirty_percent():
+    m = noise_masks(64, 64, 64, torch.Generator().manual_seed(1))  # (64, 1, 64, 64)
+    area = (m > 0.5).float().mean((1, 2, 3))
+    assert area.min() >= 0.005 and area.max() <= 0.32
+    assert area.std() > 0.03  # sizes vary
+
+
+def test_focal_loss_matches_a_hand_computed_case():
+    # p = sigmoid(0) = 0.5 for a positive pixel: -(1 - 0.5)^2 log 0.5; p = sigmoid(2) for a negative one:
+    # p_t = 1 - sigmoid(2), -(sigmoid(2))^2 log(1 - sigmoid(2))
+    logits = torch.tensor([0.0, 2.0]).reshape(1, 1, 1, 2)
+    target = torch.tensor([True, False]).reshape(1, 1, 1, 2)
+    s2 = 1 / (1 + math.exp(-2))
+    expected = (0.25 * math.log(2) + s2**2 * -math.log(1 - s2)) / 2
+    assert float(focal_loss(logits, target)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_segmenter_shapes_and_errors():
+    net = Segmenter(channels=3, width=4)
+    assert net(torch.rand(2, 3, 32, 40)).shape == (2, 1, 32, 40)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        net(torch.rand(1, 3, 30, 32))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        net(torch.rand(1, 1, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def grass_map() -> LearnedMap:
+    """A small segmenter trained on 32 px crops of grass's training split (as calibrate-prior samples them)."""
+    sampler = ImageSampler([builtin.texture("grass", "train")], 32, "random", False, seed=0)
+    return LearnedMap.fit(sampler.sample(256), sampler.sample(64), SegmenterConfig(steps=300, batch=32, seed=0))
+
+
+def test_a_trained_segmenter_finds_defects_it_never_saw_on_held_out_grass(grass_map):
+    """Trained only on synthetic anomalies (never rgi_core.defects), tested on the evaluation quarter."""
+    clean = texture_eval_set("grass", n=16, seed=3).clean[:8, :, :32, :32]  # unseen grass, (8, 1, 32, 32)
+    aurocs = {}
+    for kind in ("stain", "blob", "shift"):
+        pairs = [apply_defect(c, kind, seed=i) for i, c in enumerate(clean)]
+        x, m = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        aurocs[kind] = roc_auc_score(m.flatten().numpy(), grass_map.anomaly_map(x).flatten().numpy())
+    assert min(aurocs.values()) > 0.8, aurocs
+    assert (grass_map.anomaly_map(clean) > 0.5).float().mean() < 0.05  # unseen clean grass stays under 0.5
+
+
+def test_the_segmenter_travels_in_the_prior_file(tmp_path, tiny_prior, grass_map):
+    path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator,
+                      defaults={"lam": 0.1})
+    assert load_prior(path, device="cpu").segmenter is None
+    update_metadata(path, segmenter=grass_map, defaults={"lam": 0.1, "segmenter": grass_map.to_dict()})
+    loaded = load_prior(path, device="cpu")
+    x = torch.rand(3, 1, 32, 32)
+    assert loaded.segmenter is not None and loaded.segmenter.threshold == grass_map.threshold
+    assert torch.allclose(loaded.segmenter.anomaly_map(x), grass_map.anomaly_map(x), atol=1e-6)
+    assert loaded.defaults["lam"] == 0.1
+    # half a segmenter is a damaged file, said so
+    update_metadata(path, defaults={"lam": 0.1})
+    with pytest.raises(PriorFormatError, match="only the tensors"):
+        load_prior(path, device="cpu")
+
+
+def test_invert_fuses_the_learned_map_only_where_it_applies(tiny_prior, grass_map):
+    from conftest import generate
+
+    prior = dataclasses.replace(tiny_prior, segmenter=grass_map)
+    images = generate(tiny_prior, 3, seed=6)
+    settings = dict(iterations=20, n_init=8, lam=0.05, device="cpu")
+    plain = invert(images, prior, make_config("rgi", learned_map=False, **settings))
+    fused = invert(images, prior, make_config("rgi", **settings))
+    smap = grass_map.anomaly_map(images)
+    assert torch.allclose(fused.anomaly_map, torch.maximum(plain.anomaly_map, smap))
+    assert torch.allclose(fused.score, 0.5 * (plain.score + image_score(smap)))
+    assert torch.equal(fused.mask, plain.mask) and torch.equal(fused.restored, plain.restored)
+    mse = make_config("mse", **settings)
+    assert torch.equal(invert(images, prior, mse).anomaly_map, invert(images, tiny_prior, mse).anomaly_map)
+    known = Inpainting(torch.ones(1, 1, 32, 32))
+    assert torch.equal(invert(images, prior, make_config("rgi", **settings), known).anomaly_map,
+                       invert(images, tiny_prior, make_config("rgi", **settings), known).anomaly_map)
