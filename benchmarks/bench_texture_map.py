@@ -1,8 +1,9 @@
-"""The texture-statistics map's share of an inversion (rgi_core.texture), measured in one run.
+"""The texture-statistics map's and the learned map's share of an inversion, measured in one run.
 
-With a shipped texture prior (its metadata stores the statistics), the same batch is inverted with
-``texture_map`` on and off; the map alone and a fit of the statistics (as ``rgi calibrate-prior
---texture-stats`` does) are timed too. Prints seconds and the map's share of the solve.
+With a shipped texture prior (its metadata stores the statistics and its file a segmenter), the same batch
+is inverted with both maps on and with both off; each map alone and a fit of the statistics (as ``rgi
+calibrate-prior --texture-stats`` does) are timed too. Prints seconds and each map's share of the solve.
+(Training the segmenter, ``--segmenter-steps 1000``, is timed by calibrate-prior itself: docs/priors.md.)
 
 Usage:
     python benchmarks/bench_texture_map.py [--prior grass-64] [--batch 16] [--iterations 200] [--fit 256]
@@ -53,12 +54,16 @@ def main() -> None:
     cfg = config_for_prior("rgi", prior.defaults, iterations=args.iterations, n_init=args.n_init, device=str(dev))
     invert(images[:2], prior, cfg.replace(iterations=2))  # warm-up
     on = _seconds(lambda: invert(images, prior, cfg))
-    off = _seconds(lambda: invert(images, prior, cfg.replace(texture_map=False)))
-    tmap = _seconds(lambda: stats.anomaly_map(images), repeat=5)
-    print(f"invert, texture map on  {on:8.2f} s")
-    print(f"invert, texture map off {off:8.2f} s   (on/off ratio {on / off:5.3f})")
-    print(f"texture map alone       {tmap * 1e3:8.1f} ms  ({100 * tmap / on:.2f} % of the solve; "
-          f"{1e3 * tmap / args.batch:.1f} ms per image)")
+    off = _seconds(lambda: invert(images, prior, cfg.replace(texture_map=False, learned_map=False)))
+    print(f"invert, both maps on    {on:8.2f} s")
+    print(f"invert, both maps off   {off:8.2f} s   (on/off ratio {on / off:5.3f})")
+    maps = {"texture map alone": stats.anomaly_map}
+    if prior.segmenter is not None:
+        maps["learned map alone"] = prior.segmenter.anomaly_map
+    for label, fn in maps.items():
+        t = _seconds(lambda fn=fn: fn(images), repeat=5)
+        print(f"{label:<23} {t * 1e3:8.1f} ms  ({100 * t / on:.2f} % of the solve; "
+              f"{1e3 * t / args.batch:.1f} ms per image)")
     if args.fit:
         crops = crops_with_defects(texture, region, region, args.fit, 64, 1, ()).clean
         print(f"fit on {args.fit} crops     {_seconds(lambda: TextureStats.fit(crops)):8.2f} s")

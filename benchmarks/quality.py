@@ -56,10 +56,11 @@ def main() -> None:
             prior = load_prior(f"{name}-64", device="auto")
             data = texture_eval_set(name, n=args.n, seed=args.seed, kinds=kinds)
             rows = evaluate(prior, data, methods=methods, **common)
-            # what the residual map alone gives (rgi_core.texture)
+            # what the residual map alone gives (without rgi_core.texture and rgi_core.segmenter)
             if "texture_stats" in prior.defaults and robust and not args.no_residual_rows:
                 rows += [dataclasses.replace(r, method=f"{r.method}, residual map only")
-                         for r in evaluate(prior, data, methods=robust, texture_map=False, **common)]
+                         for r in evaluate(prior, data, methods=robust, texture_map=False, learned_map=False,
+                                           **common)]
             title = (f"{name}-64, held-out right quarter, {args.n // 2} clean + {args.n - args.n // 2} defective "
                      f"crops ({args.defects} defects)")
             print(format_scores(title, rows), "\n", flush=True)

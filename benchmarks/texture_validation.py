@@ -70,7 +70,8 @@ def solver_rows(prior: Prior, data: EvalSet, tmap: torch.Tensor, methods: list[s
     rows = {}
     labels = torch.tensor([k != "none" for k in data.kinds])
     for m in methods:
-        cfg = config_for_prior(m, prior.defaults, iterations=iterations, n_init=n_init, texture_map=False)
+        cfg = config_for_prior(m, prior.defaults, iterations=iterations, n_init=n_init, texture_map=False,
+                               learned_map=False)
         res = invert(data.corrupted, prior, cfg)
         fused_map, fused_score = fuse_maps(res.anomaly_map, res.score, [tmap], cfg.score_topk, cfg.score_sigma)
         for name, amap, sc in ((f"{m} residual", res.anomaly_map, res.score), (f"{m} fused", fused_map, fused_score)):

@@ -79,12 +79,12 @@ def _rgi(prior: Prior, lam: float, cfg: CalibrationConfig, lam_rule: bool = Fals
     """RGI with the prior's other defaults (e.g. map smoothing, so score thresholds match later runs).
 
     ``lam_rule=True`` gives the solve of the lam rule, which reads residuals only: the mask's TV term off,
-    so ``lam`` is fitted to the per-pixel rule alone, and no texture map (it plays no part in the rule).
+    so ``lam`` is fitted to the per-pixel rule alone, and no texture or learned map (they play no part in it).
     With TV, isolated clean pixels are costlier to mask, so z is pulled towards them and the residual
     quantile drops; the fixed point then wanders (digits: 0.05 -> 0.020 -> 0.027 against 0.05 -> 0.035
     -> 0.066 without TV).
     """
-    extra = {"mask_tv": 0.0, "texture_map": False} if lam_rule else {}
+    extra = {"mask_tv": 0.0, "texture_map": False, "learned_map": False} if lam_rule else {}
     return config_for_prior("rgi", prior.defaults, lam=lam, iterations=cfg.iterations, n_init=cfg.n_init,
                             seed=cfg.seed, **extra)
 

@@ -48,7 +48,7 @@ def test_texture_statistics_find_what_the_residual_misses(texture):
     assert prior.defaults["texture_stats"]["images"] > 0
     data = texture_eval_set(texture, n=10, seed=1)
     (fused,) = evaluate(prior, data, methods=("rgi",), **FAST)
-    (plain,) = evaluate(prior, data, methods=("rgi",), texture_map=False, **FAST)
+    (plain,) = evaluate(prior, data, methods=("rgi",), texture_map=False, learned_map=False, **FAST)
     (mse,) = evaluate(prior, data, methods=("mse",), **FAST)
     assert fused.pixel_auroc >= plain.pixel_auroc + 0.1, (fused, plain)
     assert fused.pixel_auroc >= mse.pixel_auroc + 0.05, (fused, mse)  # the margin over the MSE baseline

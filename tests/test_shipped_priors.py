@@ -47,3 +47,17 @@ def test_rgi_priors_lists_them(capsys):
     assert main(["priors"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in SHIPPED)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_texture_priors_carry_their_detectors(name, capsys):
+    """The texture priors ship texture statistics and a learned segmenter (trained on the training split only)."""
+    prior = load_prior(name, device="cpu")
+    texture = name != "digits-32"
+    assert ("texture_stats" in prior.defaults) == texture
+    assert (prior.segmenter is not None) == texture
+    if texture:
+        assert prior.segmenter.training["crops"] >= 1024 and prior.segmenter.threshold > 0
+        assert main(["priors"]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(name))
+        assert "residual+texture+learned" in line
