@@ -43,8 +43,8 @@ from rgi_core import losses
 from rgi_core.cleaning import Fit, fit_invert, network_inputs
 from rgi_core.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
 from rgi_core.models.checkpoint import Prior
-from rgi_core.solvers import invert
 from rgi_core.segmenter import LearnedMap
+from rgi_core.solvers import invert
 from rgi_core.texture import TextureStats
 
 

@@ -179,7 +179,6 @@ def train_segmenter(clean: torch.Tensor, config: SegmenterConfig = SegmenterConf
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
     net.train()
-    t0 = time.perf_counter()
     for step in range(config.steps):
         idx = torch.randint(clean.shape[0], (config.batch,), generator=gen)
         x = clean[idx]

@@ -106,3 +106,25 @@ def write_generated(prior, folder, n: int, seed: int):
     for i, x in enumerate(generate(prior, n, seed)):
         (folder / f"{i}.png").write_bytes(encode_png(x.numpy()))
     return folder
+
+
+def assert_fuses_detector(prior, bare, images: torch.Tensor, detector_map: torch.Tensor, off: str) -> None:
+    """``invert`` with ``prior`` (``bare`` plus one extra detector whose map on ``images`` is ``detector_map``)
+    fuses that map, the maximum and the mean score, only where it applies; ``off`` names the config flag."""
+    from rgi_core.anomaly import image_score
+    from rgi_core.config import make_config
+    from rgi_core.operators import Inpainting
+    from rgi_core.solvers import invert
+
+    settings = dict(iterations=20, n_init=8, lam=0.05, device="cpu")
+    plain = invert(images, prior, make_config("rgi", **{off: False}, **settings))
+    fused = invert(images, prior, make_config("rgi", **settings))
+    assert torch.allclose(fused.anomaly_map, torch.maximum(plain.anomaly_map, detector_map))
+    assert torch.allclose(fused.score, 0.5 * (plain.score + image_score(detector_map)))
+    assert torch.equal(fused.mask, plain.mask) and torch.equal(fused.restored, plain.restored)  # RGI's own products
+    # The residual-only baseline, a known degradation, and a prior without the detector keep the residual map.
+    mse = make_config("mse", **settings)
+    assert torch.equal(invert(images, prior, mse).anomaly_map, invert(images, bare, mse).anomaly_map)
+    known = Inpainting(torch.ones(1, 1, *images.shape[-2:]))
+    assert torch.equal(invert(images, prior, make_config("rgi", **settings), known).anomaly_map,
+                       invert(images, bare, make_config("rgi", **settings), known).anomaly_map)

@@ -2,8 +2,8 @@
 
 File layout: one ``.safetensors`` file. Tensors are named ``generator.<param>`` and
 ``discriminator.<param>``, and ``segmenter.<param>`` when the prior carries a learned anomaly segmenter
-(:mod:`rgi_core.segmenter`, described by ``defaults.segmenter``); the safetensors header's ``__metadata__`` holds one key, ``rgi``, whose value
-is a JSON document::
+(:mod:`rgi_core.segmenter`, described by ``defaults.segmenter``). The safetensors header's ``__metadata__``
+holds one key, ``rgi``, whose value is a JSON document::
 
     {"format": 1, "name": ..., "architecture": {ArchSpec fields}, "training": {data, split, recipe,
      steps, seed, ...}, "defaults": {"lam": ..., ...}, "library_version": ..., "created_at": ...}
