@@ -114,7 +114,8 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     if args.segmenter_steps > 0:  # trained on its own crops, thresholded on others it never saw
         train, held_out = sampler.sample(args.segmenter_crops), sampler.sample(256)
         segmenter = LearnedMap.fit(train, held_out, SegmenterConfig(steps=args.segmenter_steps, seed=args.seed),
-                                   log=lambda s, v: print(f"segmenter step {s}: focal loss {v:.4f}", file=sys.stderr))
+                                   log=lambda s, v: print(f"segmenter step {s}: focal loss {v:.4f}", file=sys.stderr),
+                                   device=prior.device)
     defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter)
     defaults["calibration"]["source"] = args.images
     meta = update_metadata(args.prior, segmenter=segmenter, defaults=defaults)

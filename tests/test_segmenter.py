@@ -106,3 +106,11 @@ def test_invert_fuses_the_learned_map_only_where_it_applies(tiny_prior, grass_ma
     images[:, :, 8:16, 8:16] = images.mean()  # a flat patch
     prior = dataclasses.replace(tiny_prior, segmenter=grass_map)
     assert_fuses_detector(prior, tiny_prior, images, grass_map.anomaly_map(images), "learned_map")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_segmenter_trains_on_a_gpu_and_maps_cpu_images():
+    clean = torch.rand(8, 1, 32, 32)
+    learned = LearnedMap.fit(clean, clean, SegmenterConfig(steps=3, batch=4), device="cuda")
+    assert next(learned.net.parameters()).is_cuda
+    assert learned.anomaly_map(clean).device.type == "cpu"

@@ -164,6 +164,27 @@ def test_cli_calibrate_prior_stores_defaults(tiny_prior, tmp_path, capsys):
     assert read_metadata(path.read_bytes())["defaults"]["texture_stats"]["model"] == "gmm"
 
 
+def test_cli_calibrate_prior_trains_and_stores_a_segmenter(tiny_prior, tmp_path):
+    from conftest import write_generated
+
+    path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator)
+    clean = write_generated(tiny_prior, tmp_path / "clean", 4, seed=2)
+    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "10", "--rounds", "1",
+                 "--segmenter-steps", "3", "--segmenter-crops", "8"]) == 0
+    prior = load_prior(path, device="cpu")
+    assert prior.segmenter is not None and prior.segmenter.training["steps"] == 3
+    assert prior.segmenter.training["crops"] == 8 and prior.segmenter.threshold > 0
+    assert prior.defaults["segmenter"]["threshold"] == prior.segmenter.threshold
+    # re-calibrating without the flag keeps the segmenter; with it, the weights are replaced, not duplicated
+    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "10",
+                 "--rounds", "1"]) == 0
+    kept = load_prior(path, device="cpu").segmenter
+    assert kept is not None and kept.threshold == prior.segmenter.threshold
+    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "10", "--rounds", "1",
+                 "--segmenter-steps", "2", "--segmenter-crops", "8"]) == 0
+    assert load_prior(path, device="cpu").segmenter.training["steps"] == 2
+
+
 def test_lambda_fixed_point_is_damped_not_iterated():
     """f(lam) = 0.03^2 / lam makes lam <- f(lam) cycle 0.05, 0.018, 0.05, ... for ever (the digits prior did
     this: 0.015, 0.069, 0.015, ...); the damped step lam <- sqrt(lam f(lam)) lands on 0.03."""
