@@ -99,14 +99,21 @@ def image_score(amap: torch.Tensor, topk: float = 0.01, sigma: float = 1.0) -> t
     return flat.topk(k, dim=1).values.mean(1)
 
 
+def ratio_map(d: torch.Tensor, t: float, smooth: float) -> torch.Tensor:
+    """:math:`G_\\sigma(d / (d + t))` of a non-negative detector map d (B, 1, H, W): in [0, 1), 0.5 where d = t
+    (before smoothing). The texture and learned maps read this way, with t from
+    :func:`smoothed_quantile_threshold`."""
+    return gaussian_blur(d / (d + t), smooth)
+
+
 def smoothed_quantile_threshold(d: torch.Tensor, smooth: float, quantile: float, steps: int = 60) -> float:
-    """The t for which the ``quantile`` of :math:`G_\\sigma(d / (d + t))` over clean maps d (N, 1, H, W) is 0.5.
+    """The t for which the ``quantile`` of :func:`ratio_map` over clean maps d (N, 1, H, W) is 0.5.
 
     The smoothed map falls pointwise as t grows, so its quantile does too: bisection on log t.
     """
     # np.quantile: torch.quantile refuses inputs over 2^24 values (4096 crops of 64x64)
     def q_at(t: float) -> float:
-        return float(np.quantile(gaussian_blur(d / (d + t), smooth).flatten().numpy(), quantile))
+        return float(np.quantile(ratio_map(d, t, smooth).flatten().numpy(), quantile))
 
     if smooth <= 0:  # no smoothing: d / (d + t) = 0.5 exactly at d = t
         return float(np.quantile(d.flatten().numpy(), quantile))

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgi_core.anomaly import gaussian_blur, smoothed_quantile_threshold
+from rgi_core.anomaly import gaussian_blur, ratio_map, smoothed_quantile_threshold
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -77,8 +77,8 @@ class Segmenter(nn.Module):
 
 # ---------------------------------------------------------------- synthetic anomalies (DRAEM-style)
 
-def _u(gen: torch.Generator, lo: float, hi: float, n: int = 1) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen)
+def _u(gen: torch.Generator, lo: float, hi: float) -> float:
+    return float(lo + (hi - lo) * torch.rand((), generator=gen))  # float32 arithmetic, as the shipped nets drew it
 
 
 def noise_masks(n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
@@ -89,7 +89,7 @@ def noise_masks(n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
         coarse = torch.rand((1, 1, h // cell + 2, w // cell + 2), generator=gen)
         v = F.interpolate(coarse, size=(h + 2 * cell, w + 2 * cell), mode="bilinear", align_corners=False)
         v = v[..., cell : cell + h, cell : cell + w]  # (1, 1, H, W)
-        area = float(_u(gen, 0.01, 0.3))
+        area = _u(gen, 0.01, 0.3)
         thr = float(torch.quantile(v.flatten(), 1.0 - area))
         if float(torch.rand((), generator=gen)) < 0.5:
             m = (v > thr).float()
@@ -103,9 +103,9 @@ def _photometric(a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One random photometric change of a (C, H, W) in [0, 1] (DRAEM's augmenter list, plus grain and fill)."""
     k = int(torch.randint(10, (), generator=gen))
     if k == 0:  # gamma
-        return a.clamp_min(1e-4) ** float(_u(gen, 0.4, 2.5))
+        return a.clamp_min(1e-4) ** _u(gen, 0.4, 2.5)
     if k == 1:  # brightness and contrast
-        c, b = float(_u(gen, 0.3, 1.7)), float(_u(gen, -0.4, 0.4))
+        c, b = _u(gen, 0.3, 1.7), _u(gen, -0.4, 0.4)
         return (a - a.mean()) * c + a.mean() + b
     if k == 2:
         return 1.0 - a
@@ -113,16 +113,16 @@ def _photometric(a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         levels = int(torch.randint(2, 5, (), generator=gen))
         return torch.round(a * (levels - 1)) / (levels - 1)
     if k == 4:  # solarise above a threshold
-        t = float(_u(gen, 0.3, 0.8))
+        t = _u(gen, 0.3, 0.8)
         return torch.where(a > t, 1.0 - a, a)
     if k == 5:
-        return gaussian_blur(a[None], float(_u(gen, 1.0, 3.0)))[0]
+        return gaussian_blur(a[None], _u(gen, 1.0, 3.0))[0]
     if k == 6:  # unsharp mask
-        return a + float(_u(gen, 1.0, 3.0)) * (a - gaussian_blur(a[None], 1.0)[0])
+        return a + _u(gen, 1.0, 3.0) * (a - gaussian_blur(a[None], 1.0)[0])
     if k == 7:
-        return a + float(_u(gen, 0.05, 0.25)) * torch.randn(a.shape, generator=gen)
+        return a + _u(gen, 0.05, 0.25) * torch.randn(a.shape, generator=gen)
     if k == 8:  # flat fill with a little noise
-        return torch.full_like(a, float(_u(gen, 0.0, 1.0))) + 0.03 * torch.randn(a.shape, generator=gen)
+        return torch.full_like(a, _u(gen, 0.0, 1.0)) + 0.03 * torch.randn(a.shape, generator=gen)
     return a.flip(-1)  # k == 9: geometry only
 
 
@@ -137,12 +137,12 @@ def synthesize(x: torch.Tensor, gen: torch.Generator, clean_fraction: float = 0.
             continue
         src = x[int(torch.randint(b, (), generator=gen))]
         src = torch.rot90(src, int(torch.randint(4, (), generator=gen)), (-2, -1))
-        scale = 2.0 ** float(_u(gen, -1.0, 1.0))
+        scale = 2.0 ** _u(gen, -1.0, 1.0)
         src = F.interpolate(src[None], scale_factor=scale, mode="bilinear", align_corners=False)[0]
         src = src.repeat(1, math.ceil(h / src.shape[1]), math.ceil(w / src.shape[2]))[:, :h, :w]
         for _ in range(int(torch.randint(1, 3, (), generator=gen))):
             src = _photometric(src, gen)
-        beta = float(_u(gen, 0.1, 1.0))
+        beta = _u(gen, 0.1, 1.0)
         m = masks[i]  # (1, H, W)
         out[i] = ((1 - beta * m) * x[i] + beta * m * src.clamp(0.0, 1.0)).clamp(0.0, 1.0)
         labels[i] = (m > 0.5) & ((out[i] - x[i]).abs().amax(0, keepdim=True) > 0.02)
@@ -245,8 +245,7 @@ class LearnedMap:
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`G_\\sigma(p / (p + t))` in [0, 1), 0.5 at the clean quantile: (B, C, H, W) -> (B, 1, H, W)."""
-        p = probability(self.net, x)
-        return gaussian_blur(p / (p + self.threshold), self.smooth)
+        return ratio_map(probability(self.net, x), self.threshold, self.smooth)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for a prior's metadata (``defaults.segmenter``); the weights are tensors of the file."""

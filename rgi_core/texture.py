@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rgi_core.anomaly import gaussian_blur, smoothed_quantile_threshold
+from rgi_core.anomaly import gaussian_blur, ratio_map, smoothed_quantile_threshold
 
 #: statistics per channel (see the module docstring)
 FEATURES_PER_CHANNEL = 14
@@ -193,8 +193,7 @@ class TextureStats:
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`G_\\sigma(d / (d + t))` in [0, 1), 0.5 at the clean quantile: (B, C, H, W) -> (B, 1, H, W)."""
-        d = self.distance(x)
-        return gaussian_blur(d / (d + self.threshold), self.smooth)
+        return ratio_map(self.distance(x), self.threshold, self.smooth)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for a prior's metadata (``defaults.texture_stats``)."""
