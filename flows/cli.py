@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--prior", default="brick-64", help="shipped prior name, path or URL (default brick-64)")
     cl.add_argument("--method", choices=("rgi", "rrgi", "mse", "dgp"), default="rgi")
     cl.add_argument("--batch-size", type=int, default=16)
-    cl.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: the method's)")
+    cl.add_argument("--iterations", type=int, default=None,
+                    help="optimisation steps (default: the method's; rrgi then fine-tunes G for half as many more)")
     cl.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: the prior's)")
     cl.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
     cl.add_argument("--mask-tv", type=float, default=None,
@@ -432,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", default="rgi,rrgi,mse,dgp", help="comma-separated (default rgi,rrgi,mse,dgp)")
     ev.add_argument("--masks", help="separate folder of masks named <stem>.png or <stem>_mask.png")
     ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
-    ev.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: each method's)")
+    ev.add_argument("--iterations", type=int, default=None,
+                    help="optimisation steps (default: each method's; rrgi then fine-tunes G for half as many more)")
     ev.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
     ev.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: calibration/prior)")
     ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
