@@ -185,6 +185,8 @@ class RgiCleaningSettings(Block):
     lam: float | None = Field(None, ge=0, title="Lambda", description="The mask sparsity weight; null: the prior's.")
     iterations: int | None = Field(None, ge=0, description="Optimisation steps; null: the method's default.")
     n_init: int | None = Field(None, ge=1, description="Best-of-N latent candidates; null: the method's default.")
+    n_starts: int | None = Field(None, ge=1, description="Starts that each descend a few steps before the best is "
+                                 "kept; null: the method's default.")
     mask_tv: float | None = Field(None, ge=0, title="Mask TV",
                                   description="rgi/rrgi: weight of the mask's total variation; null: the prior's.")
     batch_size: int = Field(16, ge=1, description="Images per inversion task.")

@@ -45,6 +45,8 @@ class CleanOptions(BaseModel):
     iterations: int | None = Field(None, ge=0, description="optimisation steps (None: the method's default)")
     lam: float | None = Field(None, ge=0, description="mask sparsity weight (None: the prior's calibrated value)")
     n_init: int | None = Field(None, ge=1, description="best-of-N latent candidates (None: method default)")
+    n_starts: int | None = Field(None, ge=1, description="starts that each descend a few steps before the best is "
+                                 "kept (None: method default)")
     mask_tv: float | None = Field(None, ge=0, description="rgi/rrgi: weight of the mask's total variation "
                                   "(None: the prior's default; 0 = the paper's element-wise mask)")
     fit: Literal["auto", "resize", "tile"] = Field(
@@ -87,7 +89,8 @@ class CleanOptions(BaseModel):
         lam = self.lam if self.lam is not None else self.calibrated(prior).get("lam")
         # mask_tv=None is dropped like any unset override; a value with mse/dgp is a clear "no field" error
         return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=lam,
-                                n_init=self.n_init, mask_tv=self.mask_tv, seed=self.seed, device=self.device)
+                                n_init=self.n_init, n_starts=self.n_starts, mask_tv=self.mask_tv, seed=self.seed,
+                                device=self.device)
 
     def score_threshold(self, prior: Prior) -> float | None:
         return self.calibrated(prior).get("score_threshold", prior.defaults.get("score_threshold"))

@@ -128,7 +128,8 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     from flows.clean import CleanOptions, run_clean
 
     opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
-                        n_init=args.n_init, mask_tv=args.mask_tv, fit=args.fit, device=args.device,
+                        n_init=args.n_init, n_starts=args.n_starts, mask_tv=args.mask_tv, fit=args.fit,
+                        device=args.device,
                         seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column,
                         task_runner="threads" if args.dask is None else "dask", dask_address=args.dask or None,
                         dask_workers=args.dask_workers, max_pixels=args.max_pixels, min_side=args.min_side,
@@ -260,8 +261,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             "skipped": errors}
     report = evaluate_labelled(prior, items, methods, fit, thresholds, args.batch_size,
                                progress=lambda m: print(m, file=sys.stderr, flush=True), meta=meta,
-                               iterations=args.iterations, n_init=args.n_init, lam=lam, seed=args.seed,
-                               device=args.device)
+                               iterations=args.iterations, n_init=args.n_init, n_starts=args.n_starts, lam=lam,
+                               seed=args.seed, device=args.device)
     print(format_scores(f"{args.data}: {len(items)} images, thresholds: {thresholds.source}", report.scores))
     if not n_masks:
         print("\n(no ground-truth masks: pixel metrics, PRO and image AUROC are n/a)")
@@ -372,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optimisation steps (default: the method's; rrgi then fine-tunes G for half as many more)")
     cl.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: the prior's)")
     cl.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
+    cl.add_argument("--n-starts", type=int, default=None, help="starts kept from them, each run a few steps; "
+                    "the best goes on (default: the method's)")
     cl.add_argument("--mask-tv", type=float, default=None,
                     help="rgi/rrgi: mask total-variation weight (default: the prior's; 0 = per-pixel mask)")
     fit = cl.add_mutually_exclusive_group()
@@ -436,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--iterations", type=int, default=None,
                     help="optimisation steps (default: each method's; rrgi then fine-tunes G for half as many more)")
     ev.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
+    ev.add_argument("--n-starts", type=int, default=None, help="starts kept from them, each run a few steps; "
+                    "the best goes on (default: each method's)")
     ev.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: calibration/prior)")
     ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
     ev.add_argument("--fit", choices=("auto", "resize", "tile"), default="auto",

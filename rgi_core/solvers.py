@@ -155,7 +155,8 @@ def _init_latent(
     config: InversionConfig,
     cost: Callable[[slice, Physics, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best of ``n_init`` seeded candidates per image.
+    """The ``config.starts`` best of ``n_init`` seeded candidates per image: ``(K * B, *latent)``, block k holding each
+    image's k-th best, and their costs ``(K, B)``.
 
     ``cost(rows, physics, G(candidates)) -> (b, n)`` scores the candidates for the images ``y[rows]`` seen
     through ``physics``. G runs once per chunk of candidates; an operator with one instance per image
@@ -166,19 +167,20 @@ def _init_latent(
     cand = cand.to(device=y.device, dtype=y.dtype)
     per = max(1, y[0].numel() * y.shape[0])
     chunk = max(1, min(config.n_init, _INIT_ELEMENTS // per))
-    best = torch.full((y.shape[0],), float("inf"), device=y.device, dtype=y.dtype)
-    best_idx = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+    B, K = y.shape[0], config.starts
+    best = torch.full((B, K), float("inf"), device=y.device, dtype=y.dtype)  # sorted, lowest first
+    best_idx = torch.zeros((B, K), dtype=torch.long, device=y.device)
     parts = [(slice(None), physics)] if physics.batch_size == 1 else [
-        (slice(b, b + 1), physics.select(b)) for b in range(y.shape[0])]
+        (slice(b, b + 1), physics.select(b)) for b in range(B)]
     with torch.no_grad():
         for s in range(0, config.n_init, chunk):
             xc = gen(cand[s : s + chunk])  # (n, C, H, W)
             c = torch.cat([cost(rows, ph, xc) for rows, ph in parts])  # (B, n)
-            val, idx = c.min(dim=1)
-            better = val < best
-            best = torch.where(better, val, best)
-            best_idx = torch.where(better, idx + s, best_idx)
-    return cand[best_idx].clone(), best
+            idx = torch.arange(s, s + c.shape[1], device=y.device).expand(B, -1)
+            # stable: among equal costs the earlier candidate wins, as with a plain running minimum
+            val, pos = torch.cat([best, c], 1).sort(dim=1, stable=True)
+            best, best_idx = val[:, :K], torch.cat([best_idx, idx], 1).gather(1, pos[:, :K])
+    return cand[best_idx.T.reshape(-1)].clone(), best.T.contiguous()
 
 
 def invert(
@@ -263,12 +265,53 @@ def invert(
                 e = losses.robust_pixel_cost(e, lam, kind)
             return e.flatten(2).mean(2)
 
-    latent_shape = prior.generator.latent_shape(H, W)
-    z0, init_loss = _init_latent(y, latent_shape, gen, physics, config, init_cost)
-    z = z0.requires_grad_(True)
-    mask = torch.zeros_like(y[:, :1]).requires_grad_(True) if is_rgi else None  # (B, 1, H', W')
-
     steps = T + config.finetune_steps if isinstance(config, RRGIConfig) else T  # rrgi: RGI's T, then fine-tuning
+    # the steps during which M is optimised
+    mask_stop = T if isinstance(config, RRGIConfig) and config.freeze_mask else steps
+
+    def tv_on(step: int) -> bool:  # M relaxes to the per-pixel rule before it stops or freezes
+        return is_rgi and step < config.mask_tv_until * mask_stop
+
+    # One fused kernel per step instead of ~10 elementwise passes: with per-image generator copies the
+    # optimiser touches B x |theta| values a step, and the unfused Adam took 28 % of an rrgi solve on CPU.
+    fused = True if device.type in ("cpu", "cuda") else None
+
+    def objective(z: torch.Tensor, mask: torch.Tensor | None, step: int) -> torch.Tensor:
+        """The total of the terms for K stacked copies of the batch: z (K * B, *latent) -> (K * B,)."""
+        x = gen(z)  # (K * B, C, H, W)
+        blocks = [slice(k, k + B) for k in range(0, z.shape[0], B)]
+        return torch.cat([sum(terms(x[b], physics.A(x[b]), z[b], None if mask is None else mask[b], tv_on(step))
+                              .values()) for b in blocks])
+
+    def best_start(z: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                      torch.Tensor]:
+        """Multi-start: every start (K * B stacked) runs ``start_steps`` of Adam on z (and M); per image the start
+        with the lowest objective after them wins. Returns its z (B, *latent), M (B, 1, H', W') and index (B,)."""
+        params = [z.requires_grad_(True)] + ([] if mask is None else [mask.requires_grad_(True)])
+        lrs = [config.lr_z] + ([] if mask is None else [config.lr_mask])
+        opt = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(params, lrs, strict=True)], fused=fused)
+        for step in range(config.start_steps):
+            objective(z, mask, step).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if mask is not None:
+                with torch.no_grad():
+                    mask.clamp_(0.0, 1.0)
+        with torch.no_grad():
+            pick = objective(z, mask, config.start_steps).view(-1, B).argmin(0)  # (B,)
+        rows = pick * B + torch.arange(B, device=device)
+        return z.detach()[rows], None if mask is None else mask.detach()[rows], pick
+
+    latent_shape = prior.generator.latent_shape(H, W)
+    z0, init_costs = _init_latent(y, latent_shape, gen, physics, config, init_cost)  # (K * B, *latent), (K, B)
+    mask0 = torch.zeros_like(y[:, :1]).repeat(config.starts, 1, 1, 1) if is_rgi else None  # (K * B, 1, H', W')
+    pick = torch.zeros(B, dtype=torch.long, device=device)
+    if config.starts > 1:
+        z0, mask0, pick = best_start(z0, mask0)
+    init_loss = init_costs.gather(0, pick[None])[0]  # (B,) the chosen start's best-of-N cost
+    z = z0.clone().requires_grad_(True)
+    mask = None if mask0 is None else mask0.clone().requires_grad_(True)  # (B, 1, H', W')
+
     groups = [_Group("z", [z], config.lr_z, 0, steps)]
     theta_start: int | None = None
     stages: list[tuple[list[str], float, int]] = []  # (param names, lr, start step)
@@ -280,21 +323,13 @@ def invert(
         g_stages = prior.generator.stages()
         stages = [(names, config.lr_theta * config.stage_lr_decay**k, (k * T) // len(g_stages))
                   for k, names in enumerate(g_stages)]
-    mask_stop = steps  # the steps during which M is optimised
     if mask is not None:
-        mask_stop = T if isinstance(config, RRGIConfig) and config.freeze_mask else steps
         groups.append(_Group("mask", [mask], config.lr_mask, 0, mask_stop))
 
     # R-RGI with a frozen mask: the residual when M froze. G is then fine-tuned on the pixels outside M,
     # so their final residual is fit, not held out; the map scores them with the generator of that step.
     res_at_freeze: torch.Tensor | None = None
 
-    def tv_on(step: int) -> bool:  # M relaxes to the per-pixel rule before it stops or freezes
-        return is_rgi and step < config.mask_tv_until * mask_stop
-
-    # One fused kernel per step instead of ~10 elementwise passes: with per-image generator copies the
-    # optimiser touches B x |theta| values a step, and the unfused Adam took 28 % of an rrgi solve on CPU.
-    fused = True if device.type in ("cpu", "cuda") else None
     opt = torch.optim.Adam([{"params": g.params, "lr": g.lr} for g in groups], fused=fused)
     history: list[torch.Tensor] = []
 
@@ -313,9 +348,7 @@ def invert(
                 g = _Group(f"theta{k}", [theta[n] for n in names], lr, start, steps)
                 groups.append(g)
                 opt.add_param_group({"params": g.params, "lr": g.lr})
-        x = gen(z)  # (B, C, H, W)
-        ax = physics.A(x)
-        total = sum(terms(x, ax, z, mask, tv_on(step)).values())  # (B,)
+        total = objective(z, mask, step)  # (B,)
         total.sum().backward()
         for g in groups:
             if not g.start <= step < g.stop:

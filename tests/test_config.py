@@ -46,6 +46,10 @@ def test_errors_name_the_problem():
         make_config("rgi", iterations=-1)
     with pytest.raises(ValueError, match="finetune_iterations"):
         make_config("rrgi", finetune_iterations=-1)
+    with pytest.raises(ValueError, match="n_starts"):
+        make_config("rgi", n_starts=0)
+    with pytest.raises(ValueError, match="start_iterations"):
+        make_config("rgi", n_starts=2, start_iterations=-1)
     with pytest.raises(ValueError, match="fidelity"):
         make_config("rgi", fidelity="l3")
     with pytest.raises(ValueError, match="mask_tv must"):

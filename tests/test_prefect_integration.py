@@ -73,7 +73,7 @@ def test_blocks_save_and_load_on_api(prefect_api, prior_file, tmp_path):
     RgiPrior(location=prior_file, defaults={"lam": 0.3}).save(name)
     calib = tmp_path / "calibration.json"
     calib.write_text(json.dumps({"defaults": {"lam": 0.4, "score_threshold": 0.5}}))
-    RgiCleaningSettings(method="rrgi", lam=0.1, iterations=7, mask_tv=0.05, calibration_url=str(calib),
+    RgiCleaningSettings(method="rrgi", lam=0.1, iterations=7, mask_tv=0.05, n_starts=3, calibration_url=str(calib),
                         calibration={"score_threshold": 0.6}).save(name)
 
     cat = RgiCatalog.load(name)
@@ -85,6 +85,7 @@ def test_blocks_save_and_load_on_api(prefect_api, prior_file, tmp_path):
     settings = RgiCleaningSettings.load(name)
     opts = settings.options(seed=3)
     assert (opts.method, opts.lam, opts.iterations, opts.seed, opts.mask_tv) == ("rrgi", 0.1, 7, 3, 0.05)
+    assert opts.n_starts == 3 and opts.inversion_config(prior).n_starts == 3
     assert settings.calibrated_defaults() == {"lam": 0.4, "score_threshold": 0.6}
 
     from flows.blocks import resolve

@@ -156,11 +156,16 @@ def tiny_prior64():
     return random_prior(TINY, seed=0).to(dtype=torch.float64)
 
 
+STARTS = pytest.mark.parametrize("starts", [1, 3], ids=["one-start", "three-starts"])
+
+
+@STARTS
 @pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_batched_equals_looped(tiny_prior64, scattered, method):
-    """One batched solve of 3 images == 3 solves of 1 (rrgi/dgp: per-image G copies through torch.func)."""
+def test_batched_equals_looped(tiny_prior64, scattered, method, starts):
+    """One batched solve of 3 images == 3 solves of 1 (rrgi/dgp: per-image G copies through torch.func; with
+    several starts each image keeps its own best one)."""
     y = scattered[1][:3].double()
-    cfg = make_config(method, iterations=40, n_init=64, lam=LAM)
+    cfg = make_config(method, iterations=40, n_init=64, lam=LAM, n_starts=starts, start_iterations=5)
     batched = invert(y, tiny_prior64, cfg)
     assert batched.restored.dtype == torch.float64
     for i in range(3):
@@ -169,20 +174,36 @@ def test_batched_equals_looped(tiny_prior64, scattered, method):
             torch.testing.assert_close(getattr(one, field), getattr(batched, field)[i : i + 1], atol=1e-8, rtol=1e-6)
 
 
+@STARTS
 @pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_per_image_known_masks_batched_equals_looped(tiny_prior, tiny_prior64, method):
-    """Inpainting with one mask per image: the best-of-N search must see each image through its own mask."""
+def test_per_image_known_masks_batched_equals_looped(tiny_prior, tiny_prior64, method, starts):
+    """Inpainting with one mask per image: the best-of-N search (and every start) must see each image through its
+    own mask."""
     x = generate(tiny_prior, 3, seed=3).double()
     masks = torch.ones(3, 1, 32, 32, dtype=torch.float64)
     masks[0, :, :16], masks[1, :, :, 16:], masks[2, :, 8:24, 8:24] = 0, 0, 0  # a different hole each
     physics = Inpainting(masks)
     y = physics(x)
-    cfg = make_config(method, iterations=20, n_init=64, lam=LAM)
+    cfg = make_config(method, iterations=20, n_init=64, lam=LAM, n_starts=starts, start_iterations=5)
     batched = invert(y, tiny_prior64, cfg, physics=physics)
     for i in range(3):
         one = invert(y[i : i + 1], tiny_prior64, cfg, physics=Inpainting(masks[i : i + 1]))
         for field in ("restored", "generated", "latent", "anomaly_map"):
             torch.testing.assert_close(getattr(one, field), getattr(batched, field)[i : i + 1], atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["mse", "rgi"])
+def test_multi_start_continues_from_the_best_fitting_start(tiny_prior64, scattered, method):
+    """With n_starts the K best candidates each descend start_iterations steps and each image keeps the start with
+    the lowest objective. The single start is the first of them, so per image the kept objective can only be lower,
+    and on some images it is."""
+    y = scattered[1].double()  # (6, 1, 32, 32)
+    one = invert(y, tiny_prior64, make_config(method, iterations=15, n_init=64, lam=LAM))
+    four = invert(y, tiny_prior64, make_config(method, iterations=0, n_init=64, lam=LAM, n_starts=4,
+                                                start_iterations=15))
+    total = lambda r: torch.tensor([sum(d.losses.values()) for d in r.diagnostics])  # noqa: E731
+    assert (total(four) <= total(one) + 1e-9).all(), (total(four), total(one))
+    assert (total(four) < total(one) - 1e-6).any()
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
