@@ -40,10 +40,9 @@ def _setup(batch: int, device: str) -> tuple[torch.device, object, torch.Tensor]
 
 def bench(method: str, batch: int, loop: int, iterations: int, device: str, n_init: int) -> tuple[float, float]:
     dev, prior, images = _setup(batch, device)
-    # P3: every step fine-tunes G (no RGI steps first)
-    steps = {"iterations": 0, "finetune_iterations": iterations} if method == "rrgi" else {"iterations": iterations}
-    cfg = make_config(method, n_init=n_init, n_starts=1, device=str(dev), **steps)
-    invert(images[:2], prior, cfg.replace(**{k: 2 for k in steps}))  # warm-up (allocator, kernels)
+    extra = {"finetune_from": 0.0} if method == "rrgi" else {}  # P3: every step fine-tunes G
+    cfg = make_config(method, iterations=iterations, n_init=n_init, n_starts=1, device=str(dev), **extra)
+    invert(images[:2], prior, cfg.replace(iterations=2))  # warm-up (allocator, kernels)
     batched = _rate(lambda: invert(images, prior, cfg), batch, dev)
     looped = _rate(lambda: [invert(images[i : i + 1], prior, cfg) for i in range(loop)], loop, dev)
     return batched, looped

@@ -369,8 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--prior", default="brick-64", help="shipped prior name, path or URL (default brick-64)")
     cl.add_argument("--method", choices=("rgi", "rrgi", "mse", "dgp"), default="rgi")
     cl.add_argument("--batch-size", type=int, default=16)
-    cl.add_argument("--iterations", type=int, default=None,
-                    help="optimisation steps (default: the method's; rrgi then fine-tunes G for half as many more)")
+    cl.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: the method's)")
     cl.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: the prior's)")
     cl.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
     cl.add_argument("--n-starts", type=int, default=None, help="starts kept from them, each run a few steps; "
@@ -436,8 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", default="rgi,rrgi,mse,dgp", help="comma-separated (default rgi,rrgi,mse,dgp)")
     ev.add_argument("--masks", help="separate folder of masks named <stem>.png or <stem>_mask.png")
     ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
-    ev.add_argument("--iterations", type=int, default=None,
-                    help="optimisation steps (default: each method's; rrgi then fine-tunes G for half as many more)")
+    ev.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: each method's)")
     ev.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
     ev.add_argument("--n-starts", type=int, default=None, help="starts kept from them, each run a few steps; "
                     "the best goes on (default: each method's)")

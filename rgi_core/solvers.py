@@ -9,8 +9,8 @@ method        objective                                                         
 ``mse``       ``fidelity(no mask) [+ latent_reg]``                                 z
 ``rgi``       ``fidelity((1-M)) + lam * mask_l1 [+ mask_tv * TV(M)]``              z, M
               ``[- adv_weight * D(G(z))]``
-``rrgi``      RGI's T steps, then more that also fine-tune per-image weights theta  z, M (frozen or not),
-                                                                                   theta (T + finetune)
+``rrgi``      RGI, then also per-image generator weights theta                     z, M (frozen or not),
+                                                                                   theta (finetune_from)
 ``dgp``       ``fidelity + dfeat_weight * dfeat + latent_reg``                     z, theta stage k from
                                                                                    k * T / S (progressive)
 ============  ===================================================================  =====================
@@ -265,9 +265,11 @@ def invert(
                 e = losses.robust_pixel_cost(e, lam, kind)
             return e.flatten(2).mean(2)
 
-    steps = T + config.finetune_steps if isinstance(config, RRGIConfig) else T  # rrgi: RGI's T, then fine-tuning
-    # the steps during which M is optimised
-    mask_stop = T if isinstance(config, RRGIConfig) and config.freeze_mask else steps
+    theta_start: int | None = None  # the step from which G is fine-tuned (rrgi, dgp)
+    mask_stop = T  # the steps during which M is optimised: all, or those before R-RGI freezes it
+    if isinstance(config, RRGIConfig):
+        theta_start = int(round(config.finetune_from * T))
+        mask_stop = theta_start if config.freeze_mask else T
 
     def tv_on(step: int) -> bool:  # M relaxes to the per-pixel rule before it stops or freezes
         return is_rgi and step < config.mask_tv_until * mask_stop
@@ -312,11 +314,9 @@ def invert(
     z = z0.clone().requires_grad_(True)
     mask = None if mask0 is None else mask0.clone().requires_grad_(True)  # (B, 1, H', W')
 
-    groups = [_Group("z", [z], config.lr_z, 0, steps)]
-    theta_start: int | None = None
+    groups = [_Group("z", [z], config.lr_z, 0, T)]
     stages: list[tuple[list[str], float, int]] = []  # (param names, lr, start step)
     if isinstance(config, RRGIConfig):
-        theta_start = T
         stages = [([n for s in prior.generator.stages() for n in s], config.lr_theta, theta_start)]
     elif is_dgp:
         theta_start = 0
@@ -334,7 +334,7 @@ def invert(
     history: list[torch.Tensor] = []
 
     # --- optimisation -----------------------------------------------------------------------------
-    for step in range(steps):
+    for step in range(T):
         if theta_start is not None and step == theta_start:
             theta = gen.personalise(B)
             if mask is not None and isinstance(config, RRGIConfig) and config.freeze_mask:
@@ -345,7 +345,7 @@ def invert(
                     rule = anomaly.closed_form_mask(res_at_freeze, lam, kind)
                     mask.copy_(((mask > 0.5) | (rule > 0.5)).to(mask.dtype))
             for k, (names, lr, start) in enumerate(stages):
-                g = _Group(f"theta{k}", [theta[n] for n in names], lr, start, steps)
+                g = _Group(f"theta{k}", [theta[n] for n in names], lr, start, T)
                 groups.append(g)
                 opt.add_param_group({"params": g.params, "lr": g.lr})
         total = objective(z, mask, step)  # (B,)
@@ -365,7 +365,7 @@ def invert(
     with torch.no_grad():
         x = gen(z)
         ax = physics.A(x)
-        final = terms(x, ax, z, mask, tv_on(steps - 1))  # the terms of the last step
+        final = terms(x, ax, z, mask, tv_on(T - 1))  # the terms of the last step
         res = losses.pixel_residual(y, ax, kind)  # (B, 1, H', W')
         m = lift(mask.detach() if mask is not None else anomaly.closed_form_mask(res, lam, kind))
         observed = physics.observed(shape, device=device)  # (1|B, 1, H, W)
@@ -379,7 +379,7 @@ def invert(
         amap, score = anomaly.fuse_maps(amap, score, _detector_maps(prior, config, physics, y), config.score_topk,
                                         config.score_sigma)
 
-    diagnostics = _diagnostics(final, history, init_loss, steps, config.converge_tol)
+    diagnostics = _diagnostics(final, history, init_loss, T, config.converge_tol)
     out = images.device
     return InversionResult(
         restored=restored.to(out, images.dtype), mask=m.to(out, images.dtype), phi=phi.to(out, images.dtype),

@@ -44,8 +44,8 @@ def test_errors_name_the_problem():
         make_config("mse", lr_mask=0.1)
     with pytest.raises(ValueError, match="iterations"):
         make_config("rgi", iterations=-1)
-    with pytest.raises(ValueError, match="finetune_iterations"):
-        make_config("rrgi", finetune_iterations=-1)
+    with pytest.raises(ValueError, match="finetune_from"):
+        make_config("rrgi", finetune_from=2.0)
     with pytest.raises(ValueError, match="n_starts"):
         make_config("rgi", n_starts=0)
     with pytest.raises(ValueError, match="start_iterations"):
