@@ -101,9 +101,17 @@ class InversionConfig:
         return {"method": self.method, **dataclasses.asdict(self)}
 
     def config_hash(self) -> str:
-        """Stable short hash of every setting that changes results (device excluded)."""
+        """Stable short hash of every setting that changes results (device excluded).
+
+        With a single start the multi-start fields change nothing and are left out, so results cleaned before
+        they existed keep their hash; with several, the resolved starts and steps are hashed.
+        """
         d = self.to_dict()
         d.pop("device")
+        if self.starts == 1:
+            del d["n_starts"], d["start_iterations"]
+        else:
+            d.update(n_starts=self.starts, start_iterations=self.start_steps)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

@@ -23,6 +23,18 @@ def test_hash_changes_with_results_but_not_with_device():
     assert cfg.config_hash() != cfg.replace(lam=0.2).config_hash()
     assert cfg.config_hash() != make_config("rrgi").config_hash()
     assert cfg.config_hash() == cfg.replace(device="cpu").config_hash()
+    # multi-start: a single start ignores start_iterations; more starts than candidates are capped at n_init
+    assert cfg.config_hash() == cfg.replace(start_iterations=50).config_hash()
+    assert cfg.config_hash() != cfg.replace(n_starts=4).config_hash()
+    assert cfg.replace(n_starts=4).config_hash() == cfg.replace(n_starts=4, start_iterations=250).config_hash()
+    assert cfg.replace(n_init=2, n_starts=4).config_hash() == cfg.replace(n_init=2, n_starts=2).config_hash()
+
+
+def test_hash_of_an_unchanged_config_survives_new_fields():
+    """Catalog rows are matched by config hash: a field that changes nothing at its default must not change it,
+    or every nightly run after an upgrade re-cleans the whole dataset. Pinned from session 14's code."""
+    assert make_config("rgi").config_hash() == "0d80602b708caa02"
+    assert make_config("rrgi", lam=0.2, iterations=50).config_hash() == "006166dcd5a2897e"
 
 
 def test_frozen():
