@@ -129,8 +129,8 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 
     opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
                         n_init=args.n_init, n_starts=args.n_starts, mask_tv=args.mask_tv, fit=args.fit,
-                        device=args.device,
-                        seed=args.seed, force=args.force, image_column=args.image_column, id_column=args.id_column,
+                        device=args.device, seed=args.seed, force=args.force, image_column=args.image_column,
+                        id_column=args.id_column,
                         task_runner="threads" if args.dask is None else "dask", dask_address=args.dask or None,
                         dask_workers=args.dask_workers, max_pixels=args.max_pixels, min_side=args.min_side,
                         calibration=args.calibration)

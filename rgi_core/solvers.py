@@ -289,9 +289,10 @@ def invert(
                                                                       torch.Tensor]:
         """Multi-start: every start (K * B stacked) runs ``start_steps`` of Adam on z (and M); per image the start
         with the lowest objective after them wins. Returns its z (B, *latent), M (B, 1, H', W') and index (B,)."""
-        params = [z.requires_grad_(True)] + ([] if mask is None else [mask.requires_grad_(True)])
-        lrs = [config.lr_z] + ([] if mask is None else [config.lr_mask])
-        opt = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(params, lrs, strict=True)], fused=fused)
+        groups = [{"params": [z.requires_grad_(True)], "lr": config.lr_z}]
+        if mask is not None:
+            groups.append({"params": [mask.requires_grad_(True)], "lr": config.lr_mask})
+        opt = torch.optim.Adam(groups, fused=fused)
         for step in range(config.start_steps):
             objective(z, mask, step).sum().backward()
             opt.step()
@@ -311,8 +312,8 @@ def invert(
     if config.starts > 1:
         z0, mask0, pick = best_start(z0, mask0)
     init_loss = init_costs.gather(0, pick[None])[0]  # (B,) the chosen start's best-of-N cost
-    z = z0.clone().requires_grad_(True)
-    mask = None if mask0 is None else mask0.clone().requires_grad_(True)  # (B, 1, H', W')
+    z = z0.requires_grad_(True)  # z0 and mask0 are fresh tensors (indexed copies), no clone needed
+    mask = None if mask0 is None else mask0.requires_grad_(True)  # (B, 1, H', W')
 
     groups = [_Group("z", [z], config.lr_z, 0, T)]
     stages: list[tuple[list[str], float, int]] = []  # (param names, lr, start step)
