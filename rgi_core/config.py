@@ -50,6 +50,10 @@ class InversionConfig:
             0 keeps maps pixel-exact, see :mod:`rgi_core.anomaly`).
         score_topk: image score = mean of the top ``score_topk`` fraction of the anomaly map (ours).
         score_sigma: Gaussian blur (pixels) of the map before the score's top-k (ours).
+            ``lam``, ``map_sigma``, ``score_topk``, ``score_sigma`` (and RGI's ``mask_tv``, ``mask_tv_until``):
+            ``None`` = the prior's calibrated default from its metadata, else :data:`FALLBACKS` (``lam``:
+            :data:`DEFAULT_LAMBDA`). :func:`rgi_core.solvers.invert` resolves them with :func:`for_prior`, so
+            a config built by hand gets the same defaults as the CLI and the flows.
         texture_map: fuse the prior's local texture statistics (:mod:`rgi_core.texture`) into the anomaly
             map and score when its metadata has them (``defaults.texture_stats``; the shipped texture
             priors do). Off for ``mse``, the residual-only baseline.
@@ -71,9 +75,9 @@ class InversionConfig:
     lam: float | None = None
     fidelity: Fidelity = "l2"
     latent_reg: float = 0.0
-    map_sigma: float = 0.0
-    score_topk: float = 0.01
-    score_sigma: float = 1.0
+    map_sigma: float | None = None
+    score_topk: float | None = None
+    score_sigma: float | None = None
     texture_map: bool = True
     learned_map: bool = True
     converge_tol: float = 1e-3
@@ -93,7 +97,11 @@ class InversionConfig:
             raise ValueError(f"lam must be >= 0, got {self.lam}")
         if self.fidelity not in ("l2", "l1"):
             raise ValueError(f"fidelity must be 'l2' or 'l1', got {self.fidelity!r}")
-        if not 0.0 < self.score_topk <= 1.0:
+        if self.map_sigma is not None and self.map_sigma < 0:
+            raise ValueError(f"map_sigma must be >= 0, got {self.map_sigma}")
+        if self.score_sigma is not None and self.score_sigma < 0:
+            raise ValueError(f"score_sigma must be >= 0, got {self.score_sigma}")
+        if self.score_topk is not None and not 0.0 < self.score_topk <= 1.0:
             raise ValueError(f"score_topk must be in (0, 1], got {self.score_topk}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,20 +161,21 @@ class RGIConfig(InversionConfig):
         mask_tv_until: fraction of the mask's steps during which ``mask_tv`` is on (a continuation: TV
             groups the mask into regions while z settles, then M relaxes to the per-pixel rule). The
             mask's steps are all ``iterations``, or those before fine-tuning when R-RGI freezes M.
+            Both ``None`` = the prior's default (digits-32 stores TV), else 0 and 1.
     """
 
     method: ClassVar[str] = "rgi"
 
     lr_mask: float = 0.1
     adv_weight: float = 0.0
-    mask_tv: float = 0.0
-    mask_tv_until: float = 1.0
+    mask_tv: float | None = None
+    mask_tv_until: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mask_tv < 0:
+        if self.mask_tv is not None and self.mask_tv < 0:
             raise ValueError(f"mask_tv must be >= 0, got {self.mask_tv}")
-        if not 0.0 <= self.mask_tv_until <= 1.0:
+        if self.mask_tv_until is not None and not 0.0 <= self.mask_tv_until <= 1.0:
             raise ValueError(f"mask_tv_until must be in [0, 1], got {self.mask_tv_until}")
 
 
@@ -253,17 +262,35 @@ def make_config(method: str, **overrides: Any) -> InversionConfig:
 #: Prior-metadata ``defaults`` that a config takes over when the caller leaves them unset.
 PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "mask_tv", "mask_tv_until")
 
+#: What an unset field of :data:`PRIOR_DEFAULT_FIELDS` (``lam`` apart) is when the prior's metadata has no value
+#: either: the paper's element-wise mask (no TV) and our pixel-exact map and top-1 % score.
+FALLBACKS: dict[str, float] = {"map_sigma": 0.0, "score_topk": 0.01, "score_sigma": 1.0, "mask_tv": 0.0,
+                               "mask_tv_until": 1.0}
+
+
+def for_prior(config: InversionConfig, prior_defaults: dict[str, Any]) -> InversionConfig:
+    """``config`` with each unset (``None``) field of :data:`FALLBACKS` taken from the prior's metadata, else the
+    fallback. ``lam`` is taken from the metadata too but stays ``None`` without one (the solver then uses
+    :data:`DEFAULT_LAMBDA`), as the config hashes of catalogs cleaned before this function existed were."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    fill: dict[str, Any] = {}
+    for k in PRIOR_DEFAULT_FIELDS:
+        if k in fields and getattr(config, k) is None:
+            v = prior_defaults.get(k)
+            if v is None:
+                v = FALLBACKS.get(k)
+            if v is not None:
+                fill[k] = v
+    return dataclasses.replace(config, **fill) if fill else config
+
 
 def config_for_prior(method: str, prior_defaults: dict[str, Any], **overrides: Any) -> InversionConfig:
     """``make_config`` with the prior's calibrated defaults (:data:`PRIOR_DEFAULT_FIELDS`) under the overrides.
 
-    Precedence: explicit overrides (not ``None``) > the prior's metadata > the method's paper defaults.
+    Precedence: explicit overrides (not ``None``) > the prior's metadata > :data:`FALLBACKS`.
     A default the method has no field for (``mask_tv`` for ``mse``) is skipped.
     """
-    _, fields = _config_class(method)
-    base = {k: prior_defaults[k] for k in PRIOR_DEFAULT_FIELDS
-            if prior_defaults.get(k) is not None and k in fields}
-    return make_config(method, **(base | {k: v for k, v in overrides.items() if v is not None}))
+    return for_prior(make_config(method, **{k: v for k, v in overrides.items() if v is not None}), prior_defaults)
 
 
 def config_from_dict(d: dict[str, Any]) -> InversionConfig:

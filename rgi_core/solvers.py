@@ -40,7 +40,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from rgi_core import anomaly, losses
-from rgi_core.config import DEFAULT_LAMBDA, DGPConfig, InversionConfig, RGIConfig, RRGIConfig
+from rgi_core.config import DEFAULT_LAMBDA, DGPConfig, InversionConfig, RGIConfig, RRGIConfig, for_prior
 from rgi_core.device import resolve_device
 from rgi_core.models.checkpoint import Prior
 from rgi_core.models.nets import Generator, from_unit, to_unit
@@ -195,7 +195,8 @@ def invert(
         images: ``(B, C', H', W')`` observations in [0, 1] (the measurement ``y``; with the default
             identity physics simply the images, of the prior's size and channels).
         prior: a loaded :class:`~rgi_core.models.Prior` (moved to the config's device).
-        config: a method config (:class:`~rgi_core.config.RGIConfig` by default).
+        config: a method config (:class:`~rgi_core.config.RGIConfig` by default); its unset fields take the
+            prior's calibrated defaults (:func:`~rgi_core.config.for_prior`).
         physics: a known degradation (:mod:`rgi_core.operators`); identity by default.
 
     Returns:
@@ -204,7 +205,7 @@ def invert(
     Raises:
         ValueError: wrong shape, dtype, range, or non-finite pixels (the message names the images).
     """
-    config = config if config is not None else RGIConfig()
+    config = for_prior(config if config is not None else RGIConfig(), prior.defaults)  # unset fields: the prior's
     physics = physics if physics is not None else Identity()
     shape = _validate(images, prior, physics)
     if images.shape[0] == 0:

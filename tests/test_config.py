@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rgi_core.config import CONFIGS, DGPConfig, RRGIConfig, config_from_dict, make_config
+from rgi_core.config import CONFIGS, DGPConfig, RRGIConfig, config_for_prior, config_from_dict, make_config
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
@@ -31,10 +31,15 @@ def test_hash_changes_with_results_but_not_with_device():
 
 
 def test_hash_of_an_unchanged_config_survives_new_fields():
-    """Catalog rows are matched by config hash: a field that changes nothing at its default must not change it,
-    or every nightly run after an upgrade re-cleans the whole dataset. Pinned from session 14's code."""
-    assert make_config("rgi").config_hash() == "0d80602b708caa02"
-    assert make_config("rrgi", lam=0.2, iterations=50).config_hash() == "006166dcd5a2897e"
+    """Catalog rows are matched by the hash of the config the pipeline builds (``config_for_prior``): a field that
+    changes nothing at its default must not change it, or every nightly run after an upgrade re-cleans the whole
+    dataset. Pinned from session 14's code (and session 15's for a prior with defaults)."""
+    assert config_for_prior("rgi", {}).config_hash() == "0d80602b708caa02"
+    assert config_for_prior("rrgi", {}, lam=0.2, iterations=50).config_hash() == "006166dcd5a2897e"
+    meta = {"lam": 0.04, "map_sigma": 1.0, "mask_tv": 0.06, "mask_tv_until": 0.75, "score_threshold": 0.5}
+    pinned = {"mse": "7cef786f03a1f47a", "rgi": "4757117636345b4f", "rrgi": "33d6657ecbe21803",
+              "dgp": "5022bf07c704013a"}
+    assert {m: config_for_prior(m, meta).config_hash() for m in pinned} == pinned
 
 
 def test_frozen():
@@ -46,7 +51,9 @@ def test_paper_defaults():
     assert make_config("rgi").lr_z == 0.1 and make_config("rgi").iterations == 2000
     assert RRGIConfig().lr_theta == 1e-5
     assert DGPConfig().latent_reg == 0.02 and DGPConfig().n_init == 500
-    assert make_config("rgi").mask_tv == 0.0  # the paper's mask prior is element-wise L1 only
+    # Unset fields the prior may calibrate; without its value: the paper's element-wise mask (no TV), exact maps.
+    assert make_config("rgi").mask_tv is None and config_for_prior("rgi", {}).mask_tv == 0.0
+    assert config_for_prior("rgi", {}).map_sigma == 0.0 and config_for_prior("dgp", {}).score_topk == 0.01
 
 
 def test_errors_name_the_problem():

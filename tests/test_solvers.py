@@ -266,6 +266,27 @@ def test_prior_calibrated_lambda_is_the_default(tiny_prior):
     assert loose.mask.mean() < tight.mask.mean()
 
 
+def test_a_hand_built_config_gets_the_prior_s_other_defaults_too(tiny_prior):
+    """``RGIConfig()`` leaves map_sigma, score and mask-TV settings unset: invert takes them from the prior's
+    metadata, as the CLI and the flows do, so a library user gets the calibrated anomaly map, not the fallback."""
+    meta = {"lam": 0.05, "map_sigma": 1.0, "score_topk": 0.05, "mask_tv": 0.1, "mask_tv_until": 0.5}
+    calibrated = Prior(**{**tiny_prior.__dict__, "meta": {"defaults": meta}})
+    y, _ = gross_flip(generate(tiny_prior, 2, seed=9), 0.1, seed=1)
+    settings = dict(iterations=20, n_init=8)
+    by_hand = invert(y, calibrated, make_config("rgi", **settings))
+    explicit = invert(y, tiny_prior, make_config("rgi", **settings, **meta))
+    for a, b in zip(by_hand, explicit, strict=True):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+    fallbacks = invert(y, tiny_prior, make_config("rgi", **settings, lam=0.05))  # no metadata: no TV, exact map
+    assert not torch.equal(by_hand.mask, fallbacks.mask) and not torch.equal(by_hand.score, fallbacks.score)
+    # An explicit value still wins over the prior's, and the fallback (no metadata) is the pixel-exact map.
+    exact = invert(y, calibrated, make_config("rgi", **settings, map_sigma=0.0))
+    assert not torch.equal(exact.anomaly_map, by_hand.anomaly_map)
+    fallback = invert(y, tiny_prior, make_config("rgi", **settings, **{**meta, "map_sigma": None}))
+    assert torch.equal(exact.anomaly_map, fallback.anomaly_map)
+
+
 def test_mask_tv_is_the_perimeter_per_pixel():
     m = torch.zeros(2, 1, 4, 4)
     m[0, :, 1:3, 1:3] = 1.0  # a 2x2 square inside a 4x4 image: perimeter 8
