@@ -4,6 +4,7 @@
 # are unseen by the generator as well as by the texture statistics. Defaults that involve the generator's
 # residual are chosen on that strip, never on the evaluation quarter (docs/design.md). Re-running resumes.
 # Session 13: grass and gravel, one thread each at once, 21 min of training and 4 min of calibration.
+# Session 16: brick, 29 min of training (1713 s, sharing the 2 cores) and 4 min of calibration.
 # Usage: scripts/train_validation_priors.sh [grass gravel brick]   (default: grass gravel)
 set -euo pipefail
 export OMP_NUM_THREADS=1
