@@ -50,10 +50,6 @@ class InversionConfig:
             0 keeps maps pixel-exact, see :mod:`rgi_core.anomaly`).
         score_topk: image score = mean of the top ``score_topk`` fraction of the anomaly map (ours).
         score_sigma: Gaussian blur (pixels) of the map before the score's top-k (ours).
-            ``lam``, ``map_sigma``, ``score_topk``, ``score_sigma`` (and RGI's ``mask_tv``, ``mask_tv_until``):
-            ``None`` = the prior's calibrated default from its metadata, else :data:`FALLBACKS` (``lam``:
-            :data:`DEFAULT_LAMBDA`). :func:`rgi_core.solvers.invert` resolves them with :func:`for_prior`, so
-            a config built by hand gets the same defaults as the CLI and the flows.
         texture_map: fuse the prior's local texture statistics (:mod:`rgi_core.texture`) into the anomaly
             map and score when its metadata has them (``defaults.texture_stats``; the shipped texture
             priors do). Off for ``mse``, the residual-only baseline.
@@ -62,6 +58,11 @@ class InversionConfig:
         converge_tol: relative change of the loss over the last 10 % of steps that counts as converged.
         seed: seeds the latent candidates; a given image gets the same result in any batch.
         device: ``"auto"`` (cuda, then mps, then cpu) or any torch device string.
+
+    Fields a prior calibrates (:data:`PRIOR_DEFAULT_FIELDS`: ``lam``, ``map_sigma``, ``score_topk``,
+    ``score_sigma``, RGI's ``mask_tv`` and ``mask_tv_until``) default to ``None``: the prior's value from its
+    metadata, else :data:`FALLBACKS` (``lam``: :data:`DEFAULT_LAMBDA`). :func:`rgi_core.solvers.invert` resolves
+    them with :func:`for_prior`, so a config built by hand gets the same defaults as the CLI and the flows.
     """
 
     method: ClassVar[str] = "base"

@@ -217,7 +217,7 @@ def invert(
     dtype = next(prior.generator.parameters()).dtype  # the solve runs in the prior's precision
     y = images.to(device=device, dtype=dtype)  # (B, C', H', W')
     B, (_, H, W) = y.shape[0], shape
-    lam = float(config.lam if config.lam is not None else prior.defaults.get("lam", DEFAULT_LAMBDA))
+    lam = float(config.lam if config.lam is not None else DEFAULT_LAMBDA)  # for_prior took the prior's, if any
     kind = config.fidelity
     T = config.iterations
     gen = _GeneratorFn(prior.generator, max(1, _CPU_SLICE_PIXELS // (H * W)) if device.type == "cpu" else None)
