@@ -99,28 +99,6 @@ def noise_masks(n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat(out)
 
 
-def scar_masks(n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
-    """Thin strokes, CutPaste's "scar" (Li et al., CVPR 2021) as curves: n masks (n, 1, H, W) in {0, 1}, each
-    one to three quadratic Bezier strokes 8-40 px long and 1-3.5 px wide, at any angle."""
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    t = torch.linspace(0.0, 1.0, 64)[:, None]  # (64, 1)
-    out = []
-    for _ in range(n):
-        m = torch.zeros((h, w))
-        for _ in range(int(torch.randint(1, 4, (), generator=gen))):
-            length, angle = _u(gen, 8.0, 40.0), _u(gen, 0.0, math.pi)
-            p0 = torch.tensor([_u(gen, 0.0, h - 1.0), _u(gen, 0.0, w - 1.0)])
-            d = torch.tensor([math.sin(angle), math.cos(angle)])
-            p2 = p0 + length * d
-            bend = _u(gen, -0.3, 0.3) * length  # the control point's offset across the chord
-            p1 = (p0 + p2) / 2 + bend * torch.tensor([-d[1], d[0]])
-            pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # (64, 2) points along the stroke
-            dist = torch.cdist(torch.stack([yy.flatten(), xx.flatten()], 1), pts).amin(1).view(h, w)
-            m = torch.maximum(m, (dist <= _u(gen, 1.0, 3.5) / 2).float())
-        out.append(m[None, None])
-    return torch.cat(out)
-
-
 def _photometric(a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One random photometric change of a (C, H, W) in [0, 1] (DRAEM's augmenter list, plus grain and fill)."""
     k = int(torch.randint(10, (), generator=gen))
@@ -148,17 +126,12 @@ def _photometric(a: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return a.flip(-1)  # k == 9: geometry only
 
 
-def synthesize(x: torch.Tensor, gen: torch.Generator, clean_fraction: float = 0.5,
-               scar_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic anomalies in a batch of clean crops x (B, C, H, W) -> (x' (B, C, H, W), label (B, 1, H, W) bool).
-
-    A share ``scar_fraction`` of the masks are thin strokes (:func:`scar_masks`), the rest value noise."""
+def synthesize(x: torch.Tensor, gen: torch.Generator, clean_fraction: float = 0.5) -> tuple[torch.Tensor,
+                                                                                               torch.Tensor]:
+    """Synthetic anomalies in a batch of clean crops x (B, C, H, W) -> (x' (B, C, H, W), label (B, 1, H, W) bool)."""
     b, c, h, w = x.shape
     out, labels = x.clone(), torch.zeros((b, 1, h, w), dtype=torch.bool)
     masks = noise_masks(b, h, w, gen)
-    if scar_fraction > 0:  # drawn only when asked, so the default keeps its random stream
-        scars = torch.rand(b, generator=gen) < scar_fraction
-        masks[scars] = scar_masks(int(scars.sum()), h, w, gen)
     for i in range(b):
         if float(torch.rand((), generator=gen)) < clean_fraction:
             continue
@@ -194,7 +167,6 @@ class SegmenterConfig:
     batch: int = 32
     lr: float = 2e-3
     seed: int = 0
-    scar_fraction: float = 0.0
 
 
 def train_segmenter(clean: torch.Tensor, config: SegmenterConfig = SegmenterConfig(),
@@ -215,7 +187,7 @@ def train_segmenter(clean: torch.Tensor, config: SegmenterConfig = SegmenterConf
         x = clean[idx]
         if float(torch.rand((), generator=gen)) < 0.5:
             x = x.flip(-1)
-        xa, label = synthesize(x, gen, scar_fraction=config.scar_fraction)
+        xa, label = synthesize(x, gen)
         loss = focal_loss(net(xa.to(device)), label.to(device))
         opt.zero_grad()
         loss.backward()

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from rgi_core.defects import apply_defect
@@ -20,7 +19,6 @@ from rgi_core.segmenter import (
     SegmenterConfig,
     focal_loss,
     noise_masks,
-    scar_masks,
     synthesize,
 )
 from rgi_core.training import ImageSampler
@@ -45,27 +43,6 @@ def test_noise_masks_cover_one_to_thirty_percent():
     area = (m > 0.5).float().mean((1, 2, 3))
     assert area.min() >= 0.005 and area.max() <= 0.32
     assert area.std() > 0.03  # sizes vary
-
-
-def test_scar_masks_are_thin_strokes():
-    m = scar_masks(32, 64, 64, torch.Generator().manual_seed(2))  # (32, 1, 64, 64)
-    assert m.shape == (32, 1, 64, 64) and set(m.unique().tolist()) <= {0.0, 1.0}
-    area = m.mean((1, 2, 3))
-    assert area.min() > 0 and area.max() <= 3 * 40 * 3.5 / 64**2  # at most three strokes of 40 x 3.5 px
-    # thin: opening with a 5 x 5 square (erode, then dilate) leaves almost nothing of a stroke <= 3.5 px wide
-    eroded = -F.max_pool2d(-m, 5, stride=1, padding=2)
-    assert eroded.sum() <= 0.02 * m.sum()
-    assert torch.equal(m, scar_masks(32, 64, 64, torch.Generator().manual_seed(2)))  # seeded
-
-
-def test_scars_are_drawn_only_when_asked():
-    x = torch.rand(8, 1, 32, 32)
-    plain, plain_label = synthesize(x, torch.Generator().manual_seed(0), clean_fraction=0.0)
-    off, _ = synthesize(x, torch.Generator().manual_seed(0), clean_fraction=0.0, scar_fraction=0.0)
-    assert torch.equal(plain, off)  # the default keeps its random stream (the shipped nets' recipe)
-    out, label = synthesize(x, torch.Generator().manual_seed(0), clean_fraction=0.0, scar_fraction=1.0)
-    assert label.float().mean() < 0.5 * plain_label.float().mean()  # strokes cover far less than noise blobs
-    assert not (label & ~((out - x).abs() > 0.02)).any()
 
 
 def test_focal_loss_matches_a_hand_computed_case():
