@@ -188,7 +188,7 @@ class SegmenterConfig:
     batch: int = 32
     lr: float = 2e-3
     seed: int = 0
-    members: int = 3
+    members: int = 1
 
 
 def train_segmenter(clean: torch.Tensor, config: SegmenterConfig = SegmenterConfig(),

@@ -5,8 +5,7 @@
 #   textures: map_sigma=1.0 (inspection defects are regions: the anomaly map pools residuals over ~1 px),
 #             and local texture statistics fitted on 256 training-split crops (rgi_core.texture; session 10),
 #             and a learned anomaly segmenter trained for 1000 steps on 1024 training-split crops with synthetic
-#             anomalies, thresholded on 256 others (rgi_core.segmenter; session 14); since session 17 an
-#             ensemble of three such nets (seeds 0, 1, 2) whose probabilities are averaged
+#             anomalies, thresholded on 256 others (rgi_core.segmenter; session 14)
 #   digits:   map_sigma=0.0 (the RGI paper's scattered gross corruption: keep maps pixel-exact), and
 #             mask_tv = 1.5 lam for the first 75 % of the steps (chosen on training-split digits with
 #             synthetic corruption, docs/quality.md): lam is fitted first (with TV off, as always), then a
@@ -25,7 +24,7 @@ for name in brick grass gravel; do
   cp "$OUT/$name-64.safetensors" "$OUT/ship/$name-64.safetensors"
   [ -d "$OUT/data/$name-train" ] || $RGI export-dataset "$name" "$OUT/data/$name-train" --split train
   $RGI calibrate-prior "$OUT/ship/$name-64.safetensors" "$OUT/data/$name-train" --images-n 32 --iterations 300 --rounds 6 \
-    --set map_sigma=1.0 --set fit=\"tile\" --texture-stats 256 --segmenter-steps 1000 --segmenter-members 3 \
+    --set map_sigma=1.0 --set fit=\"tile\" --texture-stats 256 --segmenter-steps 1000 \
     >"$OUT/ship/$name-64.calibration.json" &
   pids+=($!)
 done

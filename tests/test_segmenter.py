@@ -69,8 +69,7 @@ def test_segmenter_shapes_and_errors():
 def grass_map() -> LearnedMap:
     """A small segmenter trained on 32 px crops of grass's training split (as calibrate-prior samples them)."""
     sampler = ImageSampler([builtin.texture("grass", "train")], 32, "random", False, seed=0)
-    return LearnedMap.fit(sampler.sample(256), sampler.sample(64),
-                          SegmenterConfig(steps=300, batch=32, seed=0, members=1))
+    return LearnedMap.fit(sampler.sample(256), sampler.sample(64), SegmenterConfig(steps=300, batch=32, seed=0))
 
 
 def test_a_trained_segmenter_finds_defects_it_never_saw_on_held_out_grass(grass_map):
