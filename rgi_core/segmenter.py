@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -73,6 +73,26 @@ class Segmenter(nn.Module):
         for block, skip in zip(self.dec, reversed(skips[:-1]), strict=True):
             h = block(torch.cat([F.interpolate(h, scale_factor=2.0, mode="bilinear", align_corners=False), skip], 1))
         return self.head(h)
+
+
+class SegmenterEnsemble(nn.Module):
+    """Several :class:`Segmenter` nets read as one: the logit of their mean probability, (B, C, H, W) -> (B, 1, H, W).
+
+    Nets trained with different seeds make different stray mistakes on clean texture and agree on real
+    anomalies, so the mean probability has a narrower clean spread (deep ensembles, Lakshminarayanan et al.,
+    NeurIPS 2017). :func:`probability` reads it like a single net.
+    """
+
+    def __init__(self, nets: list[Segmenter]) -> None:
+        super().__init__()
+        if len(nets) < 2 or len({(n.channels, n.width) for n in nets}) != 1:
+            raise ValueError("an ensemble needs two or more segmenters of one shape")
+        self.members = nn.ModuleList(nets)
+        self.channels, self.width = nets[0].channels, nets[0].width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([torch.sigmoid(net(x)) for net in self.members]).mean(0)  # (B, 1, H, W)
+        return torch.logit(p, eps=1e-7)
 
 
 # ---------------------------------------------------------------- synthetic anomalies (DRAEM-style)
@@ -160,13 +180,15 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    """Training settings of :func:`train_segmenter`."""
+    """Training settings of :func:`train_segmenter` (one net) and :meth:`LearnedMap.fit` (``members`` nets,
+    seeds ``seed``, ``seed + 1``, ...)."""
 
     width: int = 8
     steps: int = 1000
     batch: int = 32
     lr: float = 2e-3
     seed: int = 0
+    members: int = 1
 
 
 def train_segmenter(clean: torch.Tensor, config: SegmenterConfig = SegmenterConfig(),
@@ -199,7 +221,7 @@ def train_segmenter(clean: torch.Tensor, config: SegmenterConfig = SegmenterConf
 
 
 @torch.no_grad()
-def probability(net: Segmenter, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+def probability(net: Segmenter | SegmenterEnsemble, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Sigmoid of the logits: (B, C, H, W) -> (B, 1, H, W), in x's dtype and on x's device."""
     p = next(net.parameters())
     return torch.cat([torch.sigmoid(net(x[s : s + batch].to(p))).to(x)
@@ -208,7 +230,8 @@ def probability(net: Segmenter, x: torch.Tensor, batch: int = 64) -> torch.Tenso
 
 @dataclass(frozen=True)
 class LearnedMap:
-    """A trained :class:`Segmenter` with the threshold that makes its map read like the others.
+    """A trained :class:`Segmenter` (or :class:`SegmenterEnsemble`) with the threshold that makes its map read
+    like the others.
 
     Attributes:
         net: the network, in eval mode.
@@ -218,7 +241,7 @@ class LearnedMap:
         training: how it was trained (steps, crops, seed, seconds), for the prior's metadata.
     """
 
-    net: Segmenter
+    net: Segmenter | SegmenterEnsemble
     threshold: float
     smooth: float = 2.0
     quantile: float = 0.995
@@ -232,13 +255,19 @@ class LearnedMap:
     def fit(cls, clean: torch.Tensor, held_out: torch.Tensor, config: SegmenterConfig = SegmenterConfig(),
             smooth: float = 2.0, quantile: float = 0.995, log: Callable[[int, float], None] | None = None,
             device: str | torch.device = "cpu") -> LearnedMap:
-        """Train on clean crops (N, C, H, W) and set the threshold on other clean crops ``held_out`` (M, C, H, W)."""
+        """Train ``config.members`` nets on clean crops (N, C, H, W) and set the threshold on other clean crops
+        ``held_out`` (M, C, H, W)."""
+        if config.members < 1:
+            raise ValueError(f"members must be >= 1, got {config.members}")
         t0 = time.perf_counter()
-        net = train_segmenter(clean, config, log, device)
+        nets = [train_segmenter(clean, replace(config, seed=config.seed + i), log, device)
+                for i in range(config.members)]
+        net = nets[0] if len(nets) == 1 else SegmenterEnsemble(nets)
         seconds = time.perf_counter() - t0
         threshold = smoothed_quantile_threshold(probability(net, held_out.detach().to("cpu", torch.float32)),
                                                 smooth, quantile)
         training = {"steps": config.steps, "batch": config.batch, "lr": config.lr, "seed": config.seed,
+                    "members": config.members,
                     "crops": int(clean.shape[0]), "held_out": int(held_out.shape[0]), "seconds": round(seconds, 1),
                     "recipe": "DRAEM-style synthetic anomalies, focal loss (rgi_core.segmenter)"}
         return cls(net, threshold, smooth, quantile, training)
@@ -247,16 +276,26 @@ class LearnedMap:
         """:math:`G_\\sigma(p / (p + t))` in [0, 1), 0.5 at the clean quantile: (B, C, H, W) -> (B, 1, H, W)."""
         return ratio_map(probability(self.net, x), self.threshold, self.smooth)
 
+    @property
+    def members(self) -> int:
+        """How many nets the map averages (1 for a single net)."""
+        return len(self.net.members) if isinstance(self.net, SegmenterEnsemble) else 1
+
     def to_dict(self) -> dict[str, Any]:
         """JSON form for a prior's metadata (``defaults.segmenter``); the weights are tensors of the file."""
-        return {"width": self.net.width, "channels": self.net.channels, "threshold": self.threshold,
+        return {"width": self.net.width, "channels": self.net.channels, "members": self.members,
+                "threshold": self.threshold,
                 "smooth": self.smooth, "quantile": self.quantile, "training": self.training}
 
     @classmethod
     def from_parts(cls, d: dict[str, Any], state: dict[str, torch.Tensor]) -> LearnedMap:
-        """Rebuild from ``defaults.segmenter`` and the ``segmenter.*`` tensors (prefix stripped)."""
+        """Rebuild from ``defaults.segmenter`` and the ``segmenter.*`` tensors (prefix stripped). Files written
+        before ensembles have no ``members``: one net."""
         try:
-            net = Segmenter(int(d["channels"]), int(d["width"]))
+            channels, width, members = int(d["channels"]), int(d["width"]), int(d.get("members", 1))
+            net: Segmenter | SegmenterEnsemble = (
+                Segmenter(channels, width) if members == 1
+                else SegmenterEnsemble([Segmenter(channels, width) for _ in range(members)]))
             net.load_state_dict(state, strict=True)
             return cls(net.eval().requires_grad_(False), float(d["threshold"]), float(d.get("smooth", 2.0)),
                        float(d.get("quantile", 0.995)), dict(d.get("training", {})))

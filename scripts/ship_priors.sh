@@ -22,6 +22,7 @@ pids=()
 for name in brick grass gravel; do
   [[ $NAMES == *" $name "* ]] || continue
   cp "$OUT/$name-64.safetensors" "$OUT/ship/$name-64.safetensors"
+  [ -d "$OUT/data/$name-train" ] || $RGI export-dataset "$name" "$OUT/data/$name-train" --split train
   $RGI calibrate-prior "$OUT/ship/$name-64.safetensors" "$OUT/data/$name-train" --images-n 32 --iterations 300 --rounds 6 \
     --set map_sigma=1.0 --set fit=\"tile\" --texture-stats 256 --segmenter-steps 1000 \
     >"$OUT/ship/$name-64.calibration.json" &

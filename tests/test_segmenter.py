@@ -17,6 +17,7 @@ from rgi_core.segmenter import (
     LearnedMap,
     Segmenter,
     SegmenterConfig,
+    SegmenterEnsemble,
     focal_loss,
     noise_masks,
     synthesize,
@@ -106,6 +107,25 @@ def test_invert_fuses_the_learned_map_only_where_it_applies(tiny_prior, grass_ma
     images[:, :, 8:16, 8:16] = images.mean()  # a flat patch
     prior = dataclasses.replace(tiny_prior, segmenter=grass_map)
     assert_fuses_detector(prior, tiny_prior, images, grass_map.anomaly_map(images), "learned_map")
+
+
+def test_an_ensemble_averages_its_members_probabilities_and_travels_in_the_file(tmp_path, tiny_prior):
+    clean = torch.rand(16, 1, 32, 32)
+    learned = LearnedMap.fit(clean, clean, SegmenterConfig(steps=3, batch=4, seed=5, members=3))
+    assert isinstance(learned.net, SegmenterEnsemble) and learned.members == 3
+    x = torch.rand(2, 1, 32, 32)
+    # the members are seeds 5, 6, 7 of the single-net recipe
+    single = [LearnedMap.fit(clean, clean, SegmenterConfig(steps=3, batch=4, seed=s, members=1)).net for s in (5, 6, 7)]
+    mean_p = torch.stack([torch.sigmoid(n(x)) for n in single]).mean(0)
+    assert torch.allclose(torch.sigmoid(learned.net(x)), mean_p, atol=1e-6)
+    assert learned.to_dict()["members"] == 3 and learned.training["members"] == 3
+    path = save_prior(tmp_path / "e.safetensors", tiny_prior.generator, tiny_prior.discriminator, defaults={"lam": 0.1})
+    update_metadata(path, segmenter=learned, defaults={"lam": 0.1, "segmenter": learned.to_dict()})
+    loaded = load_prior(path, device="cpu").segmenter
+    assert loaded is not None and loaded.members == 3
+    assert torch.allclose(loaded.anomaly_map(x), learned.anomaly_map(x), atol=1e-6)
+    with pytest.raises(ValueError, match="two or more"):
+        SegmenterEnsemble([Segmenter()])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

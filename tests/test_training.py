@@ -181,8 +181,9 @@ def test_cli_calibrate_prior_trains_and_stores_a_segmenter(tiny_prior, tmp_path)
     kept = load_prior(path, device="cpu").segmenter
     assert kept is not None and kept.threshold == prior.segmenter.threshold
     assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "10", "--rounds", "1",
-                 "--segmenter-steps", "2", "--segmenter-crops", "8"]) == 0
-    assert load_prior(path, device="cpu").segmenter.training["steps"] == 2
+                 "--segmenter-steps", "2", "--segmenter-crops", "8", "--segmenter-members", "2"]) == 0
+    ensemble = load_prior(path, device="cpu").segmenter  # the single net's tensors gave way to two nets'
+    assert ensemble.training["steps"] == 2 and ensemble.members == 2 and ensemble.to_dict()["members"] == 2
 
 
 def test_lambda_fixed_point_is_damped_not_iterated():
