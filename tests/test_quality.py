@@ -16,7 +16,7 @@ FAST = dict(iterations=300, n_init=200)
 
 
 def test_brick_defects_are_found_on_held_out_crops():
-    # grass-64 and gravel-64 do not reach these yet (0.85-0.88 pixel AUROC with texture statistics); docs/quality.md.
+    # grass-64 and gravel-64 have their fast check below (test_texture_statistics_find_what_the_residual_misses).
     rows = {r.method: r for r in evaluate(load_prior("brick-64", device="cpu"),
                                           texture_eval_set("brick", n=10, seed=1), methods=("mse", "rgi"), **FAST)}
     rgi, mse = rows["rgi"], rows["mse"]
