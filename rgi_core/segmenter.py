@@ -284,8 +284,8 @@ class LearnedMap:
     def to_dict(self) -> dict[str, Any]:
         """JSON form for a prior's metadata (``defaults.segmenter``); the weights are tensors of the file."""
         return {"width": self.net.width, "channels": self.net.channels, "members": self.members,
-                "threshold": self.threshold,
-                "smooth": self.smooth, "quantile": self.quantile, "training": self.training}
+                "threshold": self.threshold, "smooth": self.smooth, "quantile": self.quantile,
+                "training": self.training}
 
     @classmethod
     def from_parts(cls, d: dict[str, Any], state: dict[str, torch.Tensor]) -> LearnedMap:

@@ -21,6 +21,7 @@ from rgi_core.segmenter import (
     focal_loss,
     noise_masks,
     synthesize,
+    train_segmenter,
 )
 from rgi_core.training import ImageSampler
 
@@ -115,7 +116,7 @@ def test_an_ensemble_averages_its_members_probabilities_and_travels_in_the_file(
     assert isinstance(learned.net, SegmenterEnsemble) and learned.members == 3
     x = torch.rand(2, 1, 32, 32)
     # the members are seeds 5, 6, 7 of the single-net recipe
-    single = [LearnedMap.fit(clean, clean, SegmenterConfig(steps=3, batch=4, seed=s, members=1)).net for s in (5, 6, 7)]
+    single = [train_segmenter(clean, SegmenterConfig(steps=3, batch=4, seed=s)) for s in (5, 6, 7)]
     mean_p = torch.stack([torch.sigmoid(n(x)) for n in single]).mean(0)
     assert torch.allclose(torch.sigmoid(learned.net(x)), mean_p, atol=1e-6)
     assert learned.to_dict()["members"] == 3 and learned.training["members"] == 3
