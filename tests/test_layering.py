@@ -20,3 +20,11 @@ def test_core_never_imports_prefect():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
     assert len(modules) >= 8
+
+
+def test_querying_a_catalog_does_not_import_torch():
+    # `rgi query` runs SQL on Parquet; the package's public names (invert, load_prior, ...) load on first use.
+    code = ("import sys\nimport rgi_core.query\nimport rgi_core\nassert 'torch' not in sys.modules\n"
+            "from rgi_core import invert\nprint(invert.__module__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["rgi_core.solvers", "True"], out.stderr
