@@ -5,7 +5,9 @@
 # residual are chosen on that strip, never on the evaluation quarter (docs/design.md). Re-running resumes.
 # Session 13: grass and gravel, one thread each at once, 21 min of training and 4 min of calibration.
 # Session 16: brick, 29 min of training (1713 s, sharing the 2 cores) and 4 min of calibration.
-# Usage: scripts/train_validation_priors.sh [grass gravel brick]   (default: grass gravel)
+# Session 18: digits, the shipped digits recipe on images 0..1199 only; its validation digits are 1200..1499
+# (30 min of training on one thread, 2 min of calibration).
+# Usage: scripts/train_validation_priors.sh [grass gravel brick digits]   (default: grass gravel)
 set -euo pipefail
 export OMP_NUM_THREADS=1
 cd "$(dirname "$0")/.."
@@ -15,6 +17,34 @@ OUT=runs/val
 mkdir -p "$OUT"
 pids=()
 for name in ${@:-grass gravel}; do
+  if [ "$name" = digits ]; then
+    (
+      data="$OUT/data/digits-fit"
+      [ -d "$data" ] || $PY -c "
+import sys
+from rgi_core.io import builtin
+from rgi_core.io.images import encode_png
+from pathlib import Path
+out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
+for i, img in enumerate(builtin.digits('train')[:1200]):  # images 0..1199
+    (out / f'digit-{i:04d}.png').write_bytes(encode_png(img))
+" "$data"
+      f="$OUT/digits-val.safetensors"
+      if [ ! -f "$OUT/digits-val.calibration.json" ]; then
+        $RGI train-prior "$data" --out "$f" --resolution 32 --channels 1 --latent-dim 64 --latent-mode global \
+          --width 32 --max-channels 128 --batch-size 32 --steps 8000 --seed 0 --threads 1 \
+          --data-note "validation prior: load_digits images 0..1199; 1200..1499 are its validation digits" \
+          >>"$OUT/digits-val.log" 2>&1
+        $RGI calibrate-prior "$f" "$data" --images-n 32 --iterations 300 --rounds 6 --set map_sigma=0.0 \
+          --set mask_tv=0.0 >"$OUT/digits-val.lam.json"
+        tv=$($PY -c "import json,sys; print(round(1.5 * json.load(open(sys.argv[1]))['lam'], 4))" "$OUT/digits-val.lam.json")
+        $RGI calibrate-prior "$f" "$data" --images-n 32 --iterations 300 --rounds 1 --set mask_tv="$tv" \
+          --set mask_tv_until=0.75 >"$OUT/digits-val.calibration.json"
+      fi
+    ) &
+    pids+=($!)
+    continue
+  fi
   (
     data="$OUT/data/$name-fit"
     [ -f "$data/$name-fit.png" ] || $PY -c "
