@@ -190,6 +190,10 @@ class SegmenterConfig:
     seed: int = 0
     members: int = 1
 
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ValueError(f"members must be >= 1, got {self.members}")
+
 
 def train_segmenter(clean: torch.Tensor, config: SegmenterConfig = SegmenterConfig(),
                     log: Callable[[int, float], None] | None = None, device: str | torch.device = "cpu") -> Segmenter:
@@ -257,8 +261,6 @@ class LearnedMap:
             device: str | torch.device = "cpu") -> LearnedMap:
         """Train ``config.members`` nets on clean crops (N, C, H, W) and set the threshold on other clean crops
         ``held_out`` (M, C, H, W)."""
-        if config.members < 1:
-            raise ValueError(f"members must be >= 1, got {config.members}")
         t0 = time.perf_counter()
         nets = [train_segmenter(clean, replace(config, seed=config.seed + i), log, device)
                 for i in range(config.members)]

@@ -127,6 +127,8 @@ def test_an_ensemble_averages_its_members_probabilities_and_travels_in_the_file(
     assert torch.allclose(loaded.anomaly_map(x), learned.anomaly_map(x), atol=1e-6)
     with pytest.raises(ValueError, match="two or more"):
         SegmenterEnsemble([Segmenter()])
+    with pytest.raises(ValueError, match="members must be >= 1"):
+        SegmenterConfig(members=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
