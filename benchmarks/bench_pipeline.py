@@ -110,10 +110,10 @@ def _upload(n: int) -> str:
 def throughput(n: int, iterations: int, batch_size: int, n_init: int) -> None:
     from flows.clean import CleanOptions, clean_dataset
     from flows.scale import on_compute
+    from rgi_core.inversion.solver import invert
     from rgi_core.io.images import decode_image
     from rgi_core.io.shards import iter_items, list_shards
-    from rgi_core.models import load_prior
-    from rgi_core.solvers import invert
+    from rgi_core.priors import load_prior
 
     with _moto() as moto_pid:
         source = _upload(n)

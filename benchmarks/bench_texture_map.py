@@ -18,11 +18,11 @@ import torch
 from torch.utils.benchmark import Timer
 
 from rgi_core import invert, resolve_device
-from rgi_core.config import config_for_prior
-from rgi_core.evaluation import crops_with_defects
+from rgi_core.detectors.texture import TextureStats, texture_stats_of
+from rgi_core.evaluation.labelled import crops_with_defects
+from rgi_core.inversion.config import config_for_prior
 from rgi_core.io import builtin
-from rgi_core.models import load_prior
-from rgi_core.texture import TextureStats, texture_stats_of
+from rgi_core.priors import load_prior
 
 
 def _seconds(fn, repeat: int = 1) -> float:

@@ -2,7 +2,7 @@
 
 Every method inverts the same images in one run. Textures: 64x64 crops of the right quarter (never trained
 on), half clean, half with one defect each. Digits: held-out images 1500.. with 10-25 % gross corruption.
-``--defects novel`` gives the texture crops the second set of kinds (:data:`rgi_core.defects.NOVEL_DEFECTS`)
+``--defects novel`` gives the texture crops the second set of kinds (:data:`rgi_core.evaluation.defects.NOVEL_DEFECTS`)
 instead, to check that the defaults generalise beyond the standard five.
 
 Usage:
@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from rgi_core.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS
-from rgi_core.evaluation import digits_eval_set, evaluate, format_scores, texture_eval_set
-from rgi_core.models import load_prior
+from rgi_core.evaluation.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS
+from rgi_core.evaluation.labelled import digits_eval_set, evaluate, format_scores, texture_eval_set
+from rgi_core.priors import load_prior
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=["brick", "grass", "gravel", "digits"])
     ap.add_argument("--defects", choices=("standard", "novel"), default="standard",
-                    help="texture defect kinds: the standard five or the novel five (rgi_core.defects)")
+                    help="texture defect kinds: the standard five or the novel five (rgi_core.evaluation.defects)")
     ap.add_argument("--methods", nargs="+", default=["mse", "rgi", "rrgi"], choices=("mse", "rgi", "rrgi", "dgp"),
                     help="methods to run (R-RGI is the slowest; the residual-only rows follow the chosen rgi/rrgi)")
     ap.add_argument("--no-residual-rows", action="store_true",
@@ -56,7 +56,7 @@ def main() -> None:
             prior = load_prior(f"{name}-64", device="auto")
             data = texture_eval_set(name, n=args.n, seed=args.seed, kinds=kinds)
             rows = evaluate(prior, data, methods=methods, **common)
-            # what the residual map alone gives (without rgi_core.texture and rgi_core.segmenter)
+            # what the residual map alone gives (without rgi_core.detectors.texture and rgi_core.detectors.segmenter)
             if "texture_stats" in prior.defaults and robust and not args.no_residual_rows:
                 rows += [dataclasses.replace(r, method=f"{r.method}, residual map only")
                          for r in evaluate(prior, data, methods=robust, texture_map=False, learned_map=False,

@@ -1,4 +1,4 @@
-"""The texture-statistics map alone, on the validation strip: a fast check for changes to rgi_core.texture.
+"""The texture-statistics map alone, on the validation strip: a fast check for changes to rgi_core.detectors.texture.
 
 Never touches the evaluation quarter. Inside the training split (columns x < 384) the statistics are fitted
 on random crops of rows y < 384 and scored on crops of rows y >= 384 (the "validation strip" of
@@ -25,15 +25,15 @@ import time
 
 import torch
 
-from rgi_core.anomaly import fuse_maps, image_score
-from rgi_core.config import config_for_prior
-from rgi_core.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS
-from rgi_core.evaluation import EvalSet, crops_with_defects
+from rgi_core.detectors.residual import fuse_maps, image_score
+from rgi_core.detectors.texture import TextureStats, texture_stats_of
+from rgi_core.evaluation.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS
+from rgi_core.evaluation.labelled import EvalSet, crops_with_defects
+from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
+from rgi_core.inversion.config import config_for_prior
+from rgi_core.inversion.solver import invert
 from rgi_core.io import builtin
-from rgi_core.metrics import image_auroc, pixel_auroc
-from rgi_core.models import Prior, load_prior
-from rgi_core.solvers import invert
-from rgi_core.texture import TextureStats, texture_stats_of
+from rgi_core.priors import Prior, load_prior
 
 VAL_Y = 384  # rows y >= VAL_Y of the training split are the validation strip
 

@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr
 if TYPE_CHECKING:
     from flows.clean import CleanOptions
     from rgi_core.catalog import Catalog
-    from rgi_core.models import Prior
+    from rgi_core.priors import Prior
 
 #: Where the project is published; block types link to its docs and logo (docs/rgi-logo.png).
 PROJECT_URL = "https://github.com/rgi-project/rgi"
@@ -118,7 +118,7 @@ class RgiCatalog(Block):
 
     def query(self, sql: str) -> Any:
         """Run SQL over the views ``images`` and ``runs``; a pandas DataFrame."""
-        from rgi_core.query import query
+        from rgi_core.catalog.sql import query
 
         return query(self.url, sql, self.storage_options())
 
@@ -149,7 +149,7 @@ class RgiPrior(Block):
 
     def load_prior(self, device: str = "auto") -> Prior:
         """The prior with ``defaults`` applied over the ones stored in its file."""
-        from rgi_core.models import load_prior
+        from rgi_core.priors import load_prior
 
         opts = self.credentials.storage_options() if self.credentials else None
         return with_defaults(load_prior(self.location, device=device, storage_options=opts), self.defaults)
@@ -278,7 +278,7 @@ def resolve(catalog: str, prior: str, options: CleanOptions | None, catalog_bloc
     if prior_block:
         p = on_compute(RgiPrior.load(prior_block).load_prior, device=opts.device)
     else:
-        from rgi_core.models import load_prior
+        from rgi_core.priors import load_prior
 
         p = on_compute(load_prior, prior, device=opts.device)
     if settings:

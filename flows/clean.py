@@ -23,14 +23,14 @@ from flows.blocks import RgiCatalog, RgiPrior, resolve, storage_options
 from flows.redact import redacting_flow
 from flows.scale import PriorRef, dask_task_runner, on_dask
 from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
-from rgi_core.calibration import read_calibration
 from rgi_core.catalog import utcnow
 from rgi_core.cleaning import Fit, resolve_fit
-from rgi_core.config import InversionConfig, config_for_prior
+from rgi_core.inversion.config import InversionConfig, config_for_prior
 from rgi_core.io.fs import redact_uri, require_no_credentials
 from rgi_core.io.images import ImageLimits
 from rgi_core.io.shards import batched, read_items
-from rgi_core.models import Prior
+from rgi_core.priors import Prior
+from rgi_core.priors.calibration import read_calibration
 
 MAX_LISTED_ERRORS = 20  # error rows named in the run's artifact (all of them are in the catalog)
 

@@ -14,7 +14,7 @@ def _warn(message: str) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.core:
-        from rgi_core.demo import format_table, run_demo
+        from rgi_core.evaluation.toy import format_table, run_demo
 
         print("rgi demo --core: a random 32x32 generator, 6 images it can make exactly, two gross corruptions.")
         print("Restored PSNR and mask IoU are medians over the images; higher is better.\n", flush=True)
@@ -26,7 +26,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_priors(args: argparse.Namespace) -> int:
-    from rgi_core.models import read_metadata, shipped_priors
+    from rgi_core.priors import read_metadata, shipped_priors
 
     priors = shipped_priors()
     if not priors:
@@ -51,8 +51,8 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     import torch
 
     from rgi_core.io.images import read_clean_images
-    from rgi_core.models.nets import ArchSpec
-    from rgi_core.training import TrainConfig, train_prior
+    from rgi_core.priors.nets import ArchSpec
+    from rgi_core.priors.training import TrainConfig, train_prior
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,11 +93,11 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
 def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     import json
 
-    from rgi_core.calibration import CalibrationConfig, calibrate
+    from rgi_core.detectors.segmenter import LearnedMap, SegmenterConfig
     from rgi_core.io.images import read_clean_images
-    from rgi_core.models import load_prior, update_metadata
-    from rgi_core.segmenter import LearnedMap, SegmenterConfig
-    from rgi_core.training import ImageSampler
+    from rgi_core.priors import load_prior, update_metadata
+    from rgi_core.priors.calibration import CalibrationConfig, calibrate
+    from rgi_core.priors.training import ImageSampler
 
     prior = load_prior(args.prior, device=args.device)
     for kv in args.set:
@@ -152,7 +152,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 def _cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from rgi_core.query import query
+    from rgi_core.catalog.sql import query
 
     try:
         df = query(args.catalog, args.sql)
@@ -196,7 +196,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     import fsspec
 
-    from rgi_core.report import show_image
+    from rgi_core.evaluation.grids import show_image
 
     png, row, notes = show_image(args.catalog, args.image_key, args.config_hash)
     for note in notes:
@@ -236,10 +236,10 @@ def _clean_tensors(source: str, channels: int) -> list:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from rgi_core.calibration import read_calibration
     from rgi_core.cleaning import resolve_fit
-    from rgi_core.evaluation import Thresholds, evaluate_labelled, format_scores, load_labelled, write_report
-    from rgi_core.models import load_prior
+    from rgi_core.evaluation.labelled import Thresholds, evaluate_labelled, format_scores, load_labelled, write_report
+    from rgi_core.priors import load_prior
+    from rgi_core.priors.calibration import read_calibration
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     prior = load_prior(args.prior, device=args.device)
@@ -277,9 +277,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     import fsspec
 
-    from rgi_core.calibration import CalibrationConfig, calibrate_fpr, conformal_min_images
     from rgi_core.cleaning import resolve_fit
-    from rgi_core.models import load_prior
+    from rgi_core.priors import load_prior
+    from rgi_core.priors.calibration import CalibrationConfig, calibrate_fpr, conformal_min_images
 
     prior = load_prior(args.prior, device=args.device)
     images = _clean_tensors(args.images, prior.spec.channels)
@@ -356,10 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store this default (JSON value), e.g. map_sigma=1.0; applied before calibrating")
     c.add_argument("--texture-stats", type=int, default=0, metavar="N",
                    help="stationary textures: fit local texture statistics on N clean crops (e.g. 256); they join "
-                        "the anomaly map (rgi_core.texture). 0 keeps the prior's as they are")
+                        "the anomaly map (rgi_core.detectors.texture). 0 keeps the prior's as they are")
     c.add_argument("--segmenter-steps", type=int, default=0, metavar="N",
                    help="train a learned anomaly segmenter for N steps on synthetic anomalies in clean crops (e.g. "
-                        "1000, minutes on a CPU); it joins the anomaly map (rgi_core.segmenter). 0 keeps the prior's")
+                        "1000, minutes on a CPU); it joins the anomaly map (rgi_core.detectors.segmenter). "
+                        "0 keeps the prior's")
     c.add_argument("--segmenter-crops", type=int, default=1024, metavar="N",
                    help="clean crops the segmenter is trained on (default 1024); 256 others set its threshold")
     c.add_argument("--segmenter-members", type=int, default=1, metavar="K",

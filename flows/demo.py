@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from rgi_core import metrics
-from rgi_core.defects import TEXTURE_DEFECTS, apply_defect
+from rgi_core.evaluation import metrics
+from rgi_core.evaluation.defects import TEXTURE_DEFECTS, apply_defect
 from rgi_core.io import builtin
 from rgi_core.io.images import encode_png
 from rgi_core.io.shards import tar_bytes
@@ -49,7 +49,7 @@ def run(out_dir: str = "demo-output", texture: str = "brick", n: int = 24, itera
     from moto.server import ThreadedMotoServer
 
     from flows.clean import CleanOptions, clean_dataset
-    from rgi_core.query import query
+    from rgi_core.catalog.sql import query
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local S3 server's per-request log is noise here
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)

@@ -23,7 +23,7 @@ from typing import Any
 from prefect.events import Event
 from prefect.events.clients import get_events_client
 
-from rgi_core.notifications import ShardUpload
+from rgi_core.io.notifications import ShardUpload
 
 SHARD_UPLOADED = "rgi.shard.uploaded"
 _POLL_NAMESPACE = uuid.UUID("0b8e6f7e-55a4-4c43-8a55-d1f5f0b9a3c2")

@@ -16,9 +16,9 @@ from flows.clean import CleanOptions
 from flows.events import shard_event
 from flows.tasks import list_shards
 from rgi_core.catalog import Catalog
+from rgi_core.io.notifications import unseen_shards
 from rgi_core.io.shards import Shard
-from rgi_core.models import load_prior
-from rgi_core.notifications import unseen_shards
+from rgi_core.priors import load_prior
 
 
 @task(name="read-seen", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)

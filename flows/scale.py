@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rgi_core.models import Prior, load_prior
+from rgi_core.priors import Prior, load_prior
 
 T = TypeVar("T")
 

@@ -34,10 +34,10 @@ from flows.blocks import RgiCatalog, RgiS3Credentials, storage_options
 from flows.scale import PriorRef, compute_executor, on_compute
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_items
+from rgi_core.evaluation.grids import report_grid, thumbnail_png
 from rgi_core.io import shards as core_shards
 from rgi_core.io.shards import Item, Shard
-from rgi_core.models import Prior
-from rgi_core.report import report_grid, thumbnail_png
+from rgi_core.priors import Prior
 
 if TYPE_CHECKING:
     from flows.clean import CleanOptions

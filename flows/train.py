@@ -1,6 +1,6 @@
 """Prefect flow ``train-prior``: the same training as ``rgi train-prior``, runnable on a GPU work pool.
 
-Reads clean images from any fsspec URL, trains with :func:`rgi_core.training.train_prior` (resuming from
+Reads clean images from any fsspec URL, trains with :func:`rgi_core.priors.training.train_prior` (resuming from
 ``work_dir`` when a previous run was interrupted) and writes the prior to ``out`` (local path or URL).
 """
 
@@ -16,8 +16,8 @@ from prefect.cache_policies import NONE
 from flows.redact import redacting_flow
 from rgi_core.io.fs import require_no_credentials
 from rgi_core.io.images import read_clean_images
-from rgi_core.models.nets import ArchSpec
-from rgi_core.training import TrainConfig, train_prior
+from rgi_core.priors.nets import ArchSpec
+from rgi_core.priors.training import TrainConfig, train_prior
 
 
 @task(name="load-training-images", cache_policy=NONE)

@@ -3,7 +3,7 @@
 The loop, per SQS message:
 
 1. long-poll the queue (``WaitTimeSeconds``, up to 20 s; no busy polling);
-2. parse the body (:func:`rgi_core.notifications.parse_notification`): ``s3:TestEvent`` and non-ObjectCreated
+2. parse the body (:func:`rgi_core.io.notifications.parse_notification`): ``s3:TestEvent`` and non-ObjectCreated
    records yield nothing; keys are URL-decoded;
 3. for each upload under ``--prefix`` that is a shard file and not yet in the seen ledger: emit the event,
    wait for the server's confirmation, then record its dedupe key in the ledger;
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flows.events import ConfirmedEmitter, upload_event
-from rgi_core.notifications import SeenLedger, is_shard_key, parse_notification, under_prefix
+from rgi_core.io.notifications import SeenLedger, is_shard_key, parse_notification, under_prefix
 
 logger = logging.getLogger("rgi.watch")
 

@@ -18,27 +18,28 @@ __version__ = "0.1.0"
 # The public names load on first use (PEP 562), so that a command which needs none of them, such as
 # `rgi query` on a catalog, does not pay torch's 2-3 s import.
 _EXPORTS: dict[str, str] = {
-    "ArchSpec": "rgi_core.models",
-    "DGPConfig": "rgi_core.config",
-    "ImageDiagnostics": "rgi_core.types",
-    "InversionConfig": "rgi_core.config",
-    "InversionResult": "rgi_core.types",
-    "MSEConfig": "rgi_core.config",
-    "Prior": "rgi_core.models",
-    "RGIConfig": "rgi_core.config",
-    "RRGIConfig": "rgi_core.config",
-    "config_from_dict": "rgi_core.config",
-    "invert": "rgi_core.solvers",
-    "load_prior": "rgi_core.models",
-    "make_config": "rgi_core.config",
-    "make_physics": "rgi_core.operators",
-    "random_prior": "rgi_core.models",
+    "ArchSpec": "rgi_core.priors",
+    "DGPConfig": "rgi_core.inversion.config",
+    "ImageDiagnostics": "rgi_core.inversion.results",
+    "InversionConfig": "rgi_core.inversion.config",
+    "InversionResult": "rgi_core.inversion.results",
+    "MSEConfig": "rgi_core.inversion.config",
+    "Prior": "rgi_core.priors",
+    "RGIConfig": "rgi_core.inversion.config",
+    "RRGIConfig": "rgi_core.inversion.config",
+    "config_from_dict": "rgi_core.inversion.config",
+    "invert": "rgi_core.inversion.solver",
+    "load_prior": "rgi_core.priors",
+    "make_config": "rgi_core.inversion.config",
+    "make_physics": "rgi_core.inversion.operators",
+    "random_prior": "rgi_core.priors",
     "resolve_device": "rgi_core.device",
-    "save_prior": "rgi_core.models",
+    "save_prior": "rgi_core.priors",
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from rgi_core.config import (
+    from rgi_core.device import resolve_device
+    from rgi_core.inversion.config import (
         DGPConfig,
         InversionConfig,
         MSEConfig,
@@ -47,11 +48,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         config_from_dict,
         make_config,
     )
-    from rgi_core.device import resolve_device
-    from rgi_core.models import ArchSpec, Prior, load_prior, random_prior, save_prior
-    from rgi_core.operators import make_physics
-    from rgi_core.solvers import invert
-    from rgi_core.types import ImageDiagnostics, InversionResult
+    from rgi_core.inversion.operators import make_physics
+    from rgi_core.inversion.results import ImageDiagnostics, InversionResult
+    from rgi_core.inversion.solver import invert
+    from rgi_core.priors import ArchSpec, Prior, load_prior, random_prior, save_prior
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ are error rows rather than being silently sanitised.
 Colour handling: the inversion runs in the prior's channels (an RGB image seen by a grayscale prior is
 inverted as its luminance, and phi then blends the prior's gray into each colour channel); outputs keep
 the input's mode (gray/RGB, alpha, 16-bit). The mask PNG is the soft anomaly map
-(:func:`rgi_core.anomaly.anomaly_map`, 0.5 at the prior's mask threshold; tie-free, so it ranks pixels
+(:func:`rgi_core.detectors.residual.anomaly_map`, 0.5 at the prior's mask threshold; tie-free, so it ranks pixels
 for AUROC) and ``mask_fraction`` the share of pixels above 0.5.
 """
 
@@ -37,7 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rgi_core.config import InversionConfig
+from rgi_core.inversion.config import InversionConfig
+from rgi_core.inversion.results import InversionResult
+from rgi_core.inversion.solver import invert
 from rgi_core.io.images import (
     CLEAN_LIMITS,
     ImageDecodeError,
@@ -48,9 +50,7 @@ from rgi_core.io.images import (
     encode_png_native,
 )
 from rgi_core.io.shards import Item
-from rgi_core.models.checkpoint import Prior
-from rgi_core.solvers import invert
-from rgi_core.types import InversionResult
+from rgi_core.priors.files import Prior
 
 Fit = Literal["resize", "tile"]
 

@@ -9,9 +9,9 @@ import torch
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from rgi_core.demo import DEMO_SPEC as TINY  # noqa: E402  the demo's tiny 32x32 grayscale architecture
-from rgi_core.models import random_prior  # noqa: E402
-from rgi_core.models.nets import to_unit  # noqa: E402
+from rgi_core.evaluation.toy import DEMO_SPEC as TINY  # noqa: E402  the demo's tiny 32x32 grayscale architecture
+from rgi_core.priors import random_prior  # noqa: E402
+from rgi_core.priors.nets import to_unit  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -111,10 +111,10 @@ def write_generated(prior, folder, n: int, seed: int):
 def assert_fuses_detector(prior, bare, images: torch.Tensor, detector_map: torch.Tensor, off: str) -> None:
     """``invert`` with ``prior`` (``bare`` plus one extra detector whose map on ``images`` is ``detector_map``)
     fuses that map, the maximum and the mean score, only where it applies; ``off`` names the config flag."""
-    from rgi_core.anomaly import image_score
-    from rgi_core.config import make_config
-    from rgi_core.operators import Inpainting
-    from rgi_core.solvers import invert
+    from rgi_core.detectors.residual import image_score
+    from rgi_core.inversion.config import make_config
+    from rgi_core.inversion.operators import Inpainting
+    from rgi_core.inversion.solver import invert
 
     settings = dict(iterations=20, n_init=8, lam=0.05, device="cpu")
     plain = invert(images, prior, make_config("rgi", **{off: False}, **settings))

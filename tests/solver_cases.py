@@ -20,8 +20,8 @@ FIELDS = ("restored", "mask", "phi", "anomaly_map", "score", "generated", "laten
 def _inputs():
     from conftest import generate, gross_flip
 
-    from rgi_core.demo import DEMO_SPEC
-    from rgi_core.models import load_prior, random_prior
+    from rgi_core.evaluation.toy import DEMO_SPEC
+    from rgi_core.priors import load_prior, random_prior
 
     tiny = random_prior(DEMO_SPEC, seed=0)
     x = generate(tiny, 3, seed=1)
@@ -36,7 +36,7 @@ def _inputs():
 def cases() -> dict[str, Callable[[], object]]:
     """Name -> a function that runs one solve and returns its ``InversionResult``."""
     from rgi_core import invert, make_config
-    from rgi_core.operators import Downsample, Inpainting
+    from rgi_core.inversion.operators import Downsample, Inpainting
 
     tiny, y, brick, brick_y = _inputs()
     small = dict(iterations=40, n_init=64, lam=0.1, device="cpu")

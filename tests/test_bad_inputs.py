@@ -19,7 +19,7 @@ import pytest
 from rgi_core.catalog import Catalog
 from rgi_core.io.images import CLEAN_LIMITS, ImageDecodeError, ImageLimits, decode_image, decode_native
 from rgi_core.io.shards import iter_items, list_shards
-from rgi_core.models import save_prior
+from rgi_core.priors import save_prior
 
 DATA = Path(__file__).parent / "data"
 FAST = dict(iterations=5, n_init=2, batch_size=8)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from rgi_core.cleaning import _tiles, _untile, clean_batch, image_key
-from rgi_core.config import RGIConfig
+from rgi_core.inversion.config import RGIConfig
 from rgi_core.io.images import decode_image, encode_png
 
 FAST = RGIConfig(iterations=30, n_init=16)

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from rgi_core.io.images import encode_png
-from rgi_core.models import save_prior
+from rgi_core.priors import save_prior
 
 
 def rgi(*args: str) -> subprocess.CompletedProcess:

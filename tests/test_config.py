@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rgi_core.config import CONFIGS, DGPConfig, RRGIConfig, config_for_prior, config_from_dict, make_config
+from rgi_core.inversion.config import CONFIGS, DGPConfig, RRGIConfig, config_for_prior, config_from_dict, make_config
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
@@ -82,7 +82,7 @@ def test_none_overrides_keep_defaults():
 
 
 def test_prior_defaults_sit_between_paper_defaults_and_overrides():
-    from rgi_core.config import config_for_prior
+    from rgi_core.inversion.config import config_for_prior
 
     meta = {"lam": 0.02, "map_sigma": 1.0, "score_threshold": 0.4, "calibration": {"images": 8}}
     cfg = config_for_prior("rgi", meta)

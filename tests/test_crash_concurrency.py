@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rgi_core.io.images import encode_png
-from rgi_core.models import save_prior
+from rgi_core.priors import save_prior
 
 pytestmark = pytest.mark.slow  # subprocesses: ~2.5 min on the shared 2-core box
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rgi_core.anomaly import gaussian_blur
-from rgi_core.defects import DEFECTS, DIGIT_DEFECTS, NOVEL_DEFECTS, TEXTURE_DEFECTS, apply_defect
+from rgi_core.detectors.residual import gaussian_blur
+from rgi_core.evaluation.defects import DEFECTS, DIGIT_DEFECTS, NOVEL_DEFECTS, TEXTURE_DEFECTS, apply_defect
 
 SIZES = [(1, 64, 64), (1, 32, 32), (3, 37, 29)]
 

@@ -9,7 +9,7 @@ import yaml
 
 from rgi_core.catalog import Catalog
 from rgi_core.io.images import encode_png
-from rgi_core.models import save_prior
+from rgi_core.priors import save_prior
 
 YAML = Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml"
 

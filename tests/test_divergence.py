@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import generate
 
-from rgi_core import cleaning, losses
+from rgi_core import cleaning
 from rgi_core.cleaning import clean_batch
-from rgi_core.config import DGPConfig, RGIConfig, RRGIConfig
+from rgi_core.inversion import losses
+from rgi_core.inversion.config import DGPConfig, RGIConfig, RRGIConfig
 from rgi_core.io.images import encode_png
 
 POISONED = 2  # the batch row (= image, with fit="resize") whose residual becomes NaN mid-solve

@@ -13,7 +13,7 @@ from conftest import parquet_bytes
 
 from rgi_core.io.images import decode_image, encode_png
 from rgi_core.io.shards import tar_bytes
-from rgi_core.models import save_prior
+from rgi_core.priors import save_prior
 
 FAST = dict(iterations=20, n_init=8, batch_size=4)
 
@@ -120,7 +120,7 @@ def test_pipeline_demo_end_to_end(prefect_api, tmp_path):
 
 def test_mask_tv_option_overrides_the_prior_and_is_part_of_the_config_hash():
     from flows.clean import CleanOptions
-    from rgi_core.models import load_prior
+    from rgi_core.priors import load_prior
 
     prior = load_prior("digits-32", device="cpu")  # ships mask_tv > 0
     default, off = CleanOptions(), CleanOptions(mask_tv=0.0)

@@ -28,7 +28,7 @@ def brick_source(root) -> str:
 
 def test_prior_ref_loads_once_per_process_and_checks_the_weights():
     from flows.scale import PriorRef
-    from rgi_core.models import load_prior
+    from rgi_core.priors import load_prior
 
     p = load_prior("brick-64", device="cpu")
     ref = pickle.loads(pickle.dumps(PriorRef("brick-64", p.prior_id, "cpu")))

@@ -6,7 +6,7 @@ import fsspec
 import numpy as np
 
 from rgi_core.io.images import encode_png
-from rgi_core.models import load_prior
+from rgi_core.priors import load_prior
 
 
 def test_train_prior_flow_memory_urls(prefect_api, tmp_path):

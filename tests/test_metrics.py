@@ -10,7 +10,7 @@ import torch
 from skimage.measure import label
 from sklearn.metrics import roc_auc_score
 
-from rgi_core import metrics
+from rgi_core.evaluation import metrics
 
 
 def _gen(seed: int = 0) -> torch.Generator:

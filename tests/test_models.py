@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from rgi_core.models import (
+from rgi_core.priors import (
     ArchSpec,
     Discriminator,
     Generator,
@@ -18,8 +18,8 @@ from rgi_core.models import (
     read_metadata,
     save_prior,
 )
-from rgi_core.models.checkpoint import plain_state_dict
-from rgi_core.models.nets import upsample_conv3x3
+from rgi_core.priors.files import plain_state_dict
+from rgi_core.priors.nets import upsample_conv3x3
 
 
 def _nets(spec: ArchSpec = TINY, spectral: bool = True) -> tuple[Generator, Discriminator]:

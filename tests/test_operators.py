@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from rgi_core.operators import (
+from rgi_core.inversion.operators import (
     OPERATORS,
     Downsample,
     GaussianNoise,

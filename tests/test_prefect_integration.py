@@ -19,7 +19,7 @@ from test_cli_clean import rgi
 from flows.blocks import BLOCKS, RgiCatalog, RgiCleaningSettings, RgiPrior, RgiS3Credentials, with_defaults
 from rgi_core.io.images import encode_png
 from rgi_core.io.shards import tar_bytes
-from rgi_core.models import load_prior, save_prior
+from rgi_core.priors import load_prior, save_prior
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = dict(iterations=5, n_init=2, batch_size=2)

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from rgi_core import invert, make_config
-from rgi_core.anomaly import image_score
-from rgi_core.defects import DIGIT_DEFECTS, NOVEL_DEFECTS, apply_defect
-from rgi_core.evaluation import digits_eval_set, evaluate, texture_eval_set
+from rgi_core.detectors.residual import image_score
+from rgi_core.evaluation.defects import DIGIT_DEFECTS, NOVEL_DEFECTS, apply_defect
+from rgi_core.evaluation.labelled import digits_eval_set, evaluate, texture_eval_set
+from rgi_core.evaluation.metrics import image_auroc
 from rgi_core.io import builtin
-from rgi_core.metrics import image_auroc
-from rgi_core.models import load_prior
+from rgi_core.priors import load_prior
 
 FAST = dict(iterations=300, n_init=200)
 
@@ -31,8 +31,8 @@ def test_brick_defects_are_found_on_held_out_crops():
 
 
 def test_brick_novel_defect_kinds_are_found():
-    """Blur, grain, exposure shift, thin lines and a hole (rgi_core.defects.NOVEL_DEFECTS), held-out crops: the
-    defaults generalise beyond the standard five kinds. Measured here in session 11, with the single-Gaussian
+    """Blur, grain, exposure shift, thin lines and a hole (rgi_core.evaluation.defects.NOVEL_DEFECTS), held-out crops:
+    the defaults generalise beyond the standard five kinds. Measured here in session 11, with the single-Gaussian
     texture map: pixel AUROC 0.950 (MSE 0.917), image AUROC 0.840, restored PSNR 38.5 dB (MSE 33.8)."""
     rows = {r.method: r for r in evaluate(load_prior("brick-64", device="cpu"),
                                           texture_eval_set("brick", n=10, seed=1, kinds=NOVEL_DEFECTS),
@@ -46,7 +46,7 @@ def test_brick_novel_defect_kinds_are_found():
 @pytest.mark.parametrize("texture", ["grass", "gravel"])
 def test_texture_statistics_find_what_the_residual_misses(texture):
     """Stains, blurred spots and pasted patches on grass and gravel leave less residual than the clean texture;
-    the prior's texture statistics (rgi_core.texture, fitted on the training split) flag them. Held-out crops,
+    the prior's texture statistics (rgi_core.detectors.texture, fitted on the training split) flag them. Held-out crops,
     one run. Measured here (session 12): grass pixel AUROC 0.967 (residual map only 0.599, MSE 0.601),
     gravel 0.910 (0.753, 0.781)."""
     prior = load_prior(f"{texture}-64", device="cpu")

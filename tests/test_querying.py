@@ -1,5 +1,5 @@
-"""Reading results: rgi_core.catalog.open / dataset (local and S3), `rgi show`, and every SQL block of docs/querying.md,
-all on a catalog written by a real clean-dataset run."""
+"""Reading results: rgi_core.catalog.connect / dataset (local and S3), `rgi show`, and every SQL block of
+docs/querying.md, all on a catalog written by a real clean-dataset run."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from PIL import Image
 from test_cli_clean import rgi
 
 import rgi_core.catalog
+from rgi_core.evaluation.grids import THUMB, _cell
 from rgi_core.io.images import encode_png
 from rgi_core.io.shards import tar_bytes
-from rgi_core.models import save_prior
-from rgi_core.report import THUMB, _cell
+from rgi_core.priors import save_prior
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "querying.md"
 FAST = dict(iterations=20, n_init=8, batch_size=4)
@@ -56,7 +56,7 @@ def test_open_and_dataset_local_and_s3(cleaned, s3):
     s3.put(local + "/runs", "rgi-test/cat/runs", recursive=True)
     expect = pd.read_parquet(Path(local) / "images")
     for uri in (local, "s3://rgi-test/cat"):
-        con = rgi_core.catalog.open(uri)
+        con = rgi_core.catalog.connect(uri)
         n, ok, methods = con.execute("SELECT count(*), count(*) FILTER (status = 'ok'), "
                                      "list(DISTINCT method) FROM images").fetchone()
         assert (n, ok, methods) == (len(expect), (expect.status == "ok").sum(), ["rgi"])
@@ -73,7 +73,7 @@ def test_open_and_dataset_local_and_s3(cleaned, s3):
 
 
 def test_open_and_dataset_on_an_empty_catalog(tmp_path):
-    con = rgi_core.catalog.open(str(tmp_path / "nothing-yet"))
+    con = rgi_core.catalog.connect(str(tmp_path / "nothing-yet"))
     assert con.execute("SELECT count(*) FROM images").fetchone() == (0,)
     d = rgi_core.catalog.dataset(str(tmp_path / "nothing-yet"), "runs")
     assert d.count_rows() == 0 and "images_per_second" in d.schema.names
@@ -86,7 +86,7 @@ def sql_blocks(text: str) -> list[str]:
 def test_every_query_in_the_docs_runs(cleaned):
     blocks = sql_blocks(DOCS.read_text())
     assert len(blocks) >= 6
-    con = rgi_core.catalog.open(cleaned["catalog"])
+    con = rgi_core.catalog.connect(cleaned["catalog"])
     images = pd.read_parquet(Path(cleaned["catalog"]) / "images")
     assert images.is_anomalous.any() and not images.is_anomalous.dropna().all()  # the data exercises both sides
     empty = []
@@ -140,7 +140,7 @@ def test_rgi_show_tar_parquet_missing_source_and_unknown_key(cleaned, tmp_path):
 
 
 def test_show_refuses_error_only_unknown_config_and_ambiguous_keys(cleaned):
-    from rgi_core.report import show_image
+    from rgi_core.evaluation.grids import show_image
 
     rows = pd.read_parquet(Path(cleaned["catalog"]) / "images")
     broken = rows[rows.source_uri.str.endswith("broken.png")].image_key.iloc[0]

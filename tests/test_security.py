@@ -12,8 +12,8 @@ from safetensors.torch import save as st_save
 
 from rgi_core.io.fs import has_credentials, redact_text, redact_uri, require_no_credentials
 from rgi_core.io.images import encode_png
-from rgi_core.models import load_prior, save_prior
-from rgi_core.models.checkpoint import PriorFormatError, read_metadata
+from rgi_core.priors import load_prior, save_prior
+from rgi_core.priors.files import PriorFormatError, read_metadata
 
 ENV_SECRETS = {"AWS_ACCESS_KEY_ID": "AKIARGITESTENVKEY0001",
                "AWS_SECRET_ACCESS_KEY": "rgiEnvSecret/Key+0123456789abcdefghijklmn",

@@ -1,4 +1,5 @@
-"""The learned anomaly segmenter (rgi_core.segmenter): its training data, loss, storage and place in the map."""
+"""The learned anomaly segmenter (rgi_core.detectors.segmenter): its training data, loss, storage and place in
+the map."""
 
 from __future__ import annotations
 
@@ -9,11 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from rgi_core.defects import apply_defect
-from rgi_core.evaluation import texture_eval_set
-from rgi_core.io import builtin
-from rgi_core.models import PriorFormatError, load_prior, save_prior, update_metadata
-from rgi_core.segmenter import (
+from rgi_core.detectors.segmenter import (
     LearnedMap,
     Segmenter,
     SegmenterConfig,
@@ -23,7 +20,11 @@ from rgi_core.segmenter import (
     synthesize,
     train_segmenter,
 )
-from rgi_core.training import ImageSampler
+from rgi_core.evaluation.defects import apply_defect
+from rgi_core.evaluation.labelled import texture_eval_set
+from rgi_core.io import builtin
+from rgi_core.priors import PriorFormatError, load_prior, save_prior, update_metadata
+from rgi_core.priors.training import ImageSampler
 
 
 def test_synthetic_anomalies_are_labelled_where_the_pixels_changed():
@@ -74,7 +75,7 @@ def grass_map() -> LearnedMap:
 
 
 def test_a_trained_segmenter_finds_defects_it_never_saw_on_held_out_grass(grass_map):
-    """Trained only on synthetic anomalies (never rgi_core.defects), tested on the evaluation quarter."""
+    """Trained only on synthetic anomalies (never rgi_core.evaluation.defects), tested on the evaluation quarter."""
     clean = texture_eval_set("grass", n=16, seed=3).clean[:8, :, :32, :32]  # unseen grass, (8, 1, 32, 32)
     aurocs = {}
     for kind in ("stain", "blob", "shift"):

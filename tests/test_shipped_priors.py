@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flows.cli import main
-from rgi_core.models import load_prior, read_metadata, shipped_priors
+from rgi_core.priors import load_prior, read_metadata, shipped_priors
 
 SHIPPED = {"brick-64": (64, "spatial"), "grass-64": (64, "global"), "gravel-64": (64, "global"),
            "digits-32": (32, "global")}

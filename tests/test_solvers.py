@@ -9,11 +9,13 @@ import pytest
 import torch
 from conftest import generate, gross_flip
 
-from rgi_core import invert, losses, make_config, metrics
-from rgi_core.config import CONFIGS
-from rgi_core.models import Prior
-from rgi_core.models.nets import to_unit
-from rgi_core.operators import Downsample, Grayscale, Inpainting
+from rgi_core import invert, make_config
+from rgi_core.evaluation import metrics
+from rgi_core.inversion import losses
+from rgi_core.inversion.config import CONFIGS
+from rgi_core.inversion.operators import Downsample, Grayscale, Inpainting
+from rgi_core.priors import Prior
+from rgi_core.priors.nets import to_unit
 
 # The random generator's images have std ~0.11; lam=0.1 puts the mask threshold at 0.22, between the
 # generator's natural variation and the gross corruption (values flipped to 0 or 1).
@@ -134,7 +136,7 @@ def tiny_prior64():
     noise amplified by Adam's normalised steps (float32 agrees to ~2e-7 after 5 steps, ~1e-2 after 40)."""
     from conftest import TINY
 
-    from rgi_core.models import random_prior
+    from rgi_core.priors import random_prior
 
     return random_prior(TINY, seed=0).to(dtype=torch.float64)
 

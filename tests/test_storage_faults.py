@@ -15,7 +15,7 @@ import pytest
 from faults import Fault, FaultProxy
 
 from rgi_core.io.images import encode_png
-from rgi_core.models import save_prior
+from rgi_core.priors import save_prior
 
 N = 10
 TINY = dict(iterations=3, n_init=1, batch_size=4, io_retry_delays=(0.1, 0.3, 0.5))

@@ -1,4 +1,4 @@
-"""Local texture statistics (rgi_core.texture) and their place in the anomaly map."""
+"""Local texture statistics (rgi_core.detectors.texture) and their place in the anomaly map."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from rgi_core.anomaly import gaussian_blur
-from rgi_core.defects import apply_defect
-from rgi_core.evaluation import texture_eval_set
+from rgi_core.detectors.residual import gaussian_blur
+from rgi_core.detectors.texture import FEATURES_PER_CHANNEL, TextureStats, texture_features, texture_stats_of
+from rgi_core.evaluation.defects import apply_defect
+from rgi_core.evaluation.labelled import texture_eval_set
 from rgi_core.io import builtin
-from rgi_core.texture import FEATURES_PER_CHANNEL, TextureStats, texture_features, texture_stats_of
-from rgi_core.training import ImageSampler
+from rgi_core.priors.training import ImageSampler
 
 
 def noise_texture(n: int, seed: int, size: int = 32, channels: int = 1) -> torch.Tensor:

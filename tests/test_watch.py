@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from rgi_core.notifications import SeenLedger, ShardUpload, parse_notification, under_prefix, unseen_shards
+from rgi_core.io.notifications import SeenLedger, ShardUpload, parse_notification, under_prefix, unseen_shards
 
 
 def _record(key: str, etag: str = "e1", name: str = "ObjectCreated:Put", bucket: str = "b") -> dict:

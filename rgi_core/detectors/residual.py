@@ -1,6 +1,6 @@
 r"""From a fit G(z) to masks, anomaly maps and image scores.
 
-For a pixel with residual :math:`e` (:func:`rgi_core.losses.pixel_residual`) the RGI objective
+For a pixel with residual :math:`e` (:func:`rgi_core.inversion.losses.pixel_residual`) the RGI objective
 :math:`(1-m)^2 e + \lambda m` (L2) is minimised over :math:`m \in [0,1]` by
 
 .. math::  m^* = \mathrm{clip}(1 - \lambda / (2e),\ 0,\ 1)
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rgi_core.config import Fidelity
+from rgi_core.inversion.config import Fidelity
 
 
 def closed_form_mask(residual: torch.Tensor, lam: float, kind: Fidelity = "l2") -> torch.Tensor:
@@ -128,7 +128,7 @@ def fuse_maps(
     amap: torch.Tensor, score: torch.Tensor, maps: Sequence[torch.Tensor], topk: float = 0.01, sigma: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The residual map (B, 1, H, W) and score (B,) joined with the prior's other detectors' maps (each (B, 1, H, W)):
-    the texture map (:mod:`rgi_core.texture`) and the learned map (:mod:`rgi_core.segmenter`).
+    the texture map (:mod:`rgi_core.detectors.texture`) and the learned map (:mod:`rgi_core.detectors.segmenter`).
 
     Map: the pixel-wise maximum (each reads 0.5 at its clean 99.5 % quantile). Score: the mean of the image
     scores (session 10; standardising each by its clean scores was measured and not adopted in session 13,

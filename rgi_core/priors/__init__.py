@@ -1,6 +1,6 @@
-"""Generator/discriminator nets and the prior file format."""
+"""Priors: the generator and discriminator nets, the prior file format, training, calibration, shipped files."""
 
-from rgi_core.models.checkpoint import (
+from rgi_core.priors.files import (
     Prior,
     PriorFormatError,
     load_prior,
@@ -11,7 +11,7 @@ from rgi_core.models.checkpoint import (
     shipped_priors,
     update_metadata,
 )
-from rgi_core.models.nets import ArchSpec, Discriminator, Generator, from_unit, to_unit
+from rgi_core.priors.nets import ArchSpec, Discriminator, Generator, from_unit, to_unit
 
 __all__ = [
     "ArchSpec",

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from rgi_core.anomaly import gaussian_blur
+from rgi_core.detectors.residual import gaussian_blur
 
 DefectFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 TEXTURE_DEFECTS = ("scratch", "blob", "stain", "dead_pixels", "patch")

@@ -22,7 +22,7 @@ discriminative sub-network:
 
 The loss is the per-pixel focal loss (:math:`\gamma = 2`, as DRAEM) against the label :math:`m > 0.5`,
 where the change :math:`|x' - x|` is over 0.02 (a low-opacity fill that changes nothing is labelled normal).
-None of :mod:`rgi_core.defects` (the evaluation defects) is used in training. The anomalies are drawn on
+None of :mod:`rgi_core.evaluation.defects` (the evaluation defects) is used in training. The anomalies are drawn on
 the CPU (seeded) and the net trains on ``device`` (1000 steps of 32 crops of 64 px: about 6 min on one CPU core).
 
 The map is read like the texture map: :math:`a = G_\sigma(p / (p + t))`, :math:`p` the sigmoid of the
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgi_core.anomaly import gaussian_blur, ratio_map, smoothed_quantile_threshold
+from rgi_core.detectors.residual import gaussian_blur, ratio_map, smoothed_quantile_threshold
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -271,7 +271,7 @@ class LearnedMap:
         training = {"steps": config.steps, "batch": config.batch, "lr": config.lr, "seed": config.seed,
                     "members": config.members,
                     "crops": int(clean.shape[0]), "held_out": int(held_out.shape[0]), "seconds": round(seconds, 1),
-                    "recipe": "DRAEM-style synthetic anomalies, focal loss (rgi_core.segmenter)"}
+                    "recipe": "DRAEM-style synthetic anomalies, focal loss (rgi_core.detectors.segmenter)"}
         return cls(net, threshold, smooth, quantile, training)
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ This is the classic statistical texture-defect model (local filter-bank energies
 filters instead of a pretrained network, which this project cannot download. How the statistics and the
 mixture were chosen, on a validation strip of the training split: docs/design.md.
 
-:func:`rgi_core.solvers.invert` fuses it with the residual map when the prior stores statistics
+:func:`rgi_core.inversion.solver.invert` fuses it with the residual map when the prior stores statistics
 (``defaults.texture_stats``, written by ``rgi calibrate-prior --texture-stats``) and the config's
 ``texture_map`` is on: anomaly map ``max(a_rgi, a_tex)``, image score the mean of the two maps' scores.
 The mask M and the restored image stay RGI's own.
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rgi_core.anomaly import gaussian_blur, ratio_map, smoothed_quantile_threshold
+from rgi_core.detectors.residual import gaussian_blur, ratio_map, smoothed_quantile_threshold
 
 #: statistics per channel (see the module docstring)
 FEATURES_PER_CHANNEL = 14

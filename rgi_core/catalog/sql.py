@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from rgi_core.catalog import Catalog
+from rgi_core.catalog.store import Catalog
 
 
 def connect(catalog: str, storage_options: dict[str, Any] | None = None) -> Any:
-    """A DuckDB connection with views ``images`` and ``runs`` over ``catalog`` (empty views if none yet)."""
+    """A DuckDB connection with views ``images`` and ``runs`` over ``catalog`` (empty views if none yet).
+
+    ``storage_options`` go to fsspec (e.g. ``{"anon": False, "client_kwargs": {"endpoint_url": ...}}``)::
+
+        con = rgi_core.catalog.connect("s3://bucket/catalog")
+        con.sql("SELECT source_uri, anomaly_score FROM images ORDER BY anomaly_score DESC LIMIT 10").df()
+    """
     import duckdb
 
     cat = Catalog(catalog, storage_options)

@@ -394,20 +394,7 @@ class Catalog:
         return rows
 
 
-# -- public read API ---------------------------------------------------------------------------------
-def open(uri: str, storage_options: dict[str, Any] | None = None) -> Any:  # noqa: A001  duckdb.DuckDBPyConnection
-    """A DuckDB connection with views ``images`` and ``runs`` over the catalog at ``uri``.
-
-    ``storage_options`` go to fsspec (e.g. ``{"anon": False, "client_kwargs": {"endpoint_url": ...}}``)::
-
-        con = rgi_core.catalog.open("s3://bucket/catalog")
-        con.sql("SELECT source_uri, anomaly_score FROM images ORDER BY anomaly_score DESC LIMIT 10").df()
-    """
-    from rgi_core.query import connect
-
-    return connect(uri, storage_options)
-
-
+# -- public read API (SQL views: rgi_core.catalog.sql.connect) -------------------------------------------
 def dataset(uri: str, table: str = "images", storage_options: dict[str, Any] | None = None) -> Any:
     """The ``images`` or ``runs`` table as a ``pyarrow.dataset.Dataset`` (hive partitioning: ``method`` column).
 

@@ -1,7 +1,7 @@
 r"""Per-prior defaults picked from clean images, so users do not tune :math:`\lambda` by hand.
 
 The RGI mask switches a pixel on when its residual exceeds :math:`t = \lambda/2` (L2; see
-:mod:`rgi_core.anomaly`). On clean images every pixel should stay off, so we set :math:`t` to a high
+:mod:`rgi_core.detectors.residual`). On clean images every pixel should stay off, so we set :math:`t` to a high
 quantile ``q`` of the per-pixel residuals that RGI leaves on clean *training-split* images:
 
 .. math::  \lambda = 2\,\mathrm{quantile}_q\big(e_p(x_{clean}, G(z^*))\big)
@@ -19,7 +19,7 @@ averages the noise; the ``(lam tried, f(lam))`` pairs are kept in the metadata.
 The image-score threshold is the ``score_quantile`` of the clean images' scores: the pipeline flags
 an image as anomalous above it.
 
-Defaults land in the prior file's metadata (``defaults``) and :func:`rgi_core.solvers.invert` reads
+Defaults land in the prior file's metadata (``defaults``) and :func:`rgi_core.inversion.solver.invert` reads
 ``lam`` from there whenever a config leaves it ``None``.
 
 :func:`calibrate_fpr` (``rgi calibrate``) instead writes a small JSON next to the data: the same
@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgi_core import losses
 from rgi_core.cleaning import Fit, fit_invert, network_inputs
-from rgi_core.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
-from rgi_core.models.checkpoint import Prior
-from rgi_core.segmenter import LearnedMap
-from rgi_core.solvers import invert
-from rgi_core.texture import TextureStats
+from rgi_core.detectors.segmenter import LearnedMap
+from rgi_core.detectors.texture import TextureStats
+from rgi_core.inversion import losses
+from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
+from rgi_core.inversion.solver import invert
+from rgi_core.priors.files import Prior
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,9 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
     With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
-    (:class:`rgi_core.texture.TextureStats`) on those clean crops; they join the anomaly map and the score,
+    (:class:`rgi_core.detectors.texture.TextureStats`) on those clean crops; they join the anomaly map and the score,
     so the score threshold is measured with them. Without it the prior's statistics (if any) are kept.
-    A trained ``segmenter`` (:class:`rgi_core.segmenter.LearnedMap`) joins the score the same way and is
+    A trained ``segmenter`` (:class:`rgi_core.detectors.segmenter.LearnedMap`) joins the score the same way and is
     described in the returned ``defaults.segmenter``; its weights go into the file with
     ``update_metadata(path, segmenter=...)``. Without it the prior's (if any) is kept.
 

@@ -1,7 +1,7 @@
 """The tables of docs/evaluation.md: `rgi evaluate` and `rgi calibrate` on the shipped priors' held-out splits.
 
 Everything goes through the command line users run, on labelled folders exported from
-:mod:`rgi_core.evaluation`'s held-out sets (``<name>.png``, ``<name>_mask.png``, ``<name>_clean.png``):
+:mod:`rgi_core.evaluation.labelled`'s held-out sets (``<name>.png``, ``<name>_mask.png``, ``<name>_clean.png``):
 
 - ``brick``: crops of brick-64's held-out quarter, half clean, half with one synthetic defect;
 - ``digits``: held-out digits, half with salt-and-pepper corruption, half clean;
@@ -14,7 +14,7 @@ Everything goes through the command line users run, on labelled folders exported
   distribution of held-out FPRs that one 148/149 split samples from.
 
 Usage (writes under runs/evaluation/, prints Markdown):
-    OMP_NUM_THREADS=1 python benchmarks/evaluation.py [--n 16] [--iterations 300] [--n-init 200] \
+    OMP_NUM_THREADS=1 python benchmarks/heldout_evaluation.py [--n 16] [--iterations 300] [--n-init 200] \
         [--only brick digits fpr fpr-resample] [--fpr 0.05] [--fpr-data digits brick] [--fpr-eval 400] \
         [--fpr-iterations 100] [--resamples 2000]
 """
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgi_core.calibration import CalibrationConfig, clean_statistics, fpr_thresholds
-from rgi_core.evaluation import Labelled, digits_eval_set, export_labelled, items_from_set, texture_eval_set
+from rgi_core.evaluation.labelled import Labelled, digits_eval_set, export_labelled, items_from_set, texture_eval_set
 from rgi_core.io import builtin
-from rgi_core.models import load_prior
+from rgi_core.priors import load_prior
+from rgi_core.priors.calibration import CalibrationConfig, clean_statistics, fpr_thresholds
 
 
 def rgi(*args: str) -> str:

@@ -39,8 +39,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rgi_core.device import resolve_device
-from rgi_core.models.checkpoint import calibrate_batchnorm, save_prior
-from rgi_core.models.nets import ArchSpec, Discriminator, Generator, from_unit, to_unit
+from rgi_core.priors.files import calibrate_batchnorm, save_prior
+from rgi_core.priors.nets import ArchSpec, Discriminator, Generator, from_unit, to_unit
 
 CropMode = Literal["auto", "random", "resize"]
 STATE_FILE = "state.safetensors"

@@ -2,10 +2,10 @@
 
 Units: images are in [0, 1] and every loss term is a per-pixel *mean*, so ``lam`` has a direct reading:
 with the L2 fidelity the RGI mask switches a pixel on exactly when its residual exceeds
-``sqrt(lam / 2)`` (see :func:`rgi_core.anomaly.closed_form_mask`). Papers that work on [-1, 1]
+``sqrt(lam / 2)`` (see :func:`rgi_core.detectors.residual.closed_form_mask`). Papers that work on [-1, 1]
 images quote a ``lam`` four times larger for the same threshold.
 
-Methods differ by config, never by plumbing: :func:`rgi_core.solvers.invert` reads the config's
+Methods differ by config, never by plumbing: :func:`rgi_core.inversion.solver.invert` reads the config's
 ``method`` and switches loss terms and parameter groups on or off.
 """
 
@@ -47,13 +47,13 @@ class InversionConfig:
         fidelity: ``"l2"`` or ``"l1"`` per-pixel data term (RGI paper uses both).
         latent_reg: weight of ``||z||^2 / 2`` per latent element (0 = off, as in RGI).
         map_sigma: Gaussian smoothing (pixels) of the residual before the anomaly map is formed (ours;
-            0 keeps maps pixel-exact, see :mod:`rgi_core.anomaly`).
+            0 keeps maps pixel-exact, see :mod:`rgi_core.detectors.residual`).
         score_topk: image score = mean of the top ``score_topk`` fraction of the anomaly map (ours).
         score_sigma: Gaussian blur (pixels) of the map before the score's top-k (ours).
-        texture_map: fuse the prior's local texture statistics (:mod:`rgi_core.texture`) into the anomaly
+        texture_map: fuse the prior's local texture statistics (:mod:`rgi_core.detectors.texture`) into the anomaly
             map and score when its metadata has them (``defaults.texture_stats``; the shipped texture
             priors do). Off for ``mse``, the residual-only baseline.
-        learned_map: fuse the prior's learned anomaly segmenter (:mod:`rgi_core.segmenter`) the same way
+        learned_map: fuse the prior's learned anomaly segmenter (:mod:`rgi_core.detectors.segmenter`) the same way
             when the prior file carries one (the shipped texture priors do). Off for ``mse``.
         converge_tol: relative change of the loss over the last 10 % of steps that counts as converged.
         seed: seeds the latent candidates; a given image gets the same result in any batch.
@@ -61,8 +61,9 @@ class InversionConfig:
 
     Fields a prior calibrates (:data:`PRIOR_DEFAULT_FIELDS`: ``lam``, ``map_sigma``, ``score_topk``,
     ``score_sigma``, RGI's ``mask_tv`` and ``mask_tv_until``) default to ``None``: the prior's value from its
-    metadata, else :data:`FALLBACKS` (``lam``: :data:`DEFAULT_LAMBDA`). :func:`rgi_core.solvers.invert` resolves
-    them with :func:`for_prior`, so a config built by hand gets the same defaults as the CLI and the flows.
+    metadata, else :data:`FALLBACKS` (``lam``: :data:`DEFAULT_LAMBDA`).
+    :func:`rgi_core.inversion.solver.invert` resolves them with :func:`for_prior`, so a config built by hand
+    gets the same defaults as the CLI and the flows.
     """
 
     method: ClassVar[str] = "base"

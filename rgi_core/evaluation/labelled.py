@@ -4,7 +4,7 @@ Evaluation data never overlaps a prior's training split (:mod:`rgi_core.io.built
 
 - textures: 64x64 crops at seeded random positions of the *right quarter* (x >= 384) of the texture.
   Half the crops stay clean (for image AUROC), the other half get one defect each, cycling through
-  :data:`rgi_core.defects.TEXTURE_DEFECTS`; ``patch`` pastes a piece of another texture's held-out quarter.
+  :data:`rgi_core.evaluation.defects.TEXTURE_DEFECTS`; ``patch`` pastes a piece of another texture's held-out quarter.
 - digits: held-out images 1500..1796 with one gross corruption each (``salt_pepper`` / ``block`` /
   ``scribble``, 10-25 % of the pixels for the first two).
 
@@ -41,12 +41,12 @@ from typing import Any
 
 import torch
 
-from rgi_core import metrics
 from rgi_core.cleaning import Fit, Fitted, fit_invert
-from rgi_core.config import InversionConfig, config_for_prior
-from rgi_core.defects import TEXTURE_DEFECTS, apply_defect
+from rgi_core.evaluation import metrics
+from rgi_core.evaluation.defects import TEXTURE_DEFECTS, apply_defect
+from rgi_core.inversion.config import InversionConfig, config_for_prior
 from rgi_core.io import builtin
-from rgi_core.models.checkpoint import Prior
+from rgi_core.priors.files import Prior
 
 
 @dataclass(frozen=True)
@@ -429,7 +429,7 @@ def report_json(report: EvalReport) -> dict[str, Any]:
 
 def curves_png(report: EvalReport) -> tuple[bytes, bytes]:
     """(ROC PNG: pixel and image ROC per method, PRO PNG: PRO against FPR per method)."""
-    from rgi_core.plots import curves_png as draw
+    from rgi_core.evaluation.plots import curves_png as draw
 
     labelled = [i for i, it in enumerate(report.items) if it.mask is not None]
     bad = [i for i in labelled if report.items[i].defective]
@@ -461,8 +461,8 @@ def worst_best_grid(report: EvalReport, k: int = 4, size: int = 96) -> bytes:
     Quality is the IoU at the map threshold (an all-normal mask: the share of pixels left unflagged), else
     the restored PSNR against the clean reference, else minus the score (worst = most anomalous).
     """
+    from rgi_core.evaluation.grids import image_grid
     from rgi_core.io.images import encode_png
-    from rgi_core.report import image_grid
 
     first = report.runs[0]
     quality = [_quality(it, o, report.thresholds) for it, o in zip(report.items, first.outputs, strict=True)]

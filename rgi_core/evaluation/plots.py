@@ -1,7 +1,7 @@
 """Curve plots for evaluation reports (ROC, PRO) as PNG bytes.
 
 matplotlib is imported lazily with the non-interactive Agg backend, so importing :mod:`rgi_core` stays
-cheap and nothing needs a display. Curves come from :mod:`rgi_core.metrics`; this module only draws.
+cheap and nothing needs a display. Curves come from :mod:`rgi_core.evaluation.metrics`; this module only draws.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One solver for every method: ``invert(images, prior, config, physics=None) -> InversionResult``.
 
 All methods minimise, per image and batched over B images, a sum of named terms
-(:mod:`rgi_core.losses`) over some of the parameter groups {z, M, theta}:
+(:mod:`rgi_core.inversion.losses`) over some of the parameter groups {z, M, theta}:
 
 ============  ===================================================================  =====================
 method        objective                                                            parameters (from step)
@@ -20,14 +20,14 @@ so an image's result does not depend on the batch it is in), one Adam optimiser 
 are switched on and off by step, and per-image generator copies evaluated in one pass with
 ``torch.func.functional_call`` + ``vmap`` over stacked weights.
 
-After the solve, every method's products are formed the same way (:mod:`rgi_core.anomaly`): the mask
+After the solve, every method's products are formed the same way (:mod:`rgi_core.detectors.residual`): the mask
 (RGI's M, or the closed-form mask of the fit), the BIGPrior fusion
 ``restored = (1 - phi) * A_dagger(y) + phi * G(z)`` with phi the sharpened mask rule
-(:func:`rgi_core.anomaly.reliance`; 1 wherever the physics observes nothing), the anomaly map and the
+(:func:`rgi_core.detectors.residual.reliance`; 1 wherever the physics observes nothing), the anomaly map and the
 image score. One exception: ``rrgi`` with a frozen mask scores the pixels outside M by their residual
 at the freeze, since G is fine-tuned on exactly those pixels afterwards. With the identity physics and a
-prior that stores texture statistics (:mod:`rgi_core.texture`) or a learned segmenter
-(:mod:`rgi_core.segmenter`), the map is the maximum of the residual map and those detectors' maps and the
+prior that stores texture statistics (:mod:`rgi_core.detectors.texture`) or a learned segmenter
+(:mod:`rgi_core.detectors.segmenter`), the map is the maximum of the residual map and those detectors' maps and the
 score the mean of their scores (``texture_map``, ``learned_map``; off for ``mse``).
 """
 
@@ -39,14 +39,15 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, vmap
 
-from rgi_core import anomaly, losses
-from rgi_core.config import DEFAULT_LAMBDA, DGPConfig, InversionConfig, RGIConfig, RRGIConfig, for_prior
+from rgi_core.detectors import residual as anomaly
+from rgi_core.detectors.texture import texture_stats_of
 from rgi_core.device import resolve_device
-from rgi_core.models.checkpoint import Prior
-from rgi_core.models.nets import Generator, from_unit, to_unit
-from rgi_core.operators import Downsample, Identity, Physics
-from rgi_core.texture import texture_stats_of
-from rgi_core.types import ImageDiagnostics, InversionResult
+from rgi_core.inversion import losses
+from rgi_core.inversion.config import DEFAULT_LAMBDA, DGPConfig, InversionConfig, RGIConfig, RRGIConfig, for_prior
+from rgi_core.inversion.operators import Downsample, Identity, Physics
+from rgi_core.inversion.results import ImageDiagnostics, InversionResult
+from rgi_core.priors.files import Prior
+from rgi_core.priors.nets import Generator, from_unit, to_unit
 
 # Candidate latents scored at once in the best-of-N search; bounded so B x chunk x H x W stays small.
 _INIT_ELEMENTS = 1 << 24
@@ -194,13 +195,13 @@ def invert(
     Args:
         images: ``(B, C', H', W')`` observations in [0, 1] (the measurement ``y``; with the default
             identity physics simply the images, of the prior's size and channels).
-        prior: a loaded :class:`~rgi_core.models.Prior` (moved to the config's device).
-        config: a method config (:class:`~rgi_core.config.RGIConfig` by default); its unset fields take the
-            prior's calibrated defaults (:func:`~rgi_core.config.for_prior`).
-        physics: a known degradation (:mod:`rgi_core.operators`); identity by default.
+        prior: a loaded :class:`~rgi_core.priors.Prior` (moved to the config's device).
+        config: a method config (:class:`~rgi_core.inversion.config.RGIConfig` by default); its unset fields take the
+            prior's calibrated defaults (:func:`~rgi_core.inversion.config.for_prior`).
+        physics: a known degradation (:mod:`rgi_core.inversion.operators`); identity by default.
 
     Returns:
-        :class:`~rgi_core.types.InversionResult`, tensors on the device of ``images``.
+        :class:`~rgi_core.inversion.results.InversionResult`, tensors on the device of ``images``.
 
     Raises:
         ValueError: wrong shape, dtype, range, or non-finite pixels (the message names the images).

@@ -43,10 +43,10 @@ class InversionResult(NamedTuple):
     Attributes:
         restored: ``(B, C, H, W)`` BIGPrior fusion ``(1 - phi) * x + phi * generated``; the cleaned image.
         mask: ``(B, 1, H, W)`` in [0, 1], the corruption mask M (for ``mse``/``dgp``: the closed-form
-            mask the RGI objective would pick for their fit, see :mod:`rgi_core.anomaly`).
+            mask the RGI objective would pick for their fit, see :mod:`rgi_core.detectors.residual`).
         phi: ``(B, 1, H, W)`` in [0, 1], per-pixel reliance on the prior (1 = pixel taken from G).
         anomaly_map: ``(B, 1, H, W)`` in [0, 1), a soft, tie-free map of the (smoothed) residual,
-            0.5 at the mask's residual threshold (see :mod:`rgi_core.anomaly`).
+            0.5 at the mask's residual threshold (see :mod:`rgi_core.detectors.residual`).
         score: ``(B,)`` image anomaly score, higher = more anomalous.
         generated: ``(B, C, H, W)`` the generator's output G(z) (after per-image fine-tuning for rrgi/dgp).
         latent: ``(B, *latent_shape)`` the final latent codes.

@@ -2,7 +2,7 @@
 
 File layout: one ``.safetensors`` file. Tensors are named ``generator.<param>`` and
 ``discriminator.<param>``, and ``segmenter.<param>`` when the prior carries a learned anomaly segmenter
-(:mod:`rgi_core.segmenter`, described by ``defaults.segmenter``). The safetensors header's ``__metadata__``
+(:mod:`rgi_core.detectors.segmenter`, described by ``defaults.segmenter``). The safetensors header's ``__metadata__``
 holds one key, ``rgi``, whose value is a JSON document::
 
     {"format": 1, "name": ..., "architecture": {ArchSpec fields}, "training": {data, split, recipe,
@@ -27,9 +27,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.device import resolve_device
-from rgi_core.models.nets import ArchSpec, Discriminator, Generator
-from rgi_core.segmenter import LearnedMap
+from rgi_core.priors.nets import ArchSpec, Discriminator, Generator
 
 FORMAT_VERSION = 1
 SEGMENTER_PREFIX = "segmenter."
@@ -176,7 +176,7 @@ def read_metadata(data: bytes) -> dict[str, Any]:
     if not _safetensors_header(data) and data.startswith(_PICKLE_MAGIC):
         raise PriorFormatError(
             "this looks like a pickle / torch.save file; rgi loads priors only from safetensors "
-            "(pickles can run arbitrary code). Convert it with rgi_core.models.save_prior."
+            "(pickles can run arbitrary code). Convert it with rgi_core.priors.save_prior."
         )
     if len(data) < 8:
         raise PriorFormatError("file too short to be a safetensors prior")

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-from rgi_core import metrics
-from rgi_core.config import make_config
-from rgi_core.models import ArchSpec, Prior, random_prior
-from rgi_core.models.nets import to_unit
-from rgi_core.solvers import invert
+from rgi_core.evaluation import metrics
+from rgi_core.inversion.config import make_config
+from rgi_core.inversion.solver import invert
+from rgi_core.priors import ArchSpec, Prior, random_prior
+from rgi_core.priors.nets import to_unit
 
 DEMO_SPEC = ArchSpec(resolution=32, channels=1, latent_dim=32, width=16, max_channels=64)
 

@@ -1,6 +1,6 @@
 """Named loss terms. Each returns one value per image, shape ``(B,)``, as a per-element *mean*.
 
-The solvers combine them (see :mod:`rgi_core.solvers`):
+The solvers combine them (see :mod:`rgi_core.inversion.solver`):
 
 .. math::
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from rgi_core.config import Fidelity
+from rgi_core.inversion.config import Fidelity
 
 
 def fidelity_power(kind: Fidelity) -> int:

@@ -1,0 +1,1 @@
+"""Evaluation: synthetic defects with ground truth, metrics, labelled sets, report images and plots."""
