@@ -25,7 +25,8 @@ import time
 
 import torch
 
-from rgi_core.detectors.residual import fuse_maps, image_score
+from rgi_core.detectors.fusion import fuse_maps
+from rgi_core.detectors.residual import image_score
 from rgi_core.detectors.texture import TextureStats, texture_stats_of
 from rgi_core.evaluation.defects import NOVEL_DEFECTS, TEXTURE_DEFECTS
 from rgi_core.evaluation.labelled import EvalSet, crops_with_defects

@@ -34,7 +34,6 @@ pixel (unlike the max) yet sensitive to defects covering only ~1 % of the image 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -122,20 +121,3 @@ def smoothed_quantile_threshold(d: torch.Tensor, smooth: float, quantile: float,
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if q_at(mid) > 0.5 else (lo, mid)
     return math.sqrt(lo * hi)
-
-
-def fuse_maps(
-    amap: torch.Tensor, score: torch.Tensor, maps: Sequence[torch.Tensor], topk: float = 0.01, sigma: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual map (B, 1, H, W) and score (B,) joined with the prior's other detectors' maps (each (B, 1, H, W)):
-    the texture map (:mod:`rgi_core.detectors.texture`) and the learned map (:mod:`rgi_core.detectors.segmenter`).
-
-    Map: the pixel-wise maximum (each reads 0.5 at its clean 99.5 % quantile). Score: the mean of the image
-    scores (session 10; standardising each by its clean scores was measured and not adopted in session 13,
-    docs/design.md). With no other maps, ``amap`` and ``score`` come back unchanged.
-    """
-    fused, scores = amap, [score]
-    for m in maps:
-        fused = torch.maximum(fused, m)
-        scores.append(image_score(m, topk, sigma))
-    return fused, torch.stack(scores).mean(0)

@@ -1,0 +1,54 @@
+"""G(z) as the solver calls it: shared weights, or one trainable copy of the weights per image."""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, vmap
+
+from rgi_core.priors.nets import Generator, to_unit
+
+# On CPU, G runs on slices of at most this many output pixels (16 images of 64x64): its activations then
+# stay in cache. Forward+backward cost 4.7 ms per image 16 at a time against 7.3 ms 64 at a time (2 cores).
+# Each slice keeps its own autograd graph, so results do not depend on the slicing.
+CPU_SLICE_PIXELS = 1 << 16
+
+
+class GeneratorFn:
+    """G(z) in [0, 1] with shared weights, or with per-image weights ``theta`` (stacked on dim 0)."""
+
+    def __init__(self, generator: Generator, slice_images: int | None = None) -> None:
+        self.module = generator.eval()
+        self.slice_images = slice_images  # images per G call; None = the whole batch
+        self.params = {k: v.detach() for k, v in generator.named_parameters()}
+        self.buffers = {k: v.detach() for k, v in generator.named_buffers()}
+        self.theta: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def for_device(cls, generator: Generator, device: torch.device, height: int, width: int) -> GeneratorFn:
+        """Sliced on CPU (see :data:`CPU_SLICE_PIXELS`), whole batches elsewhere."""
+        return cls(generator, max(1, CPU_SLICE_PIXELS // (height * width)) if device.type == "cpu" else None)
+
+    def personalise(self, batch: int) -> dict[str, torch.Tensor]:
+        """Give each of ``batch`` images its own trainable copy of the weights."""
+        self.theta = {
+            k: v.unsqueeze(0).repeat(batch, *([1] * v.ndim)).requires_grad_(True)
+            for k, v in self.params.items()
+        }
+        return self.theta
+
+    def _one(self, params: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        # Plain upsample+conv under vmap: with per-image weights the fused transposed conv becomes a grouped one,
+        # 2x slower there on CPU (16 images, conv layers forward+backward: 21.3 vs 10.4 ms per image).
+        return functional_call(self.module, (params, self.buffers), (z.unsqueeze(0),), {"fused": False}).squeeze(0)
+
+    def _call(self, z: torch.Tensor, sl: slice) -> torch.Tensor:
+        if self.theta is None:
+            return functional_call(self.module, (self.params, self.buffers), (z,))
+        return vmap(self._one)({k: v[sl] for k, v in self.theta.items()}, z)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        # z: (B, *latent) -> (B, C, H, W) in [0, 1]
+        n = self.slice_images or z.shape[0]
+        if z.shape[0] <= n:
+            return to_unit(self._call(z, slice(None)))
+        return to_unit(torch.cat([self._call(z[s : s + n], slice(s, s + n)) for s in range(0, z.shape[0], n)]))

@@ -1,0 +1,91 @@
+"""Where a solve starts: best-of-N latent candidates, then optionally a few steps from several of them.
+
+One set of seeded candidates is shared by every image, so an image's start does not depend on the batch it
+is in. An initialiser is any callable ``(problem, objective, control) -> Start``; :class:`BestOfN` is the
+default (the RGI paper's best of ~1000; DGP's best of 500 by discriminator features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rgi_core.inversion.loop import Group, SolveControl, run_adam
+from rgi_core.inversion.objectives import Objective, Problem
+
+# Candidate latents scored at once in the best-of-N search; bounded so B x chunk x H x W stays small.
+INIT_ELEMENTS = 1 << 24
+
+
+@dataclass
+class Start:
+    """Per image: the latent z (B, *latent) and mask M (B, 1, H', W', or None) to start from, and the
+    best-of-N cost (B,) of the chosen candidate."""
+
+    z: torch.Tensor
+    mask: torch.Tensor | None
+    init_loss: torch.Tensor
+
+
+def best_of_n(problem: Problem, objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``config.starts`` best of ``n_init`` seeded candidates per image: ``(K * B, *latent)``, block k holding
+    each image's k-th best, and their costs ``(K, B)``.
+
+    G runs once per chunk of candidates; an operator with one instance per image (e.g. per-image inpainting
+    masks) is applied image by image.
+    """
+    y, config, physics = problem.y, problem.config, problem.physics
+    latent_shape = problem.prior.generator.latent_shape(*problem.shape[1:])
+    g = torch.Generator().manual_seed(config.seed)
+    cand = torch.randn((config.n_init, *latent_shape), generator=g) * config.init_std
+    cand = cand.to(device=y.device, dtype=y.dtype)
+    per = max(1, y[0].numel() * y.shape[0])
+    chunk = max(1, min(config.n_init, INIT_ELEMENTS // per))
+    B, K = y.shape[0], config.starts
+    best = torch.full((B, K), float("inf"), device=y.device, dtype=y.dtype)  # sorted, lowest first
+    best_idx = torch.zeros((B, K), dtype=torch.long, device=y.device)
+    parts = [(slice(None), physics)] if physics.batch_size == 1 else [
+        (slice(b, b + 1), physics.select(b)) for b in range(B)]
+    with torch.no_grad():
+        for s in range(0, config.n_init, chunk):
+            xc = problem.gen(cand[s : s + chunk])  # (n, C, H, W)
+            c = torch.cat([objective.init_cost(rows, ph, xc) for rows, ph in parts])  # (B, n)
+            idx = torch.arange(s, s + c.shape[1], device=y.device).expand(B, -1)
+            # stable: among equal costs the earlier candidate wins, as with a plain running minimum
+            val, pos = torch.cat([best, c], 1).sort(dim=1, stable=True)
+            best, best_idx = val[:, :K], torch.cat([best_idx, idx], 1).gather(1, pos[:, :K])
+    return cand[best_idx.T.reshape(-1)].clone(), best.T.contiguous()
+
+
+def multi_start(problem: Problem, objective: Objective, z: torch.Tensor, mask: torch.Tensor | None,
+                control: SolveControl | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Every start (K * B stacked) runs ``start_steps`` of Adam on z (and M); per image the start with the lowest
+    objective after them wins. Returns its z (B, *latent), M (B, 1, H', W') and index (B,)."""
+    config, B = problem.config, problem.batch
+    steps = config.start_steps
+    groups = [Group("z", [z.requires_grad_(True)], config.lr_z, 0, steps)]
+    if mask is not None:
+        groups.append(Group("mask", [mask.requires_grad_(True)], config.lr_mask, 0, steps))
+    run_adam(groups, steps, lambda step: objective.total(z, mask, step), clamp=mask, device=problem.device,
+             control=control, per_image=False)
+    with torch.no_grad():
+        pick = objective.total(z, mask, steps).view(-1, B).argmin(0)  # (B,)
+    rows = pick * B + torch.arange(B, device=problem.device)
+    return z.detach()[rows], None if mask is None else mask.detach()[rows], pick
+
+
+class BestOfN:
+    """Best of ``n_init`` candidates by the objective's :meth:`~Objective.init_cost`; with ``n_starts`` > 1, the
+    best of that many starts after ``start_iterations`` steps each (M starts at 0 for methods with a mask)."""
+
+    def __call__(self, problem: Problem, objective: Objective, control: SolveControl | None = None) -> Start:
+        z0, costs = best_of_n(problem, objective)  # (K * B, *latent), (K, B)
+        K = problem.config.starts
+        mask0 = None
+        if objective.optimises_mask:
+            mask0 = torch.zeros_like(problem.y[:, :1]).repeat(K, 1, 1, 1)  # (K * B, 1, H', W')
+        pick = torch.zeros(problem.batch, dtype=torch.long, device=problem.device)
+        if K > 1:
+            z0, mask0, pick = multi_start(problem, objective, z0, mask0, control)
+        return Start(z0, mask0, costs.gather(0, pick[None])[0])  # z0, mask0: fresh tensors (indexed copies)

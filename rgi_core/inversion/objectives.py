@@ -1,0 +1,260 @@
+"""Each method as an objective: the loss terms it sums, how it ranks initial latents, and its schedule.
+
+A method differs from another only here. The solver (:mod:`rgi_core.inversion.solver`) asks the objective of
+the config's method (:data:`OBJECTIVES`) for:
+
+- :meth:`Objective.terms`: the named terms (:mod:`rgi_core.inversion.losses`) of one step, per image;
+- :meth:`Objective.init_cost`: how the best-of-N initialiser ranks candidate latents;
+- its schedule: whether it optimises a mask M and until which step (:meth:`Objective.mask_stop`), the
+  stages in which per-image generator weights join (:meth:`Objective.theta_stages`), and the hook run when
+  they do (:meth:`Objective.on_personalise`);
+- :meth:`Objective.scored_residual`: the residual its anomaly map scores.
+
+============  ===================================================================  =====================
+method        terms                                                                parameters (from step)
+============  ===================================================================  =====================
+``mse``       ``fidelity(no mask) [+ latent_reg]``                                 z
+``rgi``       ``fidelity((1-M)) + lam * mask_l1 [+ mask_tv * TV(M)]``              z, M
+              ``[- adv_weight * D(G(z))]``
+``rrgi``      RGI, then also per-image generator weights theta                     z, M (frozen or not),
+                                                                                   theta (finetune_from)
+``dgp``       ``fidelity + dfeat_weight * dfeat + latent_reg``                     z, theta stage k from
+                                                                                   k * T / S (progressive)
+============  ===================================================================  =====================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from rgi_core.detectors import residual as residual_rule
+from rgi_core.inversion import losses
+from rgi_core.inversion.config import DGPConfig, InversionConfig, RGIConfig, RRGIConfig
+from rgi_core.inversion.generator import GeneratorFn
+from rgi_core.inversion.operators import Physics
+from rgi_core.priors.files import Prior
+from rgi_core.priors.nets import from_unit
+
+
+@dataclass
+class Problem:
+    """One batched solve's fixed inputs: observations ``y`` (B, C', H', W') of images of ``shape`` (C, H, W)."""
+
+    y: torch.Tensor
+    prior: Prior
+    physics: Physics
+    config: InversionConfig
+    shape: tuple[int, int, int]
+    gen: GeneratorFn
+    lam: float
+    device: torch.device
+
+    @property
+    def batch(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def iterations(self) -> int:
+        return self.config.iterations
+
+    def residual(self, ax: torch.Tensor) -> torch.Tensor:
+        """Per-pixel residual of a fit seen through the physics, ``A(G(z))`` (B, C', H', W') -> (B, 1, H', W')."""
+        return losses.pixel_residual(self.y, ax, self.config.fidelity)
+
+    def lift(self, m: torch.Tensor) -> torch.Tensor:
+        """A measurement-space map (B, 1, H', W') in image space (B, 1, H, W)."""
+        return self.physics.A_dagger(m, (1, *self.shape[1:]))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Generator parameters (by name) fine-tuned per image with learning rate ``lr`` from step ``start``."""
+
+    names: list[str]
+    lr: float
+    start: int
+
+
+class Objective:
+    """Plain inversion ``min_z fidelity(y, A(G(z))) [+ latent_reg]``: the ``mse`` method, and the base of the others."""
+
+    #: whether the method optimises a mask M (B, 1, H', W') next to z
+    optimises_mask: ClassVar[bool] = False
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        self.config = problem.config
+
+    # -- the terms -------------------------------------------------------------------------------------
+    def terms(self, x: torch.Tensor, ax: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None,
+              step: int) -> dict[str, torch.Tensor]:
+        """The named terms, each (B,), of a fit ``x`` = G(z) (B, C, H, W) seen as ``ax`` = A(x), at ``step``."""
+        res = self.problem.residual(ax)  # (B, 1, H', W')
+        t = {"fidelity": losses.masked_fidelity(res, mask, self.config.fidelity)}
+        t.update(self.mask_terms(mask, step))
+        if self.config.latent_reg > 0:
+            t["latent_reg"] = self.config.latent_reg * losses.latent_reg(z)
+        t.update(self.extra_terms(x, ax))
+        return t
+
+    def mask_terms(self, mask: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def extra_terms(self, x: torch.Tensor, ax: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def total(self, z: torch.Tensor, mask: torch.Tensor | None, step: int) -> torch.Tensor:
+        """The sum of the terms for K stacked copies of the batch: z (K * B, *latent) -> (K * B,)."""
+        p = self.problem
+        x = p.gen(z)  # (K * B, C, H, W)
+        blocks = [slice(k, k + p.batch) for k in range(0, z.shape[0], p.batch)]
+        return torch.cat([sum(self.terms(x[b], p.physics.A(x[b]), z[b], None if mask is None else mask[b], step)
+                              .values()) for b in blocks])
+
+    # -- initialisation ----------------------------------------------------------------------------
+    def init_cost(self, rows: slice, physics: Physics, xc: torch.Tensor) -> torch.Tensor:
+        """Cost (b, n) of n candidate images ``xc`` (n, C, H, W) for the observations ``y[rows]`` seen through
+        ``physics``: the mean per-pixel residual."""
+        return self.pixel_costs(rows, physics, xc).flatten(2).mean(2)
+
+    def pixel_costs(self, rows: slice, physics: Physics, xc: torch.Tensor) -> torch.Tensor:
+        y = self.problem.y[rows]
+        return losses.pixel_residual(y[:, None], physics.A(xc)[None], self.config.fidelity).squeeze(2)  # (b, n, H', W')
+
+    # -- schedule ----------------------------------------------------------------------------------
+    def mask_stop(self) -> int:
+        """The step before which M is optimised."""
+        return self.problem.iterations
+
+    def tv_on(self, step: int) -> bool:
+        """Whether the mask's total variation term is on at ``step``."""
+        return False
+
+    def theta_stages(self) -> list[Stage]:
+        """Stages of per-image generator fine-tuning (none: G stays shared and fixed)."""
+        return []
+
+    def on_personalise(self, z: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Called when per-image generator weights are created, before the step of the first stage."""
+
+    # -- products ----------------------------------------------------------------------------------
+    def scored_residual(self, res: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The residual (B, 1, H', W') the anomaly map scores: that of the final fit."""
+        return res
+
+
+class RGIObjective(Objective):
+    """Robust inversion: z and a sparse mask M, ``fidelity((1-M)) + lam * mask_l1 [+ mask_tv] [- adv]``."""
+
+    optimises_mask = True
+    config: RGIConfig
+
+    def mask_terms(self, mask: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        if mask is None:
+            return {}
+        t = {"mask_l1": self.problem.lam * losses.mask_l1(mask)}
+        if self.tv_on(step) and self.config.mask_tv > 0:
+            t["mask_tv"] = self.config.mask_tv * losses.mask_tv(mask)
+        return t
+
+    def extra_terms(self, x: torch.Tensor, ax: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.config.adv_weight > 0:
+            return {"adv": -self.config.adv_weight * self.problem.prior.discriminator(from_unit(x))}
+        return {}
+
+    def init_cost(self, rows: slice, physics: Physics, xc: torch.Tensor) -> torch.Tensor:
+        """The RGI objective with M minimised out per pixel (a bounded loss), averaged."""
+        e = losses.robust_pixel_cost(self.pixel_costs(rows, physics, xc), self.problem.lam, self.config.fidelity)
+        return e.flatten(2).mean(2)
+
+    def tv_on(self, step: int) -> bool:
+        # M relaxes to the per-pixel rule before it stops or freezes
+        return step < self.config.mask_tv_until * self.mask_stop()
+
+
+class RRGIObjective(RGIObjective):
+    """R-RGI: RGI, then per-image generator weights from ``finetune_from * T``; M frozen to its support then."""
+
+    config: RRGIConfig
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem)
+        self.theta_start = int(round(self.config.finetune_from * problem.iterations))
+        # With a frozen mask: the residual when M froze (see scored_residual)
+        self.res_at_freeze: torch.Tensor | None = None
+
+    def mask_stop(self) -> int:
+        return self.theta_start if self.config.freeze_mask else self.problem.iterations
+
+    def theta_stages(self) -> list[Stage]:
+        names = [n for s in self.problem.prior.generator.stages() for n in s]
+        return [Stage(names, self.config.lr_theta, self.theta_start)]
+
+    @torch.no_grad()
+    def on_personalise(self, z: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Freeze M as its support, so G is fine-tuned on trusted pixels only: M's support and every pixel the
+        per-pixel rule would mask now (with mask_tv a scattered corrupted pixel may still be off in M, and G
+        must not learn it)."""
+        if mask is None or not self.config.freeze_mask:
+            return
+        p = self.problem
+        self.res_at_freeze = p.residual(p.physics.A(p.gen(z)))  # (B, 1, H', W')
+        rule = residual_rule.closed_form_mask(self.res_at_freeze, p.lam, self.config.fidelity)
+        mask.copy_(((mask > 0.5) | (rule > 0.5)).to(mask.dtype))
+
+    def scored_residual(self, res: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Each pixel scored by a generator that was not fit to it: inside a frozen mask the final G, outside it G
+        as it was at the freeze (G is fine-tuned on exactly those pixels, so their final residual is fit)."""
+        if self.res_at_freeze is None or mask is None:
+            return res
+        return torch.where(mask > 0.5, res, self.res_at_freeze)
+
+
+class DGPObjective(Objective):
+    """DGP: ``fidelity + dfeat_weight * dfeat + latent_reg``; G fine-tuned per image in progressive stages."""
+
+    config: DGPConfig
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem)
+        with torch.no_grad():
+            self.feats_y = self._features(problem.physics.A_dagger(problem.y, problem.shape))
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The discriminator's last ``dfeat_layers`` feature maps of images x (B, C, H, W) in [0, 1]."""
+        return self.problem.prior.discriminator.features(from_unit(x))[-self.config.dfeat_layers :]
+
+    def extra_terms(self, x: torch.Tensor, ax: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.config.dfeat_weight > 0:
+            feats = self._features(self.problem.physics.A_dagger(ax, self.problem.shape))
+            return {"dfeat": self.config.dfeat_weight * losses.feature_l1(feats, self.feats_y)}
+        return {}
+
+    def init_cost(self, rows: slice, physics: Physics, xc: torch.Tensor) -> torch.Tensor:
+        """Best of N by discriminator-feature distance (DGP)."""
+        fc = self._features(physics.A_dagger(physics.A(xc), self.problem.shape))
+        return sum(torch.cdist(fy[rows].flatten(1), f.flatten(1), p=1) / fy[0].numel()
+                   for fy, f in zip(self.feats_y, fc, strict=True))
+
+    def theta_stages(self) -> list[Stage]:
+        """The generator's blocks unfrozen shallow to deep in equal stages, each at a lower lr."""
+        stages, T = self.problem.prior.generator.stages(), self.problem.iterations
+        return [Stage(names, self.config.lr_theta * self.config.stage_lr_decay**k, (k * T) // len(stages))
+                for k, names in enumerate(stages)]
+
+
+#: The objective of each method (``config.method``).
+OBJECTIVES: dict[str, type[Objective]] = {"mse": Objective, "rgi": RGIObjective, "rrgi": RRGIObjective,
+                                          "dgp": DGPObjective}
+
+
+def objective_for(problem: Problem) -> Objective:
+    """The objective of the problem's method."""
+    try:
+        cls = OBJECTIVES[problem.config.method]
+    except KeyError:
+        raise ValueError(f"no objective for method {problem.config.method!r}; known: {sorted(OBJECTIVES)}") from None
+    return cls(problem)

@@ -1,0 +1,68 @@
+"""What a solve gives back, formed the same way for every method from its final z, M and G.
+
+- the mask: RGI's M, or for methods without one the closed-form mask the RGI objective would pick for
+  their fit (:func:`rgi_core.detectors.residual.closed_form_mask`);
+- the BIGPrior fusion ``restored = (1 - phi) * A_dagger(y) + phi * G(z)``, phi the sharpened mask rule
+  (:func:`rgi_core.detectors.residual.reliance`), 1 wherever the physics observes nothing;
+- the anomaly map and image score (:func:`rgi_core.detectors.fusion.fused_anomaly_map`) of the residual the
+  objective scores;
+- per-image diagnostics: the final terms, convergence, the best-of-N cost.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rgi_core.detectors import residual as residual_rule
+from rgi_core.detectors.fusion import fused_anomaly_map
+from rgi_core.inversion.objectives import Objective
+from rgi_core.inversion.results import ImageDiagnostics, InversionResult
+
+
+@torch.no_grad()
+def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | None, history: list[torch.Tensor],
+                  init_loss: torch.Tensor, like: torch.Tensor) -> InversionResult:
+    """The result of a solve that ended at latent z and mask M; tensors on ``like``'s device and dtype."""
+    p, config = objective.problem, objective.config
+    lam, kind, shape = p.lam, config.fidelity, p.shape
+    x = p.gen(z)
+    ax = p.physics.A(x)
+    final = objective.terms(x, ax, z, mask, config.iterations - 1)  # the terms of the last step
+    res = p.residual(ax)  # (B, 1, H', W')
+    m = p.lift(mask.detach() if mask is not None else residual_rule.closed_form_mask(res, lam, kind))
+    observed = p.physics.observed(shape, device=p.device)  # (1|B, 1, H, W)
+    phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, lam, kind)))
+    restored = ((1.0 - phi) * p.physics.A_dagger(p.y, shape) + phi * x).clamp(0.0, 1.0)
+    amap, score = fused_anomaly_map(objective.scored_residual(res, mask), lam, kind, config, p.prior, p.physics, p.y,
+                                    p.lift)
+    diagnostics = _diagnostics(final, history, init_loss, config.iterations, config.converge_tol)
+    out, dtype = like.device, like.dtype
+    return InversionResult(
+        restored=restored.to(out, dtype), mask=m.to(out, dtype), phi=phi.to(out, dtype),
+        anomaly_map=amap.to(out, dtype), score=score.to(out, dtype),
+        generated=x.to(out, dtype), latent=z.detach().to(out, dtype), diagnostics=diagnostics,
+    )
+
+
+def _diagnostics(
+    final: dict[str, torch.Tensor], history: list[torch.Tensor], init_loss: torch.Tensor, T: int, tol: float
+) -> tuple[ImageDiagnostics, ...]:
+    names = list(final)
+    vals = torch.stack([final[n] for n in names], 1).cpu() if names else torch.zeros(0, 0)  # (B, terms)
+    converged = torch.zeros(vals.shape[0], dtype=torch.bool)
+    if history:
+        h = torch.stack(history).cpu()  # (T, B)
+        w = max(1, T // 10)
+        prev = h[max(0, T - 1 - w)]
+        converged = (h[-1] - prev).abs() <= tol * prev.abs().clamp_min(1e-12)
+    init = init_loss.cpu()
+    out = []
+    for i in range(vals.shape[0]):
+        losses_i = {n: float(vals[i, j]) for j, n in enumerate(names)}
+        finite = all(v == v and abs(v) != float("inf") for v in losses_i.values())
+        out.append(ImageDiagnostics(
+            losses=losses_i, iterations=T, converged=bool(converged[i]) and finite,
+            init_loss=float(init[i]),
+            error="" if finite else "inversion diverged: non-finite loss",
+        ))
+    return tuple(out)
