@@ -39,7 +39,8 @@ def main() -> None:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.clean import CleanOptions, run_clean
+    from flows.clean import run_clean
+    from flows.options import CleanOptions
 
     tmp = Path(tempfile.mkdtemp(prefix="rgi-bench-dask-"))
     src = tmp / "src"

@@ -108,7 +108,8 @@ def _upload(n: int) -> str:
 
 
 def throughput(n: int, iterations: int, batch_size: int, n_init: int) -> None:
-    from flows.clean import CleanOptions, clean_dataset
+    from flows.clean import clean_dataset
+    from flows.options import CleanOptions
     from flows.scale import on_compute
     from rgi_core.inversion.solver import invert
     from rgi_core.io.images import decode_image
@@ -160,7 +161,8 @@ def throughput(n: int, iterations: int, batch_size: int, n_init: int) -> None:
 
 def _child(source: str, n: int) -> None:
     """Runs in its own process: clean ``source`` and report this process's peak RSS (moto lives elsewhere)."""
-    from flows.clean import CleanOptions, clean_dataset
+    from flows.clean import clean_dataset
+    from flows.options import CleanOptions
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out = clean_dataset(source=source, catalog=f"s3://{BUCKET}/catalog-{n}", prior="brick-64",

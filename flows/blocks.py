@@ -11,14 +11,15 @@ Secrets are ``SecretStr``: ``repr``, ``str``, ``model_dump_json`` and the UI sho
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import fsspec
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from flows.options import CleanOptions, SolveOptions
+
 if TYPE_CHECKING:
-    from flows.clean import CleanOptions
     from rgi_core.catalog import Catalog
     from rgi_core.priors import Prior
 
@@ -148,21 +149,15 @@ class RgiPrior(Block):
     credentials: RgiS3Credentials | None = Field(None, description="Credentials for an s3:// prior file.")
 
     def load_prior(self, device: str = "auto") -> Prior:
-        """The prior with ``defaults`` applied over the ones stored in its file."""
+        """The prior file, as stored: ``defaults`` are applied when a run's settings are resolved
+        (:func:`rgi_core.settings.resolve`), never written into the loaded prior."""
         from rgi_core.priors import load_prior
 
         opts = self.credentials.storage_options() if self.credentials else None
-        return with_defaults(load_prior(self.location, device=device, storage_options=opts), self.defaults)
+        return load_prior(self.location, device=device, storage_options=opts)
 
 
-def with_defaults(prior: Prior, defaults: dict[str, Any]) -> Prior:
-    """``prior`` with metadata ``defaults`` updated in place (its weights and ``prior_id`` unchanged)."""
-    if defaults:
-        prior.meta["defaults"] = {**prior.meta.get("defaults", {}), **defaults}
-    return prior
-
-
-class RgiCleaningSettings(Block):
+class RgiCleaningSettings(Block, SolveOptions):
     """Settings of an rgi cleaning run: method, mask weight, iterations, batch size and calibration.
 
     Unset values (null) fall back to the prior's calibrated defaults, then to the method's paper defaults.
@@ -181,18 +176,6 @@ class RgiCleaningSettings(Block):
     _logo_url = LOGO_URL
     _documentation_url = DOCS_URL
 
-    method: Literal["rgi", "rrgi", "mse", "dgp"] = Field("rgi", description="The inversion method.")
-    lam: float | None = Field(None, ge=0, title="Lambda", description="The mask sparsity weight; null: the prior's.")
-    iterations: int | None = Field(None, ge=0, description="Optimisation steps; null: the method's default.")
-    n_init: int | None = Field(None, ge=1, description="Best-of-N latent candidates; null: the method's default.")
-    n_starts: int | None = Field(None, ge=1, description="Starts that each descend a few steps before the best is "
-                                 "kept; null: the method's default.")
-    mask_tv: float | None = Field(None, ge=0, title="Mask TV",
-                                  description="rgi/rrgi: weight of the mask's total variation; null: the prior's.")
-    batch_size: int = Field(16, ge=1, description="Images per inversion task.")
-    fit: Literal["auto", "resize", "tile"] = Field("auto", description="Resize or tile images to the prior's size.")
-    device: str = Field("auto", description="Torch device: auto (GPU if any), cpu, cuda, cuda:1, mps.")
-    seed: int = Field(0, description="Seed of the latent candidates.")
     calibration: dict[str, Any] = Field(
         default_factory=dict,
         description="Prior defaults from a calibration (the JSON `rgi calibrate-prior` prints), e.g. lam.")
@@ -200,12 +183,8 @@ class RgiCleaningSettings(Block):
         None, description="A JSON file of such defaults (path or fsspec URL), applied before calibration.")
 
     def options(self, **overrides: Any) -> CleanOptions:
-        """The :class:`flows.clean.CleanOptions` of these settings, with ``overrides``."""
-        from flows.clean import CleanOptions
-
-        # ``calibration`` here is a dict of prior defaults (see calibrated_defaults), not CleanOptions' file
-        names = (set(CleanOptions.model_fields) & set(type(self).model_fields)) - {"calibration"}
-        return CleanOptions(**(self.model_dump(include=names) | overrides))
+        """The :class:`flows.options.CleanOptions` of these settings, with ``overrides``."""
+        return CleanOptions(**(self.model_dump(include=set(SolveOptions.model_fields)) | overrides))
 
     def calibrated_defaults(self, storage: RgiCatalog | RgiS3Credentials | None = None) -> dict[str, Any]:
         """Prior defaults: ``calibration_url``'s JSON (a ``defaults`` key or the whole object), then ``calibration``.
@@ -259,14 +238,13 @@ class Resolved(NamedTuple):
     catalog: str | RgiCatalog  # a URL, or the block (which carries the credentials, also for sources)
     prior: Prior
     options: CleanOptions
+    prior_defaults: dict[str, Any]  # the blocks' defaults over the prior file's (see rgi_core.settings.resolve)
 
 
 def resolve(catalog: str, prior: str, options: CleanOptions | None, catalog_block: str | None,
             prior_block: str | None, settings_block: str | None) -> Resolved:
     """Plain values, or blocks by name where given. Precedence for options: fields set in ``options`` >
     the settings block > defaults; for prior defaults: settings calibration > prior block > prior file."""
-    from flows.clean import CleanOptions
-
     if not (catalog or catalog_block):
         raise ValueError("give a catalog URL or a catalog_block name")
     cat: str | RgiCatalog = RgiCatalog.load(catalog_block) if catalog_block else catalog
@@ -275,13 +253,16 @@ def resolve(catalog: str, prior: str, options: CleanOptions | None, catalog_bloc
     opts = settings.options(**explicit) if settings else (options or CleanOptions())
     from flows.scale import on_compute  # the prior's tensors are touched on the solver's thread only
 
+    defaults: dict[str, Any] = {}
     if prior_block:
-        p = on_compute(RgiPrior.load(prior_block).load_prior, device=opts.device)
+        block = RgiPrior.load(prior_block)
+        p = on_compute(block.load_prior, device=opts.device)
+        defaults |= block.defaults
     else:
         from rgi_core.priors import load_prior
 
         p = on_compute(load_prior, prior, device=opts.device)
     if settings:
         storage = cat if isinstance(cat, RgiCatalog) else None
-        with_defaults(p, settings.calibrated_defaults(storage))
-    return Resolved(cat, p, opts)
+        defaults |= settings.calibrated_defaults(storage)
+    return Resolved(cat, p, opts, defaults)

@@ -8,103 +8,25 @@ of raw bytes are held at once, however large the source.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import deque
-from typing import Any, Literal
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from flows import progress
 from flows.blocks import RgiCatalog, RgiPrior, resolve, storage_options
+from flows.options import CleanOptions
 from flows.redact import redacting_flow
 from flows.scale import PriorRef, dask_task_runner, on_dask
 from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
 from rgi_core.catalog import utcnow
-from rgi_core.cleaning import Fit, resolve_fit
-from rgi_core.inversion.config import InversionConfig, config_for_prior
 from rgi_core.io.fs import redact_uri, require_no_credentials
-from rgi_core.io.images import ImageLimits
 from rgi_core.io.shards import batched, read_items
-from rgi_core.priors import Prior
-from rgi_core.priors.calibration import read_calibration
 
 MAX_LISTED_ERRORS = 20  # error rows named in the run's artifact (all of them are in the catalog)
-
-
-class CleanOptions(BaseModel):
-    """Options of a cleaning run; frozen and typed, stored as the flow run's parameters."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    method: Literal["rgi", "rrgi", "mse", "dgp"] = "rgi"
-    batch_size: int = Field(16, ge=1, description="images per inversion task")
-    iterations: int | None = Field(None, ge=0, description="optimisation steps (None: the method's default)")
-    lam: float | None = Field(None, ge=0, description="mask sparsity weight (None: the prior's calibrated value)")
-    n_init: int | None = Field(None, ge=1, description="best-of-N latent candidates (None: method default)")
-    n_starts: int | None = Field(None, ge=1, description="starts that each descend a few steps before the best is "
-                                 "kept (None: method default)")
-    mask_tv: float | None = Field(None, ge=0, description="rgi/rrgi: weight of the mask's total variation "
-                                  "(None: the prior's default; 0 = the paper's element-wise mask)")
-    fit: Literal["auto", "resize", "tile"] = Field(
-        "auto", description="images not of the prior's size: resize, or tile; auto = the prior's default "
-        "(metadata defaults.fit; resize when absent)")
-    device: str = "auto"
-    seed: int = 0
-    force: bool = Field(False, description="recompute images the catalog already has for this config")
-    image_column: str = "image"
-    id_column: str = "id"
-    max_in_flight: int = Field(2, ge=1, description="micro-batches submitted ahead of the slowest one")
-    top_k: int = Field(8, ge=0, description="anomalies shown in the report")
-    task_runner: Literal["threads", "dask"] = Field(
-        "threads", description="where inversion batches run: the flow's thread pool, or a Dask cluster")
-    dask_address: str | None = Field(None, description="existing Dask scheduler (tcp://host:8786); "
-                                     "None: a LocalCluster of dask_workers processes")
-    dask_workers: int = Field(2, ge=1, description="worker processes of the LocalCluster")
-    io_retry_delays: tuple[float, ...] = Field(
-        (1.0, 4.0, 16.0), description="seconds between retries of a failed storage task (one retry per entry)")
-    max_pixels: int = Field(64_000_000, ge=1, description="larger images (W*H) are refused from their header")
-    min_side: int = Field(8, ge=1, description="images narrower or shorter than this are error rows")
-    calibration: str | None = Field(None, description="calibration JSON (path/URL) from `rgi calibrate`: its lam "
-                                    "and score_threshold override the prior's (an explicit lam still wins)")
-    # (prior_id, document): the calibration file is read once per options object, not at every batch
-    _calibration_doc: tuple[str, dict[str, Any]] | None = PrivateAttr(default=None)
-
-    def limits(self) -> ImageLimits:
-        return ImageLimits(max_pixels=self.max_pixels, min_side=self.min_side)
-
-    def calibrated(self, prior: Prior) -> dict[str, Any]:
-        """The calibration document (validated for ``prior``), or {} without one."""
-        if not self.calibration:
-            return {}
-        if self._calibration_doc is None or self._calibration_doc[0] != prior.prior_id:
-            self._calibration_doc = (prior.prior_id, read_calibration(self.calibration, prior))
-        return self._calibration_doc[1]
-
-    def inversion_config(self, prior: Prior) -> InversionConfig:
-        """The solver config: these options over the calibration over the prior's defaults over the paper's."""
-        lam = self.lam if self.lam is not None else self.calibrated(prior).get("lam")
-        # mask_tv=None is dropped like any unset override; a value with mse/dgp is a clear "no field" error
-        return config_for_prior(self.method, prior.defaults, iterations=self.iterations, lam=lam,
-                                n_init=self.n_init, n_starts=self.n_starts, mask_tv=self.mask_tv, seed=self.seed,
-                                device=self.device)
-
-    def score_threshold(self, prior: Prior) -> float | None:
-        return self.calibrated(prior).get("score_threshold", prior.defaults.get("score_threshold"))
-
-    def resolved_fit(self, prior: Prior) -> Fit:
-        return resolve_fit(prior, self.fit)
-
-    def config_hash(self, prior: Prior) -> str:
-        """Identifies results: the resolved solver settings and ``fit``."""
-        cfg = self.inversion_config(prior)  # the prior's calibrated lam is already resolved here
-        key = f"{cfg.config_hash()}|{self.resolved_fit(prior)}"
-        if self.calibration:  # is_anomalous depends on the calibrated score threshold too
-            key += f"|{self.score_threshold(prior)}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 @redacting_flow(name="clean-dataset", log_prints=True)
@@ -122,11 +44,12 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
                                          settings_block=settings_block)
     for what, uri in (("source", source), ("catalog", catalog), ("prior", prior)):
         require_no_credentials(uri, what)  # before any work; the stored parameters are redacted already
-    catalog, p, options = resolve(catalog, prior, options, catalog_block, prior_block, settings_block)
+    catalog, p, options, prior_defaults = resolve(catalog, prior, options, catalog_block, prior_block, settings_block)
+    settings = options.settings(p, prior_defaults)
     storage = catalog if isinstance(catalog, RgiCatalog) else None
     logger = get_run_logger()
     started, t0 = utcnow(), time.perf_counter()
-    context = run_context(p, options) | {"force": options.force}
+    context = run_context(p, options, settings=settings) | {"force": options.force}
     run_id, chash = context["run_id"], context["config_hash"]
     io = {"retries": len(options.io_retry_delays), "retry_delay_seconds": list(options.io_retry_delays)}
     shards = list_shards.with_options(**io)(source, storage)
@@ -156,15 +79,15 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
             r.pop("input_png", None)
         top = ranked[: options.top_k]
 
-    if on_dask():  # workers load the prior once per process (with this run's resolved defaults)
+    if on_dask():  # workers load the prior once per process; the resolved settings travel with each batch
         where = RgiPrior.load(prior_block).location if prior_block else prior
-        prior_arg: Any = PriorRef(where, p.prior_id, options.device, p.defaults)
+        prior_arg: Any = PriorRef(where, p.prior_id, options.device)
     else:
         prior_arg = p
     items_iter = read_items(shards, options.image_column, options.id_column, done,
                             storage_options(storage, source), shard_errors)
     for seq, items in enumerate(batched(items_iter, options.batch_size)):
-        outcomes = invert_batch.submit(items, prior_arg, options)
+        outcomes = invert_batch.submit(items, prior_arg, options, settings)
         pending.append(write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq))
         while len(pending) > options.max_in_flight:
             collect(pending.popleft().result())

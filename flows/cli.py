@@ -126,15 +126,11 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
 
 def _cmd_clean(args: argparse.Namespace) -> int:
     from flows import progress
-    from flows.clean import CleanOptions, run_clean
+    from flows.clean import run_clean
+    from flows.options import options_from_args
 
-    opts = CleanOptions(method=args.method, batch_size=args.batch_size, iterations=args.iterations, lam=args.lam,
-                        n_init=args.n_init, n_starts=args.n_starts, mask_tv=args.mask_tv, fit=args.fit,
-                        device=args.device, seed=args.seed, force=args.force, image_column=args.image_column,
-                        id_column=args.id_column,
-                        task_runner="threads" if args.dask is None else "dask", dask_address=args.dask or None,
-                        dask_workers=args.dask_workers, max_pixels=args.max_pixels, min_side=args.min_side,
-                        calibration=args.calibration)
+    opts = options_from_args(args, fit=args.fit, task_runner="threads" if args.dask is None else "dask",
+                             dask_address=args.dask or None)
     with progress.bar("cleaning") as show, progress.listening(show):
         out = run_clean(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
@@ -236,24 +232,23 @@ def _clean_tensors(source: str, channels: int) -> list:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from rgi_core.cleaning import resolve_fit
     from rgi_core.evaluation.labelled import Thresholds, evaluate_labelled, format_scores, load_labelled, write_report
     from rgi_core.priors import load_prior
     from rgi_core.priors.calibration import read_calibration
+    from rgi_core.settings import resolve
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     prior = load_prior(args.prior, device=args.device)
     items, errors = load_labelled(args.data, args.masks)
     for e in errors:
         _warn(f"skipped {e}")
-    lam = args.lam
-    thresholds = Thresholds(score=prior.defaults.get("score_threshold"))
-    if args.threshold:
-        cal = read_calibration(args.threshold, prior)
-        lam = cal["lam"] if lam is None else lam
-        thresholds = Thresholds(cal["map_threshold"], cal["score_threshold"],
+    cal = read_calibration(args.threshold, prior) if args.threshold else None
+    settings = resolve(prior, overrides={"lam": args.lam}, calibration=cal, fit=args.fit)
+    lam, fit = settings.config.lam, settings.fit
+    thresholds = Thresholds(score=settings.score_threshold)
+    if cal is not None:
+        thresholds = Thresholds(settings.map_threshold, settings.score_threshold,
                                 f"{args.threshold} ({cal.get('method', 'rgi')}, fpr {cal.get('fpr')})")
-    fit = resolve_fit(prior, args.fit)
     n_masks = sum(it.mask is not None for it in items)
     n_clean = sum(it.clean is not None for it in items)
     print(f"rgi evaluate: {len(items)} images ({n_masks} with masks, {n_clean} with clean references), "
@@ -277,15 +272,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     import fsspec
 
-    from rgi_core.cleaning import resolve_fit
     from rgi_core.priors import load_prior
     from rgi_core.priors.calibration import CalibrationConfig, calibrate_fpr, conformal_min_images
+    from rgi_core.settings import resolve
 
     prior = load_prior(args.prior, device=args.device)
     images = _clean_tensors(args.images, prior.spec.channels)
     cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, n_init=args.n_init,
                             rounds=args.rounds, seed=args.seed)
-    fit = resolve_fit(prior, args.fit)
+    fit = resolve(prior, args.method, fit=args.fit).fit
     print(f"rgi calibrate: {len(images)} clean images, prior {prior.name}, method {args.method}, fit {fit}, "
           f"target FPR {args.fpr}", file=sys.stderr, flush=True)
     doc = calibrate_fpr(prior, images, args.fpr, cfg, method=args.method, fit=fit, lam_images=args.lam_images,
@@ -304,6 +299,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flows.options import add_arguments as add_option_arguments  # pydantic only: --help stays fast
+
     p = argparse.ArgumentParser(prog="rgi", description="Clean image datasets with robust GAN inversion.")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the cleaning pipeline end to end on a local S3 server, offline")
@@ -373,34 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("source", help="folder, tar/Parquet shard or prefix; local path or fsspec URL (s3://...)")
     cl.add_argument("--catalog", required=True, help="catalog root (local path or fsspec URL)")
     cl.add_argument("--prior", default="brick-64", help="shipped prior name, path or URL (default brick-64)")
-    cl.add_argument("--method", choices=("rgi", "rrgi", "mse", "dgp"), default="rgi")
-    cl.add_argument("--batch-size", type=int, default=16)
-    cl.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: the method's)")
-    cl.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: the prior's)")
-    cl.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
-    cl.add_argument("--n-starts", type=int, default=None, help="starts kept from them, each run a few steps; "
-                    "the best goes on (default: the method's)")
-    cl.add_argument("--mask-tv", type=float, default=None,
-                    help="rgi/rrgi: mask total-variation weight (default: the prior's; 0 = per-pixel mask)")
+    # One flag per CleanOptions field (--method, --batch-size, --iterations, --lambda, ...), from flows/options.py
+    add_option_arguments(cl)
     fit = cl.add_mutually_exclusive_group()
     fit.add_argument("--tile", dest="fit", action="store_const", const="tile",
                      help="cut images into prior-size tiles (keeps the scale; texture priors default to this)")
     fit.add_argument("--resize", dest="fit", action="store_const", const="resize",
                      help="resize images to the prior's size (default unless the prior says tile)")
     cl.set_defaults(fit="auto")
-    cl.add_argument("--device", default="auto")
-    cl.add_argument("--seed", type=int, default=0)
-    cl.add_argument("--force", action="store_true", help="recompute images already in the catalog")
-    cl.add_argument("--image-column", default="image", help="Parquet shards: column with image bytes")
-    cl.add_argument("--id-column", default="id", help="Parquet shards: column with the image id")
     cl.add_argument("--dask", nargs="?", const="", default=None, metavar="ADDRESS",
                     help="run inversion batches on Dask: a LocalCluster, or the scheduler at ADDRESS (tcp://h:8786)")
-    cl.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
-    cl.add_argument("--max-pixels", type=int, default=64_000_000,
-                    help="refuse larger images (W*H) from their header, e.g. decompression bombs (default 64 MP)")
-    cl.add_argument("--min-side", type=int, default=8, help="images smaller than this on a side are error rows")
-
-    cl.add_argument("--calibration", help="calibration JSON from `rgi calibrate` (its lam and score threshold)")
     cl.set_defaults(func=_cmd_clean)
 
     q = sub.add_parser("query", help="run SQL on a catalog (views: images, runs)")

@@ -48,7 +48,8 @@ def run(out_dir: str = "demo-output", texture: str = "brick", n: int = 24, itera
     import s3fs
     from moto.server import ThreadedMotoServer
 
-    from flows.clean import CleanOptions, clean_dataset
+    from flows.clean import clean_dataset
+    from flows.options import CleanOptions
     from rgi_core.catalog.sql import query
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the local S3 server's per-request log is noise here

@@ -12,8 +12,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
-from flows.clean import CleanOptions
 from flows.events import shard_event
+from flows.options import CleanOptions
 from flows.tasks import list_shards
 from rgi_core.catalog import Catalog
 from rgi_core.io.notifications import unseen_shards

@@ -12,7 +12,6 @@ The prior is not shipped with every task (1.8 MB per micro-batch for a 64x64 DCG
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import threading
 from collections.abc import Callable
@@ -35,14 +34,10 @@ class PriorRef:
     source: str  # shipped name, path or fsspec URL, as given to the flow
     prior_id: str
     device: str = "auto"
-    defaults: dict[str, Any] | None = None  # the run's resolved defaults (blocks, calibration), if any
 
     def load(self) -> Prior:
         """The prior, loaded once per worker process; refuses weights other than the run's."""
-        p = _load_once(self.source, self.device, self.prior_id)
-        if self.defaults is None:
-            return p
-        return dataclasses.replace(p, meta={**p.meta, "defaults": dict(self.defaults)})  # the nets are shared
+        return _load_once(self.source, self.device, self.prior_id)
 
 
 @functools.lru_cache(maxsize=4)

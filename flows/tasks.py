@@ -40,7 +40,8 @@ from rgi_core.io.shards import Item, Shard
 from rgi_core.priors import Prior
 
 if TYPE_CHECKING:
-    from flows.clean import CleanOptions
+    from flows.options import CleanOptions
+    from rgi_core.settings import Settings
 
 Storage = RgiCatalog | RgiS3Credentials | None
 P = ParamSpec("P")
@@ -68,15 +69,18 @@ def open_catalog(catalog: str | RgiCatalog) -> Catalog:
     return catalog.catalog() if isinstance(catalog, RgiCatalog) else Catalog(catalog)
 
 
-def run_context(prior: Prior, options: CleanOptions, run_id: str | None = None) -> dict[str, Any]:
+def run_context(prior: Prior, options: CleanOptions, run_id: str | None = None,
+                settings: Settings | None = None) -> dict[str, Any]:
     """The run's catalog columns for :data:`write_rows`.
 
-    ``run_id`` defaults to the current flow run's id (or a timestamp outside a flow run).
+    ``run_id`` defaults to the current flow run's id (or a timestamp outside a flow run); ``settings`` to
+    ``options.settings(prior)``.
     """
+    settings = settings or options.settings(prior)
     run_id = run_id or str(flow_run.get_id() or f"local-{utcnow():%Y%m%dT%H%M%S}")
     return {"method": options.method, "prior": prior.name, "prior_id": prior.prior_id,
-            "config_hash": options.config_hash(prior), "run_id": run_id, "device": str(prior.device),
-            "score_threshold": options.score_threshold(prior)}
+            "config_hash": settings.config_hash(), "run_id": run_id, "device": str(prior.device),
+            "score_threshold": settings.score_threshold}
 
 
 def _list_shards(source: str, storage: Storage = None) -> list[Shard]:
@@ -135,13 +139,17 @@ write_report, awrite_report = _io_tasks(_write_report, "write-report")
 
 
 @task(name="invert-batch", tags=["gpu"], cache_policy=NONE)
-def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptions) -> list[Outcome]:
+def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptions,
+                 settings: Settings | None = None) -> list[Outcome]:
     """Clean a batch with ``prior`` under ``options``; one outcome per item, in order.
+
+    ``settings``: the run's resolved settings (default ``options.settings(prior)``; a flow resolves them once,
+    with its blocks' prior defaults).
 
     ``prior`` may be a :class:`~flows.scale.PriorRef` (Dask workers load it once per process). One solve
     runs at a time per process, on its compute thread (:func:`~flows.scale.compute_executor`); decoding and
     encoding overlap with it.
     """
     prior = on_compute(prior.load) if isinstance(prior, PriorRef) else prior
-    return clean_items(items, prior, options.inversion_config(prior), options.resolved_fit(prior),
-                       options.limits(), compute=compute_executor())
+    settings = settings or options.settings(prior)
+    return clean_items(items, prior, settings.config, settings.fit, options.limits(), compute=compute_executor())

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from flows.clean import CleanOptions, clean_dataset
+from flows.clean import clean_dataset
+from flows.options import CleanOptions
 
 
 @flow(name="clean-upload", log_prints=True)

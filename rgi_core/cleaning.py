@@ -31,7 +31,7 @@ import math
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,8 +51,7 @@ from rgi_core.io.images import (
 )
 from rgi_core.io.shards import Item
 from rgi_core.priors.files import Prior
-
-Fit = Literal["resize", "tile"]
+from rgi_core.settings import Fit
 
 
 @dataclass(frozen=True)
@@ -139,11 +138,6 @@ class Fitted(NamedTuple):
     score: float
     diagnostics: tuple
     error: str = ""
-
-
-def resolve_fit(prior: Prior, fit: Fit | Literal["auto"]) -> Fit:
-    """``auto`` -> the prior's default (metadata ``defaults.fit``; resize when absent)."""
-    return prior.defaults.get("fit", "resize") if fit == "auto" else fit  # type: ignore[return-value]
 
 
 def network_inputs(x: torch.Tensor, prior: Prior, fit: Fit = "resize") -> torch.Tensor:

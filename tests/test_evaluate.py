@@ -207,7 +207,7 @@ def test_calibrate_json_is_accepted_by_clean(prefect_api, tiny_prior, tmp_path):
     assert json.loads(run["parameters_json"])["calibration"] == str(cal)
     prior = load_prior(str(prior_path), device="cpu")
     with_cal = CleanOptions(iterations=10, n_init=4, calibration=str(cal))
-    assert with_cal.inversion_config(prior).lam == doc["lam"]  # the calibrated lam is what ran
+    assert with_cal.settings(prior).config.lam == doc["lam"]  # the calibrated lam is what ran
     assert run["config_hash"] == with_cal.config_hash(prior)
     assert run["config_hash"] != CleanOptions(iterations=10, n_init=4).config_hash(prior)
     rows = pd.read_parquet(cat / "images")

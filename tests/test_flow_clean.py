@@ -124,9 +124,9 @@ def test_mask_tv_option_overrides_the_prior_and_is_part_of_the_config_hash():
 
     prior = load_prior("digits-32", device="cpu")  # ships mask_tv > 0
     default, off = CleanOptions(), CleanOptions(mask_tv=0.0)
-    assert default.inversion_config(prior).mask_tv == prior.defaults["mask_tv"] > 0
-    assert off.inversion_config(prior).mask_tv == 0.0
+    assert default.settings(prior).config.mask_tv == prior.defaults["mask_tv"] > 0
+    assert off.settings(prior).config.mask_tv == 0.0
     assert default.config_hash(prior) != off.config_hash(prior)  # results of either setting stay apart
-    assert CleanOptions(method="mse").inversion_config(prior).method == "mse"  # the prior's TV is rgi-only
+    assert CleanOptions(method="mse").settings(prior).config.method == "mse"  # the prior's TV is rgi-only
     with pytest.raises(ValueError, match="mask_tv"):
-        CleanOptions(method="mse", mask_tv=0.1).inversion_config(prior)
+        CleanOptions(method="mse", mask_tv=0.1).settings(prior)

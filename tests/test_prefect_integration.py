@@ -16,7 +16,7 @@ from conftest import generate
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from test_cli_clean import rgi
 
-from flows.blocks import BLOCKS, RgiCatalog, RgiCleaningSettings, RgiPrior, RgiS3Credentials, with_defaults
+from flows.blocks import BLOCKS, RgiCatalog, RgiCleaningSettings, RgiPrior, RgiS3Credentials
 from rgi_core.io.images import encode_png
 from rgi_core.io.shards import tar_bytes
 from rgi_core.priors import load_prior, save_prior
@@ -85,7 +85,7 @@ def test_blocks_save_and_load_on_api(prefect_api, prior_file, tmp_path):
     settings = RgiCleaningSettings.load(name)
     opts = settings.options(seed=3)
     assert (opts.method, opts.lam, opts.iterations, opts.seed, opts.mask_tv) == ("rrgi", 0.1, 7, 3, 0.05)
-    assert opts.n_starts == 3 and opts.inversion_config(prior).n_starts == 3
+    assert opts.n_starts == 3 and opts.settings(prior).config.n_starts == 3
     assert settings.calibrated_defaults() == {"lam": 0.4, "score_threshold": 0.6}
 
     from flows.blocks import resolve
@@ -206,8 +206,8 @@ def test_flow_with_blocks_on_s3_never_leaks_credentials(prefect_api, s3, s3_endp
     monkeypatch.undo()  # the test's own S3 access below uses the fixture's credentials again
     s3fs.S3FileSystem.clear_instance_cache()
     images = pd.read_parquet("rgi-test/catalog/images", filesystem=s3)
-    expected = with_defaults(load_prior(prior_file, device="cpu"), {"lam": 0.2})
-    assert (images.config_hash == RgiCleaningSettings(**CHEAP).options().config_hash(expected)).all()
+    expected = RgiCleaningSettings(**CHEAP).options().config_hash(load_prior(prior_file, device="cpu"), {"lam": 0.2})
+    assert (images.config_hash == expected).all()
     assert images.is_anomalous.all()  # the prior block's score_threshold 0.0
 
     with get_client(sync_client=True) as client:

@@ -41,12 +41,13 @@ from typing import Any
 
 import torch
 
-from rgi_core.cleaning import Fit, Fitted, fit_invert
+from rgi_core.cleaning import Fitted, fit_invert
 from rgi_core.evaluation import metrics
 from rgi_core.evaluation.defects import TEXTURE_DEFECTS, apply_defect
-from rgi_core.inversion.config import InversionConfig, config_for_prior
+from rgi_core.inversion.config import InversionConfig
 from rgi_core.io import builtin
 from rgi_core.priors.files import Prior
+from rgi_core.settings import Fit, resolve
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def run_methods(prior: Prior, images: list[torch.Tensor], methods: tuple[str, ..
     """Invert the same images (each (C, H, W), any size) with every method; config overrides are shared."""
     runs = []
     for method in methods:
-        cfg = config_for_prior(method, prior.defaults, **overrides)
+        cfg = resolve(prior, method, overrides=overrides).config
         outputs: list[Fitted] = []
         seconds = 0.0
         for start in range(0, len(images), batch_size):

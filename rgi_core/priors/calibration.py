@@ -39,13 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgi_core.cleaning import Fit, fit_invert, network_inputs
+from rgi_core.cleaning import fit_invert, network_inputs
 from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.detectors.texture import TextureStats
 from rgi_core.inversion import losses
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
 from rgi_core.inversion.solver import invert
 from rgi_core.priors.files import Prior
+from rgi_core.settings import Fit
 
 
 @dataclass(frozen=True)

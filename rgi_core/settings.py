@@ -1,0 +1,91 @@
+"""Where every setting of a run comes from: :func:`resolve`, the one place defaults are resolved.
+
+``rgi clean`` and its flows (``CleanOptions``, the Prefect blocks), ``rgi evaluate`` and a hand-written
+Python call all ask :func:`resolve` for a run's solver config, image fit and thresholds. ``invert`` given a
+config built by hand applies the same prior defaults to its unset fields
+(:func:`rgi_core.inversion.config.for_prior`), so the answer never depends on the entry point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from rgi_core.inversion.config import InversionConfig, config_for_prior
+from rgi_core.priors.files import Prior
+
+Fit = Literal["resize", "tile"]
+
+#: Keys of a calibration document (``rgi calibrate``) that settings read.
+CALIBRATION_KEYS = ("lam", "score_threshold", "map_threshold")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A run's resolved settings.
+
+    Attributes:
+        config: the solver config, every field the prior calibrates set (``lam`` stays ``None`` only when no
+            source has one: the solver then uses :data:`~rgi_core.inversion.config.DEFAULT_LAMBDA`).
+        fit: how images not of the prior's size reach it: ``resize`` or ``tile``.
+        score_threshold: ``is_anomalous`` is ``score > score_threshold``; ``None`` leaves it unset.
+        map_threshold: the anomaly-map level that flags a pixel, from a calibration document (else ``None``:
+            the map's own 0.5).
+        calibrated: whether a calibration document was applied (its score threshold then identifies rows).
+    """
+
+    config: InversionConfig
+    fit: Fit
+    score_threshold: float | None
+    map_threshold: float | None = None
+    calibrated: bool = False
+
+    def config_hash(self) -> str:
+        """The catalog's ``config_hash``: what identifies a row's results besides the prior and the image.
+
+        The solver config's own hash, the fit, and with a calibration document its score threshold (on which
+        ``is_anomalous`` depends).
+        """
+        key = f"{self.config.config_hash()}|{self.fit}"
+        if self.calibrated:
+            key += f"|{self.score_threshold}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def resolve(prior: Prior, method: str = "rgi", *, overrides: Mapping[str, Any] | None = None,
+            calibration: Mapping[str, Any] | None = None, prior_defaults: Mapping[str, Any] | None = None,
+            fit: Fit | Literal["auto"] = "auto") -> Settings:
+    """The settings of a run of ``method`` with ``prior``.
+
+    Each setting takes the first value found, in this order:
+
+    1. ``overrides``: explicit values (command-line flags, ``CleanOptions`` and settings-block fields,
+       function arguments); ``None`` means unset. ``fit`` is such an override unless it is ``"auto"``.
+    2. ``calibration``: a calibration document (``rgi calibrate``'s JSON): ``lam``, ``score_threshold``,
+       ``map_threshold``.
+    3. ``prior_defaults``: defaults given beside the prior file (a prior block's ``defaults``, a settings
+       block's ``calibration``), over
+    4. the prior file's metadata ``defaults`` (written by ``rgi calibrate-prior``);
+    5. the fallbacks: :data:`~rgi_core.inversion.config.FALLBACKS` and the method's paper defaults
+       (:mod:`rgi_core.inversion.config`); ``fit`` falls back to ``resize``.
+
+    The prior is never modified.
+
+    Raises:
+        ValueError: an unknown method, or an override the method has no field for.
+    """
+    defaults = {**prior.defaults, **(prior_defaults or {})}
+    cal = dict(calibration or {})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "lam" not in given and cal.get("lam") is not None:
+        given["lam"] = cal["lam"]
+    config = config_for_prior(method, defaults, **given)
+    return Settings(
+        config=config,
+        fit=defaults.get("fit", "resize") if fit == "auto" else fit,
+        score_threshold=cal.get("score_threshold", defaults.get("score_threshold")),
+        map_threshold=cal.get("map_threshold"),
+        calibrated=calibration is not None,
+    )

@@ -1,0 +1,96 @@
+"""One resolution of settings (rgi_core.settings.resolve): its precedence, a prior left untouched, and the catalog
+config hashes of existing catalogs pinned, so reruns still skip done work."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from flows.blocks import RgiCleaningSettings
+from flows.options import CleanOptions
+from rgi_core.priors import load_prior
+from rgi_core.priors.calibration import CALIBRATION_KIND
+from rgi_core.settings import resolve
+
+# Written by the cleaning options as they were before settings were resolved in one place (the same values are in
+# catalogs cleaned then): a change here recomputes every catalogued image.
+PINNED = {
+    "brick-64": {"rgi": "4f9053be10b4f917", "rrgi_50": "ee5404ec04f6e048", "mse_tile": "803a286529ef0038",
+                 "dgp": "880fff7af6f25c41"},
+    "grass-64": {"rgi": "f80b422bd7311992", "rrgi_50": "ee5404ec04f6e048", "mse_tile": "2524c2de87d2f17f",
+                 "dgp": "6e87dc1443c94c39"},
+    "gravel-64": {"rgi": "173607ecfb55873e", "rrgi_50": "ee5404ec04f6e048", "mse_tile": "9920f7019e94d9c6",
+                  "dgp": "011dd293cb10d200"},
+    "digits-32": {"rgi": "649fe1cac49b36e4", "rrgi_50": "70079889221dbdcf", "mse_tile": "c27435fd2cfdb7c5",
+                  "dgp": "abc3c8b55607cabf"},
+}
+OPTIONS = {"rgi": CleanOptions(), "rrgi_50": CleanOptions(method="rrgi", iterations=50, lam=0.2),
+           "mse_tile": CleanOptions(method="mse", fit="tile"), "dgp": CleanOptions(method="dgp", n_init=10)}
+
+
+@pytest.fixture(scope="module")
+def brick():
+    return load_prior("brick-64", device="cpu")
+
+
+@pytest.fixture
+def calibration_file(tmp_path, brick):
+    doc = {"kind": CALIBRATION_KIND, "lam": 0.03, "score_threshold": 0.4, "map_threshold": 0.5,
+           "prior_id": brick.prior_id}
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_config_hashes_of_existing_catalogs_are_unchanged(name):
+    prior = load_prior(name, device="cpu")
+    assert {k: o.config_hash(prior) for k, o in OPTIONS.items()} == PINNED[name]
+
+
+def test_calibrated_and_block_hashes_are_unchanged(brick, calibration_file):
+    assert CleanOptions(calibration=calibration_file).config_hash(brick) == "5710df00f6ea0cc6"
+    assert CleanOptions(calibration=calibration_file, lam=0.07).config_hash(brick) == "d316f13a41b188b7"
+    assert CleanOptions().config_hash(brick, {"lam": 0.011, "score_threshold": 0.3}) == "f5f554774b7f9d6b"
+
+
+def test_precedence_option_over_calibration_over_block_over_prior_over_fallback(brick):
+    cal = {"lam": 0.03, "score_threshold": 0.4, "map_threshold": 0.6}
+    block = {"lam": 0.02, "score_threshold": 0.2, "map_sigma": 2.0, "fit": "resize"}
+    assert resolve(brick, overrides={"lam": 0.07}, calibration=cal, prior_defaults=block).config.lam == 0.07
+    s = resolve(brick, overrides={"lam": None}, calibration=cal, prior_defaults=block)
+    assert (s.config.lam, s.score_threshold, s.map_threshold) == (0.03, 0.4, 0.6)
+    s = resolve(brick, prior_defaults=block)
+    assert (s.config.lam, s.score_threshold, s.config.map_sigma, s.fit) == (0.02, 0.2, 2.0, "resize")
+    s = resolve(brick)
+    d = brick.defaults
+    assert (s.config.lam, s.score_threshold, s.config.map_sigma, s.fit) == (d["lam"], d["score_threshold"],
+                                                                         d["map_sigma"], d["fit"] == "tile" and "tile")
+    assert s.config.score_topk == 0.01 and s.map_threshold is None and not s.calibrated  # a fallback; no file
+    assert resolve(brick, fit="resize").fit == "resize"
+
+
+def test_nothing_mutates_a_loaded_prior(brick, calibration_file):
+    before = copy.deepcopy(brick.meta)
+    opts = RgiCleaningSettings(calibration={"lam": 0.2}, n_starts=2).options(calibration=calibration_file)
+    opts.settings(brick, {"lam": 0.5, "score_threshold": 0.0})
+    resolve(brick, "rrgi", overrides={"iterations": 3}, prior_defaults={"mask_tv": 0.3})
+    assert brick.meta == before
+
+
+def test_the_settings_block_and_the_cli_share_the_options_model():
+    from flows.cli import build_parser
+    from flows.options import SolveOptions
+
+    assert set(SolveOptions.model_fields) <= set(RgiCleaningSettings.model_fields)
+    assert set(SolveOptions.model_fields) <= set(CleanOptions.model_fields)
+    clean = next(a for a in build_parser()._subparsers._group_actions[0].choices["clean"]._actions
+                 if a.dest == "batch_size")
+    assert clean.help.startswith(CleanOptions.model_fields["batch_size"].description)
+    args = build_parser().parse_args(["clean", "src", "--catalog", "cat", "--n-starts", "3", "--lambda", "0.2"])
+    from flows.options import options_from_args
+
+    opts = options_from_args(args, fit=args.fit)
+    assert (opts.n_starts, opts.lam, opts.batch_size, opts.fit) == (3, 0.2, 16, "auto")
