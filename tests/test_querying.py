@@ -1,4 +1,4 @@
-"""Reading results: rgi_core.catalog.open / dataset (local and S3), `rgi show`, and every SQL block of docs/querying.md,
+"""Reading results: rgi_core.catalog.open / dataset (local and S3), `rgi show`, and every SQL block of docs/howto/querying.md,
 all on a catalog written by a real clean-dataset run."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rgi_core.io.shards import tar_bytes
 from rgi_core.models import save_prior
 from rgi_core.report import THUMB, _cell
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "querying.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "howto" / "querying.md"
 FAST = dict(iterations=20, n_init=8, batch_size=4)
 
 
