@@ -1,4 +1,4 @@
-"""docs/howto/prefect.md's python snippets run as written (in order, one namespace) on a Prefect API and S3 (moto)."""
+"""docs/prefect.md's python snippets run as written (in order, one namespace) on a Prefect API and S3 (moto)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 
 from rgi_core.io.images import encode_png
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "howto" / "prefect.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "prefect.md"
 
 
 def snippets() -> list[str]:
