@@ -21,7 +21,7 @@ from rgi_core.io.images import encode_png
 from rgi_core.io.shards import tar_bytes
 from rgi_core.priors import save_prior
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "querying.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "howto" / "querying.md"
 FAST = dict(iterations=20, n_init=8, batch_size=4)
 
 
