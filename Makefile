@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m flows.cli demo
 
 # Two pytest workers with one torch thread each: the suite waits on servers and subprocesses for much of its
-# time, so two workers take 9 min where one process with two threads took 14 (2-core dev box, session 18).
+# time, so two workers take 9 min where one process with two threads took 14 (2-core dev box).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS)

@@ -1,4 +1,4 @@
-"""The tables of docs/evaluation.md: `rgi evaluate` and `rgi calibrate` on the shipped priors' held-out splits.
+"""The tables of docs/howto/evaluate.md: `rgi evaluate` and `rgi calibrate` on the shipped priors' held-out splits.
 
 Everything goes through the command line users run, on labelled folders exported from
 :mod:`rgi_core.evaluation.labelled`'s held-out sets (``<name>.png``, ``<name>_mask.png``, ``<name>_clean.png``):

@@ -53,7 +53,7 @@ def _load_once(source: str, device: str, prior_id: str) -> Prior:
 # - memory: letting every thread of the flow's pool solve at once held one set of activations per thread,
 #   and peak memory grew with the length of the run (docs/benchmarks.md, P2 memory);
 # - speed: with libgomp (torch's CPU threading), once a second thread has run a parallel op, every later op
-#   of the first runs ~1.6x slower, even while the second sits idle (P2 throughput, 2026-11-24). Prefect's
+#   of the first runs ~1.6x slower, even while the second sits idle (docs/benchmarks.md, P2 throughput). Prefect's
 #   pool hands batches to different threads, so the solves are funnelled onto one.
 # Reading, decoding, encoding and writing stay on the pool's threads and overlap with the solve.
 # (A function, not a module-level executor in the task's module: Dask pickles tasks by value.)

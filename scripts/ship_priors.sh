@@ -3,14 +3,14 @@
 # training splits and copy them into the package (rgi_core/priors/). See docs/reference/priors.md.
 # Usage: scripts/ship_priors.sh [NAME ...]   (default: brick grass gravel digits)
 #   textures: map_sigma=1.0 (inspection defects are regions: the anomaly map pools residuals over ~1 px),
-#             and local texture statistics fitted on 256 training-split crops (rgi_core.detectors.texture; session 10),
+#             and local texture statistics fitted on 256 training-split crops (rgi_core.detectors.texture),
 #             and a learned anomaly segmenter trained for 1000 steps on 1024 training-split crops with synthetic
-#             anomalies, thresholded on 256 others (rgi_core.detectors.segmenter; session 14)
+#             anomalies, thresholded on 256 others (rgi_core.detectors.segmenter)
 #   digits:   map_sigma=0.0 (the RGI paper's scattered gross corruption: keep maps pixel-exact), and
 #             mask_tv = 1.5 lam for the first 75 % of the steps (chosen on training-split digits with
 #             synthetic corruption, docs/design.md): lam is fitted first (with TV off, as always), then a
 #             second call stores mask_tv and measures the score threshold with it. The image score is the
-#             mean of the top 25 % of the map (score_topk=0.25; session 18, chosen on a digits validation
+#             mean of the top 25 % of the map (score_topk=0.25, chosen on a digits validation
 #             prior, docs/design.md): the digit corruption covers 10-25 % of the pixels.
 # lam is the fixed point of the calibration rule, 6 damped steps from lam = 0.05 (rgi_core.priors.calibration).
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the four shipped priors exactly as docs/reference/priors.md records. Re-running resumes each run from its
 # last checkpoint (runs/priors/<name>.train/state.safetensors); raise STEPS_* to train further.
-# brick-64 has a spatial latent grid (32 x 4 x 4); grass-64 and gravel-64 a global latent of 128 (session 8: on a
+# brick-64 has a spatial latent grid (32 x 4 x 4); grass-64 and gravel-64 a global latent of 128 (on a
 # validation strip of the training region the global prior detected defects better; docs/design.md).
 # Usage: scripts/train_shipped_priors.sh [brick grass gravel digits]   (default: all four, in parallel)
 set -euo pipefail

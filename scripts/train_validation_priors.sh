@@ -3,9 +3,9 @@
 # (x < 384) only, so that crops of its rows y >= 384 (the "validation strip", benchmarks/texture_validation.py)
 # are unseen by the generator as well as by the texture statistics. Defaults that involve the generator's
 # residual are chosen on that strip, never on the evaluation quarter (docs/design.md). Re-running resumes.
-# Session 13: grass and gravel, one thread each at once, 21 min of training and 4 min of calibration.
-# Session 16: brick, 29 min of training (1713 s, sharing the 2 cores) and 4 min of calibration.
-# Session 18: digits, the shipped digits recipe on images 0..1199 only; its validation digits are 1200..1499
+# Grass and gravel: one thread each at once, 21 min of training and 4 min of calibration.
+# Brick: 29 min of training (1713 s, sharing the 2 cores) and 4 min of calibration.
+# Digits: the shipped digits recipe on images 0..1199 only; its validation digits are 1200..1499
 # (30 min of training on one thread, 2 min of calibration).
 # Usage: scripts/train_validation_priors.sh [grass gravel brick digits]   (default: grass gravel)
 set -euo pipefail

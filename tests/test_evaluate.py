@@ -219,7 +219,7 @@ def test_calibrated_thresholds_hit_target_fpr_on_held_out_digits():
     """Calibrate on half of the held-out digits, measure on the other half: images neither the prior nor the
     calibration saw, from the same distribution (as a user calibrates on clean images of their own data).
     Pixel FPR pools ~150k pixels: held to +-2 %. Image FPR counts 148 images on each side, so its binomial noise
-    alone is ~2.5 % (1 sigma): held to +-5 % here; docs/evaluation.md has the repeated full-size check."""
+    alone is ~2.5 % (1 sigma): held to +-5 % here; docs/howto/evaluate.md has the repeated full-size check."""
     from rgi_core.evaluation.labelled import Thresholds, evaluate_labelled
     from rgi_core.priors import load_prior
     from rgi_core.priors.calibration import CalibrationConfig, calibrate_fpr

@@ -1,5 +1,5 @@
 """Reading results: rgi_core.catalog.connect / dataset (local and S3), `rgi show`, and every SQL block of
-docs/querying.md, all on a catalog written by a real clean-dataset run."""
+docs/howto/querying.md, all on a catalog written by a real clean-dataset run."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Why. The RGI map scores a pixel by its residual :math:`|x - G(z)|`. On stochasti
 a small generator cannot place every blade where the image has it, so :math:`G(z)` is a smooth version of
 the texture and the residual of a *clean* pixel is the texture's fine detail. A smooth defect (a stain, a
 flat pasted patch) removes that detail, and its residual is *lower* than clean texture's: on the validation
-strip of docs/priors.md the RGI map ranked stains and patches at or below chance (pixel AUROC 0.19-0.61).
+strip of docs/reference/priors.md the RGI map ranked stains and patches at or below chance (pixel AUROC 0.19-0.61).
 A stationary texture has fixed local statistics, and those defects change them.
 
 What. Per pixel and channel, :func:`texture_features` stacks 14 local statistics of the image :math:`x`

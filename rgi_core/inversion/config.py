@@ -39,7 +39,7 @@ class InversionConfig:
             ``start_iterations`` steps of the objective, and the solve goes on from the one with the lowest
             objective (ours; 1 = the single best candidate, as in the RGI paper). Best-of-N ranks candidates
             before any descent, and on held-out brick which start ends in a poor fit was not predictable from
-            that rank (docs/design.md, session 15).
+            that rank (docs/design.md).
         start_iterations: steps of each start before the choice; ``None`` = ``iterations // 8``. They come
             before the ``iterations`` of the solve.
         lam: sparsity weight of the mask; ``None`` = the prior's calibrated default

@@ -11,8 +11,8 @@ Because the fit itself depends on :math:`\lambda`, the rule is a fixed point :ma
 :math:`\lambda` rises (a larger :math:`\lambda` masks fewer pixels, so z is pulled towards more of them and the
 residuals shrink), sometimes steeply, and it is noisy (each value is one optimisation; ±10 % between
 neighbouring :math:`\lambda` on brick). Plain iteration :math:`\lambda \leftarrow f(\lambda)` can then alternate
-between two values instead of converging (digits-32 on 32 training digits: 0.015, 0.069, 0.015, 0.066, ...;
-until session 7 the shipped value was whichever one the second round landed on). :func:`fit_lam` iterates
+between two values instead of converging (digits-32 on 32 training digits: 0.015, 0.069, 0.015, 0.066, ...,
+so the value would be whichever one the last round landed on). :func:`fit_lam` iterates
 the geometric mean :math:`\lambda \leftarrow \sqrt{\lambda f(\lambda)}` instead, a damped step that
 converges whenever the log-log slope of :math:`f` is above -3 (exactly in one step for slope -1) and
 averages the noise; the ``(lam tried, f(lam))`` pairs are kept in the metadata.
@@ -204,7 +204,7 @@ def conformal_threshold(values: np.ndarray, fpr: float) -> float:
     :math:`P(\text{value} > t) = (n + 1 - k) / (n + 1) \in (f - 1/(n+1),\ f]`: the expected false-positive
     rate is at most ``fpr`` and short of it by less than :math:`1/(n+1)` (Vovk et al. 2005; Angelopoulos &
     Bates 2021). The plain empirical quantile overshoots instead: by half a rank, 5.5 % for a 5 % target on
-    148 images (docs/evaluation.md). With fewer than :math:`1/f - 1` values, :math:`k > n` and the
+    148 images (docs/howto/evaluate.md). With fewer than :math:`1/f - 1` values, :math:`k > n` and the
     guarantee needs a threshold above every value seen; the largest value is returned.
     """
     v = np.sort(np.asarray(values, dtype=np.float64).ravel())
@@ -274,7 +274,7 @@ def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: Cal
         "failed": failed,
         "lam_quantile": cfg.quantile,
         "lam_rounds": history,
-        # In-sample rates at the thresholds (held-out rates: docs/evaluation.md).
+        # In-sample rates at the thresholds (held-out rates: docs/howto/evaluate.md).
         "clean_image_fpr": float((s > score_t).mean()),
         "clean_pixel_fpr": float((m > map_t).mean()),
     }

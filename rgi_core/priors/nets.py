@@ -169,7 +169,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
         """``fused``: upsample+conv as one transposed conv (:func:`upsample_conv3x3`), same result; ``None``
         picks it for batches of :data:`FUSED_MIN_BATCH` or more, where it was faster (CPU, 2 threads,
-        2026-11-24, 64x64 prior, forward+backward to z: B=64 259 vs 729 ms, B=16 45 vs 88 ms, B=2 10.3 vs
+        64x64 prior, forward+backward to z: B=64 259 vs 729 ms, B=16 45 vs 88 ms, B=2 10.3 vs
         10.7 ms, B=1 7.7 vs 6.7 ms; per-image ``vmap`` calls stay plain, docs/benchmarks.md)."""
         # z: (B, latent_dim) or (B, latent_dim, h, w)
         fused = z.shape[0] >= FUSED_MIN_BATCH if fused is None else fused
