@@ -298,11 +298,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from flows.options import add_arguments as add_option_arguments  # pydantic only: --help stays fast
-
-    p = argparse.ArgumentParser(prog="rgi", description="Clean image datasets with robust GAN inversion.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the cleaning pipeline end to end on a local S3 server, offline")
     d.add_argument("--iterations", type=int, default=None, help="optimisation steps (default 600)")
     d.add_argument("--texture", choices=("brick", "grass", "gravel"), default="brick")
@@ -310,9 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out-dir", default="demo-output", help="where the report PNG is copied")
     d.add_argument("--core", action="store_true", help="instead: the inversion core alone on a random generator")
     d.set_defaults(func=_cmd_demo)
+
+
+def _add_priors(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("priors", help="list the priors shipped with this installation")
     pr.set_defaults(func=_cmd_priors)
 
+
+def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train-prior", help="train a prior (GAN) on clean images; resumes an interrupted run")
     t.add_argument("images", help="folder, file or fsspec URL (s3://...) of clean png/jpg/webp/tiff images")
     t.add_argument("--out", required=True, help="prior file to write (.safetensors)")
@@ -339,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     t.set_defaults(func=_cmd_train_prior)
 
+
+def _add_calibrate_prior(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("calibrate-prior",
                        help="pick lam and the score threshold from clean images; store them in the prior")
     c.add_argument("prior", help="local prior file (.safetensors), rewritten in place with new defaults")
@@ -366,12 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "validation strip, docs/design.md)")
     c.set_defaults(func=_cmd_calibrate_prior)
 
+
+def _add_clean(sub: argparse._SubParsersAction) -> None:
     cl = sub.add_parser("clean", help="clean every image under SOURCE into a Parquet catalog (a Prefect flow)")
     cl.add_argument("source", help="folder, tar/Parquet shard or prefix; local path or fsspec URL (s3://...)")
     cl.add_argument("--catalog", required=True, help="catalog root (local path or fsspec URL)")
     cl.add_argument("--prior", default="brick-64", help="shipped prior name, path or URL (default brick-64)")
+    from flows.options import add_arguments  # pydantic only: --help stays fast
+
     # One flag per CleanOptions field (--method, --batch-size, --iterations, --lambda, ...), from flows/options.py
-    add_option_arguments(cl)
+    add_arguments(cl)
     fit = cl.add_mutually_exclusive_group()
     fit.add_argument("--tile", dest="fit", action="store_const", const="tile",
                      help="cut images into prior-size tiles (keeps the scale; texture priors default to this)")
@@ -382,18 +389,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run inversion batches on Dask: a LocalCluster, or the scheduler at ADDRESS (tcp://h:8786)")
     cl.set_defaults(func=_cmd_clean)
 
+
+def _add_query(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("query", help="run SQL on a catalog (views: images, runs)")
     q.add_argument("sql")
     q.add_argument("--catalog", required=True)
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=_cmd_query)
 
+
+def _add_export_dataset(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export-dataset", help="write a built-in dataset split (brick, grass, gravel, digits) as PNGs")
     e.add_argument("name", choices=("brick", "grass", "gravel", "digits"))
     e.add_argument("out_dir")
     e.add_argument("--split", choices=("train", "eval"), default="train")
     e.set_defaults(func=_cmd_export_dataset)
 
+
+def _add_watch(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("watch", help="S3 notifications from an SQS queue -> rgi.shard.uploaded Prefect events")
     w.add_argument("queue_url", help="SQS queue receiving the bucket's s3:ObjectCreated:* notifications")
     w.add_argument("--prefix", help="only keys under this prefix (shards/ or s3://bucket/shards/)")
@@ -403,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--wait-seconds", type=int, default=20, help="SQS long-poll wait (0..20)")
     w.set_defaults(func=_cmd_watch)
 
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
     sh = sub.add_parser("show", help="write a PNG panel input / restored / mask / phi for one catalogued image")
     sh.add_argument("image_key", help="image_key from the catalog (or an unambiguous prefix of one)")
     sh.add_argument("--catalog", required=True)
@@ -410,10 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--config-hash", help="which cleaning config to show (default: the newest successful row)")
     sh.set_defaults(func=_cmd_show)
 
+
+def _add_setup(sub: argparse._SubParsersAction) -> None:
     su = sub.add_parser("setup", help="register rgi's Prefect blocks and create the gpu concurrency limit (idempotent)")
     su.add_argument("--gpu-slots", type=int, default=1, help="gpu-tagged tasks allowed at once (default 1)")
     su.set_defaults(func=_cmd_setup)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="compare methods on labelled images: table, metrics.json, curves, grid")
     ev.add_argument("data", help="folder/prefix of images with optional <stem>_mask.png and <stem>_clean.png")
     ev.add_argument("--prior", required=True, help="shipped prior name, path or URL")
@@ -434,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.set_defaults(func=_cmd_evaluate)
 
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     ca = sub.add_parser("calibrate", help="lam and score/mask thresholds for a target FPR from clean images (JSON)")
     ca.add_argument("images", help="clean images (folder, file or URL), cleaned as `rgi clean` would")
     ca.add_argument("--prior", required=True, help="shipped prior name, path or URL")
@@ -451,6 +472,23 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--seed", type=int, default=0)
     ca.add_argument("--device", default="auto")
     ca.set_defaults(func=_cmd_calibrate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rgi", description="Clean image datasets with robust GAN inversion.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    _add_priors(sub)
+    _add_train_prior(sub)
+    _add_calibrate_prior(sub)
+    _add_clean(sub)
+    _add_query(sub)
+    _add_export_dataset(sub)
+    _add_watch(sub)
+    _add_show(sub)
+    _add_setup(sub)
+    _add_evaluate(sub)
+    _add_calibrate(sub)
     return p
 
 
