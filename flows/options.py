@@ -25,21 +25,21 @@ Method = Literal["rgi", "rrgi", "mse", "dgp"]
 class SolveOptions(BaseModel):
     """How images are inverted: the options a cleaning run and a saved settings block share."""
 
-    method: Method = Field("rgi", description="the inversion method")
-    batch_size: int = Field(16, ge=1, description="images per inversion task")
-    iterations: int | None = Field(None, ge=0, description="optimisation steps (unset: the method's default)")
+    method: Method = Field("rgi", description="The inversion method.")
+    batch_size: int = Field(16, ge=1, description="Images per inversion task.")
+    iterations: int | None = Field(None, ge=0, description="Optimisation steps (unset: the method's default).")
     lam: float | None = Field(None, ge=0, title="Lambda",
-                              description="mask sparsity weight (unset: the calibration's, else the prior's)")
-    n_init: int | None = Field(None, ge=1, description="best-of-N latent candidates (unset: the method's default)")
-    n_starts: int | None = Field(None, ge=1, description="starts kept from the candidates, each run a few steps; "
-                                 "the best goes on (unset: the method's default)")
+                              description="Mask sparsity weight (unset: the calibration's, else the prior's).")
+    n_init: int | None = Field(None, ge=1, description="Best-of-N latent candidates (unset: the method's default).")
+    n_starts: int | None = Field(None, ge=1, description="Starts kept from the candidates, each run a few steps; "
+                                 "the best goes on (unset: the method's default).")
     mask_tv: float | None = Field(None, ge=0, title="Mask TV", description="rgi/rrgi: weight of the mask's total "
-                                  "variation (unset: the prior's; 0 = the paper's element-wise mask)")
+                                  "variation (unset: the prior's; 0 = the paper's element-wise mask).")
     fit: Literal["auto", "resize", "tile"] = Field(
-        "auto", description="images not of the prior's size: resize, or cut into tiles; auto = the prior's "
-        "default (tile for the texture priors, else resize)")
-    device: str = Field("auto", description="torch device: auto (GPU if any), cpu, cuda, cuda:1, mps")
-    seed: int = Field(0, description="seed of the latent candidates")
+        "auto", description="Images not of the prior's size: resize, or cut into tiles; auto = the prior's "
+        "default (tile for the texture priors, else resize).")
+    device: str = Field("auto", description="Torch device: auto (GPU if any), cpu, cuda, cuda:1, mps.")
+    seed: int = Field(0, description="Seed of the latent candidates.")
 
     def solver_overrides(self) -> dict[str, Any]:
         """The solver config fields these options set (``None``: unset)."""
@@ -115,14 +115,15 @@ def add_arguments(parser: argparse.ArgumentParser, model: type[BaseModel] = Clea
         kind = _scalar(field.annotation)
         default = field.get_default(call_default_factory=True)
         shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
+        text = f"{(field.description or '').rstrip('.')}{shown}"
         if kind is bool:
             parser.add_argument(flag, dest=name, action="store_const", const=True, default=None,
-                                help=f"{field.description}{shown}")
+                                help=text)
         elif typing.get_origin(kind) is Literal:
             parser.add_argument(flag, dest=name, choices=typing.get_args(kind), default=None,
-                                help=f"{field.description}{shown}")
+                                help=text)
         else:
-            parser.add_argument(flag, dest=name, type=kind, default=None, help=f"{field.description}{shown}")
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
 
 
 def options_from_args(args: argparse.Namespace, model: type[BaseModel] = CleanOptions, **extra: Any) -> Any:

@@ -81,7 +81,9 @@ def test_blocks_save_and_load_on_api(prefect_api, prior_file, tmp_path):
     assert cat.credentials.aws_session_token.get_secret_value() == token
     assert cat.storage_options()["client_kwargs"] == {"region_name": "us-east-1"}
     prior = RgiPrior.load(name).load_prior(device="cpu")
-    assert prior.defaults["lam"] == 0.3 and prior.prior_id == load_prior(prior_file, device="cpu").prior_id
+    as_stored = load_prior(prior_file, device="cpu")
+    assert prior.defaults == as_stored.defaults and prior.prior_id == as_stored.prior_id  # the block's apply later
+    assert RgiPrior.load(name).defaults == {"lam": 0.3}
     settings = RgiCleaningSettings.load(name)
     opts = settings.options(seed=3)
     assert (opts.method, opts.lam, opts.iterations, opts.seed, opts.mask_tv) == ("rrgi", 0.1, 7, 3, 0.05)
@@ -91,9 +93,11 @@ def test_blocks_save_and_load_on_api(prefect_api, prior_file, tmp_path):
     from flows.blocks import resolve
     from flows.clean import CleanOptions
 
-    cat, p, o = resolve("", "unused", CleanOptions(seed=5, iterations=3), name, name, name)
+    cat, p, o, defaults = resolve("", "unused", CleanOptions(seed=5, iterations=3), name, name, name)
     assert isinstance(cat, RgiCatalog) and (o.method, o.lam, o.iterations, o.seed) == ("rrgi", 0.1, 3, 5)
-    assert p.defaults["lam"] == 0.4 and p.defaults["score_threshold"] == 0.6  # settings over prior block
+    assert defaults == {"lam": 0.4, "score_threshold": 0.6}  # settings over prior block
+    assert p.defaults == as_stored.defaults  # the loaded prior is left as its file says
+    assert o.settings(p, defaults).score_threshold == 0.6 and o.settings(p, defaults).config.lam == 0.1
     with pytest.raises(ValueError, match="catalog"):
         resolve("", prior_file, None, None, None, None)
 

@@ -88,7 +88,7 @@ def test_the_settings_block_and_the_cli_share_the_options_model():
     assert set(SolveOptions.model_fields) <= set(CleanOptions.model_fields)
     clean = next(a for a in build_parser()._subparsers._group_actions[0].choices["clean"]._actions
                  if a.dest == "batch_size")
-    assert clean.help.startswith(CleanOptions.model_fields["batch_size"].description)
+    assert clean.help.startswith(CleanOptions.model_fields["batch_size"].description.rstrip("."))
     args = build_parser().parse_args(["clean", "src", "--catalog", "cat", "--n-starts", "3", "--lambda", "0.2"])
     from flows.options import options_from_args
 
