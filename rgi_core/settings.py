@@ -9,9 +9,12 @@ config built by hand applies the same prior defaults to its unset fields
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import torch
 
 from rgi_core.inversion.config import InversionConfig, config_for_prior
 from rgi_core.priors.files import Prior
@@ -52,6 +55,37 @@ class Settings:
         if self.calibrated:
             key += f"|{self.score_threshold}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def model_id(self, prior: Prior) -> str:
+        """The catalog's ``model_id``: the parts of ``prior`` these settings use, hashed.
+
+        Always the generator's weights and the score threshold (``is_anomalous`` reads it); the discriminator
+        when the objective reads it (``dgp``, ``rgi`` with ``adv_weight``); the texture statistics and the
+        learned segmenter when the config fuses them. Anything else in the prior file (training notes, a
+        calibration record, parts a later method adds) leaves it unchanged, so updating those does not make
+        catalogued images be cleaned again.
+        """
+        cfg, h = self.config, hashlib.sha256()
+        _hash_tensors(h, "generator", prior.generator.state_dict())
+        if cfg.method == "dgp" or getattr(cfg, "adv_weight", 0.0) > 0:
+            _hash_tensors(h, "discriminator", prior.discriminator.state_dict())
+        if cfg.texture_map and prior.defaults.get("texture_stats"):
+            h.update(b"texture_stats" + json.dumps(prior.defaults["texture_stats"], sort_keys=True).encode())
+        if cfg.learned_map and prior.segmenter is not None:
+            seg = prior.segmenter
+            _hash_tensors(h, "segmenter", seg.net.state_dict())
+            h.update(json.dumps([seg.threshold, seg.smooth]).encode())
+        h.update(json.dumps({"score_threshold": self.score_threshold}).encode())
+        return h.hexdigest()[:16]
+
+
+def _hash_tensors(h: Any, part: str, tensors: Mapping[str, Any]) -> None:
+    """Feed a module's named tensors (name, dtype, shape, bytes) to the hash ``h``."""
+    h.update(part.encode())
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
 
 
 def resolve(prior: Prior, method: str = "rgi", *, overrides: Mapping[str, Any] | None = None,

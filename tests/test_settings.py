@@ -94,3 +94,38 @@ def test_the_settings_block_and_the_cli_share_the_options_model():
 
     opts = options_from_args(args, fit=args.fit)
     assert (opts.n_starts, opts.lam, opts.batch_size, opts.fit) == (3, 0.2, 16, "auto")
+
+
+def test_model_id_covers_exactly_the_parts_a_result_reads(brick, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from rgi_core.priors import load_prior as load
+    from rgi_core.priors import shipped_priors, update_metadata
+
+    def ids(prior):
+        return {m: resolve(prior, m).model_id(prior) for m in ("rgi", "mse", "dgp")}
+
+    base = ids(brick)
+    assert len(set(base.values())) == 3  # mse reads neither detector, dgp reads the discriminator too
+    # A note and another calibration record in the file: a new prior_id, the same model_id.
+    path = tmp_path / "noted.safetensors"
+    path.write_bytes(shipped_priors()["brick-64"].read_bytes())
+    update_metadata(path, note="re-exported", defaults={**brick.defaults, "calibration": {"source": "elsewhere"}})
+    noted = load(str(path), device="cpu")
+    assert noted.prior_id != brick.prior_id and ids(noted) == base
+    # A new score threshold changes is_anomalous: every method's rows are recomputed.
+    rethresholded = dataclasses.replace(brick, meta={**brick.meta, "defaults": {**brick.defaults,
+                                                                                 "score_threshold": 0.9}})
+    assert all(ids(rethresholded)[m] != base[m] for m in base)
+    # Other texture statistics: the methods that fuse them only.
+    stats = dict(brick.defaults["texture_stats"], version=-1)
+    retextured = dataclasses.replace(brick, meta={**brick.meta, "defaults": {**brick.defaults, "texture_stats": stats}})
+    changed = ids(retextured)
+    assert changed["mse"] == base["mse"] and changed["rgi"] != base["rgi"] and changed["dgp"] != base["dgp"]
+    # Other generator weights: everything.
+    g = load("brick-64", device="cpu")
+    with torch.no_grad():
+        next(g.generator.parameters()).add_(1e-3)
+    assert all(ids(g)[m] != base[m] for m in base)
