@@ -27,7 +27,7 @@ from rgi_core.calibration import read_calibration
 from rgi_core.catalog import utcnow
 from rgi_core.cleaning import Fit, resolve_fit
 from rgi_core.config import InversionConfig, config_for_prior
-from rgi_core.io.fs import redact_uri, require_no_credentials
+from rgi_core.io.fs import redact_text, redact_uri, require_no_credentials
 from rgi_core.io.images import ImageLimits
 from rgi_core.io.shards import batched, read_items
 from rgi_core.models import Prior
@@ -115,6 +115,11 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
 
     Blocks by name (``catalog_block``: RgiCatalog, ``prior_block``: RgiPrior, ``settings_block``:
     RgiCleaningSettings) replace ``catalog`` / ``prior`` / the defaults of ``options``; see flows/blocks.py.
+
+    Once the catalog and prior are resolved, every exit writes the run's row: ``status`` ``completed`` at
+    the end, ``failed`` (counts so far, ``error`` the redacted exception) when the run raises, ``cancelled``
+    when it is interrupted (KeyboardInterrupt, Prefect cancellation: exceptions that are not ``Exception``);
+    the exception is then re-raised.
     """
     if options is not None and options.task_runner == "dask" and not on_dask():  # e.g. a deployment run
         return with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options,
@@ -123,69 +128,112 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
     for what, uri in (("source", source), ("catalog", catalog), ("prior", prior)):
         require_no_credentials(uri, what)  # before any work; the stored parameters are redacted already
     catalog, p, options = resolve(catalog, prior, options, catalog_block, prior_block, settings_block)
+    context = run_context(p, options) | {"force": options.force}
+    run = _Run(source, p, options, context)
+    io = {"retries": len(options.io_retry_delays), "retry_delay_seconds": list(options.io_retry_delays)}
+    try:
+        _stream(source, catalog, (prior, prior_block), p, options, context, run, io)
+        summary = run.row("completed")
+        write_run.with_options(**io)(catalog, summary)
+        report_uri = write_report.with_options(**io)(catalog, run.run_id, run.top)
+    except Exception as exc:
+        _record_end(catalog, run.row("failed", exc))
+        raise
+    except BaseException as exc:  # KeyboardInterrupt, Prefect's cancellation signals
+        _record_end(catalog, run.row("cancelled", exc))
+        raise
+    _artifacts(summary, run.top, run.errors, report_uri)
+    top = [{k: v for k, v in r.items() if k != "input_png"} for r in run.top]
+    return {**summary, "top": top, "report_uri": report_uri}
+
+
+class _Run:
+    """A run's progress: counts, the first errors and the top-k rows only (memory does not grow with the
+    source), and its catalog row at any point."""
+
+    def __init__(self, source: str, p: Prior, options: CleanOptions, context: dict[str, Any]) -> None:
+        self.run_id, self.top_k = context["run_id"], options.top_k
+        self.started, self.t0 = utcnow(), time.perf_counter()
+        self.fixed = {"run_id": self.run_id, "source": source, "method": options.method, "prior": p.name,
+                      "prior_id": p.prior_id, "config_hash": context["config_hash"],
+                      "parameters_json": options.model_dump_json(), "device": str(p.device)}
+        self.counts = {"ok": 0, "error": 0, "skipped": 0}  # skipped: committed meanwhile by a concurrent run
+        self.errors: list[dict] = []
+        self.top: list[dict] = []
+        self.shards: list = []
+        self.done: set[str] = set()
+        self.shard_errors: dict[str, str] = {}
+        self.total: int | None = None
+
+    def collect(self, rows: list[dict]) -> None:
+        """Count a written batch; keep thumbnails only for the current top-k."""
+        for r in rows:
+            self.counts[r["status"]] += 1
+            if r["status"] == "error" and len(self.errors) < MAX_LISTED_ERRORS:
+                self.errors.append(r)
+        progress.report(self.counts["ok"] + self.counts["error"], self.counts["error"], self.total)
+        ranked = sorted([*self.top, *(r for r in rows if r["status"] == "ok")], key=lambda r: -r["anomaly_score"])
+        for r in ranked[self.top_k:]:
+            r.pop("input_png", None)
+        self.top = ranked[: self.top_k]
+
+    def row(self, status: str, exc: BaseException | None = None) -> dict[str, Any]:
+        """The run's row (``rgi_core.catalog.RUN_SCHEMA``) as of now."""
+        seconds = time.perf_counter() - self.t0
+        cleaned = self.counts["ok"] + self.counts["error"]
+        error = None if exc is None else " ".join(redact_text(f"{type(exc).__name__}: {exc}").split())[:1000]
+        return self.fixed | {
+            "images_ok": self.counts["ok"], "images_error": self.counts["error"],
+            "images_skipped": len(self.done) + self.counts["skipped"], "shards": len(self.shards),
+            "shard_errors_json": json.dumps(self.shard_errors),
+            "images_per_second": cleaned / seconds if seconds else 0.0, "seconds": seconds,
+            "versions_json": json.dumps(_versions()), "started_at": self.started, "ended_at": utcnow(),
+            "status": status, "error": error}
+
+
+def _stream(source: str, catalog: str | RgiCatalog, prior_arg: tuple[str, str | None], p: Prior,
+            options: CleanOptions, context: dict[str, Any], run: _Run, io: dict[str, Any]) -> None:
+    """List shards, skip what the catalog has, invert and write micro-batches; progress goes to ``run``.
+
+    ``prior_arg``: the flow's ``prior`` and ``prior_block`` (what Dask workers load ``p`` from).
+    """
     storage = catalog if isinstance(catalog, RgiCatalog) else None
     logger = get_run_logger()
-    started, t0 = utcnow(), time.perf_counter()
-    context = run_context(p, options) | {"force": options.force}
-    run_id, chash = context["run_id"], context["config_hash"]
-    io = {"retries": len(options.io_retry_delays), "retry_delay_seconds": list(options.io_retry_delays)}
-    shards = list_shards.with_options(**io)(source, storage)
-    done = set() if options.force else read_done.with_options(**io)(catalog, chash, p.prior_id)
+    run.shards = list_shards.with_options(**io)(source, storage)
+    run.done = set() if options.force else read_done.with_options(**io)(catalog, context["config_hash"], p.prior_id)
     logger.info("%d shards under %s; %d images already in the catalog for config %s",
-                len(shards), redact_uri(source), len(done), chash)
-
-    shard_errors: dict[str, str] = {}
-    pending: deque = deque()
-    # The run keeps counts, the first errors and the top-k rows only: its memory does not grow with the source.
-    counts = {"ok": 0, "error": 0, "skipped": 0}  # skipped: committed meanwhile by a concurrent run
-    errors: list[dict] = []
-    top: list[dict] = []
+                len(run.shards), redact_uri(source), len(run.done), context["config_hash"])
     # Known up front only for folders of image files; tar and Parquet shards are counted as they stream.
-    total = (sum(f not in done for s in shards for f in s.files)
-             if all(s.kind == "images" for s in shards) else None)
-
-    def collect(rows: list[dict]) -> None:  # keep thumbnails only for the current top-k
-        nonlocal top
-        for r in rows:
-            counts[r["status"]] += 1
-            if r["status"] == "error" and len(errors) < MAX_LISTED_ERRORS:
-                errors.append(r)
-        progress.report(counts["ok"] + counts["error"], counts["error"], total)
-        ranked = sorted([*top, *(r for r in rows if r["status"] == "ok")], key=lambda r: -r["anomaly_score"])
-        for r in ranked[options.top_k:]:
-            r.pop("input_png", None)
-        top = ranked[: options.top_k]
-
+    run.total = (sum(f not in run.done for s in run.shards for f in s.files)
+                 if all(s.kind == "images" for s in run.shards) else None)
     if on_dask():  # workers load the prior once per process (with this run's resolved defaults)
+        prior, prior_block = prior_arg
         where = RgiPrior.load(prior_block).location if prior_block else prior
-        prior_arg: Any = PriorRef(where, p.prior_id, options.device, p.defaults)
+        prior_ref: Any = PriorRef(where, p.prior_id, options.device, p.defaults)
     else:
-        prior_arg = p
-    items_iter = read_items(shards, options.image_column, options.id_column, done,
-                            storage_options(storage, source), shard_errors)
+        prior_ref = p
+    pending: deque = deque()
+    items_iter = read_items(run.shards, options.image_column, options.id_column, run.done,
+                            storage_options(storage, source), run.shard_errors)
     for seq, items in enumerate(batched(items_iter, options.batch_size)):
-        outcomes = invert_batch.submit(items, prior_arg, options)
+        outcomes = invert_batch.submit(items, prior_ref, options)
         pending.append(write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq))
         while len(pending) > options.max_in_flight:
-            collect(pending.popleft().result())
+            run.collect(pending.popleft().result())
     while pending:
-        collect(pending.popleft().result())
+        run.collect(pending.popleft().result())
 
-    seconds = time.perf_counter() - t0
-    cleaned = counts["ok"] + counts["error"]
-    summary = {
-        "run_id": run_id, "source": source, "method": options.method, "prior": p.name, "prior_id": p.prior_id,
-        "config_hash": chash, "parameters_json": options.model_dump_json(), "images_ok": counts["ok"],
-        "images_error": counts["error"], "images_skipped": len(done) + counts["skipped"], "shards": len(shards),
-        "shard_errors_json": json.dumps(shard_errors), "images_per_second": cleaned / seconds if seconds else 0.0,
-        "seconds": seconds, "device": str(p.device), "versions_json": json.dumps(_versions()),
-        "started_at": started, "ended_at": utcnow(),
-    }
-    write_run.with_options(**io)(catalog, summary)
-    report_uri = write_report.with_options(**io)(catalog, run_id, top)
-    _artifacts(summary, top, errors, report_uri)
-    top = [{k: v for k, v in r.items() if k != "input_png"} for r in top]
-    return {**summary, "top": top, "report_uri": report_uri}
+
+def _record_end(catalog: str | RgiCatalog, row: dict[str, Any]) -> None:
+    """Write the row of a run that ended early, once and without retries; a failure to do so is logged,
+    never raised (the run's own exception is the one to report)."""
+    logger = get_run_logger()
+    logger.warning("run %s %s: %s", row["run_id"], row["status"], row["error"])
+    try:
+        write_run.fn(catalog, row)
+    except Exception as exc:  # noqa: BLE001  the storage may be what failed
+        logger.warning("could not write the %s row of run %s: %s", row["status"], row["run_id"],
+                       redact_text(f"{type(exc).__name__}: {exc}"))
 
 
 def with_task_runner(options: CleanOptions):  # noqa: ANN201  a prefect Flow

@@ -206,7 +206,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         f.write(png)
     print(f"{row['image_key']}  score {row['anomaly_score']:.4f}  anomalous {row['is_anomalous']}  "
           f"source {row['source_uri']}")
-    print(f"wrote {out} (input / restored / mask / phi)")
+    tiles = "input / restored / anomaly map / mask M / phi" if row["mask_uri"] else \
+        "input / restored / anomaly map / phi; no mask M: the row predates catalog schema 2"
+    print(f"wrote {out} ({tiles})")
     return 0
 
 
@@ -423,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--wait-seconds", type=int, default=20, help="SQS long-poll wait (0..20)")
     w.set_defaults(func=_cmd_watch)
 
-    sh = sub.add_parser("show", help="write a PNG panel input / restored / mask / phi for one catalogued image")
+    sh = sub.add_parser("show", help="write a PNG panel input / restored / anomaly map / mask M / phi for one "
+                        "catalogued image")
     sh.add_argument("image_key", help="image_key from the catalog (or an unambiguous prefix of one)")
     sh.add_argument("--catalog", required=True)
     sh.add_argument("--out", help="PNG to write, local path or fsspec URL (default: KEY[:16].png here)")

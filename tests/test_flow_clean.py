@@ -62,10 +62,15 @@ def test_local_folder_all_formats_rerun_force_and_new_config(prefect_api, tiny_p
     out = _run(str(src), str(cat), prior_file)
     images = pd.read_parquet(cat / "images")
     _check_catalog(out, images)
-    for uri in images[images.status == "ok"].mask_uri:
+    ok = images[images.status == "ok"]
+    assert (ok.schema_version == 2).all() and ok.anomaly_fraction.between(0, 1).all()
+    for uri in [*ok.anomaly_map_uri, *ok.mask_uri]:
         m = decode_image(open(uri, "rb").read(), 1)
         assert m.shape == (1, 32, 32)
-    assert len(pd.read_parquet(cat / "runs")) == 1 and out["report_uri"].endswith(".png")
+    assert ok.anomaly_map_uri.str.endswith("/anomaly_map.png").all() and ok.mask_uri.str.endswith("/mask.png").all()
+    runs = pd.read_parquet(cat / "runs")
+    assert len(runs) == 1 and out["report_uri"].endswith(".png")
+    assert runs.status.tolist() == ["completed"] and runs.error.isna().all() and (runs.schema_version == 2).all()
 
     again = _run(str(src), str(cat), prior_file)  # rerun: nothing new
     assert again["images_ok"] == 0 and again["images_skipped"] == 8
@@ -99,12 +104,14 @@ def test_flow_finds_corruption(prefect_api, tiny_prior, prior_file, tmp_path):
         (src / f"{i}.png").write_bytes(encode_png(d.numpy()))
     _run(str(src), str(tmp_path / "cat"), prior_file, iterations=400, n_init=256, lam=0.1)
     images = pd.read_parquet(tmp_path / "cat" / "images").sort_values("source_uri")
-    ious = []
-    for uri, t in zip(images.mask_uri, truth.numpy(), strict=True):
-        m = decode_image(open(uri, "rb").read(), 1) > 0.5
-        ious.append((m & t).sum() / (m | t).sum())
-    assert np.median(ious) >= 0.8, ious
-    assert torch.tensor(images.mask_fraction.to_numpy()).median() == pytest.approx(0.1, abs=0.03)
+    for column in ("anomaly_map_uri", "mask_uri"):  # the anomaly map and RGI's mask M both find the flips
+        ious = []
+        for uri, t in zip(images[column], truth.numpy(), strict=True):
+            m = decode_image(open(uri, "rb").read(), 1) > 0.5
+            ious.append((m & t).sum() / (m | t).sum())
+        assert np.median(ious) >= 0.8, (column, ious)
+    for column in ("anomaly_fraction", "mask_fraction"):
+        assert torch.tensor(images[column].to_numpy()).median() == pytest.approx(0.1, abs=0.03), column
 
 
 def test_pipeline_demo_end_to_end(prefect_api, tmp_path):
