@@ -181,7 +181,7 @@ class _Run:
         """The run's row (``rgi_core.catalog.RUN_SCHEMA``) as of now."""
         seconds = time.perf_counter() - self.t0
         cleaned = self.counts["ok"] + self.counts["error"]
-        error = None if exc is None else " ".join(redact_text(f"{type(exc).__name__}: {exc}").split())[:1000]
+        error = None if exc is None else _one_line(exc)
         return self.fixed | {
             "images_ok": self.counts["ok"], "images_error": self.counts["error"],
             "images_skipped": len(self.done) + self.counts["skipped"], "shards": len(self.shards),
@@ -215,13 +215,27 @@ def _stream(source: str, catalog: str | RgiCatalog, prior_arg: tuple[str, str | 
     pending: deque = deque()
     items_iter = read_items(run.shards, options.image_column, options.id_column, run.done,
                             storage_options(storage, source), run.shard_errors)
-    for seq, items in enumerate(batched(items_iter, options.batch_size)):
-        outcomes = invert_batch.submit(items, prior_ref, options)
-        pending.append(write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq))
-        while len(pending) > options.max_in_flight:
+    try:
+        for seq, items in enumerate(batched(items_iter, options.batch_size)):
+            outcomes = invert_batch.submit(items, prior_ref, options)
+            pending.append(write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq))
+            while len(pending) > options.max_in_flight:
+                run.collect(pending.popleft().result())
+        while pending:
             run.collect(pending.popleft().result())
-    while pending:
-        run.collect(pending.popleft().result())
+    except Exception:
+        for future in pending:  # batches already in flight still commit: count them in the failed run's row
+            try:
+                run.collect(future.result())
+            except Exception:  # noqa: BLE001, S112  the first failure is the one raised
+                continue
+        raise
+
+
+def _one_line(exc: BaseException, limit: int = 1000) -> str:
+    """``Type: message`` on one line, credentials redacted, at most ``limit`` characters."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(redact_text(text).split())[:limit]
 
 
 def _record_end(catalog: str | RgiCatalog, row: dict[str, Any]) -> None:
@@ -232,8 +246,7 @@ def _record_end(catalog: str | RgiCatalog, row: dict[str, Any]) -> None:
     try:
         write_run.fn(catalog, row)
     except Exception as exc:  # noqa: BLE001  the storage may be what failed
-        logger.warning("could not write the %s row of run %s: %s", row["status"], row["run_id"],
-                       redact_text(f"{type(exc).__name__}: {exc}"))
+        logger.warning("could not write the %s row of run %s: %s", row["status"], row["run_id"], _one_line(exc))
 
 
 def with_task_runner(options: CleanOptions):  # noqa: ANN201  a prefect Flow

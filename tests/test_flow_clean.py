@@ -114,6 +114,35 @@ def test_flow_finds_corruption(prefect_api, tiny_prior, prior_file, tmp_path):
         assert torch.tensor(images[column].to_numpy()).median() == pytest.approx(0.1, abs=0.03), column
 
 
+def test_interrupted_run_writes_a_cancelled_row_then_a_rerun_completes(prefect_api, tiny_prior, prior_file,
+                                                                       tmp_path, monkeypatch):
+    from conftest import write_generated
+
+    import flows.clean
+
+    src, cat = write_generated(tiny_prior, tmp_path / "src", 6, seed=2), tmp_path / "cat"
+    real_batched = flows.clean.batched
+
+    def interrupted(items, n):  # Ctrl-C while the third batch is being read
+        for i, batch in enumerate(real_batched(items, n)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(flows.clean, "batched", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(str(src), str(cat), prior_file, batch_size=2, max_in_flight=1)
+    runs = pd.read_parquet(cat / "runs")
+    assert runs.status.tolist() == ["cancelled"] and runs.error.tolist() == ["KeyboardInterrupt"]
+    assert runs.images_ok.tolist() == [2]  # the first batch was collected before the interruption
+    monkeypatch.undo()
+    out = _run(str(src), str(cat), prior_file, batch_size=2)
+    assert out["status"] == "completed" and out["images_ok"] + out["images_skipped"] == 6
+    runs = pd.read_parquet(cat / "runs").sort_values("started_at")
+    assert runs.status.tolist() == ["cancelled", "completed"] and pd.isna(runs.error.iloc[1])
+    assert len(pd.read_parquet(cat / "images")) == 6
+
+
 def test_pipeline_demo_end_to_end(prefect_api, tmp_path):
     import os
 
