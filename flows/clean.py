@@ -280,5 +280,6 @@ def _artifacts(summary: dict, top: list[dict], errors: list[dict], report_uri: s
     create_table_artifact(rows, key="rgi-clean-summary", description=f"rgi cleaning run {summary['run_id']}")
     if report_uri:
         create_markdown_artifact(
-            f"# rgi report\n\nTop {len(top)} anomalies (input / restored / mask): [{report_uri}]({report_uri})\n",
+            f"# rgi report\n\nTop {len(top)} anomalies (input / restored / anomaly map / mask M): "
+            f"[{report_uri}]({report_uri})\n",
             key="rgi-clean-report")

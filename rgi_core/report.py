@@ -84,7 +84,8 @@ def report_grid(rows: list[dict[str, Any]], size: int = THUMB, storage_options: 
 
 
 def image_panel(tiles: dict[str, bytes | None], lines: list[str], size: int = 2 * THUMB) -> bytes:
-    """One image's panel: a labelled cell per tile (e.g. input / restored / mask / phi) under text ``lines``.
+    """One image's panel: a labelled cell per tile (e.g. input / restored / anomaly map / mask M / phi) under
+    text ``lines``.
 
     A tile that is ``None`` or empty (e.g. an input whose source is gone) is drawn as a gray cell saying
     so; the other cells are unaffected.
