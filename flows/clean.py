@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -23,8 +23,12 @@ from flows.redact import redacting_flow
 from flows.scale import PriorRef, dask_task_runner, on_dask
 from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
 from rgi_core.catalog import utcnow
-from rgi_core.io.fs import redact_uri, require_no_credentials
+from rgi_core.io.fs import redact_text, redact_uri, require_no_credentials
 from rgi_core.io.shards import batched, read_items
+
+if TYPE_CHECKING:
+    from rgi_core.priors import Prior
+    from rgi_core.settings import Settings
 
 MAX_LISTED_ERRORS = 20  # error rows named in the run's artifact (all of them are in the catalog)
 
@@ -37,6 +41,11 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
 
     Blocks by name (``catalog_block``: RgiCatalog, ``prior_block``: RgiPrior, ``settings_block``:
     RgiCleaningSettings) replace ``catalog`` / ``prior`` / the defaults of ``options``; see flows/blocks.py.
+
+    Once the catalog and prior are resolved, every exit writes the run's row: ``status`` ``completed`` at
+    the end, ``failed`` (counts so far, ``error`` the redacted exception) when the run raises, ``cancelled``
+    when it is interrupted (KeyboardInterrupt, Prefect cancellation: exceptions that are not ``Exception``);
+    the exception is then re-raised.
     """
     if options is not None and options.task_runner == "dask" and not on_dask():  # e.g. a deployment run
         return with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options,
@@ -46,69 +55,126 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
         require_no_credentials(uri, what)  # before any work; the stored parameters are redacted already
     catalog, p, options, prior_defaults = resolve(catalog, prior, options, catalog_block, prior_block, settings_block)
     settings = options.settings(p, prior_defaults)
+    context = run_context(p, options, settings=settings) | {"force": options.force}
+    run = _Run(source, p, options, context)
+    io = {"retries": len(options.io_retry_delays), "retry_delay_seconds": list(options.io_retry_delays)}
+    try:
+        _stream(source, catalog, (prior, prior_block), p, options, settings, context, run, io)
+        summary = run.row("completed")
+        write_run.with_options(**io)(catalog, summary)
+        report_uri = write_report.with_options(**io)(catalog, run.run_id, run.top)
+    except Exception as exc:
+        _record_end(catalog, run.row("failed", exc))
+        raise
+    except BaseException as exc:  # KeyboardInterrupt, Prefect's cancellation signals
+        _record_end(catalog, run.row("cancelled", exc))
+        raise
+    _artifacts(summary, run.top, run.errors, report_uri)
+    top = [{k: v for k, v in r.items() if k != "input_png"} for r in run.top]
+    return {**summary, "top": top, "report_uri": report_uri}
+
+
+class _Run:
+    """A run's progress: counts, the first errors and the top-k rows only (memory does not grow with the
+    source), and its catalog row at any point."""
+
+    def __init__(self, source: str, p: Prior, options: CleanOptions, context: dict[str, Any]) -> None:
+        self.run_id, self.top_k = context["run_id"], options.top_k
+        self.started, self.t0 = utcnow(), time.perf_counter()
+        self.fixed = {"run_id": self.run_id, "source": source, "method": options.method, "prior": p.name,
+                      "prior_id": p.prior_id, "config_hash": context["config_hash"],
+                      "parameters_json": options.model_dump_json(), "device": str(p.device)}
+        self.counts = {"ok": 0, "error": 0, "skipped": 0}  # skipped: committed meanwhile by a concurrent run
+        self.errors: list[dict] = []
+        self.top: list[dict] = []
+        self.shards: list = []
+        self.done: set[str] = set()
+        self.shard_errors: dict[str, str] = {}
+        self.total: int | None = None
+
+    def collect(self, rows: list[dict]) -> None:
+        """Count a written batch; keep thumbnails only for the current top-k."""
+        for r in rows:
+            self.counts[r["status"]] += 1
+            if r["status"] == "error" and len(self.errors) < MAX_LISTED_ERRORS:
+                self.errors.append(r)
+        progress.report(self.counts["ok"] + self.counts["error"], self.counts["error"], self.total)
+        ranked = sorted([*self.top, *(r for r in rows if r["status"] == "ok")], key=lambda r: -r["anomaly_score"])
+        for r in ranked[self.top_k:]:
+            r.pop("input_png", None)
+        self.top = ranked[: self.top_k]
+
+    def row(self, status: str, exc: BaseException | None = None) -> dict[str, Any]:
+        """The run's row (``rgi_core.catalog.RUN_SCHEMA``) as of now."""
+        seconds = time.perf_counter() - self.t0
+        cleaned = self.counts["ok"] + self.counts["error"]
+        error = None if exc is None else _one_line(exc)
+        return self.fixed | {
+            "images_ok": self.counts["ok"], "images_error": self.counts["error"],
+            "images_skipped": len(self.done) + self.counts["skipped"], "shards": len(self.shards),
+            "shard_errors_json": json.dumps(self.shard_errors),
+            "images_per_second": cleaned / seconds if seconds else 0.0, "seconds": seconds,
+            "versions_json": json.dumps(_versions()), "started_at": self.started, "ended_at": utcnow(),
+            "status": status, "error": error}
+
+
+def _stream(source: str, catalog: str | RgiCatalog, prior_arg: tuple[str, str | None], p: Prior,
+            options: CleanOptions, settings: Settings, context: dict[str, Any], run: _Run,
+            io: dict[str, Any]) -> None:
+    """List shards, skip what the catalog has, invert and write micro-batches; progress goes to ``run``.
+
+    ``prior_arg``: the flow's ``prior`` and ``prior_block`` (what Dask workers load ``p`` from).
+    """
     storage = catalog if isinstance(catalog, RgiCatalog) else None
     logger = get_run_logger()
-    started, t0 = utcnow(), time.perf_counter()
-    context = run_context(p, options, settings=settings) | {"force": options.force}
-    run_id, chash = context["run_id"], context["config_hash"]
-    io = {"retries": len(options.io_retry_delays), "retry_delay_seconds": list(options.io_retry_delays)}
-    shards = list_shards.with_options(**io)(source, storage)
-    done = set() if options.force else read_done.with_options(**io)(catalog, chash, p.prior_id)
+    run.shards = list_shards.with_options(**io)(source, storage)
+    run.done = set() if options.force else read_done.with_options(**io)(catalog, context["config_hash"], p.prior_id)
     logger.info("%d shards under %s; %d images already in the catalog for config %s",
-                len(shards), redact_uri(source), len(done), chash)
-
-    shard_errors: dict[str, str] = {}
-    pending: deque = deque()
-    # The run keeps counts, the first errors and the top-k rows only: its memory does not grow with the source.
-    counts = {"ok": 0, "error": 0, "skipped": 0}  # skipped: committed meanwhile by a concurrent run
-    errors: list[dict] = []
-    top: list[dict] = []
+                len(run.shards), redact_uri(source), len(run.done), context["config_hash"])
     # Known up front only for folders of image files; tar and Parquet shards are counted as they stream.
-    total = (sum(f not in done for s in shards for f in s.files)
-             if all(s.kind == "images" for s in shards) else None)
-
-    def collect(rows: list[dict]) -> None:  # keep thumbnails only for the current top-k
-        nonlocal top
-        for r in rows:
-            counts[r["status"]] += 1
-            if r["status"] == "error" and len(errors) < MAX_LISTED_ERRORS:
-                errors.append(r)
-        progress.report(counts["ok"] + counts["error"], counts["error"], total)
-        ranked = sorted([*top, *(r for r in rows if r["status"] == "ok")], key=lambda r: -r["anomaly_score"])
-        for r in ranked[options.top_k:]:
-            r.pop("input_png", None)
-        top = ranked[: options.top_k]
-
+    run.total = (sum(f not in run.done for s in run.shards for f in s.files)
+                 if all(s.kind == "images" for s in run.shards) else None)
     if on_dask():  # workers load the prior once per process; the resolved settings travel with each batch
+        prior, prior_block = prior_arg
         where = RgiPrior.load(prior_block).location if prior_block else prior
-        prior_arg: Any = PriorRef(where, p.prior_id, options.device)
+        prior_ref: Any = PriorRef(where, p.prior_id, options.device)
     else:
-        prior_arg = p
-    items_iter = read_items(shards, options.image_column, options.id_column, done,
-                            storage_options(storage, source), shard_errors)
-    for seq, items in enumerate(batched(items_iter, options.batch_size)):
-        outcomes = invert_batch.submit(items, prior_arg, options, settings)
-        pending.append(write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq))
-        while len(pending) > options.max_in_flight:
-            collect(pending.popleft().result())
-    while pending:
-        collect(pending.popleft().result())
+        prior_ref = p
+    pending: deque = deque()
+    items_iter = read_items(run.shards, options.image_column, options.id_column, run.done,
+                            storage_options(storage, source), run.shard_errors)
+    try:
+        for seq, items in enumerate(batched(items_iter, options.batch_size)):
+            outcomes = invert_batch.submit(items, prior_ref, options, settings)
+            pending.append(write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq))
+            while len(pending) > options.max_in_flight:
+                run.collect(pending.popleft().result())
+        while pending:
+            run.collect(pending.popleft().result())
+    except Exception:
+        for future in pending:  # batches already in flight still commit: count them in the failed run's row
+            try:
+                run.collect(future.result())
+            except Exception:  # noqa: BLE001, S112  the first failure is the one raised
+                continue
+        raise
 
-    seconds = time.perf_counter() - t0
-    cleaned = counts["ok"] + counts["error"]
-    summary = {
-        "run_id": run_id, "source": source, "method": options.method, "prior": p.name, "prior_id": p.prior_id,
-        "config_hash": chash, "parameters_json": options.model_dump_json(), "images_ok": counts["ok"],
-        "images_error": counts["error"], "images_skipped": len(done) + counts["skipped"], "shards": len(shards),
-        "shard_errors_json": json.dumps(shard_errors), "images_per_second": cleaned / seconds if seconds else 0.0,
-        "seconds": seconds, "device": str(p.device), "versions_json": json.dumps(_versions()),
-        "started_at": started, "ended_at": utcnow(),
-    }
-    write_run.with_options(**io)(catalog, summary)
-    report_uri = write_report.with_options(**io)(catalog, run_id, top)
-    _artifacts(summary, top, errors, report_uri)
-    top = [{k: v for k, v in r.items() if k != "input_png"} for r in top]
-    return {**summary, "top": top, "report_uri": report_uri}
+
+def _one_line(exc: BaseException, limit: int = 1000) -> str:
+    """``Type: message`` on one line, credentials redacted, at most ``limit`` characters."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(redact_text(text).split())[:limit]
+
+
+def _record_end(catalog: str | RgiCatalog, row: dict[str, Any]) -> None:
+    """Write the row of a run that ended early, once and without retries; a failure to do so is logged,
+    never raised (the run's own exception is the one to report)."""
+    logger = get_run_logger()
+    logger.warning("run %s %s: %s", row["run_id"], row["status"], row["error"])
+    try:
+        write_run.fn(catalog, row)
+    except Exception as exc:  # noqa: BLE001  the storage may be what failed
+        logger.warning("could not write the %s row of run %s: %s", row["status"], row["run_id"], _one_line(exc))
 
 
 def with_task_runner(options: CleanOptions):  # noqa: ANN201  a prefect Flow
@@ -142,5 +208,6 @@ def _artifacts(summary: dict, top: list[dict], errors: list[dict], report_uri: s
     create_table_artifact(rows, key="rgi-clean-summary", description=f"rgi cleaning run {summary['run_id']}")
     if report_uri:
         create_markdown_artifact(
-            f"# rgi report\n\nTop {len(top)} anomalies (input / restored / mask): [{report_uri}]({report_uri})\n",
+            f"# rgi report\n\nTop {len(top)} anomalies (input / restored / anomaly map / mask M): "
+            f"[{report_uri}]({report_uri})\n",
             key="rgi-clean-report")

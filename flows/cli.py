@@ -202,7 +202,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         f.write(png)
     print(f"{row['image_key']}  score {row['anomaly_score']:.4f}  anomalous {row['is_anomalous']}  "
           f"source {row['source_uri']}")
-    print(f"wrote {out} (input / restored / mask / phi)")
+    tiles = "input / restored / anomaly map / mask M / phi" if row["mask_uri"] else \
+        "input / restored / anomaly map / phi; no mask M: the row predates catalog schema 2"
+    print(f"wrote {out} ({tiles})")
     return 0
 
 
@@ -418,7 +420,8 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_show(sub: argparse._SubParsersAction) -> None:
-    sh = sub.add_parser("show", help="write a PNG panel input / restored / mask / phi for one catalogued image")
+    sh = sub.add_parser("show", help="write a PNG panel input / restored / anomaly map / mask M / phi for one "
+                        "catalogued image")
     sh.add_argument("image_key", help="image_key from the catalog (or an unambiguous prefix of one)")
     sh.add_argument("--catalog", required=True)
     sh.add_argument("--out", help="PNG to write, local path or fsspec URL (default: KEY[:16].png here)")

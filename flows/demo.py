@@ -78,9 +78,9 @@ def run(out_dir: str = "demo-output", texture: str = "brick", n: int = 24, itera
         catalog = f"s3://{BUCKET}/catalog"
         out = clean_dataset(source=f"s3://{BUCKET}/shards", catalog=catalog, prior=f"{texture}-64",
                             options=CleanOptions(method="rgi", iterations=iterations, batch_size=12))
-        top = query(catalog, "SELECT anomaly_score, mask_fraction, is_anomalous, source_uri FROM images "
+        top = query(catalog, "SELECT anomaly_score, anomaly_fraction, is_anomalous, source_uri FROM images "
                              "WHERE status = 'ok' ORDER BY anomaly_score DESC LIMIT 8")
-        print("\nrgi query \"SELECT anomaly_score, mask_fraction, is_anomalous, source_uri FROM images "
+        print("\nrgi query \"SELECT anomaly_score, anomaly_fraction, is_anomalous, source_uri FROM images "
               "WHERE status = 'ok' ORDER BY anomaly_score DESC LIMIT 8\"")
         print(top.to_string(index=False))
 
@@ -96,7 +96,7 @@ def run(out_dir: str = "demo-output", texture: str = "brick", n: int = 24, itera
         if out["report_uri"]:
             local = Path(out_dir) / "report.png"
             local.write_bytes(fs.cat_file(out["report_uri"]))
-            print(f"report (input / restored / mask of the top anomalies): {local}")
+            print(f"report (input / restored / anomaly map / mask M of the top anomalies): {local}")
         return 0
     finally:
         server.stop()

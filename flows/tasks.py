@@ -48,7 +48,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: Columns of the rows that write tasks return (the catalog has them all); ok rows add ``input_png``.
-ROW_SUMMARY = ("image_key", "source_uri", "status", "error", "anomaly_score", "restored_uri", "mask_uri")
+ROW_SUMMARY = ("image_key", "source_uri", "status", "error", "anomaly_score", "restored_uri", "anomaly_map_uri",
+               "mask_uri")
 
 
 def _io_tasks(fn: Callable[P, R], name: str) -> tuple[Task[P, R], Task[P, Coroutine[Any, Any, R]]]:
@@ -122,7 +123,8 @@ def _write_run(catalog: str | RgiCatalog, row: dict[str, Any]) -> str:
 
 
 def _write_report(catalog: str | RgiCatalog, run_id: str, top: list[dict[str, Any]]) -> str | None:
-    """PNG grid of input / restored / mask for ``top`` rows (from :data:`write_rows`); returns its URI."""
+    """PNG grid of input / restored / anomaly map / mask M for ``top`` rows (from :data:`write_rows`); returns
+    its URI."""
     if not top:
         return None
     cat = open_catalog(catalog)

@@ -7,7 +7,7 @@ and never disturbs the others in its batch.
 Size handling (``fit``):
 
 - ``resize`` (default): the image is resized (bilinear, antialiased) to the prior's resolution, inverted,
-  and G(z), the mask and phi are resized back; the restored image is fused at the original resolution,
+  and G(z), the anomaly map, the mask and phi are resized back; the restored image is fused at the original resolution,
   ``restored = (1 - phi) * x + phi * G(z)``, so clean pixels keep their full detail.
 - ``tile``: the image is padded (reflect) to a multiple of the prior's resolution and cut into tiles that
   are inverted as one batch and stitched, so a large image keeps its scale (textures, inspection images).
@@ -19,9 +19,11 @@ are error rows rather than being silently sanitised.
 
 Colour handling: the inversion runs in the prior's channels (an RGB image seen by a grayscale prior is
 inverted as its luminance, and phi then blends the prior's gray into each colour channel); outputs keep
-the input's mode (gray/RGB, alpha, 16-bit). The mask PNG is the soft anomaly map
-(:func:`rgi_core.detectors.residual.anomaly_map`, 0.5 at the prior's mask threshold; tie-free, so it ranks pixels
-for AUROC) and ``mask_fraction`` the share of pixels above 0.5.
+the input's mode (gray/RGB, alpha, 16-bit). Two 8-bit maps come with each image: the anomaly map (the soft
+map of :func:`rgi_core.detectors.residual.anomaly_map`, 0.5 at the prior's mask threshold; tie-free, so it ranks pixels
+for AUROC), with ``anomaly_fraction`` the share of its pixels above 0.5; and the solver's own mask M
+(:attr:`rgi_core.inversion.results.InversionResult.mask`; for mse/dgp the closed-form mask of their fit), with
+``mask_fraction`` the share of pixels where M > 0.5.
 """
 
 from __future__ import annotations
@@ -64,12 +66,14 @@ class Outcome:
     height: int = 0
     channels: int = 0
     score: float = float("nan")
-    mask_fraction: float = float("nan")
+    anomaly_fraction: float = float("nan")  # share of the anomaly map's pixels > 0.5
+    mask_fraction: float = float("nan")  # share of pixels with M > 0.5
     final_loss: float = float("nan")
     converged: bool = False
     seconds: float = 0.0
     restored_png: bytes = b""
-    mask_png: bytes = b""
+    anomaly_map_png: bytes = b""
+    mask_png: bytes = b""  # M
     phi_png: bytes = b""
     error: str = ""
 
@@ -126,6 +130,7 @@ class Fitted(NamedTuple):
     Attributes:
         restored: ``(C, H, W)`` the fused image ``(1 - phi) x + phi G(z)`` in the input's channels.
         anomaly_map: ``(1, H, W)`` in [0, 1), 0.5 at the prior's mask threshold.
+        mask: ``(1, H, W)`` in [0, 1], the solver's mask M.
         phi: ``(1, H, W)`` in [0, 1], reliance on the prior.
         score: the image's anomaly score (tiles: the max over its tiles).
         diagnostics: one per network-size input (one, or one per tile).
@@ -134,6 +139,7 @@ class Fitted(NamedTuple):
 
     restored: torch.Tensor
     anomaly_map: torch.Tensor
+    mask: torch.Tensor
     phi: torch.Tensor
     score: float
     diagnostics: tuple
@@ -152,7 +158,7 @@ def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig
     """Invert images (each (C, H, W) in [0, 1], any size) in one batch; returns results and seconds per image.
 
     Each image is fitted to the prior's size (resize or tiles), inverted in the prior's channels, and its
-    G(z), phi and anomaly map are mapped back to the image's own size and channels.
+    G(z), phi, anomaly map and mask are mapped back to the image's own size and channels.
     """
     if not images:
         return [], 0.0
@@ -168,18 +174,19 @@ def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig
             sl = slice(start, start + len(inputs[k]))
             start += len(inputs[k])
             if isinstance(res, str):
-                out[k] = Fitted(empty, empty, empty, float("nan"), (), f"inversion failed: {res}")
+                out[k] = Fitted(empty, empty, empty, empty, float("nan"), (), f"inversion failed: {res}")
                 continue
             diag = tuple(res.diagnostics[sl])
             gen, phi, amap, score = res.generated[sl], res.phi[sl], res.anomaly_map[sl], res.score[sl]
+            mask = res.mask[sl]
             errors = [d.error for d in diag if d.error]
-            if not errors and not all(bool(torch.isfinite(t).all()) for t in (gen, phi, amap, score)):
+            if not errors and not all(bool(torch.isfinite(t).all()) for t in (gen, phi, amap, mask, score)):
                 errors = ["inversion diverged: non-finite output"]
             if errors:
-                out[k] = Fitted(empty, empty, empty, float("nan"), diag, f"inversion failed: {errors[0]}")
+                out[k] = Fitted(empty, empty, empty, empty, float("nan"), diag, f"inversion failed: {errors[0]}")
                 continue
-            restored, amap_k, phi_k = _map_back(images[k], gen, phi, amap, fit)
-            out[k] = Fitted(restored, amap_k, phi_k, float(score.max()), diag)  # tiles: the worst tile
+            restored, amap_k, mask_k, phi_k = _map_back(images[k], gen, phi, amap, mask, fit)
+            out[k] = Fitted(restored, amap_k, mask_k, phi_k, float(score.max()), diag)  # tiles: the worst tile
     return out, per_image  # type: ignore[return-value]
 
 
@@ -223,34 +230,36 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
         if f.error:
             outcomes[i] = Outcome(uri, key, error=f.error)
             continue
-        amap = f.anomaly_map.numpy()  # numpy from here on: no torch op off the compute thread
+        amap, mask = f.anomaly_map.numpy(), f.mask.numpy()  # numpy from here on: no torch op off the compute thread
         outcomes[i] = Outcome(
             uri=uri, image_key=key, width=img.pixels.shape[2], height=img.pixels.shape[1], channels=img.channels,
-            score=f.score, mask_fraction=float((amap > 0.5).mean()),
+            score=f.score, anomaly_fraction=float((amap > 0.5).mean()), mask_fraction=float((mask > 0.5).mean()),
             final_loss=float(np.mean([d.final_loss for d in f.diagnostics])),
             converged=all(d.converged for d in f.diagnostics),
             seconds=seconds,
             restored_png=encode_png_native(f.restored.numpy(), img),
-            mask_png=_png8(amap),
+            anomaly_map_png=_png8(amap),
+            mask_png=_png8(mask),
             phi_png=_png8(f.phi.numpy()),
         )
     return [outcomes[i] for i in range(len(items))]
 
 
-def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor,
-              fit: Fit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Network-size outputs -> (restored (C, H, W), anomaly map (1, H, W), phi (1, H, W)) at x's size, fused there."""
+def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor, mask: torch.Tensor,
+              fit: Fit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network-size outputs -> (restored (C, H, W), anomaly map, mask M, phi (each (1, H, W))) at x's size,
+    fused there."""
     ch, h, w = x.shape
     if fit == "resize":
-        gen_f, phi_f, amap_f = (_resize(t.float().cpu(), (h, w))[0] for t in (gen, phi, amap))
+        gen_f, phi_f, amap_f, mask_f = (_resize(t.float().cpu(), (h, w))[0] for t in (gen, phi, amap, mask))
     else:
         r = gen.shape[-1]
         grid = (math.ceil(h / r), math.ceil(w / r))
-        gen_f, phi_f, amap_f = (_untile(t.float().cpu(), grid, h, w) for t in (gen, phi, amap))
+        gen_f, phi_f, amap_f, mask_f = (_untile(t.float().cpu(), grid, h, w) for t in (gen, phi, amap, mask))
     gen_f = _to_channels(gen_f, ch).clamp(0, 1)  # (C, H, W) prior's image in the input's channels
-    phi_f, amap_f = phi_f.clamp(0, 1), amap_f.clamp(0, 1)  # (1, H, W)
+    phi_f, amap_f, mask_f = phi_f.clamp(0, 1), amap_f.clamp(0, 1), mask_f.clamp(0, 1)  # (1, H, W)
     restored = (1.0 - phi_f) * x + phi_f * gen_f
-    return restored, amap_f, phi_f
+    return restored, amap_f, mask_f, phi_f
 
 
 def clean_items(items: list[Item], prior: Prior, config: InversionConfig, fit: Fit = "resize",

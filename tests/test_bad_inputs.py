@@ -136,9 +136,9 @@ def _check_run(out: dict, rows: pd.DataFrame, prefix: str, catalog_uri: str) -> 
             assert r.error and re.search(pattern, r.error), (key, r.error)
         else:
             assert not r.error and r.width >= 8 and r.height >= 8
-            for uri in (r.restored_uri, r.mask_uri, r.phi_uri):
+            for uri in (r.restored_uri, r.anomaly_map_uri, r.mask_uri, r.phi_uri):
                 assert re.fullmatch(rf"{re.escape(catalog_uri)}/outputs/{out['config_hash']}/[0-9a-f]{{64}}/"
-                                    r"(restored|mask|phi)\.png", uri), uri
+                                    r"(restored|anomaly_map|mask|phi)\.png", uri), uri
     n_err = sum(s == "error" for s, _ in expected.values())
     assert out["images_error"] == n_err and out["images_ok"] == len(expected) - n_err
 

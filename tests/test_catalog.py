@@ -14,7 +14,8 @@ def _row(i: int, method: str = "rgi", config: str = "c1", status: str = "ok") ->
     return {"image_key": f"k{i}", "source_uri": f"s3://b/img{i}.png", "shard_uri": "s3://b", "width": 64,
             "height": 48, "channels": 1, "method": method, "prior": "brick-64", "prior_id": "p1",
             "config_hash": config, "run_id": "r1", "status": status, "error": "" if status == "ok" else "boom",
-            "anomaly_score": 0.1 * i if status == "ok" else None, "is_anomalous": i > 2, "mask_fraction": 0.01,
+            "anomaly_score": 0.1 * i if status == "ok" else None, "is_anomalous": i > 2, "anomaly_fraction": 0.02,
+            "mask_fraction": 0.01,
             "converged": True, "seconds": 0.5, "device": "cpu", "meta_json": "{}", "created_at": utcnow()}
 
 

@@ -46,10 +46,11 @@ def test_outputs_keep_size_and_mode(tiny_prior, fit):
         assert not o.error and (o.width, o.height) == (w, h)
         restored = Image.open(io.BytesIO(o.restored_png))
         assert restored.size == (w, h) and restored.mode == mode
-        for png in (o.mask_png, o.phi_png):
+        for png in (o.anomaly_map_png, o.mask_png, o.phi_png):
             m = Image.open(io.BytesIO(png))
             assert m.size == (w, h) and m.mode == "L"
-        assert 0.0 <= o.mask_fraction <= 1.0 and np.isfinite(o.score)
+        assert 0.0 <= o.anomaly_fraction <= 1.0 and 0.0 <= o.mask_fraction <= 1.0 and np.isfinite(o.score)
+        assert o.mask_fraction == pytest.approx((decode_image(o.mask_png, 1) > 0.5).mean(), abs=0.02)  # 8-bit PNG
     alpha_in = np.asarray(Image.open(io.BytesIO(items[1][1])))[..., 3]
     alpha_out = np.asarray(Image.open(io.BytesIO(out[1].restored_png)))[..., 3]
     assert np.array_equal(alpha_in, alpha_out)
@@ -62,11 +63,13 @@ def test_corruption_is_masked_and_restored(tiny_prior):
     dirty, truth = gross_flip(clean, 0.1, seed=2)
     items = [(f"{i}.png", encode_png(d.numpy())) for i, d in enumerate(dirty)]
     out = clean_batch(items, tiny_prior, RGIConfig(iterations=400, n_init=256, lam=0.1))
-    ious, gains = [], []
+    ious, mask_ious, gains = [], [], []
     for o, t, c, d in zip(out, truth.numpy(), clean.numpy(), dirty.numpy(), strict=True):
-        mask = decode_image(o.mask_png, 1) > 0.5
-        ious.append((mask & t).sum() / (mask | t).sum())
+        flagged, mask = decode_image(o.anomaly_map_png, 1) > 0.5, decode_image(o.mask_png, 1) > 0.5
+        ious.append((flagged & t).sum() / (flagged | t).sum())
+        mask_ious.append((mask & t).sum() / (mask | t).sum())  # RGI's own mask M
         restored = decode_image(o.restored_png, 1)
         gains.append(np.abs(d - c).mean() / np.abs(restored - c).mean())
     assert np.median(ious) >= 0.8, ious
+    assert np.median(mask_ious) >= 0.8, mask_ious
     assert np.median(gains) >= 5, gains  # restored error at least 5x below the corrupted input's

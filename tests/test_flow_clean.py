@@ -62,10 +62,15 @@ def test_local_folder_all_formats_rerun_force_and_new_config(prefect_api, tiny_p
     out = _run(str(src), str(cat), prior_file)
     images = pd.read_parquet(cat / "images")
     _check_catalog(out, images)
-    for uri in images[images.status == "ok"].mask_uri:
+    ok = images[images.status == "ok"]
+    assert (ok.schema_version == 2).all() and ok.anomaly_fraction.between(0, 1).all()
+    for uri in [*ok.anomaly_map_uri, *ok.mask_uri]:
         m = decode_image(open(uri, "rb").read(), 1)
         assert m.shape == (1, 32, 32)
-    assert len(pd.read_parquet(cat / "runs")) == 1 and out["report_uri"].endswith(".png")
+    assert ok.anomaly_map_uri.str.endswith("/anomaly_map.png").all() and ok.mask_uri.str.endswith("/mask.png").all()
+    runs = pd.read_parquet(cat / "runs")
+    assert len(runs) == 1 and out["report_uri"].endswith(".png")
+    assert runs.status.tolist() == ["completed"] and runs.error.isna().all() and (runs.schema_version == 2).all()
 
     again = _run(str(src), str(cat), prior_file)  # rerun: nothing new
     assert again["images_ok"] == 0 and again["images_skipped"] == 8
@@ -99,12 +104,43 @@ def test_flow_finds_corruption(prefect_api, tiny_prior, prior_file, tmp_path):
         (src / f"{i}.png").write_bytes(encode_png(d.numpy()))
     _run(str(src), str(tmp_path / "cat"), prior_file, iterations=400, n_init=256, lam=0.1)
     images = pd.read_parquet(tmp_path / "cat" / "images").sort_values("source_uri")
-    ious = []
-    for uri, t in zip(images.mask_uri, truth.numpy(), strict=True):
-        m = decode_image(open(uri, "rb").read(), 1) > 0.5
-        ious.append((m & t).sum() / (m | t).sum())
-    assert np.median(ious) >= 0.8, ious
-    assert torch.tensor(images.mask_fraction.to_numpy()).median() == pytest.approx(0.1, abs=0.03)
+    for column in ("anomaly_map_uri", "mask_uri"):  # the anomaly map and RGI's mask M both find the flips
+        ious = []
+        for uri, t in zip(images[column], truth.numpy(), strict=True):
+            m = decode_image(open(uri, "rb").read(), 1) > 0.5
+            ious.append((m & t).sum() / (m | t).sum())
+        assert np.median(ious) >= 0.8, (column, ious)
+    for column in ("anomaly_fraction", "mask_fraction"):
+        assert torch.tensor(images[column].to_numpy()).median() == pytest.approx(0.1, abs=0.03), column
+
+
+def test_interrupted_run_writes_a_cancelled_row_then_a_rerun_completes(prefect_api, tiny_prior, prior_file,
+                                                                       tmp_path, monkeypatch):
+    from conftest import write_generated
+
+    import flows.clean
+
+    src, cat = write_generated(tiny_prior, tmp_path / "src", 6, seed=2), tmp_path / "cat"
+    real_batched = flows.clean.batched
+
+    def interrupted(items, n):  # Ctrl-C while the third batch is being read
+        for i, batch in enumerate(real_batched(items, n)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(flows.clean, "batched", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(str(src), str(cat), prior_file, batch_size=2, max_in_flight=1)
+    runs = pd.read_parquet(cat / "runs")
+    assert runs.status.tolist() == ["cancelled"] and runs.error.tolist() == ["KeyboardInterrupt"]
+    assert runs.images_ok.tolist() == [2]  # the first batch was collected before the interruption
+    monkeypatch.undo()
+    out = _run(str(src), str(cat), prior_file, batch_size=2)
+    assert out["status"] == "completed" and out["images_ok"] + out["images_skipped"] == 6
+    runs = pd.read_parquet(cat / "runs").sort_values("started_at")
+    assert runs.status.tolist() == ["cancelled", "completed"] and pd.isna(runs.error.iloc[1])
+    assert len(pd.read_parquet(cat / "images")) == 6
 
 
 def test_pipeline_demo_end_to_end(prefect_api, tmp_path):

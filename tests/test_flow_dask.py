@@ -51,13 +51,14 @@ def test_dask_local_cluster_matches_thread_pool(prefect_api, tmp_path):
     assert dask["config_hash"] == threads["config_hash"]  # the runner is not part of the results' identity
     assert _load_once.cache_info().currsize == 0  # the batches loaded the prior in the worker processes, not here
 
-    cols = ["source_uri", "image_key", "status", "anomaly_score", "mask_fraction"]
+    cols = ["source_uri", "image_key", "status", "anomaly_score", "anomaly_fraction", "mask_fraction"]
     a, b = (pd.read_parquet(tmp_path / name / "images")[cols].sort_values("source_uri").reset_index(drop=True)
             for name in ("threads", "dask"))
-    pd.testing.assert_frame_equal(a.drop(columns=["anomaly_score", "mask_fraction"]),
-                                  b.drop(columns=["anomaly_score", "mask_fraction"]))
+    approx = ["anomaly_score", "anomaly_fraction", "mask_fraction"]
+    pd.testing.assert_frame_equal(a.drop(columns=approx), b.drop(columns=approx))
     ok = a.status == "ok"
     assert b.anomaly_score[ok].to_numpy() == pytest.approx(a.anomaly_score[ok].to_numpy(), rel=1e-4, abs=1e-6)
-    assert b.mask_fraction[ok].to_numpy() == pytest.approx(a.mask_fraction[ok].to_numpy(), abs=1e-6)
+    for column in ("anomaly_fraction", "mask_fraction"):
+        assert b[column][ok].to_numpy() == pytest.approx(a[column][ok].to_numpy(), abs=1e-6)
     params = pd.read_parquet(tmp_path / "dask" / "runs").parameters_json.iloc[0]
     assert '"task_runner":"dask"' in params

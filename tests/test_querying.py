@@ -116,7 +116,8 @@ def test_rgi_show_tar_parquet_missing_source_and_unknown_key(cleaned, tmp_path):
     panel = Image.open(out).convert("RGB")
     expect_input = _cell(cleaned["imgs"][4], 2 * THUMB)
     assert _cell_at(panel, 0).tobytes() == expect_input.tobytes()  # the input re-read from the tar member
-    assert _cell_at(panel, 2).tobytes() == _cell(open(tar_row.mask_uri, "rb").read(), 2 * THUMB).tobytes()
+    for j, uri in enumerate((tar_row.restored_uri, tar_row.anomaly_map_uri, tar_row.mask_uri, tar_row.phi_uri), 1):
+        assert _cell_at(panel, j).tobytes() == _cell(open(uri, "rb").read(), 2 * THUMB).tobytes()
 
     first = ok[ok.source_uri.str.endswith("#10")].sort_values("created_at").iloc[0]  # a parquet row, older config
     out = tmp_path / "pq.png"
@@ -124,7 +125,7 @@ def test_rgi_show_tar_parquet_missing_source_and_unknown_key(cleaned, tmp_path):
     assert r.returncode == 0 and first.config_hash not in r.stderr, r.stderr
     panel = Image.open(out).convert("RGB")
     assert _cell_at(panel, 0).tobytes() == _cell(cleaned["imgs"][5], 2 * THUMB).tobytes()
-    assert _cell_at(panel, 3).tobytes() == _cell(open(first.phi_uri, "rb").read(), 2 * THUMB).tobytes()
+    assert _cell_at(panel, 4).tobytes() == _cell(open(first.phi_uri, "rb").read(), 2 * THUMB).tobytes()
 
     gone = newest.loc[str(cleaned["src"] / "loose" / "1.png")]
     (cleaned["src"] / "loose" / "1.png").unlink()

@@ -105,8 +105,13 @@ def test_permanently_failing_part_write_leaves_nothing_partial(prefect_api, prox
     parts = s3.find("rgi-test/cat/images")
     assert parts and all(p.endswith(".parquet") and "-000001" not in p for p in parts)  # no orphan, no temp
     assert len({r["source_uri"] for r in rows}) == len(rows) and 0 < len(rows) < N
+    failed = pq.read_table("rgi-test/cat/runs", filesystem=s3).to_pylist()  # the run still left its row
+    assert [r["status"] for r in failed] == ["failed"] and failed[0]["images_ok"] == len(rows)
+    assert "denied" in failed[0]["error"].lower() and "\n" not in failed[0]["error"]
     proxy.clear()
     again = _run(prior_file)  # the failed batch's claims were released: its images are cleaned now
     rows = _visible_rows(s3)
     assert again["images_ok"] == N - again["images_skipped"]
+    runs = pq.read_table("rgi-test/cat/runs", filesystem=s3).to_pylist()
+    assert sorted(r["status"] for r in runs) == ["completed", "failed"]
     assert sorted(r["source_uri"] for r in rows) == [f"s3://rgi-test/src/img{i:02d}.png" for i in range(N)]

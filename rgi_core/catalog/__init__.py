@@ -8,6 +8,16 @@ Neither imports torch, so reading a catalog stays light.
 """
 
 from rgi_core.catalog.sql import connect, query
-from rgi_core.catalog.store import IMAGE_SCHEMA, PARTITION, RUN_SCHEMA, Catalog, dataset, utcnow
+from rgi_core.catalog.store import (
+    IMAGE_SCHEMA,
+    PARTITION,
+    RUN_SCHEMA,
+    SCHEMA_VERSION,
+    Catalog,
+    dataset,
+    upgrade_table,
+    utcnow,
+)
 
-__all__ = ["IMAGE_SCHEMA", "PARTITION", "RUN_SCHEMA", "Catalog", "connect", "dataset", "query", "utcnow"]
+__all__ = ["IMAGE_SCHEMA", "PARTITION", "RUN_SCHEMA", "SCHEMA_VERSION", "Catalog", "connect", "dataset", "query",
+           "upgrade_table", "utcnow"]

@@ -4,14 +4,32 @@ Layout under a catalog root (local path or any fsspec URL)::
 
     images/method=<method>/part-<run_id>-<seq>.parquet   one row per input image per config
     runs/part-<run_id>.parquet                           one row per run
-    outputs/<config_hash>/<image_key>/{restored,mask,phi}.png
+    outputs/<config_hash>/<image_key>/{restored,anomaly_map,mask,phi}.png
     _claims/<config_hash>/<identity>.<generation>.json   commit markers (see below; not Parquet)
+    _catalog.json                                        {"schema_version": N} once every part is at N
 
 ``method`` lives in the partition path (hive style), so readers get it as a column. Every part file is
 written whole and then made visible at once: locally through a hidden temp file and a rename, on object
 stores by a single PUT. Readers therefore never see half a file; ``.``-prefixed ``*.tmp`` temp files are
 ignored by pyarrow (hidden) and by DuckDB's ``**/*.parquet`` glob (suffix). A run skips images that
 already have a row for the same ``config_hash`` and ``prior_id`` (unless forced), so a rerun adds nothing.
+
+Schema versions (:data:`SCHEMA_VERSION`, the ``schema_version`` column of both tables):
+
+- 1 (no ``schema_version`` column): ``mask_uri`` / ``mask_fraction`` held the fused anomaly map; runs had no
+  ``status`` / ``error`` (a run row was written only by a run that completed).
+- 2: the anomaly map is ``anomaly_map_uri`` (``anomaly_map.png``) / ``anomaly_fraction``; ``mask_uri`` /
+  ``mask_fraction`` hold RGI's mask M (``mask.png``); runs have ``status`` (completed / cancelled / failed)
+  and ``error``.
+
+A catalog written at an older version is migrated by the first write of this code to it
+(:meth:`Catalog.migrate`): each older part file is read, brought to the current layout and rewritten in
+place atomically (as any part file), then ``_catalog.json`` records the version so that later writers skip
+the scan. Output PNGs are not renamed: a migrated row's ``anomaly_map_uri`` names its old ``mask.png``, and
+its ``mask_uri`` / ``mask_fraction`` are null (M was never stored). A part already at the current version is
+left alone, and two writers migrating the same part write the same rows, so migration is idempotent and
+safe to race; one that is interrupted is completed by the next write. Until then :meth:`Catalog.read_images`
+and :meth:`Catalog.read_runs` show unmigrated rows in the current layout.
 
 Commit protocol (:meth:`Catalog.commit_images`): no duplicate rows in the files themselves, so any reader
 (plain pyarrow/pandas/DuckDB, no rgi code) sees one row per image per config, even when runs race or crash.
@@ -76,8 +94,10 @@ IMAGE_SCHEMA = pa.schema([
     ("error", pa.string()),
     ("anomaly_score", pa.float64()),
     ("is_anomalous", pa.bool_()),
+    ("anomaly_fraction", pa.float64()),
     ("mask_fraction", pa.float64()),
     ("restored_uri", pa.string()),
+    ("anomaly_map_uri", pa.string()),
     ("mask_uri", pa.string()),
     ("phi_uri", pa.string()),
     ("final_loss", pa.float64()),
@@ -86,6 +106,7 @@ IMAGE_SCHEMA = pa.schema([
     ("device", pa.string()),
     ("meta_json", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")),
+    ("schema_version", pa.int32()),
 ])
 PARTITION = "method"
 _HEX = re.compile(r"[0-9a-f]{8,64}")
@@ -110,11 +131,52 @@ RUN_SCHEMA = pa.schema([
     ("versions_json", pa.string()),
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("ended_at", pa.timestamp("us", tz="UTC")),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("schema_version", pa.int32()),
 ])
+
+#: The layout the schemas above describe; version 1 is the layout before ``schema_version`` existed.
+SCHEMA_VERSION = 2
+RUN_STATUSES = ("completed", "cancelled", "failed")
+# Version 1 -> 2: columns whose values moved to a new name (the old name now holds something else),
+# and the values of new columns for version-1 rows.
+_MOVED_IN_V2 = {"images": {"mask_uri": "anomaly_map_uri", "mask_fraction": "anomaly_fraction"}, "runs": {}}
+_FILLED_IN_V2 = {"images": {}, "runs": {"status": "completed"}}  # v1 wrote run rows for completed runs only
 
 
 def utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
+
+
+def upgrade_table(table: pa.Table, sub: str) -> pa.Table:
+    """Rows of the ``images`` or ``runs`` table, of any schema version, in the current layout.
+
+    Rows without a ``schema_version`` (version 1) get their moved columns renamed and the new columns filled
+    (see the module docstring); current rows are unchanged. Columns outside the schema (the ``method``
+    partition column) are kept after the schema's own.
+    """
+    import pyarrow.compute as pc
+
+    schema = IMAGE_SCHEMA if sub == "images" else RUN_SCHEMA
+    n = table.num_rows
+
+    def column(name: str, type_: pa.DataType) -> pa.Array:
+        return table.column(name).combine_chunks().cast(type_) if name in table.column_names else pa.nulls(n, type_)
+
+    cols = {f.name: column(f.name, f.type) for f in schema}
+    old = pc.is_null(cols["schema_version"])
+    for was, now in _MOVED_IN_V2[sub].items():
+        cols[now] = pc.if_else(old, cols[was], cols[now])
+        cols[was] = pc.if_else(old, pa.nulls(n, cols[was].type), cols[was])
+    for name, value in _FILLED_IN_V2[sub].items():
+        cols[name] = pc.if_else(old, pa.scalar(value, schema.field(name).type), cols[name])
+    cols["schema_version"] = pc.fill_null(cols["schema_version"], pa.scalar(SCHEMA_VERSION, pa.int32()))
+    out = pa.Table.from_arrays(list(cols.values()), schema=schema)
+    for name in table.column_names:
+        if name not in cols:
+            out = out.append_column(table.schema.field(name), table.column(name))
+    return out
 
 
 class Catalog:
@@ -128,6 +190,7 @@ class Catalog:
         # s3fs's makedirs costs a HEAD of the bucket per call: 2 066 of 4 188 requests of a 512-image run.
         self._has_dirs = not is_object_store(self.fs)
         self.claim_lease_s = claim_lease_s
+        self._migrated = False  # this object checked (and completed) the catalog's migration
 
     # -- paths ---------------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -186,17 +249,22 @@ class Catalog:
         return self.uri(path)
 
     @staticmethod
-    def _table_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
-        table = pa.Table.from_pylist(rows, schema=schema)
+    def _table_bytes(rows: list[dict[str, Any]] | pa.Table, schema: pa.Schema) -> bytes:
+        table = rows.cast(schema) if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         return sink.getvalue().to_pybytes()
 
     def write_images(self, rows: list[dict[str, Any]], run_id: str, seq: int) -> list[str]:
-        """Append image rows (dicts with IMAGE_SCHEMA fields plus ``method``); one part file per method."""
+        """Append image rows (dicts with IMAGE_SCHEMA fields plus ``method``); one part file per method.
+
+        Rows are written at :data:`SCHEMA_VERSION` (older parts are migrated first, :meth:`migrate`).
+        """
+        self.migrate()
         by_method: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
-            by_method.setdefault(str(r["method"]), []).append({k: r.get(k) for k in IMAGE_SCHEMA.names})
+            row = {k: r.get(k) for k in IMAGE_SCHEMA.names} | {"schema_version": SCHEMA_VERSION}
+            by_method.setdefault(str(r["method"]), []).append(row)
         written = []
         for method, part in sorted(by_method.items()):
             path = self.path(self._part_rel(method, run_id, seq))
@@ -217,6 +285,7 @@ class Catalog:
         committed (or is committing) the same identity. ``exclusive=False`` appends without claims (a
         forced recompute).
         """
+        self.migrate()  # before any claim: a failed migration leaves no claim behind
         if not exclusive:
             return self.write_images(rows, run_id, seq), []
         keep, dropped, markers = [], [], []
@@ -313,9 +382,53 @@ class Catalog:
             pass
 
     def write_run(self, row: dict[str, Any]) -> str:
+        """Write (or replace) the run's row; ``status`` is one of :data:`RUN_STATUSES`."""
+        if row.get("status") not in (None, *RUN_STATUSES):
+            raise ValueError(f"run status must be one of {RUN_STATUSES}, got {row.get('status')!r}")
+        self.migrate()
         path = self.path("runs", f"part-{row['run_id']}.parquet")
-        self._put_atomic(path, self._table_bytes([row], RUN_SCHEMA))
+        self._put_atomic(path, self._table_bytes([row | {"schema_version": SCHEMA_VERSION}], RUN_SCHEMA))
         return self.uri(path)
+
+    # -- schema migration (versions in the module docstring) -----------------------------------------
+    def migrate(self) -> int:
+        """Bring every part file to :data:`SCHEMA_VERSION`; returns how many parts were rewritten.
+
+        Runs once per object (every write calls it). ``_catalog.json`` at the current version means that
+        all parts are there already; otherwise each part's footer is read and older parts are rewritten in
+        place (:func:`upgrade_table`, written atomically), then ``_catalog.json`` is written. Idempotent
+        and safe when several writers migrate at once (they write the same rows).
+        """
+        if self._migrated:
+            return 0
+        marker = self.path("_catalog.json")
+        try:
+            if json.loads(self.fs.cat_file(marker)).get("schema_version", 0) >= SCHEMA_VERSION:
+                self._migrated = True
+                return 0
+        except (FileNotFoundError, ValueError, AttributeError):
+            pass  # no marker (new or older catalog), or an unreadable one: check the parts
+        rewritten = 0
+        for sub in ("images", "runs"):
+            for path in self.part_files(sub):
+                if self._part_version(path) < SCHEMA_VERSION:
+                    with self.fs.open(path, "rb") as f:
+                        table = pq.ParquetFile(f).read()
+                    self._put_atomic(path, self._table_bytes(upgrade_table(table, sub),
+                                                             IMAGE_SCHEMA if sub == "images" else RUN_SCHEMA))
+                    rewritten += 1
+        self._put_atomic(marker, json.dumps({"schema_version": SCHEMA_VERSION}).encode())
+        self._migrated = True
+        return rewritten
+
+    def _part_version(self, path: str) -> int:
+        """The schema version of one part file: 1 without a ``schema_version`` column, else its lowest value."""
+        with self.fs.open(path, "rb") as f:
+            part = pq.ParquetFile(f)
+            if "schema_version" not in part.schema_arrow.names:
+                return 1
+            versions = part.read(columns=["schema_version"]).column(0).drop_null()
+        return min(versions.to_pylist(), default=SCHEMA_VERSION)
 
     # -- reading -------------------------------------------------------------------------------------
     def part_files(self, sub: str) -> list[str]:
@@ -333,20 +446,28 @@ class Catalog:
         files = self.part_files(sub)
         if not files:
             return None
-        return ds.dataset(files, filesystem=self.fs, format="parquet",
+        # The current schema, not the first file's: parts not migrated yet read with nulls in the new columns.
+        schema = IMAGE_SCHEMA.append(pa.field(PARTITION, pa.string())) if sub == "images" else RUN_SCHEMA
+        return ds.dataset(files, schema=schema, filesystem=self.fs, format="parquet",
                           partitioning=ds.partitioning(flavor="hive") if sub == "images" else None,
                           partition_base_dir=base)
 
     def read_images(self, columns: list[str] | None = None) -> pa.Table:
-        """All image rows (with the ``method`` partition column); an empty table if there are none."""
+        """All image rows (with the ``method`` partition column) in the current layout; empty if none."""
         d = self._dataset("images")
         if d is None:
-            return IMAGE_SCHEMA.append(pa.field(PARTITION, pa.string())).empty_table()
-        return d.to_table(columns=columns)
+            table = IMAGE_SCHEMA.append(pa.field(PARTITION, pa.string())).empty_table()
+        else:  # the columns an unmigrated row needs to be read in the current layout
+            need = None if columns is None else list(dict.fromkeys(
+                [*columns, "schema_version", *_MOVED_IN_V2["images"], *_MOVED_IN_V2["images"].values()]))
+            table = d.to_table(columns=need)
+        table = upgrade_table(table, "images")
+        return table if columns is None else table.select(columns)
 
     def read_runs(self) -> pa.Table:
+        """All run rows in the current layout; empty if none."""
         d = self._dataset("runs")
-        return RUN_SCHEMA.empty_table() if d is None else d.to_table()
+        return RUN_SCHEMA.empty_table() if d is None else upgrade_table(d.to_table(), "runs")
 
     def done_table(self, config_hash: str, prior_id: str, columns: tuple[str, ...] = ("source_uri",)) -> pa.Table:
         """``columns`` of the rows (ok or error) this config and prior already have; empty if none."""
@@ -378,12 +499,13 @@ class Catalog:
                    "status": "error" if o.error else "ok", "error": redact_text(o.error), "seconds": o.seconds,
                    "meta_json": json.dumps(item.meta, default=str), "created_at": utcnow()}
             if not o.error:
-                uris = {name: self.write_output(self.output_path(context["config_hash"], o.image_key, name), png)
-                        for name, png in (("restored", o.restored_png), ("mask", o.mask_png), ("phi", o.phi_png))}
+                pngs = {"restored": o.restored_png, "anomaly_map": o.anomaly_map_png, "mask": o.mask_png,
+                        "phi": o.phi_png}
+                row |= {f"{name}_uri": self.write_output(self.output_path(context["config_hash"], o.image_key, name),
+                                                         png) for name, png in pngs.items()}
                 threshold = context.get("score_threshold")
-                row |= {"anomaly_score": o.score, "mask_fraction": o.mask_fraction, "final_loss": o.final_loss,
-                        "converged": o.converged, "restored_uri": uris["restored"], "mask_uri": uris["mask"],
-                        "phi_uri": uris["phi"],
+                row |= {"anomaly_score": o.score, "anomaly_fraction": o.anomaly_fraction,
+                        "mask_fraction": o.mask_fraction, "final_loss": o.final_loss, "converged": o.converged,
                         "is_anomalous": None if threshold is None else bool(o.score > threshold)}
             rows.append(row)
         exclusive = not context.get("force")  # a forced recompute appends without claims

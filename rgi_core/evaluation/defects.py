@@ -8,7 +8,8 @@ Texture defects (industrial-inspection style): ``scratch`` (thin line), ``blob``
 ``stain`` (soft-edged ellipse that shifts intensity), ``dead_pixels`` (a cluster of stuck pixels),
 ``patch`` (a rectangle pasted from another image, e.g. another texture: pass ``donor``).
 Novel texture defects, to check that the defaults generalise beyond the kinds above (defaults are chosen on
-validation crops of the training split only): ``blur`` (an ellipse of lost detail, same mean), ``noise`` (a rectangle of additive grain),
+validation crops of the training split only): ``blur`` (an ellipse of lost detail, same mean), ``noise`` (a
+rectangle of additive grain),
 ``shift`` (a hard-edged ellipse of over- or under-exposure), ``lines`` (three parallel 1-px lines) and
 ``hole`` (a rectangle of missing data, set to 0).
 Digit corruptions (the RGI paper's gross corruption): ``salt_pepper`` (a fraction of pixels set to 0

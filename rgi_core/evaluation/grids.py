@@ -65,14 +65,18 @@ def image_grid(rows: list[tuple[str, list[bytes]]], columns: list[str] | None = 
 
 
 def report_grid(rows: list[dict[str, Any]], size: int = THUMB, storage_options: dict[str, Any] | None = None) -> bytes:
-    """rows: dicts with ``input_png`` (bytes), ``restored_uri``, ``mask_uri``, ``anomaly_score``, ``source_uri``.
+    """rows: dicts with ``input_png`` (bytes), ``restored_uri``, ``anomaly_map_uri``, ``mask_uri``,
+    ``anomaly_score``, ``source_uri``; cells input / restored / anomaly map / mask M (blank without a mask).
 
     ``storage_options`` are the fsspec options of the catalog the URIs point into.
     """
     cells = []
     for r in rows:
         tiles = [r.get("input_png", b"")]
-        for key in ("restored_uri", "mask_uri"):
+        for key in ("restored_uri", "anomaly_map_uri", "mask_uri"):
+            if not r.get(key):
+                tiles.append(b"")
+                continue
             with fsspec.open(r[key], "rb", **(storage_options or {})) as f:
                 tiles.append(f.read())
         cells.append((f"{r['anomaly_score']:.3f}  {str(r['source_uri'])[-60:]}", tiles))
@@ -80,7 +84,8 @@ def report_grid(rows: list[dict[str, Any]], size: int = THUMB, storage_options: 
 
 
 def image_panel(tiles: dict[str, bytes | None], lines: list[str], size: int = 2 * THUMB) -> bytes:
-    """One image's panel: a labelled cell per tile (e.g. input / restored / mask / phi) under text ``lines``.
+    """One image's panel: a labelled cell per tile (e.g. input / restored / anomaly map / mask M / phi) under
+    text ``lines``.
 
     A tile that is ``None`` or empty (e.g. an input whose source is gone) is drawn as a gray cell saying
     so; the other cells are unaffected.
@@ -106,7 +111,8 @@ def image_panel(tiles: dict[str, bytes | None], lines: list[str], size: int = 2 
 
 def show_image(catalog: str, key: str, config_hash: str | None = None,
                storage_options: dict[str, Any] | None = None) -> tuple[bytes, dict[str, Any], list[str]]:
-    """The panel input / restored / mask / phi of one catalogued image; returns (PNG, its row, notes).
+    """The panel input / restored / anomaly map / mask M / phi of one catalogued image; returns (PNG, its row,
+    notes). Rows migrated from catalogs that never stored M (schema version 1) have no mask tile.
 
     ``key`` is an ``image_key`` or an unambiguous prefix of one; ``config_hash`` (or a prefix) picks among
     several cleaning configs, else the newest successful row is shown. The input is re-read from the row's
@@ -117,7 +123,7 @@ def show_image(catalog: str, key: str, config_hash: str | None = None,
 
     import pyarrow.compute as pc
 
-    from rgi_core.catalog import dataset
+    from rgi_core.catalog import dataset, upgrade_table
     from rgi_core.io.shards import read_item
 
     if not key:
@@ -125,7 +131,7 @@ def show_image(catalog: str, key: str, config_hash: str | None = None,
     flt = pc.starts_with(pc.field("image_key"), pattern=key)
     if config_hash:
         flt &= pc.starts_with(pc.field("config_hash"), pattern=config_hash)
-    rows = dataset(catalog, "images", storage_options).to_table(filter=flt).to_pylist()
+    rows = upgrade_table(dataset(catalog, "images", storage_options).to_table(filter=flt), "images").to_pylist()
     keys = sorted({r["image_key"] for r in rows})
     if not rows:
         where = f" with config {config_hash}" if config_hash else ""
@@ -149,15 +155,20 @@ def show_image(catalog: str, key: str, config_hash: str | None = None,
             break
         except (OSError, ValueError, KeyError) as exc:
             notes.append(f"input not readable from {src} ({type(exc).__name__}: {exc}); showing the outputs only")
-    for name in ("restored", "mask", "phi"):
+    outputs = {"restored": "restored", "anomaly map": "anomaly_map", "mask M": "mask", "phi": "phi"}
+    if not row["mask_uri"]:  # a row from before M was stored (schema version 1)
+        del outputs["mask M"]
+    for label, name in outputs.items():
         try:
             with fsspec.open(row[f"{name}_uri"], "rb", **(storage_options or {})) as f:
-                tiles[name] = f.read()
+                tiles[label] = f.read()
         except (OSError, ValueError, TypeError) as exc:
-            tiles[name] = None
-            notes.append(f"{name} output missing: {row[f'{name}_uri']} ({type(exc).__name__})")
+            tiles[label] = None
+            notes.append(f"{label} output missing: {row[f'{name}_uri']} ({type(exc).__name__})")
     flag = {True: "anomalous", False: "clean", None: "no threshold"}[row["is_anomalous"]]
-    lines = [f"{row['image_key'][:16]}  score {row['anomaly_score']:.4f} ({flag})  mask {row['mask_fraction']:.2%}",
+    mask = f"  mask M {row['mask_fraction']:.2%}" if row["mask_fraction"] is not None else ""
+    lines = [f"{row['image_key'][:16]}  score {row['anomaly_score']:.4f} ({flag})  "
+             f"anomaly map {row['anomaly_fraction']:.2%}{mask}",
              f"source {str(row['source_uri'])[-90:]}",
              f"{row['method']}  prior {row['prior']}  config {row['config_hash']}  {row['created_at']:%Y-%m-%d %H:%M}"]
     return image_panel(tiles, lines), row, notes
