@@ -82,7 +82,7 @@ class _Run:
         self.run_id, self.top_k = context["run_id"], options.top_k
         self.started, self.t0 = utcnow(), time.perf_counter()
         self.fixed = {"run_id": self.run_id, "source": source, "method": options.method, "prior": p.name,
-                      "prior_id": p.prior_id, "config_hash": context["config_hash"],
+                      "prior_id": p.prior_id, "model_id": context["model_id"], "config_hash": context["config_hash"],
                       "parameters_json": options.model_dump_json(), "device": str(p.device)}
         self.counts = {"ok": 0, "error": 0, "skipped": 0}  # skipped: committed meanwhile by a concurrent run
         self.errors: list[dict] = []
@@ -128,7 +128,8 @@ def _stream(source: str, catalog: str | RgiCatalog, prior_arg: tuple[str, str | 
     storage = catalog if isinstance(catalog, RgiCatalog) else None
     logger = get_run_logger()
     run.shards = list_shards.with_options(**io)(source, storage)
-    run.done = set() if options.force else read_done.with_options(**io)(catalog, context["config_hash"], p.prior_id)
+    run.done = set() if options.force else read_done.with_options(**io)(catalog, context["config_hash"], p.prior_id,
+                                                                         context["model_id"])
     logger.info("%d shards under %s; %d images already in the catalog for config %s",
                 len(run.shards), redact_uri(source), len(run.done), context["config_hash"])
     # Known up front only for folders of image files; tar and Parquet shards are counted as they stream.

@@ -22,9 +22,9 @@ from rgi_core.priors import load_prior
 
 
 @task(name="read-seen", tags=["io"], retries=3, retry_delay_seconds=[1, 4, 16], cache_policy=NONE)
-def read_seen(catalog: str, config_hash: str, prior_id: str) -> tuple[set[str], set[str]]:
+def read_seen(catalog: str, config_hash: str, prior_id: str, model_id: str | None = None) -> tuple[set[str], set[str]]:
     """Shard URIs and source URIs that have a row for this config and prior."""
-    t = Catalog(catalog).done_table(config_hash, prior_id, ("shard_uri", "source_uri"))
+    t = Catalog(catalog).done_table(config_hash, prior_id, ("shard_uri", "source_uri"), model_id)
     return set(t.column("shard_uri").to_pylist()), set(t.column("source_uri").to_pylist())
 
 
@@ -35,7 +35,8 @@ def poll_for_shards(source: str, catalog: str, prior: str = "brick-64",
     options = options or CleanOptions()
     p = load_prior(prior, device="cpu")
     shards: list[Shard] = list_shards(source)
-    done_shards, done_sources = read_seen(catalog, options.config_hash(p), p.prior_id)
+    settings = options.settings(p)
+    done_shards, done_sources = read_seen(catalog, settings.config_hash(), p.prior_id, settings.model_id(p))
     new = unseen_shards(shards, done_shards, done_sources)
     for s in new:
         ev = shard_event(s.uri, {"kind": s.kind, "source": "poll"})

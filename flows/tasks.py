@@ -7,7 +7,7 @@ I/O tasks come as pairs, ``name`` (sync) and ``aname`` (async; the same function
 A cleaning flow is these steps in order (``clean_dataset`` is exactly this, streamed)::
 
     shards  = list_shards(source)                            # Shard(uri, kind)
-    done    = read_done(catalog, config_hash, prior_id)       # source URIs already cleaned for this config
+    done    = read_done(catalog, config_hash, prior_id, model_id)  # source URIs already cleaned
     items   = load_batch(shard, skip=done)                   # Item(uri, bytes, meta) or Item(error=...)
     outcome = invert_batch(items, prior, options)            # gpu
     rows    = write_rows(outcome, items, catalog, context, seq)
@@ -80,8 +80,8 @@ def run_context(prior: Prior, options: CleanOptions, run_id: str | None = None,
     settings = settings or options.settings(prior)
     run_id = run_id or str(flow_run.get_id() or f"local-{utcnow():%Y%m%dT%H%M%S}")
     return {"method": options.method, "prior": prior.name, "prior_id": prior.prior_id,
-            "config_hash": settings.config_hash(), "run_id": run_id, "device": str(prior.device),
-            "score_threshold": settings.score_threshold}
+            "model_id": settings.model_id(prior), "config_hash": settings.config_hash(), "run_id": run_id,
+            "device": str(prior.device), "score_threshold": settings.score_threshold}
 
 
 def _list_shards(source: str, storage: Storage = None) -> list[Shard]:
@@ -89,12 +89,13 @@ def _list_shards(source: str, storage: Storage = None) -> list[Shard]:
     return core_shards.list_shards(source, storage_options(storage, source))
 
 
-def _read_done(catalog: str | RgiCatalog, config_hash: str, prior_id: str) -> set[str]:
+def _read_done(catalog: str | RgiCatalog, config_hash: str, prior_id: str, model_id: str | None = None) -> set[str]:
     """Source URIs the catalog already has a row for, for this config and prior (stale temp files of killed
-    local writers are swept on the way)."""
+    local writers are swept on the way). ``model_id`` (the run context's): rows of the same model parts, also
+    from another file of the prior (see :meth:`rgi_core.catalog.Catalog.done_table`)."""
     cat = open_catalog(catalog)
     cat.sweep_temp()
-    return cat.done_uris(config_hash, prior_id)
+    return cat.done_uris(config_hash, prior_id, model_id)
 
 
 def _load_batch(shard: Shard, start: int = 0, stop: int | None = None, skip: Collection[str] = (),

@@ -67,3 +67,16 @@ def test_unknown_columns_are_dropped_missing_ones_null(tmp_path):
 def test_write_rejects_bad_types(tmp_path):
     with pytest.raises((TypeError, ValueError)):  # pyarrow's ArrowInvalid/ArrowTypeError subclass these
         Catalog(str(tmp_path)).write_images([_row(0) | {"width": "wide"}], run_id="r", seq=0)
+
+
+def test_done_rows_are_matched_by_model_id_and_legacy_rows_by_prior_file(tmp_path):
+    cat = Catalog(str(tmp_path / "cat"))
+    legacy = [_row(0), _row(1)]  # written before model_id: prior_id only
+    current = [_row(2) | {"model_id": "m1"}, _row(3) | {"model_id": "m2", "prior_id": "p2"}]
+    cat.write_images(legacy + current, run_id="r1", seq=0)
+    assert cat.done_uris("c1", "p1", "m1") == {"s3://b/img0.png", "s3://b/img1.png", "s3://b/img2.png"}
+    # The same model parts in a rewritten prior file (p2): rows of m2 only; p1's legacy rows are another file.
+    assert cat.done_uris("c1", "p2", "m2") == {"s3://b/img3.png"}
+    assert cat.done_uris("c1", "p1", "m3") == {"s3://b/img0.png", "s3://b/img1.png"}
+    assert cat.done_uris("c1", "p1") == {f"s3://b/img{i}.png" for i in range(3)}  # without model_id: by file
+    assert cat.claim_prefix("c1", "m1", "s3://b/img2.png") != cat.claim_prefix("c1", "p1", "s3://b/img2.png")

@@ -166,3 +166,28 @@ def test_mask_tv_option_overrides_the_prior_and_is_part_of_the_config_hash():
     assert CleanOptions(method="mse").settings(prior).config.method == "mse"  # the prior's TV is rgi-only
     with pytest.raises(ValueError, match="mask_tv"):
         CleanOptions(method="mse", mask_tv=0.1).settings(prior)
+
+
+def test_a_prior_update_recomputes_rows_only_when_it_changes_a_result(prefect_api, tiny_prior, tmp_path):
+    # Row identity is config_hash + model_id: the parts of the prior the run reads. A note or calibration record
+    # added to the file keeps the rows; a new score threshold (is_anomalous reads it) recomputes them.
+    from conftest import write_generated
+
+    from rgi_core.priors import load_prior, update_metadata
+
+    src = write_generated(tiny_prior, tmp_path / "src", 3, seed=31)
+    prior = str(save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator))
+    cat = str(tmp_path / "catalog")
+    first = _run(str(src), cat, prior)
+    assert first["images_ok"] == 3
+    old_id = load_prior(prior, device="cpu").prior_id
+    update_metadata(prior, note="re-exported with a calibration record", defaults={"calibration": {"source": "x"}})
+    assert load_prior(prior, device="cpu").prior_id != old_id
+    again = _run(str(src), cat, prior)
+    assert (again["images_ok"], again["images_skipped"], again["model_id"]) == (0, 3, first["model_id"])
+    update_metadata(prior, defaults={"calibration": {"source": "x"}, "score_threshold": 0.5})
+    third = _run(str(src), cat, prior)
+    assert third["images_ok"] == 3 and third["model_id"] != first["model_id"]
+    images = pd.read_parquet(tmp_path / "catalog" / "images")
+    assert len(images) == 6 and images.groupby("model_id").source_uri.nunique().tolist() == [3, 3]
+    assert images[images.model_id == third["model_id"]].is_anomalous.notna().all()

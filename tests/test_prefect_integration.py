@@ -256,7 +256,7 @@ def test_user_flow_from_public_tasks_matches_clean_dataset(prefect_api, tiny_pri
     async def user_flow(source: str, catalog: str) -> int:
         prior = load_prior(prior_file, device="cpu")
         context = run_context(prior, options)
-        done = await aread_done(catalog, context["config_hash"], prior.prior_id)
+        done = await aread_done(catalog, context["config_hash"], prior.prior_id, context["model_id"])
         rows = []
         for seq, shard in enumerate(await alist_shards(source)):
             items = await aload_batch(shard, skip=done)

@@ -12,7 +12,14 @@ Layout under a catalog root (local path or any fsspec URL)::
 written whole and then made visible at once: locally through a hidden temp file and a rename, on object
 stores by a single PUT. Readers therefore never see half a file; ``.``-prefixed ``*.tmp`` temp files are
 ignored by pyarrow (hidden) and by DuckDB's ``**/*.parquet`` glob (suffix). A run skips images that
-already have a row for the same ``config_hash`` and ``prior_id`` (unless forced), so a rerun adds nothing.
+already have a row for the same ``config_hash`` and ``model_id`` (unless forced), so a rerun adds nothing.
+
+Row identity: ``config_hash`` (the resolved solver settings, the image fit and a calibration file's threshold:
+:meth:`rgi_core.settings.Settings.config_hash`) and ``model_id`` (the prior parts those settings read:
+:meth:`rgi_core.settings.Settings.model_id`). ``prior_id``, the hash of the whole prior file, is kept for
+provenance: a prior file rewritten with a new note or calibration record keeps its rows, one with new generator
+weights, texture statistics, segmenter or score threshold recomputes them. Rows written before ``model_id``
+existed (null) count as done for the same ``prior_id``.
 
 Schema versions (:data:`SCHEMA_VERSION`, the ``schema_version`` column of both tables):
 
@@ -34,7 +41,8 @@ and :meth:`Catalog.read_runs` show unmigrated rows in the current layout.
 Commit protocol (:meth:`Catalog.commit_images`): no duplicate rows in the files themselves, so any reader
 (plain pyarrow/pandas/DuckDB, no rgi code) sees one row per image per config, even when runs race or crash.
 
-1. Identity. A row is identified by ``(config_hash, prior_id, source_uri)``; its claim marker is
+1. Identity. A row is identified by ``(config_hash, model_id, source_uri)`` (``prior_id`` for rows without a
+   ``model_id``); its claim marker is
    ``_claims/<config_hash>/<sha256(identity)[:32]>.<g>.json`` for generation ``g = 0, 1, ...``.
 2. Claim. Before a part file is written, each of its rows is claimed by creating its marker
    *exclusively*: locally ``os.link`` of a fully written temp file (fails if the name exists), on S3 a
@@ -88,6 +96,7 @@ IMAGE_SCHEMA = pa.schema([
     ("channels", pa.int32()),
     ("prior", pa.string()),
     ("prior_id", pa.string()),
+    ("model_id", pa.string()),
     ("config_hash", pa.string()),
     ("run_id", pa.string()),
     ("status", pa.string()),
@@ -118,6 +127,7 @@ RUN_SCHEMA = pa.schema([
     ("method", pa.string()),
     ("prior", pa.string()),
     ("prior_id", pa.string()),
+    ("model_id", pa.string()),
     ("config_hash", pa.string()),
     ("parameters_json", pa.string()),
     ("images_ok", pa.int64()),
@@ -310,7 +320,8 @@ class Catalog:
         return self.path("_claims", config_hash, ident)
 
     def _claim(self, row: dict[str, Any], part: str, run_id: str) -> tuple[bool, str]:
-        prefix = self.claim_prefix(str(row["config_hash"]), str(row["prior_id"]), str(row["source_uri"]))
+        identity = row.get("model_id") or row["prior_id"]
+        prefix = self.claim_prefix(str(row["config_hash"]), str(identity), str(row["source_uri"]))
         body = json.dumps({"part": part, "run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(),
                            "time": time.time(), "source_uri": row["source_uri"]}).encode()
         g = 0
@@ -469,25 +480,34 @@ class Catalog:
         d = self._dataset("runs")
         return RUN_SCHEMA.empty_table() if d is None else upgrade_table(d.to_table(), "runs")
 
-    def done_table(self, config_hash: str, prior_id: str, columns: tuple[str, ...] = ("source_uri",)) -> pa.Table:
-        """``columns`` of the rows (ok or error) this config and prior already have; empty if none."""
+    def done_table(self, config_hash: str, prior_id: str, columns: tuple[str, ...] = ("source_uri",),
+                   model_id: str | None = None) -> pa.Table:
+        """``columns`` of the rows (ok or error) this config already has for this prior; empty if none.
+
+        With ``model_id``: rows of that ``model_id``, and rows without one (written before it existed) of the
+        prior file ``prior_id``. Without: rows of the prior file ``prior_id``.
+        """
         import pyarrow.compute as pc
 
         d = self._dataset("images")
         if d is None:
             return IMAGE_SCHEMA.empty_table().select(list(columns))
-        flt = (pc.field("config_hash") == config_hash) & (pc.field("prior_id") == prior_id)
-        return d.to_table(columns=list(columns), filter=flt)
+        if model_id is None:
+            flt = pc.field("prior_id") == prior_id
+        else:
+            flt = (pc.field("model_id") == model_id) | (pc.field("model_id").is_null()
+                                                         & (pc.field("prior_id") == prior_id))
+        return d.to_table(columns=list(columns), filter=(pc.field("config_hash") == config_hash) & flt)
 
-    def done_uris(self, config_hash: str, prior_id: str) -> set[str]:
-        """Source URIs that already have a row (ok or error) for this config and prior."""
-        return set(self.done_table(config_hash, prior_id).column("source_uri").to_pylist())
+    def done_uris(self, config_hash: str, prior_id: str, model_id: str | None = None) -> set[str]:
+        """Source URIs that already have a row (ok or error) for this config and prior (see :meth:`done_table`)."""
+        return set(self.done_table(config_hash, prior_id, model_id=model_id).column("source_uri").to_pylist())
 
     def write_outcomes(self, outcomes: list[Outcome], items: list[Item], context: dict[str, Any],
                        seq: int) -> list[dict[str, Any]]:
         """Write each outcome's PNGs, then the batch's rows as one part file (rows only after their outputs).
 
-        ``context``: the run's columns (``method``, ``prior``, ``prior_id``, ``config_hash``, ``run_id``,
+        ``context``: the run's columns (``method``, ``prior``, ``prior_id``, ``model_id``, ``config_hash``, ``run_id``,
         ``device``) and ``score_threshold`` (``is_anomalous`` = score > threshold; None leaves it null).
         Rows are committed with :meth:`commit_images` (unless ``context["force"]``); a row another run
         committed first comes back with status ``skipped``. Returns the batch's rows.
