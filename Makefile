@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-test
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test test-fast lint bench clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS)
+
+# Developer loop: skips the tests marked integration (servers, subprocesses, training, long solves; see
+# docs/benchmarks.md). `make test` still runs everything.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) -m "not integration"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rgi_core flows tests benchmarks

@@ -128,3 +128,15 @@ def assert_fuses_detector(prior, bare, images: torch.Tensor, detector_map: torch
     known = Inpainting(torch.ones(1, 1, *images.shape[-2:]))
     assert torch.equal(invert(images, prior, make_config("rgi", **settings), known).anomaly_map,
                        invert(images, bare, make_config("rgi", **settings), known).anomaly_map)
+
+
+# Fixtures that start a server: a test that requests one (directly or through another fixture, such as ``s3``)
+# is marked ``integration`` here, so a new test on a server cannot land in ``make test-fast`` by a forgotten
+# mark. Tests that run CLI subprocesses, train nets or run long solves carry an explicit mark in their file.
+SERVER_FIXTURES = frozenset({"prefect_api", "s3_endpoint"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

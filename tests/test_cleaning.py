@@ -56,6 +56,7 @@ def test_outputs_keep_size_and_mode(tiny_prior, fit):
     assert np.array_equal(alpha_in, alpha_out)
 
 
+@pytest.mark.integration  # a 400-step solve from 256 starts
 def test_corruption_is_masked_and_restored(tiny_prior):
     from conftest import generate, gross_flip
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from flows.cli import main
 
 
+@pytest.mark.integration  # the demo: 300-step solves on the shipped prior
 def test_demo_table_shows_rgi_beating_mse(capsys):
     assert main(["demo", "--core", "--iterations", "300"]) == 0
     out = capsys.readouterr().out
@@ -22,6 +25,7 @@ def test_demo_table_shows_rgi_beating_mse(capsys):
     assert rows[("block", "rgi")][1] > rows[("block", "mse")][1], out  # mask IoU
 
 
+@pytest.mark.integration  # subprocesses
 def test_console_script_help_and_errors():
     out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "demo" in out.stdout and "priors" in out.stdout

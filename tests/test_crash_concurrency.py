@@ -20,7 +20,7 @@ import pytest
 from rgi_core.io.images import encode_png
 from rgi_core.priors import save_prior
 
-pytestmark = pytest.mark.slow  # subprocesses: ~2.5 min on the shared 2-core box
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # subprocesses: ~2.5 min on the shared 2-core box
 
 
 def _env() -> dict[str, str]:

@@ -49,6 +49,7 @@ def _digits_folder(root, n_bad: int = 5, n_clean: int = 3):
     return items
 
 
+@pytest.mark.integration  # CLI subprocess
 def test_evaluate_cli_compares_methods_on_labelled_digits(tmp_path):
     _digits_folder(tmp_path / "data")
     out = tmp_path / "report"
@@ -75,6 +76,7 @@ def test_evaluate_cli_compares_methods_on_labelled_digits(tmp_path):
     assert h > 4 * 96 and w > 6 * 96  # 2 worst + 2 best rows; input, truth, 2 x (restored, map)
 
 
+@pytest.mark.integration  # CLI subprocess
 def test_evaluate_without_masks_reports_na_and_handles_other_sizes(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -215,6 +217,7 @@ def test_calibrate_json_is_accepted_by_clean(prefect_api, tiny_prior, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # calibration solves
 def test_calibrated_thresholds_hit_target_fpr_on_held_out_digits():
     """Calibrate on half of the held-out digits, measure on the other half: images neither the prior nor the
     calibration saw, from the same distribution (as a user calibrates on clean images of their own data).

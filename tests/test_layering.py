@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import rgi_core
+
+pytestmark = pytest.mark.integration  # fresh interpreters (subprocesses) import the package
 
 
 def test_core_never_imports_prefect():

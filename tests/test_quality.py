@@ -18,6 +18,7 @@ from rgi_core.io import builtin
 from rgi_core.priors import load_prior
 
 FAST = dict(iterations=300, n_init=200)
+pytestmark = pytest.mark.integration  # shipped priors, hundreds of solver steps: minutes
 
 
 def test_brick_defects_are_found_on_held_out_crops():

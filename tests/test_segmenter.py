@@ -74,6 +74,7 @@ def grass_map() -> LearnedMap:
     return LearnedMap.fit(sampler.sample(256), sampler.sample(64), SegmenterConfig(steps=300, batch=32, seed=0))
 
 
+@pytest.mark.integration  # grass_map trains a segmenter (300 steps)
 def test_a_trained_segmenter_finds_defects_it_never_saw_on_held_out_grass(grass_map):
     """Trained only on synthetic anomalies (never rgi_core.evaluation.defects), tested on the evaluation quarter."""
     clean = texture_eval_set("grass", n=16, seed=3).clean[:8, :, :32, :32]  # unseen grass, (8, 1, 32, 32)
@@ -86,6 +87,7 @@ def test_a_trained_segmenter_finds_defects_it_never_saw_on_held_out_grass(grass_
     assert (grass_map.anomaly_map(clean) > 0.5).float().mean() < 0.05  # unseen clean grass stays under 0.5
 
 
+@pytest.mark.integration  # grass_map trains a segmenter (300 steps)
 def test_the_segmenter_travels_in_the_prior_file(tmp_path, tiny_prior, grass_map):
     path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator,
                       defaults={"lam": 0.1})
@@ -102,6 +104,7 @@ def test_the_segmenter_travels_in_the_prior_file(tmp_path, tiny_prior, grass_map
         load_prior(path, device="cpu")
 
 
+@pytest.mark.integration  # grass_map trains a segmenter (300 steps)
 def test_invert_fuses_the_learned_map_only_where_it_applies(tiny_prior, grass_map):
     from conftest import assert_fuses_detector, generate
 

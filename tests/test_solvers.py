@@ -30,6 +30,7 @@ def scattered(tiny_prior):
     return x, y, corrupt
 
 
+@pytest.mark.integration  # long solves (hundreds of steps and starts)
 def test_rgi_recovers_scattered_gross_corruption_exactly(tiny_prior, scattered):
     x, y, corrupt = scattered
     rgi = invert(y, tiny_prior, make_config("rgi", **QUALITY))
@@ -78,6 +79,7 @@ def test_pixel_residual_pools_channels_not_candidates():
     torch.testing.assert_close(e[0, 2, 0], (y[0, 0] - x[0, 2]).square().mean(0))
 
 
+@pytest.mark.integration  # long solves (hundreds of steps and starts)
 def test_rgi_finds_a_contiguous_block(tiny_prior):
     x = generate(tiny_prior, 6, seed=3)
     block = torch.zeros_like(x, dtype=torch.bool)
@@ -104,6 +106,7 @@ def off_range(tiny_prior):
     return x, y, corrupt
 
 
+@pytest.mark.integration  # long solves (hundreds of steps and starts)
 def test_rrgi_beats_rgi_off_the_generator_range(tiny_prior, off_range):
     x, y, corrupt = off_range
     rgi = invert(y, tiny_prior, make_config("rgi", **QUALITY))
@@ -209,6 +212,7 @@ def test_result_contract(tiny_prior, scattered, method):
     torch.testing.assert_close(r.restored, again.restored)
 
 
+@pytest.mark.integration  # long solves (hundreds of steps and starts)
 def test_dgp_known_mask_inpainting_keeps_data_and_fills_the_hole(tiny_prior):
     x = generate(tiny_prior, 4, seed=7)
     physics = Inpainting.random_box((32, 32), 0.25, seed=3)
@@ -296,6 +300,7 @@ def test_mask_tv_is_the_perimeter_per_pixel():
     torch.testing.assert_close(losses.mask_tv(m), torch.tensor([8 / 16, 1 / 16]))
 
 
+@pytest.mark.integration  # long solves (hundreds of steps and starts)
 def test_mask_tv_flags_a_corrupted_region_whose_inside_the_prior_explains(tiny_prior):
     """A ring of gross corruption whose inside is clean: with TV the mask covers the whole region.
 

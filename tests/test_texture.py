@@ -28,6 +28,7 @@ def stats() -> TextureStats:
     return TextureStats.fit(noise_texture(24, seed=0))
 
 
+@pytest.mark.integration  # fits the texture mixture to 64 grass crops
 def test_smooth_defects_in_grass_are_found():
     """The defects the residual map misses on grass: smooth regions (flat patch, stain). Fitted on the
     training split, tested on crops of the held-out quarter."""

@@ -117,6 +117,7 @@ def test_cli_train_prior_from_folder(tmp_path, capsys):
     assert main(["train-prior", str(tmp_path / "nothing"), "--out", str(out)]) == 2
 
 
+@pytest.mark.integration  # calibration solves
 def test_calibration_keeps_clean_images_unmasked(tiny_prior, tmp_path):
     from conftest import generate
 
@@ -134,6 +135,7 @@ def test_calibration_keeps_clean_images_unmasked(tiny_prior, tmp_path):
         assert torch.equal(v, after.generator.state_dict()[k])
 
 
+@pytest.mark.integration  # calibration solves
 def test_cli_calibrate_prior_stores_defaults(tiny_prior, tmp_path, capsys):
     from conftest import write_generated
 
@@ -164,6 +166,7 @@ def test_cli_calibrate_prior_stores_defaults(tiny_prior, tmp_path, capsys):
     assert read_metadata(path.read_bytes())["defaults"]["texture_stats"]["model"] == "gmm"
 
 
+@pytest.mark.integration  # calibration solves
 def test_cli_calibrate_prior_trains_and_stores_a_segmenter(tiny_prior, tmp_path):
     from conftest import write_generated
 
