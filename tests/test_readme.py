@@ -29,6 +29,7 @@ def cli_lines() -> list[str]:
     return [line.strip() for block in blocks("bash") for line in block.splitlines() if line.startswith("rgi ")]
 
 
+@pytest.mark.integration  # a 50-step solve on the shipped prior: ~40 s on 2 cores
 def test_python_example_runs_as_written():
     code = blocks("python")
     assert code, "README.md has no python example"

@@ -17,6 +17,8 @@ import pytest
 import torch
 from solver_cases import FIELDS, GOLDEN
 
+pytestmark = pytest.mark.integration  # a subprocess running twelve solves
+
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
