@@ -234,7 +234,13 @@ def _clean_tensors(source: str, channels: int) -> list:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from rgi_core.evaluation.labelled import Thresholds, evaluate_labelled, format_scores, load_labelled, write_report
+    from rgi_core.evaluation.labelled import (
+        Thresholds,
+        evaluate_labelled,
+        format_scores,
+        load_labelled,
+        write_evaluation,
+    )
     from rgi_core.priors import load_prior
     from rgi_core.priors.calibration import read_calibration
     from rgi_core.settings import resolve
@@ -264,7 +270,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_scores(f"{args.data}: {len(items)} images, thresholds: {thresholds.source}", report.scores))
     if not n_masks:
         print("\n(no ground-truth masks: pixel metrics, PRO and image AUROC are n/a)")
-    uris = write_report(report, args.out, grid_k=args.grid)
+    uris = write_evaluation(report, args.out, grid_k=args.grid)
     print("\n" + "\n".join(f"wrote {u}" for u in uris.values()))
     return 0
 

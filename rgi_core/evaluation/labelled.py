@@ -485,7 +485,7 @@ def worst_best_grid(report: EvalReport, k: int = 4, size: int = 96) -> bytes:
     return image_grid(rows, columns, size=size)
 
 
-def write_report(report: EvalReport, out_dir: str, grid_k: int = 4) -> dict[str, str]:
+def write_evaluation(report: EvalReport, out_dir: str, grid_k: int = 4) -> dict[str, str]:
     """Write ``metrics.json``, ``roc.png``, ``pro.png`` and ``grid.png`` under ``out_dir``; returns their URIs."""
     import fsspec
 
