@@ -251,8 +251,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for e in errors:
         _warn(f"skipped {e}")
     cal = read_calibration(args.threshold, prior) if args.threshold else None
-    settings = resolve(prior, overrides={"lam": args.lam}, calibration=cal, fit=args.fit)
-    lam, fit = settings.config.lam, settings.fit
+    settings = resolve(prior, calibration=cal, fit=args.fit)  # the fit and thresholds; each method's config below
+    fit = settings.fit
     thresholds = Thresholds(score=settings.score_threshold)
     if cal is not None:
         thresholds = Thresholds(settings.map_threshold, settings.score_threshold,
@@ -265,8 +265,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             "skipped": errors}
     report = evaluate_labelled(prior, items, methods, fit, thresholds, args.batch_size,
                                progress=lambda m: print(m, file=sys.stderr, flush=True), meta=meta,
-                               iterations=args.iterations, n_init=args.n_init, n_starts=args.n_starts, lam=lam,
-                               seed=args.seed, device=args.device)
+                               calibration=cal, iterations=args.iterations, n_init=args.n_init,
+                               n_starts=args.n_starts, lam=args.lam, seed=args.seed, device=args.device)
     print(format_scores(f"{args.data}: {len(items)} images, thresholds: {thresholds.source}", report.scores))
     if not n_masks:
         print("\n(no ground-truth masks: pixel metrics, PRO and image AUROC are n/a)")

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -51,7 +51,8 @@ def fuse_maps(
 
 
 def fused_anomaly_map(residual: torch.Tensor, lam: float, kind: Fidelity, config: InversionConfig, prior: Prior,
-                      physics: Physics, y: torch.Tensor, lift=lambda m: m) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+                      physics: Physics, y: torch.Tensor,
+                      lift: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The anomaly map (B, 1, H, W) and score (B,) of one solve.
 
     ``residual`` (B, 1, H', W') is the per-pixel residual the solver scores; ``lift`` takes a measurement-space

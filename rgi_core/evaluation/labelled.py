@@ -226,11 +226,12 @@ class MethodRun:
 
 def run_methods(prior: Prior, images: list[torch.Tensor], methods: tuple[str, ...], fit: Fit = "resize",
                 batch_size: int = 32, progress: Callable[[str], None] | None = None,
-                **overrides: object) -> list[MethodRun]:
-    """Invert the same images (each (C, H, W), any size) with every method; config overrides are shared."""
+                calibration: dict[str, Any] | None = None, **overrides: object) -> list[MethodRun]:
+    """Invert the same images (each (C, H, W), any size) with every method; config overrides (and a calibration
+    document, :func:`rgi_core.settings.resolve`) are shared."""
     runs = []
     for method in methods:
-        cfg = resolve(prior, method, overrides=overrides).config
+        cfg = resolve(prior, method, overrides=overrides, calibration=calibration).config
         outputs: list[Fitted] = []
         seconds = 0.0
         for start in range(0, len(images), batch_size):
@@ -374,11 +375,12 @@ class EvalReport:
 def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, ...], fit: Fit = "resize",
                       thresholds: Thresholds = Thresholds(), batch_size: int = 32,
                       progress: Callable[[str], None] | None = None, meta: dict[str, Any] | None = None,
-                      **overrides: object) -> EvalReport:
+                      calibration: dict[str, Any] | None = None, **overrides: object) -> EvalReport:
     """Run every method on the items and score each run."""
     if not items:
         raise ValueError("no images to evaluate")
-    runs = run_methods(prior, [it.image for it in items], methods, fit, batch_size, progress, **overrides)
+    runs = run_methods(prior, [it.image for it in items], methods, fit, batch_size, progress, calibration,
+                       **overrides)
     return EvalReport(items, runs, [score_run(items, r, thresholds) for r in runs], thresholds, dict(meta or {}))
 
 
