@@ -80,7 +80,7 @@ def run_context(prior: Prior, options: CleanOptions, run_id: str | None = None,
     settings = settings or options.settings(prior)
     run_id = run_id or str(flow_run.get_id() or f"local-{utcnow():%Y%m%dT%H%M%S}")
     return {"method": options.method, "prior": prior.name, "prior_id": prior.prior_id,
-            "model_id": settings.model_id(prior), "config_hash": settings.config_hash(), "run_id": run_id,
+            "model_id": on_compute(settings.model_id, prior), "config_hash": settings.config_hash(), "run_id": run_id,
             "device": str(prior.device), "score_threshold": settings.score_threshold}
 
 

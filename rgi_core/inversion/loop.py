@@ -95,11 +95,13 @@ def run_adam(groups: list[Group], steps: int, loss: Callable[[int], torch.Tensor
     for step in range(steps):
         if control is not None:
             control.check()
-        for g in new_groups(step) if new_groups is not None else []:
+        joined = new_groups(step) if new_groups is not None else []
+        for g in joined:
             groups.append(g)
             opt.add_param_group({"params": g.params, "lr": g.lr})
             pins.add(g.params)
-        pins.restore()  # a join hook may have touched every row
+        if joined:
+            pins.restore()  # the join hook may have touched every row (R-RGI's freeze of M)
         total = loss(step)  # (B,)
         total.sum().backward()
         for g in groups:
