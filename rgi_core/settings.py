@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from rgi_core.inversion.config import InversionConfig, config_for_prior
+from rgi_core.inversion.objectives import OBJECTIVES
 from rgi_core.priors.files import Prior
 
 Fit = Literal["resize", "tile"]
@@ -67,7 +68,7 @@ class Settings:
         """
         cfg, h = self.config, hashlib.sha256()
         _hash_tensors(h, "generator", prior.generator.state_dict())
-        if cfg.method == "dgp" or getattr(cfg, "adv_weight", 0.0) > 0:
+        if OBJECTIVES[cfg.method].reads_discriminator(cfg):
             _hash_tensors(h, "discriminator", prior.discriminator.state_dict())
         if cfg.texture_map and prior.defaults.get("texture_stats"):
             h.update(b"texture_stats" + json.dumps(prior.defaults["texture_stats"], sort_keys=True).encode())

@@ -84,6 +84,11 @@ class Objective:
     #: whether the method optimises a mask M (B, 1, H', W') next to z
     optimises_mask: ClassVar[bool] = False
 
+    @classmethod
+    def reads_discriminator(cls, config: InversionConfig) -> bool:
+        """Whether a solve with ``config`` reads the prior's discriminator (its results then depend on it)."""
+        return False
+
     def __init__(self, problem: Problem) -> None:
         self.problem = problem
         self.config = problem.config
@@ -160,6 +165,10 @@ class RGIObjective(Objective):
             t["mask_tv"] = self.config.mask_tv * losses.mask_tv(mask)
         return t
 
+    @classmethod
+    def reads_discriminator(cls, config: InversionConfig) -> bool:
+        return config.adv_weight > 0  # type: ignore[attr-defined]
+
     def extra_terms(self, x: torch.Tensor, ax: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.config.adv_weight > 0:
             return {"adv": -self.config.adv_weight * self.problem.prior.discriminator(from_unit(x))}
@@ -222,6 +231,10 @@ class DGPObjective(Objective):
         super().__init__(problem)
         with torch.no_grad():
             self.feats_y = self._features(problem.physics.A_dagger(problem.y, problem.shape))
+
+    @classmethod
+    def reads_discriminator(cls, config: InversionConfig) -> bool:
+        return True  # features for the best-of-N cost, and for dfeat when weighted
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The discriminator's last ``dfeat_layers`` feature maps of images x (B, C, H, W) in [0, 1]."""
