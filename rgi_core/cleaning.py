@@ -28,8 +28,10 @@ for AUROC), with ``anomaly_fraction`` the share of its pixels above 0.5; and the
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import math
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from rgi_core.inversion.config import InversionConfig
+from rgi_core.inversion.loop import SolveControl
 from rgi_core.inversion.results import InversionResult
 from rgi_core.inversion.solver import invert
 from rgi_core.io.images import (
@@ -54,6 +57,7 @@ from rgi_core.io.images import (
 from rgi_core.io.shards import Item
 from rgi_core.priors.files import Prior
 from rgi_core.settings import Fit
+from rgi_core.stopping import StopCheck, either
 
 
 @dataclass(frozen=True)
@@ -154,17 +158,20 @@ def network_inputs(x: torch.Tensor, prior: Prior, fit: Fit = "resize") -> torch.
 
 
 def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig,
-               fit: Fit = "resize") -> tuple[list[Fitted], float]:
+               fit: Fit = "resize", stop: StopCheck | None = None) -> tuple[list[Fitted], float]:
     """Invert images (each (C, H, W) in [0, 1], any size) in one batch; returns results and seconds per image.
 
     Each image is fitted to the prior's size (resize or tiles), inverted in the prior's channels, and its
     G(z), phi, anomaly map and mask are mapped back to the image's own size and channels.
+
+    Raises:
+        rgi_core.stopping.Cancelled: ``stop`` asked the solve to end (checked before every step).
     """
     if not images:
         return [], 0.0
     inputs = [network_inputs(x, prior, fit) for x in images]
     t0 = time.perf_counter()
-    solved = _solve(list(range(len(images))), inputs, prior, config)
+    solved = _solve(list(range(len(images))), inputs, prior, config, SolveControl(cancelled=stop))
     per_image = (time.perf_counter() - t0) / len(images)
     out: list[Fitted | None] = [None] * len(images)
     empty = torch.empty(0)
@@ -190,21 +197,23 @@ def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig
     return out, per_image  # type: ignore[return-value]
 
 
-def _solve(group: list[int], inputs: list[torch.Tensor], prior: Prior,
-           config: InversionConfig) -> list[tuple[list[int], InversionResult | str]]:
+def _solve(group: list[int], inputs: list[torch.Tensor], prior: Prior, config: InversionConfig,
+           control: SolveControl) -> list[tuple[list[int], InversionResult | str]]:
     """Invert ``inputs[k]`` for k in ``group`` as one batch; if that raises, each image alone, so one bad solve
-    fails only its own image. Returns ``(indices, result or error message)`` groups."""
+    fails only its own image. Returns ``(indices, result or error message)`` groups. A stop request
+    (:class:`rgi_core.stopping.Cancelled`) is not a failure of the batch and ends the whole call."""
     try:
-        return [(group, invert(torch.cat([inputs[k] for k in group]), prior, config))]  # (sum n_k, c, r, r)
+        batch = torch.cat([inputs[k] for k in group])  # (sum n_k, c, r, r)
+        return [(group, invert(batch, prior, config, control=control))]
     except (RuntimeError, ValueError, FloatingPointError) as exc:
         if len(group) == 1:
             return [(group, f"{type(exc).__name__}: {exc}")]
-    return [g for k in group for g in _solve([k], inputs, prior, config)]
+    return [g for k in group for g in _solve([k], inputs, prior, config, control)]
 
 
 def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionConfig,
                 fit: Fit = "resize", limits: ImageLimits = CLEAN_LIMITS,
-                compute: Executor | None = None) -> list[Outcome]:
+                compute: Executor | None = None, stop: StopCheck | None = None) -> list[Outcome]:
     """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order.
 
     Images outside ``limits`` (over ``max_pixels``: refused from the header; under ``min_side``), that do
@@ -213,6 +222,11 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
     torch operation of the batch; decoding and PNG encoding (numpy/PIL) stay on the calling thread. With
     libgomp, a second thread that ever ran a parallel torch op makes every later op of the solver thread
     1.6x slower, even while it sits idle (docs/benchmarks.md, P2), so all of them belong on one thread.
+
+    ``stop``: asked before every solver step; when it says so the batch raises
+    :class:`rgi_core.stopping.Cancelled` and no outcome is returned (the batch is abandoned whole). An
+    exception raised in the calling thread while it waits for ``compute`` (a task timeout, a cancellation)
+    stops the solve too, within a step, before it is re-raised.
     """
     outcomes: dict[int, Outcome] = {}
     decoded: list[tuple[int, str, NativeImage]] = []
@@ -223,8 +237,8 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
         except ImageDecodeError as exc:
             outcomes[i] = Outcome(uri, key, error=str(exc))
     images = [torch.from_numpy(img.pixels) for _, _, img in decoded]
-    fitted, seconds = (compute.submit(fit_invert, images, prior, config, fit).result() if compute is not None
-                       else fit_invert(images, prior, config, fit))
+    fitted, seconds = (_wait_stoppable(compute, images, prior, config, fit, stop) if compute is not None
+                       else fit_invert(images, prior, config, fit, stop))
     for (i, key, img), f in zip(decoded, fitted, strict=True):
         uri = items[i][0]
         if f.error:
@@ -245,6 +259,22 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
     return [outcomes[i] for i in range(len(items))]
 
 
+def _wait_stoppable(compute: Executor, images: list[torch.Tensor], prior: Prior, config: InversionConfig,
+                   fit: Fit, stop: StopCheck | None) -> tuple[list[Fitted], float]:
+    """:func:`fit_invert` on ``compute``, waited for in short slices: anything raised in this thread meanwhile
+    (Prefect delivers task timeouts and cancellations to the task's thread as exceptions) also stops the solve."""
+    abandoned = threading.Event()
+    future = compute.submit(fit_invert, images, prior, config, fit, either(abandoned.is_set, stop))
+    try:
+        while not concurrent.futures.wait([future], timeout=0.2).done:
+            pass
+    except BaseException:
+        abandoned.set()
+        future.cancel()
+        raise
+    return future.result()
+
+
 def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor, mask: torch.Tensor,
               fit: Fit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network-size outputs -> (restored (C, H, W), anomaly map, mask M, phi (each (1, H, W))) at x's size,
@@ -263,8 +293,9 @@ def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch
 
 
 def clean_items(items: list[Item], prior: Prior, config: InversionConfig, fit: Fit = "resize",
-                limits: ImageLimits = CLEAN_LIMITS, compute: Executor | None = None) -> list[Outcome]:
+                limits: ImageLimits = CLEAN_LIMITS, compute: Executor | None = None,
+                stop: StopCheck | None = None) -> list[Outcome]:
     """:func:`clean_batch` over shard items: items that failed to read keep their error, in order."""
     readable = [i for i in items if not i.error]
-    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit, limits, compute))
+    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit, limits, compute, stop))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]

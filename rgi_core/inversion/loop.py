@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rgi_core.stopping import Cancelled
 
-class Cancelled(Exception):
-    """A solve stopped on request (:attr:`SolveControl.cancelled`) before its last step."""
+__all__ = ["Cancelled", "Group", "SolveControl", "run_adam"]
 
 
 @dataclass
