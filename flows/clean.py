@@ -15,16 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+from prefect.states import Cancelled as CancelledState
+from prefect.states import State
 
-from flows import progress
+from flows import progress, stopping
 from flows.blocks import RgiCatalog, RgiPrior, resolve, storage_options
 from flows.options import CleanOptions
 from flows.redact import redacting_flow
-from flows.scale import PriorRef, dask_task_runner, on_dask
+from flows.scale import PriorRef, dask_client, dask_task_runner, on_dask
 from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
 from rgi_core.catalog import utcnow
 from rgi_core.io.fs import redact_text, redact_uri, require_no_credentials
 from rgi_core.io.shards import batched, read_items
+from rgi_core.stopping import Cancelled
 
 if TYPE_CHECKING:
     from rgi_core.priors import Prior
@@ -33,10 +38,25 @@ if TYPE_CHECKING:
 MAX_LISTED_ERRORS = 20  # error rows named in the run's artifact (all of them are in the catalog)
 
 
+class RunStopped(Exception):  # noqa: N818  what happened to the run, not an error of the program
+    """A cleaning run was stopped on request; what it committed stays in the catalog.
+
+    Calling ``clean_dataset`` raises it when the run was stopped; with ``return_state=True`` it is the
+    Cancelled state's result. ``summary``: ``run_id``, ``images_ok``, ``images_error``, ``images_skipped``.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message, summary)
+        self.message, self.summary = message, summary
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @redacting_flow(name="clean-dataset", log_prints=True)
 def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", options: CleanOptions | None = None,
                   catalog_block: str | None = None, prior_block: str | None = None,
-                  settings_block: str | None = None) -> dict[str, Any]:
+                  settings_block: str | None = None) -> dict[str, Any] | State:
     """Clean every image under ``source`` with ``prior``; write outputs and rows to the ``catalog``.
 
     Blocks by name (``catalog_block``: RgiCatalog, ``prior_block``: RgiPrior, ``settings_block``:
@@ -44,13 +64,19 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
 
     Once the catalog and prior are resolved, every exit writes the run's row: ``status`` ``completed`` at
     the end, ``failed`` (counts so far, ``error`` the redacted exception) when the run raises, ``cancelled``
-    when it is interrupted (KeyboardInterrupt, Prefect cancellation: exceptions that are not ``Exception``);
-    the exception is then re-raised.
+    when it is stopped. A stop (flows/stopping.py: the first Ctrl-C or SIGTERM of ``rgi clean``, a
+    cancellation through the Prefect API) submits no new batch, abandons the running solves within a step,
+    keeps the batches already written, and returns a Cancelled state whose message says how many images
+    were committed. An interruption the flow cannot catch (KeyboardInterrupt, Prefect's TerminationSignal)
+    stops the solves the same way, writes the ``cancelled`` row and is re-raised.
     """
     if options is not None and options.task_runner == "dask" and not on_dask():  # e.g. a deployment run
-        return with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options,
-                                         catalog_block=catalog_block, prior_block=prior_block,
-                                         settings_block=settings_block)
+        state = with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options,
+                                          catalog_block=catalog_block, prior_block=prior_block,
+                                          settings_block=settings_block, return_state=True)
+        if state.is_cancelled():
+            return CancelledState(message=state.message, data=state.result(raise_on_failure=False))
+        return state.result()
     for what, uri in (("source", source), ("catalog", catalog), ("prior", prior)):
         require_no_credentials(uri, what)  # before any work; the stored parameters are redacted already
     catalog, p, options, prior_defaults = resolve(catalog, prior, options, catalog_block, prior_block, settings_block)
@@ -58,17 +84,25 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
     context = run_context(p, options, settings=settings) | {"force": options.force}
     run = _Run(source, p, options, context)
     io = {"retries": len(options.io_retry_delays), "retry_delay_seconds": list(options.io_retry_delays)}
-    try:
-        _stream(source, catalog, (prior, prior_block), p, options, settings, context, run, io)
-        summary = run.row("completed")
-        write_run.with_options(**io)(catalog, summary)
-        report_uri = write_report.with_options(**io)(catalog, run.run_id, run.top)
-    except Exception as exc:
-        _record_end(catalog, run.row("failed", exc))
-        raise
-    except BaseException as exc:  # KeyboardInterrupt, Prefect's cancellation signals
-        _record_end(catalog, run.row("cancelled", exc))
-        raise
+    with stopping.run_stop(run.run_id, flow_run.get_id(), dask_client()) as stop, stopping.cli_sigterm():
+        try:
+            _stream(source, catalog, (prior, prior_block), p, options, settings, context, run, io, stop)
+            if stop.requested():  # asked after the last batch was written: the request still gets its state
+                return _stopped(catalog, run, stop.reason)
+            summary = run.row("completed")
+            write_run.with_options(**io)(catalog, summary)
+            report_uri = write_report.with_options(**io)(catalog, run.run_id, run.top)
+        except Cancelled as exc:
+            if not stop.requested():
+                _record_end(catalog, run.row("failed", exc))
+                raise
+            return _stopped(catalog, run, stop.reason)
+        except Exception as exc:
+            _record_end(catalog, run.row("failed", exc))
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, Prefect's TerminationSignal
+            _record_end(catalog, run.row("cancelled", exc))
+            raise
     _artifacts(summary, run.top, run.errors, report_uri)
     top = [{k: v for k, v in r.items() if k != "input_png"} for r in run.top]
     return {**summary, "top": top, "report_uri": report_uri}
@@ -118,12 +152,24 @@ class _Run:
             "status": status, "error": error}
 
 
+def _stopped(catalog: str | RgiCatalog, run: _Run, reason: str) -> State:
+    """End a stopped run: its ``cancelled`` row, and the Cancelled state the flow returns."""
+    row = run.row("cancelled", Cancelled(reason))
+    _record_end(catalog, row)
+    committed = row["images_ok"] + row["images_error"]
+    message = (f"stopped ({reason}): {committed} images committed ({row['images_ok']} cleaned, "
+               f"{row['images_error']} errors)")
+    summary = {k: row[k] for k in ("run_id", "images_ok", "images_error", "images_skipped")}
+    return CancelledState(message=message, data=RunStopped(message, summary))
+
+
 def _stream(source: str, catalog: str | RgiCatalog, prior_arg: tuple[str, str | None], p: Prior,
             options: CleanOptions, settings: Settings, context: dict[str, Any], run: _Run,
-            io: dict[str, Any]) -> None:
+            io: dict[str, Any], stop: stopping.RunStop) -> None:
     """List shards, skip what the catalog has, invert and write micro-batches; progress goes to ``run``.
 
     ``prior_arg``: the flow's ``prior`` and ``prior_block`` (what Dask workers load ``p`` from).
+    Raises :class:`rgi_core.stopping.Cancelled` when ``stop`` is requested (after counting what was written).
     """
     storage = catalog if isinstance(catalog, RgiCatalog) else None
     logger = get_run_logger()
@@ -144,21 +190,38 @@ def _stream(source: str, catalog: str | RgiCatalog, prior_arg: tuple[str, str | 
     pending: deque = deque()
     items_iter = read_items(run.shards, options.image_column, options.id_column, run.done,
                             storage_options(storage, source), run.shard_errors)
+    invert = invert_batch.with_options(timeout_seconds=options.batch_timeout_seconds)
     try:
         for seq, items in enumerate(batched(items_iter, options.batch_size)):
-            outcomes = invert_batch.submit(items, prior_ref, options, settings)
-            pending.append(write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq))
+            if stop.requested():
+                raise Cancelled(stop.reason)
+            outcomes = invert.submit(items, prior_ref, options, settings, stop.ref)
+            pending.append((outcomes, write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq)))
             while len(pending) > options.max_in_flight:
-                run.collect(pending.popleft().result())
+                run.collect(_written(*pending.popleft()))
         while pending:
-            run.collect(pending.popleft().result())
-    except Exception:
-        for future in pending:  # batches already in flight still commit: count them in the failed run's row
+            run.collect(_written(*pending.popleft()))
+    except Exception as exc:
+        for futures in pending:  # batches already in flight still commit: count them in the run's row
             try:
-                run.collect(future.result())
+                run.collect(_written(*futures))
             except Exception:  # noqa: BLE001, S112  the first failure is the one raised
                 continue
+        if stop.requested() and not isinstance(exc, Cancelled):
+            raise Cancelled(stop.reason) from exc
         raise
+
+
+def _written(inverted: PrefectFuture, written: PrefectFuture) -> list[dict[str, Any]]:
+    """A batch's written rows; if its inversion did not complete, the inversion's own exception (a timeout, a
+    stop), not the write's "upstream did not complete"."""
+    inverted.wait()
+    state = inverted.state
+    if state.is_cancelled():
+        raise Cancelled(state.message or "batch abandoned")
+    if not state.is_completed():
+        inverted.result()  # raises the task's exception
+    return written.result()
 
 
 def _one_line(exc: BaseException, limit: int = 1000) -> str:
@@ -186,9 +249,18 @@ def with_task_runner(options: CleanOptions):  # noqa: ANN201  a prefect Flow
 
 
 def run_clean(source: str, catalog: str, prior: str = "brick-64", options: CleanOptions | None = None) -> dict:
-    """Run ``clean_dataset`` once, on the task runner the options choose (what ``rgi clean`` calls)."""
+    """Run ``clean_dataset`` once, on the task runner the options choose (what ``rgi clean`` calls).
+
+    Raises:
+        RunStopped: the run was stopped (flows/stopping.py); it carries the committed counts.
+    """
     options = options or CleanOptions()
-    return with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options)
+    state = with_task_runner(options)(source=source, catalog=catalog, prior=prior, options=options,
+                                      return_state=True)
+    if state.is_cancelled():
+        stopped = state.result(raise_on_failure=False)
+        raise stopped if isinstance(stopped, RunStopped) else RunStopped(state.message or "stopped", {})
+    return state.result()
 
 
 def _versions() -> dict[str, str]:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _warn(message: str) -> None:
@@ -125,14 +126,20 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    from flows import progress
-    from flows.clean import run_clean
+    from flows import progress, stopping
+    from flows.clean import RunStopped, run_clean
     from flows.options import options_from_args
 
     opts = options_from_args(args, fit=args.fit, task_runner="threads" if args.dask is None else "dask",
                              dask_address=args.dask or None)
-    with progress.bar("cleaning") as show, progress.listening(show):
-        out = run_clean(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
+    _check_clean_inputs(args.source, args.catalog, args.prior, opts)  # before the Prefect server starts
+    stopping.own_temporary_server()
+    with stopping.cli_signals() as signalled, progress.bar("cleaning") as show, progress.listening(show):
+        try:
+            out = run_clean(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
+        except RunStopped as exc:
+            print(f"\nrgi clean: {exc}; run the same command again to go on", file=sys.stderr, flush=True)
+            return signalled() or 1
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
           f"in the catalog; {out['images_per_second']:.2f} images/s; config {out['config_hash']}")
     if out["top"]:
@@ -143,6 +150,30 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     if out["report_uri"]:
         print(f"\nreport: {out['report_uri']}")
     return 1 if out["images_ok"] == 0 and out["images_error"] > 0 else 0
+
+
+def _check_clean_inputs(source: str, catalog: str, prior: str, opts: Any) -> None:
+    """The cheap checks of ``rgi clean``, so a typo fails in a second instead of after the Prefect server's
+    start-up: the source exists, the catalog is a folder or can become one, the prior loads, the calibration
+    file (if any) fits the prior. Raises the same errors the flow would."""
+    import fsspec
+
+    from rgi_core.io.fs import require_no_credentials
+    from rgi_core.priors import load_prior
+
+    for what, uri in (("source", source), ("catalog", catalog), ("prior", prior)):
+        require_no_credentials(uri, what)
+    fs, path = fsspec.core.url_to_fs(source)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such source: {source}")
+    fs, path = fsspec.core.url_to_fs(catalog)
+    if fs.isfile(path):
+        raise ValueError(f"catalog {catalog} is a file; give a folder or prefix")
+    bucket = path.split("/", 1)[0]
+    if "file" not in fs.protocol and not fs.exists(bucket):
+        raise FileNotFoundError(f"no such bucket for the catalog: {catalog}")
+    p = load_prior(prior, device="cpu")
+    opts.calibration_document(p)
 
 
 def _cmd_query(args: argparse.Namespace) -> int:

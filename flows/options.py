@@ -64,6 +64,9 @@ class CleanOptions(SolveOptions):
     dask_workers: int = Field(2, ge=1, description="worker processes of the LocalCluster")
     io_retry_delays: tuple[float, ...] = Field(
         (1.0, 4.0, 16.0), description="seconds between retries of a failed storage task (one retry per entry)")
+    batch_timeout_seconds: float | None = Field(
+        None, gt=0, description="fail an inversion batch that runs longer than this (a Prefect task timeout; the "
+        "solve stops within a step and the run ends failed, keeping what was written)")
     max_pixels: int = Field(64_000_000, ge=1, description="larger images (W*H) are refused from their header, "
                             "e.g. decompression bombs")
     min_side: int = Field(8, ge=1, description="images narrower or shorter than this are error rows")

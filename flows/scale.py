@@ -91,3 +91,13 @@ def on_dask() -> bool:
 
     ctx = FlowRunContext.get()
     return ctx is not None and type(ctx.task_runner).__name__ == "DaskTaskRunner"
+
+
+def dask_client() -> Any | None:
+    """The Dask client of the current flow run's ``DaskTaskRunner``, or None when it runs on threads."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or type(ctx.task_runner).__name__ != "DaskTaskRunner":
+        return None
+    return ctx.task_runner.client

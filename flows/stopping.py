@@ -17,6 +17,7 @@ A run's solves ask one :class:`StopRef`: in the flow's process it reads the run'
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -82,7 +83,11 @@ class StopRef:
             return _PROCESS.is_set
         import distributed
 
-        event = distributed.Event(_event_name(self.run_id))  # the worker's client, from this task thread
+        try:  # the worker's client, found from this task thread (not from the solver's)
+            event = distributed.Event(_event_name(self.run_id), client=distributed.get_client())
+        except ValueError as exc:
+            logger.warning("run %s: no Dask client here, only this process's stop is seen: %s", self.run_id, exc)
+            return _PROCESS.is_set
         remote = Throttled(event.is_set, every=0.5)
         return lambda: _PROCESS.is_set() or remote()
 
@@ -173,6 +178,7 @@ def _watch_api(flow_run_id: Any, stop: RunStop, done: threading.Event) -> None:
 # -- the command line --------------------------------------------------------------------------------------
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_CLI_HANDLER: list[Callable[..., None]] = []  # the handler of the command being run, if any
 
 
 @contextlib.contextmanager
@@ -199,11 +205,31 @@ def cli_signals(say: Callable[[str], None] | None = None) -> Iterator[Callable[[
         yield lambda: None
         return
     previous = {s: signal.signal(s, handler) for s in EXIT_CODES}
+    _CLI_HANDLER.append(handler)
     try:
         yield lambda: EXIT_CODES.get(received[0], 128 + received[0]) if received else None
     finally:
+        _CLI_HANDLER.remove(handler)
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def cli_sigterm() -> Iterator[None]:
+    """Inside a flow run started by an ``rgi`` command: SIGTERM stays the command's clean stop.
+
+    Prefect's engine turns SIGTERM into a TerminationSignal that crashes the run (what a worker's process
+    should do); a user's ``kill`` of ``rgi clean`` asks for the same clean stop as Ctrl-C. Elsewhere (a
+    worker, a library call, a thread other than the main one) nothing changes.
+    """
+    if not _CLI_HANDLER or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _CLI_HANDLER[-1])
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def kill_children() -> None:
@@ -216,3 +242,30 @@ def kill_children() -> None:
         with contextlib.suppress(psutil.Error):
             child.kill()
     psutil.wait_procs(children, timeout=5)
+
+
+def own_temporary_server() -> None:
+    """Make Prefect's temporary server (used when no ``PREFECT_API_URL`` is set) start in a session of its own.
+
+    A terminal's Ctrl-C reaches every process of the foreground group: the temporary server would shut down
+    at the first one, and the run could no longer record its Cancelled state. In its own session it stops
+    when this process exits (Prefect's exit hook, after the last logs are sent) or when
+    :func:`kill_children` kills it. It still starts on the first Prefect client; with an API URL set, or
+    once a client has started it, nothing changes.
+    """
+    from prefect.server.api import server
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or None in server.SubprocessASGIServer._instances:  # noqa: SLF001
+        return
+
+    class OwnSessionServer(server.SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> Any:
+            popen = server.subprocess.Popen
+            server.subprocess.Popen = functools.partial(popen, start_new_session=True)  # type: ignore[misc]
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                server.subprocess.Popen = popen  # type: ignore[misc]
+
+    OwnSessionServer()  # the singleton Prefect's client starts on first use

@@ -29,15 +29,19 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from prefect import Task, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
+from prefect.states import Cancelled as CancelledState
+from prefect.states import State
 
 from flows.blocks import RgiCatalog, RgiS3Credentials, storage_options
 from flows.scale import PriorRef, compute_executor, on_compute
+from flows.stopping import StopRef
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_items
 from rgi_core.evaluation.grids import report_grid, thumbnail_png
 from rgi_core.io import shards as core_shards
 from rgi_core.io.shards import Item, Shard
 from rgi_core.priors import Prior
+from rgi_core.stopping import Cancelled
 
 if TYPE_CHECKING:
     from flows.options import CleanOptions
@@ -143,7 +147,7 @@ write_report, awrite_report = _io_tasks(_write_report, "write-report")
 
 @task(name="invert-batch", tags=["gpu"], cache_policy=NONE)
 def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptions,
-                 settings: Settings | None = None) -> list[Outcome]:
+                 settings: Settings | None = None, stop: StopRef | None = None) -> list[Outcome] | State:
     """Clean a batch with ``prior`` under ``options``; one outcome per item, in order.
 
     ``settings``: the run's resolved settings (default ``options.settings(prior)``; a flow resolves them once,
@@ -152,7 +156,15 @@ def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptio
     ``prior`` may be a :class:`~flows.scale.PriorRef` (Dask workers load it once per process). One solve
     runs at a time per process, on its compute thread (:func:`~flows.scale.compute_executor`); decoding and
     encoding overlap with it.
+
+    ``stop``: the run's stop (:mod:`flows.stopping`); when it is requested, or this task is interrupted (a
+    timeout, a cancellation), the solve ends within a step and the task raises
+    ends Cancelled (or raises the interruption) without outcomes.
     """
     prior = on_compute(prior.load) if isinstance(prior, PriorRef) else prior
     settings = settings or options.settings(prior)
-    return clean_items(items, prior, settings.config, settings.fit, options.limits(), compute=compute_executor())
+    try:
+        return clean_items(items, prior, settings.config, settings.fit, options.limits(),
+                           compute=compute_executor(), stop=stop.check() if stop is not None else None)
+    except Cancelled as exc:  # a stop is not a failure of the batch: no traceback, state Cancelled
+        return CancelledState(message=f"batch abandoned: {exc}")

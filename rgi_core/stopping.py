@@ -12,9 +12,12 @@ your own :class:`threading.Event`::
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
 
 #: Asked between steps; True means "stop now".
 StopCheck = Callable[[], bool]
@@ -42,7 +45,8 @@ def either(*checks: StopCheck | None) -> StopCheck | None:
 
 class Throttled:
     """``check`` asked at most once per ``every`` seconds (for checks that cost a round trip); a True answer
-    is remembered."""
+    is remembered. A check that raises counts as "not stopped" (and is logged): a flaky channel must not
+    fail the work it watches over."""
 
     def __init__(self, check: StopCheck, every: float = 0.5) -> None:
         self._check, self._every = check, every
@@ -58,5 +62,8 @@ class Throttled:
             if now - self._last < self._every:
                 return False
             self._last = now
-        self._stopped = bool(self._check())
+        try:
+            self._stopped = bool(self._check())
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("stop check failed (taken as not stopped): %s: %s", type(exc).__name__, exc)
         return self._stopped

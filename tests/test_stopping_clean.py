@@ -1,0 +1,300 @@
+"""Stopping ``rgi clean`` and ``clean-dataset`` when asked: signals, the Prefect API, timeouts, early failures.
+
+Each test starts a solve that would take many minutes (``--iterations 1000000``) and checks that the run
+ends within 20 s of the request, records ``cancelled``, leaves no process behind, and that a rerun gives
+exactly one row per image. Bounds are far from flaky on purpose: they check that a run stops, not speed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from rgi_core.io.images import encode_png
+from rgi_core.priors import save_prior
+
+pytestmark = pytest.mark.integration
+
+FOREVER = ("--iterations", "1000000", "--n-init", "1", "--batch-size", "2")
+STOP_BOUND = 20.0  # seconds from the request to the end of the run
+
+
+def _setup(tiny_prior, tmp_path: Path, n: int = 6) -> tuple[Path, Path]:
+    from conftest import generate
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, x in enumerate(generate(tiny_prior, n, seed=3)):
+        (src / f"img{i}.png").write_bytes(encode_png(x.numpy()))
+    return src, save_prior(tmp_path / "tiny.safetensors", tiny_prior.generator, tiny_prior.discriminator)
+
+
+def _env(tmp_path: Path, api: bool) -> dict[str, str]:
+    """The test's Prefect API, or none (then ``rgi`` starts its temporary server, in a home of the test's)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"OMP_NUM_THREADS": "1"}
+    if api:
+        from prefect.settings import PREFECT_API_URL
+
+        return env | {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    return env | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``python -m flows.cli ARGS`` in a session of its own (as a shell runs a job), stderr to ``log``."""
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], stdout=subprocess.DEVNULL, stderr=f,
+                                env=env, start_new_session=True)
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def _session_processes(sid: int) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
+
+
+def _assert_nothing_left(sid: int, timeout: float = 15) -> None:
+    """No process of the command's session survives it (the temporary server, Dask workers)."""
+    deadline = time.monotonic() + timeout
+    while (left := _session_processes(sid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, [" ".join(p.cmdline()[:6]) for p in left]
+
+
+def _runs(cat: Path) -> list[dict]:
+    return pq.read_table(cat / "runs").to_pylist()
+
+
+def _images(cat: Path) -> list[dict]:
+    return pq.read_table(cat / "images").to_pylist() if (cat / "images").exists() else []
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_rgi_clean_and_its_temporary_server(tiny_prior, tmp_path, sig, code):
+    src, prior = _setup(tiny_prior, tmp_path)
+    cat, log = tmp_path / "cat", tmp_path / "stderr.txt"
+    proc = _start(["clean", str(src), "--catalog", str(cat), "--prior", str(prior), *FOREVER],
+                  _env(tmp_path, api=False), log)
+    _wait_for(log, "Starting temporary server", proc)
+    _wait_for(log, "Beginning flow run", proc)
+    time.sleep(2)  # the first batch is solving
+    os.killpg(proc.pid, sig)  # to the whole job, as a terminal's Ctrl-C: the server must not die first
+    t0 = time.monotonic()
+    proc.wait(timeout=120)
+    elapsed = time.monotonic() - t0
+    err = log.read_text()
+    assert proc.returncode == code, err
+    assert elapsed < STOP_BOUND, err
+    name = signal.Signals(sig).name
+    assert f"rgi clean: stopped ({name}): 0 images committed" in err, err
+    assert "Traceback" not in err, err
+    _assert_nothing_left(proc.pid)
+    [run] = _runs(cat)
+    assert run["status"] == "cancelled" and run["images_ok"] == 0 and name in run["error"]
+    assert _images(cat) == []
+
+
+def test_second_signal_exits_at_once(prefect_api, tiny_prior, tmp_path):
+    src, prior = _setup(tiny_prior, tmp_path)
+    cat, log = tmp_path / "cat", tmp_path / "stderr.txt"
+    proc = _start(["clean", str(src), "--catalog", str(cat), "--prior", str(prior), *FOREVER],
+                  _env(tmp_path, api=True), log)
+    _wait_for(log, "Beginning flow run", proc)
+    time.sleep(1)
+    os.kill(proc.pid, signal.SIGINT)
+    _wait_for(log, "stopping after the current step", proc, timeout=10)
+    os.kill(proc.pid, signal.SIGINT)
+    proc.wait(timeout=STOP_BOUND)
+    assert proc.returncode == 130
+    assert "SIGINT again: exiting now" in log.read_text() or "rgi clean: stopped (SIGINT)" in log.read_text()
+    _assert_nothing_left(proc.pid)
+
+
+def test_prefect_api_cancellation_then_rerun(prefect_api, tiny_prior, tmp_path):
+    """``prefect flow-run cancel`` on a running ``rgi clean``: Cancelled within seconds; a rerun completes."""
+    from prefect.client.orchestration import get_client
+
+    src, prior = _setup(tiny_prior, tmp_path)
+    cat, log = tmp_path / "cat", tmp_path / "stderr.txt"
+    env = _env(tmp_path, api=True)
+    proc = _start(["clean", str(src), "--catalog", str(cat), "--prior", str(prior), *FOREVER], env, log)
+    _wait_for(log, "Beginning flow run", proc)
+    run_id = _running_flow_run(log)
+    time.sleep(2)
+    subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", run_id], env=env, check=True,
+                   capture_output=True, timeout=60)
+    t0 = time.monotonic()
+    proc.wait(timeout=120)
+    assert time.monotonic() - t0 < STOP_BOUND, log.read_text()
+    err = log.read_text()
+    assert proc.returncode == 1 and "stopped (cancelled through the Prefect API)" in err, err
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run_id).state.is_cancelled()
+    [run] = _runs(cat)
+    assert run["status"] == "cancelled" and run["run_id"] == run_id
+    _assert_nothing_left(proc.pid)
+
+    # the rerun with a short solve picks up every image, once
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "clean", str(src), "--catalog", str(cat), "--prior",
+                        str(prior), "--iterations", "5", "--n-init", "1"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = _images(cat)
+    assert sorted(r["source_uri"] for r in rows) == sorted(str(p) for p in src.iterdir())
+    assert sorted(r["status"] for r in _runs(cat)) == ["cancelled", "completed"]
+
+
+def _running_flow_run(log: Path) -> str:
+    """The flow run id from Prefect's "View at .../runs/flow-run/<id>" log line."""
+    for line in log.read_text().splitlines():
+        if "/runs/flow-run/" in line:
+            return line.rsplit("/runs/flow-run/", 1)[1].split()[0].strip()
+    raise AssertionError(log.read_text())
+
+
+def test_task_timeout_stops_the_solve(prefect_api, tiny_prior, tmp_path):
+    """``batch_timeout_seconds``: the solve ends within a step of the timeout, the run is ``failed`` with the
+    timeout, and the process's compute thread is free again (no solve left running behind the flow)."""
+    from flows.clean import clean_dataset
+    from flows.options import CleanOptions
+    from flows.scale import compute_executor
+
+    src, prior = _setup(tiny_prior, tmp_path, n=2)
+    cat = tmp_path / "cat"
+    opts = CleanOptions(iterations=1_000_000, n_init=1, batch_size=2, batch_timeout_seconds=3,
+                        io_retry_delays=())
+    t0 = time.monotonic()
+    with pytest.raises(Exception, match="timeout|timed out"):
+        clean_dataset(source=str(src), catalog=str(cat), prior=str(prior), options=opts)
+    assert time.monotonic() - t0 < 3 + STOP_BOUND
+    assert compute_executor().submit(lambda: "free").result(timeout=10) == "free"
+    [run] = _runs(cat)
+    assert run["status"] == "failed" and "timeout" in run["error"].lower()
+
+
+def test_flow_process_sigterm_ends_within_seconds(prefect_api, tiny_prior, tmp_path):
+    """SIGTERM to a process running the flow (what a worker or its infrastructure sends when it shuts down):
+    Prefect ends the run, the solve stops within a step instead of holding the process, the row says
+    ``cancelled``."""
+    src, prior = _setup(tiny_prior, tmp_path, n=2)
+    cat, log = tmp_path / "cat", tmp_path / "stderr.txt"
+    code = ("import sys\nfrom flows.clean import clean_dataset\nfrom flows.options import CleanOptions\n"
+            f"clean_dataset(source={str(src)!r}, catalog={str(cat)!r}, prior={str(prior)!r}, "
+            "options=CleanOptions(iterations=1_000_000, n_init=1, batch_size=2))\n")
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", code], stderr=f, stdout=subprocess.DEVNULL,
+                                env=_env(tmp_path, api=True), start_new_session=True)
+    _wait_for(log, "Beginning flow run", proc)
+    time.sleep(2)
+    os.kill(proc.pid, signal.SIGTERM)
+    t0 = time.monotonic()
+    proc.wait(timeout=120)
+    assert time.monotonic() - t0 < STOP_BOUND, log.read_text()
+    assert proc.returncode != 0
+    [run] = _runs(cat)
+    assert run["status"] == "cancelled"
+    _assert_nothing_left(proc.pid)
+
+
+def test_dask_run_cancelled_through_the_api(prefect_api, tiny_prior, tmp_path):
+    """A run on an existing Dask cluster: the API cancellation reaches the solve on the worker process (its
+    compute thread is free again while the cluster lives on), and the run ends Cancelled."""
+    from distributed import Client, LocalCluster
+    from prefect.client.orchestration import get_client
+
+    from flows.scale import compute_executor
+
+    src, prior = _setup(tiny_prior, tmp_path, n=2)
+    cat, log = tmp_path / "cat", tmp_path / "stderr.txt"
+    env = _env(tmp_path, api=True)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        proc = _start(["clean", str(src), "--catalog", str(cat), "--prior", str(prior), *FOREVER, "--dask",
+                       cluster.scheduler_address], env, log)
+        _wait_for(log, "Beginning flow run", proc)
+        run_id = _running_flow_run(log)
+        deadline = time.monotonic() + 120
+        while not client.processing() or not any(client.processing().values()):  # the batch is on the worker
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        time.sleep(2)
+        subprocess.run([sys.executable, "-m", "prefect", "flow-run", "cancel", run_id], env=env, check=True,
+                       capture_output=True, timeout=60)
+        t0 = time.monotonic()
+        proc.wait(timeout=120)
+        assert time.monotonic() - t0 < STOP_BOUND, log.read_text()
+        # the worker's solve ended by itself: its compute thread takes new work at once
+        free = client.submit(lambda: compute_executor().submit(lambda: "free").result(timeout=10), pure=False)
+        assert free.result(timeout=30) == "free"
+    Path("/tmp/dask_err.txt").write_text(repr([r["error"] for r in _images(cat)]) + log.read_text())
+    with get_client(sync_client=True) as api:
+        assert api.read_flow_run(run_id).state.is_cancelled()
+    assert [r["status"] for r in _runs(cat)] == ["cancelled"]
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("source", "no such source"),
+    ("prior", "no prior named or at"),
+    ("option", "batch_size"),
+    ("catalog", "is a file"),
+])
+def test_cheap_checks_fail_before_the_prefect_server_starts(tiny_prior, tmp_path, case, message):
+    src, prior = _setup(tiny_prior, tmp_path, n=1)
+    (tmp_path / "file").write_text("x")
+    args = {"source": [str(tmp_path / "missing"), "--catalog", str(tmp_path / "cat"), "--prior", str(prior)],
+            "prior": [str(src), "--catalog", str(tmp_path / "cat"), "--prior", str(tmp_path / "nope.safetensors")],
+            "option": [str(src), "--catalog", str(tmp_path / "cat"), "--prior", str(prior), "--batch-size", "0"],
+            "catalog": [str(src), "--catalog", str(tmp_path / "file"), "--prior", str(prior)]}[case]
+    env = _env(tmp_path, api=False)
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "clean", *args], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and r.stderr.startswith("rgi: error:"), r.stderr
+    assert "temporary server" not in r.stderr
+    assert not (tmp_path / "prefect-home" / "prefect.db").exists()  # no server ever opened its database
+
+
+def test_stop_check_reaches_the_flow_threads(prefect_api, tiny_prior, tmp_path):
+    """In-process (a library user's flow call): a stop requested while a batch solves ends the flow with a
+    Cancelled state whose result says what was committed."""
+    from flows import stopping
+    from flows.clean import RunStopped, clean_dataset
+    from flows.options import CleanOptions
+
+    src, prior = _setup(tiny_prior, tmp_path, n=2)
+    cat = tmp_path / "cat"
+    timer = threading.Timer(8.0, stopping.request_stop, args=("test",))
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        state = clean_dataset(source=str(src), catalog=str(cat), prior=str(prior), return_state=True,
+                              options=CleanOptions(iterations=1_000_000, n_init=1, batch_size=2))
+        assert time.monotonic() - t0 < 8 + STOP_BOUND
+    finally:
+        timer.cancel()
+        stopping._reset()
+    assert state.is_cancelled()
+    stopped = state.result(raise_on_failure=False)
+    assert isinstance(stopped, RunStopped) and stopped.summary["images_ok"] == 0
+    assert "0 images committed" in state.message
