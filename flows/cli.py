@@ -21,9 +21,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print("Restored PSNR and mask IoU are medians over the images; higher is better.\n", flush=True)
         print(format_table(run_demo(iterations=args.iterations or 600)))
         return 0
+    from flows import stopping
+    from flows.clean import RunStopped
     from flows.demo import run
 
-    return run(out_dir=args.out_dir, texture=args.texture, n=args.images, iterations=args.iterations or 600)
+    stopping.own_temporary_server()
+    with stopping.cli_signals() as signalled:
+        try:
+            return run(out_dir=args.out_dir, texture=args.texture, n=args.images, iterations=args.iterations or 600)
+        except RunStopped as exc:
+            print(f"\nrgi demo: {exc}", file=sys.stderr, flush=True)
+            return signalled() or 1
 
 
 def _cmd_priors(args: argparse.Namespace) -> int:

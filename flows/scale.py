@@ -62,11 +62,24 @@ _COMPUTE_LOCK = threading.Lock()
 
 
 def compute_executor() -> ThreadPoolExecutor:
-    """This process's single compute thread (the ``compute`` of :func:`rgi_core.cleaning.clean_items`)."""
+    """This process's single compute thread (the ``compute`` of :func:`rgi_core.cleaning.clean_items`).
+
+    When the process exits (a worker shutting down, the main thread returning), the solves on it are asked
+    to stop (:func:`flows.stopping.request_stop`) before the interpreter joins the thread, so exiting takes a
+    step, not the rest of a solve.
+    """
     with _COMPUTE_LOCK:
         if not _COMPUTE:
             _COMPUTE.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="rgi-compute"))
+            # Registered after concurrent.futures' own join hook, so it runs before it (they run in reverse).
+            threading._register_atexit(_stop_at_exit)  # type: ignore[attr-defined]  # noqa: SLF001
         return _COMPUTE[0]
+
+
+def _stop_at_exit() -> None:
+    from flows.stopping import request_stop
+
+    request_stop("the process is exiting")
 
 
 def on_compute(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -298,3 +298,37 @@ def test_stop_check_reaches_the_flow_threads(prefect_api, tiny_prior, tmp_path):
     stopped = state.result(raise_on_failure=False)
     assert isinstance(stopped, RunStopped) and stopped.summary["images_ok"] == 0
     assert "0 images committed" in state.message
+
+
+def test_process_exit_stops_a_running_solve(tiny_prior, tmp_path):
+    """A worker process shutting down (its main thread returns while a task thread waits on a solve): the
+    solve on the compute thread is asked to stop before the interpreter joins it, so the process exits in
+    seconds instead of after the solve."""
+    _, prior = _setup(tiny_prior, tmp_path, n=1)
+    code = f"""
+import threading, time
+from flows.scale import compute_executor
+from flows.stopping import StopRef
+from rgi_core.cleaning import clean_items
+from rgi_core.inversion.config import make_config
+from rgi_core.io.shards import Item
+from rgi_core.priors import load_prior
+from conftest import generate
+
+prior = load_prior({str(prior)!r})
+from rgi_core.io.images import encode_png
+png = encode_png(generate(prior, 1, seed=0)[0].numpy())
+config = make_config("rgi", iterations=1_000_000, n_init=1)
+task = threading.Thread(target=clean_items, args=([Item("a.png", "src", png)], prior, config),
+                        kwargs=dict(compute=compute_executor(), stop=StopRef("run").check()))
+task.start()
+time.sleep(3)
+print("exiting", flush=True)
+"""
+    env = _env(tmp_path, api=False) | {"PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.getcwd()}"}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stdout.readline().strip() == "exiting", proc.stderr.read()
+    t0 = time.monotonic()
+    proc.wait(timeout=120)
+    assert time.monotonic() - t0 < STOP_BOUND
