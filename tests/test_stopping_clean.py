@@ -163,6 +163,8 @@ def test_prefect_api_cancellation_then_rerun(prefect_api, tiny_prior, tmp_path):
     rows = _images(cat)
     assert sorted(r["source_uri"] for r in rows) == sorted(str(p) for p in src.iterdir())
     assert sorted(r["status"] for r in _runs(cat)) == ["cancelled", "completed"]
+    referenced = {r[k] for r in rows for k in ("restored_uri", "anomaly_map_uri", "mask_uri", "phi_uri")}
+    assert {str(p) for p in (cat / "outputs").rglob("*.png")} == referenced  # no orphan output files
 
 
 def _running_flow_run(log: Path) -> str:
@@ -247,10 +249,30 @@ def test_dask_run_cancelled_through_the_api(prefect_api, tiny_prior, tmp_path):
         # the worker's solve ended by itself: its compute thread takes new work at once
         free = client.submit(lambda: compute_executor().submit(lambda: "free").result(timeout=10), pure=False)
         assert free.result(timeout=30) == "free"
-    Path("/tmp/dask_err.txt").write_text(repr([r["error"] for r in _images(cat)]) + log.read_text())
     with get_client(sync_client=True) as api:
         assert api.read_flow_run(run_id).state.is_cancelled()
     assert [r["status"] for r in _runs(cat)] == ["cancelled"]
+
+
+@pytest.mark.parametrize("command", ["clean-dask", "demo"])
+def test_sigint_leaves_no_dask_worker_or_server_behind(prefect_api, tiny_prior, tmp_path, command):
+    """``rgi clean --dask`` (a LocalCluster of worker processes) and ``rgi demo`` (a local S3 server):
+    Ctrl-C stops them cleanly and nothing they started survives."""
+    src, prior = _setup(tiny_prior, tmp_path, n=2)
+    cat, log = tmp_path / "cat", tmp_path / "stderr.txt"
+    args = {"clean-dask": ["clean", str(src), "--catalog", str(cat), "--prior", str(prior), *FOREVER, "--dask"],
+            "demo": ["demo", "--images", "6", "--iterations", "1000000", "--out-dir", str(tmp_path / "demo")]}
+    proc = _start(args[command], _env(tmp_path, api=True), log)
+    _wait_for(log, "Beginning flow run", proc)
+    time.sleep(5)  # workers started, a batch solving
+    os.killpg(proc.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    proc.wait(timeout=120)
+    err = log.read_text()
+    assert proc.returncode == 130, err
+    assert time.monotonic() - t0 < STOP_BOUND, err
+    assert "stopped (SIGINT): 0 images committed" in err, err
+    _assert_nothing_left(proc.pid)
 
 
 @pytest.mark.parametrize(("case", "message"), [
