@@ -221,7 +221,7 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
     ``compute``: an executor (in the pipeline, one thread per process) that runs :func:`fit_invert`, every
     torch operation of the batch; decoding and PNG encoding (numpy/PIL) stay on the calling thread. With
     libgomp, a second thread that ever ran a parallel torch op makes every later op of the solver thread
-    1.6x slower, even while it sits idle (docs/benchmarks.md, P2), so all of them belong on one thread.
+    1.6x slower, even while it sits idle (docs/benchmarks.md, P2 throughput), so all of them belong on one thread.
 
     ``stop``: asked before every solver step; when it says so the batch raises
     :class:`rgi_core.stopping.Cancelled` and no outcome is returned (the batch is abandoned whole). An

@@ -105,7 +105,7 @@ FUSED_MIN_BATCH = 2
 class UpBlock(nn.Sequential):
     """Nearest 2x upsample, 3x3 conv (no bias), BatchNorm, ReLU; ``fused`` runs the first two as one
     :func:`upsample_conv3x3`. Same parameters and results either way; the plain form is faster for a
-    single image and under ``vmap`` over per-image weights on CPU (docs/benchmarks.md)."""
+    single image and under ``vmap`` over per-image weights on CPU (docs/benchmarks.md, P1 / P3)."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(
@@ -170,7 +170,7 @@ class Generator(nn.Module):
         """``fused``: upsample+conv as one transposed conv (:func:`upsample_conv3x3`), same result; ``None``
         picks it for batches of :data:`FUSED_MIN_BATCH` or more, where it was faster (CPU, 2 threads,
         64x64 prior, forward+backward to z: B=64 259 vs 729 ms, B=16 45 vs 88 ms, B=2 10.3 vs
-        10.7 ms, B=1 7.7 vs 6.7 ms; per-image ``vmap`` calls stay plain, docs/benchmarks.md)."""
+        10.7 ms, B=1 7.7 vs 6.7 ms; per-image ``vmap`` calls stay plain, docs/benchmarks.md, P1 / P3)."""
         # z: (B, latent_dim) or (B, latent_dim, h, w)
         fused = z.shape[0] >= FUSED_MIN_BATCH if fused is None else fused
         h = self.stem(z)  # (B, ch0, 4, 4) or (B, ch0, h, w)
