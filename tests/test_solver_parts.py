@@ -34,7 +34,15 @@ def test_a_cancelled_solve_stops_within_one_step(tiny_prior, corrupted):
     with pytest.raises(Cancelled):
         invert(corrupted, tiny_prior, make_config("rgi", iterations=1000, **SMALL),
                control=SolveControl(cancelled=cancelled))
-    assert len(asked) == 6  # asked before each step: five ran, the sixth was refused
+    assert len(asked) == 6  # asked before each candidate chunk and each step; the sixth ask was refused
+
+
+def test_the_candidate_search_is_cancellable(tiny_prior, corrupted):
+    calls = []
+    cfg = make_config("rgi", iterations=10, n_init=4096, **{k: v for k, v in SMALL.items() if k != "n_init"})
+    with pytest.raises(Cancelled):
+        invert(corrupted, tiny_prior, cfg, control=SolveControl(cancelled=lambda: bool(calls.append(1)) or True))
+    assert len(calls) == 1  # refused before the first chunk of candidates went through G
 
 
 def test_multi_start_is_cancellable_too(tiny_prior, corrupted):

@@ -28,12 +28,13 @@ class Start:
     init_loss: torch.Tensor
 
 
-def best_of_n(problem: Problem, objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:
+def best_of_n(problem: Problem, objective: Objective,
+              control: SolveControl | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``config.starts`` best of ``n_init`` seeded candidates per image: ``(K * B, *latent)``, block k holding
     each image's k-th best, and their costs ``(K, B)``.
 
     G runs once per chunk of candidates; an operator with one instance per image (e.g. per-image inpainting
-    masks) is applied image by image.
+    masks) is applied image by image. ``control`` is asked before every chunk, as the loop asks before a step.
     """
     y, config, physics = problem.y, problem.config, problem.physics
     latent_shape = problem.prior.generator.latent_shape(*problem.shape[1:])
@@ -49,6 +50,8 @@ def best_of_n(problem: Problem, objective: Objective) -> tuple[torch.Tensor, tor
         (slice(b, b + 1), physics.select(b)) for b in range(B)]
     with torch.no_grad():
         for s in range(0, config.n_init, chunk):
+            if control is not None:
+                control.check()
             xc = problem.gen(cand[s : s + chunk])  # (n, C, H, W)
             c = torch.cat([objective.init_cost(rows, ph, xc) for rows, ph in parts])  # (B, n)
             idx = torch.arange(s, s + c.shape[1], device=y.device).expand(B, -1)
@@ -80,7 +83,7 @@ class BestOfN:
     best of that many starts after ``start_iterations`` steps each (M starts at 0 for methods with a mask)."""
 
     def __call__(self, problem: Problem, objective: Objective, control: SolveControl | None = None) -> Start:
-        z0, costs = best_of_n(problem, objective)  # (K * B, *latent), (K, B)
+        z0, costs = best_of_n(problem, objective, control)  # (K * B, *latent), (K, B)
         K = problem.config.starts
         mask0 = None
         if objective.optimises_mask:
