@@ -162,6 +162,29 @@ def test_evaluate_labelled_stops_between_batches_and_inside_solves(tiny_prior):
         assert stop.calls == n + 1
 
 
+@pytest.mark.parametrize("command", ["calibrate", "evaluate"])
+def test_cli_calibrate_and_evaluate_stop_without_writing(tmp_path, tiny_prior, monkeypatch, capsys, command):
+    """A stop asked in the process (no signal: exit code 1) ends the command inside its first solve; it writes
+    no output and says so in one line."""
+    from flows import stopping
+    from flows.cli import main
+    from rgi_core.evaluation.labelled import export_labelled
+
+    prior = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator)
+    x = generate(tiny_prior, 2, seed=3)
+    export_labelled([Labelled(f"i{k}", x[k], torch.zeros((1, 32, 32), dtype=torch.bool)) for k in range(2)],
+                    str(tmp_path / "data"))
+    stop = StopAfter(3)
+    monkeypatch.setattr(stopping, "stop_requested", stop)
+    out = tmp_path / "out"
+    common = ["--prior", str(prior), "--out", str(out), "--iterations", "1000", "--n-init", "4", "--device", "cpu"]
+    args = [command, str(tmp_path / "data"), *common] + (["--methods", "rgi"] if command == "evaluate" else [])
+    assert main(args) == 1
+    assert stop.calls == 4 and not out.exists()
+    left = f"{out} not written" if command == "calibrate" else "no report written"
+    assert capsys.readouterr().err.splitlines()[-1] == f"rgi {command}: stopped (stop requested); {left}"
+
+
 # ------------------------------------------------------------------------ the command line, real signals
 
 
