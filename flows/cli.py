@@ -13,6 +13,17 @@ def _warn(message: str) -> None:
     print(f"rgi: warning: {message}", file=sys.stderr)
 
 
+def _stopped(head: str, left: str, code: int | None) -> int:
+    """Say in one line that a command stopped on request (``rgi HEAD (SIGINT); LEFT``: what it left behind) and
+    return the exit code of the signal that asked (1 without one). The request is forgotten, so a process that
+    goes on (a test, a library caller) can run the next command."""
+    from flows import stopping
+
+    print(f"rgi {head} ({stopping.stop_reason() or 'stop requested'}); {left}", file=sys.stderr, flush=True)
+    stopping._reset()
+    return code if code is not None else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.core:
         from rgi_core.evaluation.toy import format_table, run_demo
@@ -59,9 +70,10 @@ def _cmd_priors(args: argparse.Namespace) -> int:
 def _cmd_train_prior(args: argparse.Namespace) -> int:
     import torch
 
+    from flows import stopping
     from rgi_core.io.images import read_clean_images
     from rgi_core.priors.nets import ArchSpec
-    from rgi_core.priors.training import TrainConfig, train_prior
+    from rgi_core.priors.training import TrainConfig, TrainingStopped, train_prior
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,7 +96,8 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     from flows.progress import bar
 
     # A bar on a terminal; the loss lines (every --log-every steps) in logs and pipes.
-    with bar("training", unit="steps", errors=False) if sys.stderr.isatty() else nullcontext() as show:
+    with (bar("training", unit="steps", errors=False) if sys.stderr.isatty() else nullcontext() as show,
+          stopping.cli_signals() as signalled):
 
         def progress(step: int, total: int, losses: dict[str, float]) -> None:
             if show is not None:
@@ -93,8 +106,13 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
             print(f"step {step}/{total}  d_real {losses['d_real']:.3f}  d_fake {losses['d_fake']:.3f}  "
                   f"g {losses['g']:.3f}  {losses['seconds']:.0f}s", file=sys.stderr, flush=True)
 
-        path = train_prior([r.pixels for r in records], cfg, work, out=out, name=args.name or out.stem,
-                           data_description=data, progress=progress, log_every=args.log_every)
+        try:
+            path = train_prior([r.pixels for r in records], cfg, work, out=out, name=args.name or out.stem,
+                               data_description=data, progress=progress, log_every=args.log_every,
+                               stop=stopping.stop_requested)
+        except TrainingStopped as exc:
+            return _stopped(f"train-prior: stopped at step {exc.step}",
+                            f"checkpoint in {work}; run the same command to resume", signalled())
     print(f"wrote {path}")
     return 0
 
@@ -102,11 +120,13 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
 def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     import json
 
+    from flows import stopping
     from rgi_core.detectors.segmenter import LearnedMap, SegmenterConfig
     from rgi_core.io.images import read_clean_images
     from rgi_core.priors import load_prior, update_metadata
     from rgi_core.priors.calibration import CalibrationConfig, calibrate
     from rgi_core.priors.training import ImageSampler
+    from rgi_core.stopping import Cancelled
 
     prior = load_prior(args.prior, device=args.device)
     for kv in args.set:
@@ -120,15 +140,21 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, rounds=args.rounds, seed=args.seed)
     texture = sampler.sample(args.texture_stats) if args.texture_stats > 0 else None  # (M, C, R, R)
     segmenter = None
-    if args.segmenter_steps > 0:  # trained on its own crops, thresholded on others it never saw
-        train, held_out = sampler.sample(args.segmenter_crops), sampler.sample(256)
-        segmenter = LearnedMap.fit(train, held_out, SegmenterConfig(steps=args.segmenter_steps, seed=args.seed,
-                                                                           members=args.segmenter_members),
-                                   log=lambda s, v: print(f"segmenter step {s}: focal loss {v:.4f}", file=sys.stderr),
-                                   device=prior.device)
-    defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter)
-    defaults["calibration"]["source"] = args.images
-    meta = update_metadata(args.prior, segmenter=segmenter, defaults=defaults)
+    with stopping.cli_signals() as signalled:
+        try:
+            if args.segmenter_steps > 0:  # trained on its own crops, thresholded on others it never saw
+                train, held_out = sampler.sample(args.segmenter_crops), sampler.sample(256)
+                segmenter = LearnedMap.fit(
+                    train, held_out,
+                    SegmenterConfig(steps=args.segmenter_steps, seed=args.seed, members=args.segmenter_members),
+                    log=lambda s, v: print(f"segmenter step {s}: focal loss {v:.4f}", file=sys.stderr),
+                    device=prior.device, stop=stopping.stop_requested)
+            defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter,
+                                 stop=stopping.stop_requested)
+        except Cancelled:
+            return _stopped("calibrate-prior: stopped", "the prior is unchanged", signalled())
+        defaults["calibration"]["source"] = args.images
+        meta = update_metadata(args.prior, segmenter=segmenter, defaults=defaults)
     print(json.dumps(meta["defaults"], indent=2))
     return 0
 
@@ -273,6 +299,7 @@ def _clean_tensors(source: str, channels: int) -> list:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows import stopping
     from rgi_core.evaluation.labelled import (
         Thresholds,
         evaluate_labelled,
@@ -283,6 +310,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rgi_core.priors import load_prior
     from rgi_core.priors.calibration import read_calibration
     from rgi_core.settings import resolve
+    from rgi_core.stopping import Cancelled
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     prior = load_prior(args.prior, device=args.device)
@@ -302,10 +330,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
           f"prior {prior.name}, fit {fit}, methods {', '.join(methods)}", file=sys.stderr, flush=True)
     meta = {"data": args.data, "masks": args.masks, "prior": prior.name, "prior_id": prior.prior_id, "fit": fit,
             "skipped": errors}
-    report = evaluate_labelled(prior, items, methods, fit, thresholds, args.batch_size,
-                               progress=lambda m: print(m, file=sys.stderr, flush=True), meta=meta,
-                               calibration=cal, iterations=args.iterations, n_init=args.n_init,
-                               n_starts=args.n_starts, lam=args.lam, seed=args.seed, device=args.device)
+    with stopping.cli_signals() as signalled:
+        try:
+            report = evaluate_labelled(prior, items, methods, fit, thresholds, args.batch_size,
+                                       progress=lambda m: print(m, file=sys.stderr, flush=True), meta=meta,
+                                       calibration=cal, stop=stopping.stop_requested, iterations=args.iterations,
+                                       n_init=args.n_init, n_starts=args.n_starts, lam=args.lam, seed=args.seed,
+                                       device=args.device)
+        except Cancelled:
+            return _stopped("evaluate: stopped", "no report written", signalled())
     print(format_scores(f"{args.data}: {len(items)} images, thresholds: {thresholds.source}", report.scores))
     if not n_masks:
         print("\n(no ground-truth masks: pixel metrics, PRO and image AUROC are n/a)")
@@ -319,9 +352,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     import fsspec
 
+    from flows import stopping
     from rgi_core.priors import load_prior
     from rgi_core.priors.calibration import CalibrationConfig, calibrate_fpr, conformal_min_images
     from rgi_core.settings import resolve
+    from rgi_core.stopping import Cancelled
 
     prior = load_prior(args.prior, device=args.device)
     images = _clean_tensors(args.images, prior.spec.channels)
@@ -330,8 +365,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     fit = resolve(prior, args.method, fit=args.fit).fit
     print(f"rgi calibrate: {len(images)} clean images, prior {prior.name}, method {args.method}, fit {fit}, "
           f"target FPR {args.fpr}", file=sys.stderr, flush=True)
-    doc = calibrate_fpr(prior, images, args.fpr, cfg, method=args.method, fit=fit, lam_images=args.lam_images,
-                        lam=args.lam)
+    with stopping.cli_signals() as signalled:
+        try:
+            doc = calibrate_fpr(prior, images, args.fpr, cfg, method=args.method, fit=fit,
+                                lam_images=args.lam_images, lam=args.lam, stop=stopping.stop_requested)
+        except Cancelled:
+            return _stopped("calibrate: stopped", f"{args.out} not written", signalled())
     doc["source"] = args.images
     if not doc["conformal"]:
         print(f"rgi calibrate: warning: {doc['images']} images are too few for a {args.fpr} FPR bound "

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rgi_core.detectors.residual import gaussian_blur, ratio_map, smoothed_quantile_threshold
+from rgi_core.stopping import StopCheck, check
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -196,9 +197,11 @@ class SegmenterConfig:
 
 
 def train_segmenter(clean: torch.Tensor, config: SegmenterConfig = SegmenterConfig(),
-                    log: Callable[[int, float], None] | None = None, device: str | torch.device = "cpu") -> Segmenter:
+                    log: Callable[[int, float], None] | None = None, device: str | torch.device = "cpu",
+                    stop: StopCheck | None = None) -> Segmenter:
     """Train on clean crops (N, C, H, W) in [0, 1] with synthetic anomalies; returns the net, on ``device``, in
-    eval mode."""
+    eval mode. ``stop`` is asked before every step and ends training with
+    :class:`rgi_core.stopping.Cancelled` (nothing is kept: the net is only useful trained to the end)."""
     if clean.ndim != 4 or clean.shape[0] < 2:
         raise ValueError(f"need at least two clean crops (N, C, H, W), got {tuple(clean.shape)}")
     torch.manual_seed(config.seed)
@@ -209,6 +212,7 @@ def train_segmenter(clean: torch.Tensor, config: SegmenterConfig = SegmenterConf
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
     net.train()
     for step in range(config.steps):
+        check(stop, f"segmenter training stopped at step {step} of {config.steps}")
         idx = torch.randint(clean.shape[0], (config.batch,), generator=gen)
         x = clean[idx]
         if float(torch.rand((), generator=gen)) < 0.5:
@@ -258,11 +262,11 @@ class LearnedMap:
     @classmethod
     def fit(cls, clean: torch.Tensor, held_out: torch.Tensor, config: SegmenterConfig = SegmenterConfig(),
             smooth: float = 2.0, quantile: float = 0.995, log: Callable[[int, float], None] | None = None,
-            device: str | torch.device = "cpu") -> LearnedMap:
+            device: str | torch.device = "cpu", stop: StopCheck | None = None) -> LearnedMap:
         """Train ``config.members`` nets on clean crops (N, C, H, W) and set the threshold on other clean crops
-        ``held_out`` (M, C, H, W)."""
+        ``held_out`` (M, C, H, W). ``stop``: asked before every training step (:func:`train_segmenter`)."""
         t0 = time.perf_counter()
-        nets = [train_segmenter(clean, replace(config, seed=config.seed + i), log, device)
+        nets = [train_segmenter(clean, replace(config, seed=config.seed + i), log, device, stop)
                 for i in range(config.members)]
         net = nets[0] if len(nets) == 1 else SegmenterEnsemble(nets)
         seconds = time.perf_counter() - t0

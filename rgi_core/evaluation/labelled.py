@@ -48,6 +48,7 @@ from rgi_core.inversion.config import InversionConfig
 from rgi_core.io import builtin
 from rgi_core.priors.files import Prior
 from rgi_core.settings import Fit, resolve
+from rgi_core.stopping import StopCheck, check
 
 
 @dataclass(frozen=True)
@@ -226,17 +227,22 @@ class MethodRun:
 
 def run_methods(prior: Prior, images: list[torch.Tensor], methods: tuple[str, ...], fit: Fit = "resize",
                 batch_size: int = 32, progress: Callable[[str], None] | None = None,
-                calibration: dict[str, Any] | None = None, **overrides: object) -> list[MethodRun]:
+                calibration: dict[str, Any] | None = None, stop: StopCheck | None = None,
+                **overrides: object) -> list[MethodRun]:
     """Invert the same images (each (C, H, W), any size) with every method; config overrides (and a calibration
-    document, :func:`rgi_core.settings.resolve`) are shared."""
+    document, :func:`rgi_core.settings.resolve`) are shared.
+
+    ``stop`` is asked before every batch and every solver step; a stop raises :class:`rgi_core.stopping.Cancelled`.
+    """
     runs = []
     for method in methods:
         cfg = resolve(prior, method, overrides=overrides, calibration=calibration).config
         outputs: list[Fitted] = []
         seconds = 0.0
         for start in range(0, len(images), batch_size):
+            check(stop, f"evaluation stopped in {method} at image {start} of {len(images)}")
             chunk = images[start : start + batch_size]
-            fitted, per_image = fit_invert(chunk, prior, cfg, fit)
+            fitted, per_image = fit_invert(chunk, prior, cfg, fit, stop)
             outputs += fitted
             seconds += per_image * len(chunk)
         if progress:
@@ -375,11 +381,12 @@ class EvalReport:
 def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, ...], fit: Fit = "resize",
                       thresholds: Thresholds = Thresholds(), batch_size: int = 32,
                       progress: Callable[[str], None] | None = None, meta: dict[str, Any] | None = None,
-                      calibration: dict[str, Any] | None = None, **overrides: object) -> EvalReport:
-    """Run every method on the items and score each run."""
+                      calibration: dict[str, Any] | None = None, stop: StopCheck | None = None,
+                      **overrides: object) -> EvalReport:
+    """Run every method on the items and score each run (``stop``: as :func:`run_methods`)."""
     if not items:
         raise ValueError("no images to evaluate")
-    runs = run_methods(prior, [it.image for it in items], methods, fit, batch_size, progress, calibration,
+    runs = run_methods(prior, [it.image for it in items], methods, fit, batch_size, progress, calibration, stop,
                        **overrides)
     return EvalReport(items, runs, [score_run(items, r, thresholds) for r in runs], thresholds, dict(meta or {}))
 

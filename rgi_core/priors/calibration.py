@@ -26,6 +26,10 @@ Defaults land in the prior file's metadata (``defaults``) and :func:`rgi_core.in
 :math:`\lambda` rule plus score and anomaly-map thresholds for a target false-positive rate, measured on
 clean images cleaned exactly as the pipeline cleans them. ``rgi clean --calibration`` and
 ``rgi evaluate --threshold`` read it (:func:`read_calibration`).
+
+Both take ``stop`` (:mod:`rgi_core.stopping`): it is asked before every step of every solve, and a stop raises
+:class:`rgi_core.stopping.Cancelled`. They only return documents; writing them (e.g.
+:func:`rgi_core.priors.files.update_metadata`) is left to the caller, so a stopped calibration changes no file.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.detectors.texture import TextureStats
 from rgi_core.inversion import losses
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
+from rgi_core.inversion.loop import SolveControl
 from rgi_core.inversion.solver import invert
 from rgi_core.priors.files import Prior
 from rgi_core.settings import Fit
+from rgi_core.stopping import StopCheck, check
 
 
 @dataclass(frozen=True)
@@ -90,17 +96,18 @@ def _rgi(prior: Prior, lam: float, cfg: CalibrationConfig, lam_rule: bool = Fals
                             seed=cfg.seed, **extra)
 
 
-def fit_lam(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig) -> tuple[float, list[list[float]]]:
+def fit_lam(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig,
+            stop: StopCheck | None = None) -> tuple[float, list[list[float]]]:
     """The fixed point of the module docstring on clean images (N, C, R, R), by damped iteration.
 
     Starts from the prior's current ``lam`` (or :data:`DEFAULT_LAMBDA`) and spends ``cfg.rounds`` RGI
-    solves. Returns ``(lam, [[lam tried, f(lam)], ...])``.
+    solves (``stop`` asked before each of their steps). Returns ``(lam, [[lam tried, f(lam)], ...])``.
     """
     if clean.ndim != 4 or clean.shape[0] < 2:
         raise ValueError(f"need at least 2 clean images (N, C, H, W), got shape {tuple(clean.shape)}")
 
     def rule(lam: float) -> float:
-        result = invert(clean, prior, _rgi(prior, lam, cfg, lam_rule=True))
+        result = invert(clean, prior, _rgi(prior, lam, cfg, lam_rule=True), control=SolveControl(cancelled=stop))
         e = losses.pixel_residual(clean.to(result.generated), result.generated).flatten()  # (N*H*W,)
         return max(2.0 * float(torch.quantile(e.double(), cfg.quantile)), 1e-12)
 
@@ -125,7 +132,8 @@ def damped_fixed_point(f: Callable[[float], float], start: float, rounds: int) -
 
 
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None,
-              texture_clean: torch.Tensor | None = None, segmenter: LearnedMap | None = None) -> dict[str, Any]:
+              texture_clean: torch.Tensor | None = None, segmenter: LearnedMap | None = None,
+              stop: StopCheck | None = None) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
     With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
@@ -138,18 +146,20 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
     (e.g. ``map_sigma``) with ``lam``, ``score_threshold`` (and ``texture_stats``) replaced, and a
     ``calibration`` record of how they were obtained (images, quantiles, per-round lam, clean mask fraction).
+    ``stop`` is asked before every solver step and before the texture fit.
     """
     cfg = cfg or CalibrationConfig()
-    lam, history = fit_lam(prior, clean, cfg)  # the mask rule: residuals only, texture statistics play no part
+    lam, history = fit_lam(prior, clean, cfg, stop)  # the mask rule: residuals only, texture statistics play no part
     kept = {k: v for k, v in prior.defaults.items() if k != "calibration"}
     if texture_clean is not None:  # score with the new statistics, without touching the caller's prior
+        check(stop, "calibration stopped before the texture statistics")
         kept["texture_stats"] = TextureStats.fit(texture_clean).to_dict()
     if segmenter is not None:
         kept["segmenter"] = segmenter.to_dict()
     if texture_clean is not None or segmenter is not None:
         prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": kept},
                                     segmenter=segmenter if segmenter is not None else prior.segmenter)
-    final = invert(clean, prior, _rgi(prior, lam, cfg))
+    final = invert(clean, prior, _rgi(prior, lam, cfg), control=SolveControl(cancelled=stop))
     scores = final.score.double()
     return {
         **kept,
@@ -174,7 +184,7 @@ CALIBRATION_KIND = "rgi-calibration"
 
 
 def clean_statistics(prior: Prior, images: list[torch.Tensor], lam: float, cfg: CalibrationConfig,
-                     method: str = "rgi", fit: Fit = "resize", batch_size: int = 64
+                     method: str = "rgi", fit: Fit = "resize", batch_size: int = 64, stop: StopCheck | None = None
                      ) -> tuple[np.ndarray, list[np.ndarray], int]:
     """Clean every image as the pipeline does (:func:`rgi_core.cleaning.fit_invert`, ``method`` with ``lam``).
 
@@ -186,7 +196,7 @@ def clean_statistics(prior: Prior, images: list[torch.Tensor], lam: float, cfg: 
                                seed=cfg.seed)
     scores, maps, failed = [], [], 0
     for start in range(0, len(images), batch_size):
-        fitted, _ = fit_invert(images[start : start + batch_size], prior, run_cfg, fit)
+        fitted, _ = fit_invert(images[start : start + batch_size], prior, run_cfg, fit, stop)
         for f in fitted:
             if f.error:
                 failed += 1
@@ -227,7 +237,7 @@ def fpr_thresholds(scores: np.ndarray, map_values: np.ndarray, fpr: float) -> tu
 
 def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: CalibrationConfig | None = None,
                   method: str = "rgi", fit: Fit = "resize", lam_images: int = 64, batch_size: int = 64,
-                  lam: float | None = None) -> dict[str, Any]:
+                  lam: float | None = None, stop: StopCheck | None = None) -> dict[str, Any]:
     r"""Thresholds for a target false-positive rate, from clean images only (each (C, H, W), any size).
 
     1. :math:`\lambda` by :func:`fit_lam` on up to ``lam_images`` network-size inputs (seeded choice), unless
@@ -236,7 +246,8 @@ def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: Cal
 
     the thresholds of :func:`fpr_thresholds`: split-conformal (1 - fpr) quantiles of the clean image scores
     and of all clean anomaly-map values, so that a new clean image (pixel) from the same source exceeds them
-    with probability at most ``fpr``. Returns the calibration document (JSON-ready).
+    with probability at most ``fpr``. Returns the calibration document (JSON-ready). ``stop`` is asked before
+    every solver step.
     """
     cfg = cfg or CalibrationConfig()
     if not 0.0 < fpr < 0.5:
@@ -248,8 +259,8 @@ def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: Cal
         inputs = torch.cat([network_inputs(x, prior, fit) for x in images])  # (n, c, r, r)
         gen = torch.Generator().manual_seed(cfg.seed)
         pick = torch.randperm(len(inputs), generator=gen)[:lam_images].sort().values
-        lam, history = fit_lam(prior, inputs[pick], cfg)
-    s, maps, failed = clean_statistics(prior, images, lam, cfg, method, fit, batch_size)
+        lam, history = fit_lam(prior, inputs[pick], cfg, stop)
+    s, maps, failed = clean_statistics(prior, images, lam, cfg, method, fit, batch_size, stop)
     if len(s) < 2:
         raise ValueError(f"only {len(s)} clean images could be inverted; need at least 2")
     m = np.concatenate(maps)

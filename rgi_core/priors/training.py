@@ -19,13 +19,16 @@ Recipe (stable on small CPU budgets, chosen after a BatchNorm-D + non-saturating
 Data: images larger than twice the resolution are sampled as random crops (textures); others are resized
 to the resolution (bicubic). Everything is seeded from ``seed``: the same config, data and machine give
 the same weights, also across a resume. The full training state (nets, EMA, optimisers, RNG) is written to
-``<work_dir>/state.safetensors`` every ``checkpoint_every`` steps, so a stopped run resumes where it was.
+``<work_dir>/state.safetensors`` every ``checkpoint_every`` steps and when a stop is requested (``stop``), so a
+stopped run resumes where it was. The file is replaced atomically (temp file, fsync, rename): a run killed at any
+moment, even while writing, leaves the last complete checkpoint in place, and a partial file is never read.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,6 +44,7 @@ from torch import nn
 from rgi_core.device import resolve_device
 from rgi_core.priors.files import calibrate_batchnorm, save_prior
 from rgi_core.priors.nets import ArchSpec, Discriminator, Generator, from_unit, to_unit
+from rgi_core.stopping import Cancelled, StopCheck
 
 CropMode = Literal["auto", "random", "resize"]
 STATE_FILE = "state.safetensors"
@@ -217,9 +221,11 @@ def _save_state(path: Path, st: _State, cfg: TrainConfig, data_rng: torch.Genera
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {"step": str(st.step), "seconds": f"{st.seconds:.3f}", "config": json.dumps(cfg.to_dict()),
             "log": json.dumps(st.log[-200:])}
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(".tmp")  # never read: a run killed while writing it leaves ``path`` as it was
     save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
+    os.replace(tmp, path)
 
 
 def _new_state(cfg: TrainConfig, device: torch.device) -> _State:
@@ -271,6 +277,15 @@ def _ema_update(ema: nn.Module, g: nn.Module, decay: float) -> None:
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
+class TrainingStopped(Cancelled):
+    """Training stopped on request; its checkpoint holds ``step`` and a rerun with the same settings resumes there."""
+
+    def __init__(self, step: int, total: int, state_path: Path) -> None:
+        super().__init__(f"training stopped at step {step} of {total}; its state is in {state_path}: "
+                         "rerunning the same command resumes from there")
+        self.step, self.total, self.state_path = step, total, state_path
+
+
 def train_prior(
     images: list[np.ndarray],
     cfg: TrainConfig,
@@ -281,6 +296,7 @@ def train_prior(
     data_description: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
     log_every: int = 50,
+    stop: StopCheck | None = None,
 ) -> Path:
     """Train (or resume) a prior and write it to ``out`` (default ``<work_dir>/prior.safetensors``).
 
@@ -292,9 +308,14 @@ def train_prior(
         name: prior name stored in its metadata (default: the file stem of ``out``).
         data_description: what the images are (source, split); stored in the metadata.
         progress: called as ``progress(step, total, losses)`` every ``log_every`` steps.
+        stop: asked before every step; when it says so the state of the step reached is written and
+            :class:`TrainingStopped` raised, so the same call resumes from that step.
 
     Returns:
         The path of the written prior file.
+
+    Raises:
+        TrainingStopped: ``stop`` asked to stop (a :class:`rgi_core.stopping.Cancelled`).
     """
     for i, im in enumerate(images):
         if im.ndim != 3 or im.shape[0] != cfg.arch.channels:
@@ -309,44 +330,56 @@ def train_prior(
     state_path = work / STATE_FILE
     if state_path.exists():
         _restore(state_path, st, cfg, sampler.gen, z_rng)
-    g, d, ema = st.g, st.d, st.ema
-    fixed_z = torch.randn((32, *g.latent_shape()), generator=torch.Generator().manual_seed(cfg.seed + 3))
-    g.train()
-    d.train()
+    saved = st.step if state_path.exists() else -1  # the step the state file holds
+    fixed_z = torch.randn((32, *st.g.latent_shape()), generator=torch.Generator().manual_seed(cfg.seed + 3))
+    st.g.train()
+    st.d.train()
     t0 = time.perf_counter() - st.seconds
     while st.step < cfg.steps:
-        real = from_unit(sampler.sample(cfg.batch_size)).to(device)  # (B, C, R, R) in [-1, 1]
-        z = torch.randn((cfg.batch_size, *g.latent_shape()), generator=z_rng).to(device)
-        # Discriminator step (hinge).
-        with torch.no_grad():
-            fake = g(z)
-        loss_d_real = F.relu(1.0 - d(real)).mean()
-        loss_d_fake = F.relu(1.0 + d(fake)).mean()
-        st.opt_d.zero_grad(set_to_none=True)
-        (loss_d_real + loss_d_fake).backward()
-        st.opt_d.step()
-        # Generator step.
-        z = torch.randn((cfg.batch_size, *g.latent_shape()), generator=z_rng).to(device)
-        loss_g = -d(g(z)).mean()
-        st.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        st.opt_g.step()
-        _ema_update(ema, g, cfg.ema_decay if st.step >= 100 else 0.0)
+        if stop is not None and stop():
+            if saved != st.step:
+                _save_state(state_path, st, cfg, sampler.gen, z_rng)
+            raise TrainingStopped(st.step, cfg.steps, state_path)
+        raw = _train_step(st, cfg, sampler, z_rng, device)
         st.step += 1
         st.seconds = time.perf_counter() - t0
         if st.step % log_every == 0 or st.step == cfg.steps:
-            losses = {"step": float(st.step), "d_real": loss_d_real.item(), "d_fake": loss_d_fake.item(),
-                      "g": loss_g.item(), "seconds": round(st.seconds, 1)}
+            losses = {"step": float(st.step), **{k: v.item() for k, v in raw.items()},
+                      "seconds": round(st.seconds, 1)}
             st.log.append(losses)
             if progress is not None:
                 progress(st.step, cfg.steps, losses)
         if st.step % cfg.sample_every == 0 or st.step == cfg.steps:
-            _write_samples(ema, fixed_z, work / "samples" / f"step-{st.step:06d}.png", cfg.seed)
+            _write_samples(st.ema, fixed_z, work / "samples" / f"step-{st.step:06d}.png", cfg.seed)
         if st.step % cfg.checkpoint_every == 0 or st.step == cfg.steps:
             _save_state(state_path, st, cfg, sampler.gen, z_rng)
+            saved = st.step
     training = {"data": data_description or {}, "device": str(device), "torch_threads": torch.get_num_threads(),
                 "n_images": len(sampler)}
     return _export(st, cfg, out_path, name or out_path.stem, training)
+
+
+def _train_step(st: _State, cfg: TrainConfig, sampler: ImageSampler, z_rng: torch.Generator,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """One discriminator step (hinge) and one generator step, then the EMA update; returns the losses (read only
+    on logging steps: ``.item()`` waits for the device)."""
+    g, d = st.g, st.d
+    real = from_unit(sampler.sample(cfg.batch_size)).to(device)  # (B, C, R, R) in [-1, 1]
+    z = torch.randn((cfg.batch_size, *g.latent_shape()), generator=z_rng).to(device)
+    with torch.no_grad():
+        fake = g(z)
+    loss_d_real = F.relu(1.0 - d(real)).mean()
+    loss_d_fake = F.relu(1.0 + d(fake)).mean()
+    st.opt_d.zero_grad(set_to_none=True)
+    (loss_d_real + loss_d_fake).backward()
+    st.opt_d.step()
+    z = torch.randn((cfg.batch_size, *g.latent_shape()), generator=z_rng).to(device)
+    loss_g = -d(g(z)).mean()
+    st.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    st.opt_g.step()
+    _ema_update(st.ema, g, cfg.ema_decay if st.step >= 100 else 0.0)
+    return {"d_real": loss_d_real.detach(), "d_fake": loss_d_fake.detach(), "g": loss_g.detach()}
 
 
 def _export(st: _State, cfg: TrainConfig, out: Path, name: str, training: dict[str, Any]) -> Path:
