@@ -2,6 +2,8 @@
 
 Reads clean images from any fsspec URL, trains with :func:`rgi_core.priors.training.train_prior` (resuming from
 ``work_dir`` when a previous run was interrupted) and writes the prior to ``out`` (local path or URL).
+A stop (a cancellation through the Prefect API, :func:`flows.stopping.request_stop`) ends training within a
+step, with its state saved in ``work_dir``; the run ends Cancelled and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from pathlib import Path
 import fsspec
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
 
+from flows import stopping
 from flows.redact import redacting_flow
 from rgi_core.io.fs import require_no_credentials
 from rgi_core.io.images import read_clean_images
 from rgi_core.priors.nets import ArchSpec
-from rgi_core.priors.training import TrainConfig, train_prior
+from rgi_core.priors.training import TrainConfig, TrainingStopped, train_prior
 
 
 @task(name="load-training-images", cache_policy=NONE)
@@ -30,8 +35,10 @@ def load_training_images(source: str, channels: int) -> list:
 
 
 @task(name="train-gan", tags=["gpu"], cache_policy=NONE)
-def train_gan(images: list, cfg: TrainConfig, work_dir: str, out: str, data: dict) -> str:
-    """Train (or resume) and write the prior; ``out`` may be an fsspec URL (uploaded after training)."""
+def train_gan(images: list, cfg: TrainConfig, work_dir: str, out: str, data: dict,
+              stop: stopping.StopRef | None = None) -> str | State:
+    """Train (or resume) and write the prior; ``out`` may be an fsspec URL (uploaded after training).
+    Stopped (``stop``), it ends Cancelled with the state saved in ``work_dir`` and no prior written."""
     logger = get_run_logger()
 
     def progress(step: int, total: int, losses: dict[str, float]) -> None:
@@ -40,8 +47,12 @@ def train_gan(images: list, cfg: TrainConfig, work_dir: str, out: str, data: dic
 
     remote = "://" in out and not out.startswith("file://")
     local = Path(tempfile.mkdtemp()) / Path(out.split("?")[0]).name if remote else Path(out)
-    path = train_prior(images, cfg, work_dir, out=local, name=local.stem, data_description=data,
-                       progress=progress, log_every=max(1, cfg.steps // 20))
+    try:
+        path = train_prior(images, cfg, work_dir, out=local, name=local.stem, data_description=data,
+                           progress=progress, log_every=max(1, cfg.steps // 20),
+                           stop=stop.check() if stop is not None else None)
+    except TrainingStopped as exc:
+        return Cancelled(message=str(exc))
     if remote:
         with fsspec.open(out, "wb") as f:
             f.write(path.read_bytes())
@@ -62,7 +73,7 @@ def train_prior_flow(
     max_channels: int = 256,
     batch_size: int = 32,
     seed: int = 0,
-) -> str:
+) -> str | State:
     """Train a prior on the clean images under ``images`` and write it to ``out``; returns ``out``."""
     for what, uri in (("images", images), ("out", out)):
         require_no_credentials(uri, what)
@@ -72,4 +83,10 @@ def train_prior_flow(
     cfg = TrainConfig(arch=arch, steps=steps, batch_size=batch_size, seed=seed,
                       sample_every=max(1, steps // 10), checkpoint_every=max(1, min(500, steps // 4)))
     pixels = load_training_images(images, channels)
-    return train_gan(pixels, cfg, work_dir, out, {"source": images, "images": len(pixels)})
+    run_id = str(flow_run.get_id() or work_dir)
+    with stopping.run_stop(run_id, flow_run.get_id()) as stop:
+        state = train_gan(pixels, cfg, work_dir, out, {"source": images, "images": len(pixels)}, stop.ref,
+                          return_state=True)
+    if state.is_cancelled():
+        return Cancelled(message=state.message)
+    return state.result()

@@ -43,3 +43,33 @@ def test_train_prior_flow_memory_urls(prefect_api, tmp_path):
             return {r.name.rsplit("-", 1)[0] for r in runs}
 
     assert {"load-training-images", "train-gan"} <= asyncio.run(task_names())
+
+
+def test_train_prior_flow_stops_and_resumes(prefect_api, tmp_path):
+    """A stop during training (here :func:`flows.stopping.request_stop`; a Prefect API cancellation is read
+    the same way) ends the run Cancelled with its state saved; the rerun resumes and writes the prior."""
+    import threading
+
+    from flows import stopping
+    from flows.train import train_prior_flow
+
+    fs = fsspec.filesystem("memory")
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        fs.pipe(f"/flowstop/clean/{i}.png", encode_png(rng.random((1, 40, 40))))
+    kwargs = dict(images="memory://flowstop/clean", out=str(tmp_path / "p.safetensors"),
+                  work_dir=str(tmp_path / "work"), resolution=16, latent_dim=8, width=8, max_channels=16,
+                  batch_size=4, steps=1_000_000)
+    timer = threading.Timer(6.0, stopping.request_stop, args=("test",))
+    timer.start()
+    try:
+        state = train_prior_flow(**kwargs, return_state=True)
+    finally:
+        timer.cancel()
+        stopping._reset()
+    assert state.is_cancelled() and "training stopped at step" in state.message
+    assert (tmp_path / "work" / "state.safetensors").exists() and not (tmp_path / "p.safetensors").exists()
+    stopped_at = int(state.message.split("training stopped at step ")[1].split()[0])
+    state = train_prior_flow(**(kwargs | {"steps": stopped_at + 2}), return_state=True)
+    assert state.is_completed()
+    assert load_prior(tmp_path / "p.safetensors", device="cpu").meta["training"]["steps"] == stopped_at + 2
