@@ -12,7 +12,7 @@ from rgi_core.inversion import losses
 from rgi_core.inversion.config import DGPConfig, RGIConfig, RRGIConfig
 from rgi_core.io.images import encode_png
 
-POISONED = 2  # the batch row (= image, with fit="resize") whose residual becomes NaN mid-solve
+POISONED = 2  # the batch row (= image, with sizing="resize") whose residual becomes NaN mid-solve
 
 
 def _items(prior, n: int = 4) -> list[tuple[str, bytes]]:
@@ -51,10 +51,10 @@ def test_solver_exception_is_isolated_to_its_image(tiny_prior, monkeypatch):
     items = _items(tiny_prior, 3)
     bad_pixels = cleaning.decode_native(items[1][1], name="x").pixels
 
-    def fragile(images: torch.Tensor, prior, config):  # (B, C, H, W)
+    def fragile(images: torch.Tensor, prior, config, **kwargs):  # (B, C, H, W)
         if any(torch.allclose(im, torch.from_numpy(bad_pixels), atol=1e-3) for im in images):
             raise RuntimeError("solver blew up")
-        return real(images, prior, config)
+        return real(images, prior, config, **kwargs)
 
     monkeypatch.setattr(cleaning, "invert", fragile)
     out = clean_batch(items, tiny_prior, RGIConfig(iterations=5, n_init=2))
