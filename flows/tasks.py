@@ -155,4 +155,4 @@ def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptio
     """
     prior = on_compute(prior.load) if isinstance(prior, PriorRef) else prior
     settings = settings or options.settings(prior)
-    return clean_items(items, prior, settings.config, settings.fit, options.limits(), compute=compute_executor())
+    return clean_items(items, prior, settings.config, settings.sizing, options.limits(), compute=compute_executor())

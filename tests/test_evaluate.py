@@ -89,7 +89,7 @@ def test_evaluate_without_masks_reports_na_and_handles_other_sizes(tmp_path):
     (data / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "r"
     r = rgi("evaluate", str(data), "--prior", "digits-32", "--methods", "mse", "--out", str(out),
-            "--iterations", "5", "--n-init", "2", "--fit", "tile")
+            "--iterations", "5", "--n-init", "2", "--sizing", "tile")
     assert r.returncode == 0, r.stderr
     assert "n/a" in r.stdout and "broken.png" in r.stderr
     doc = json.loads((out / "metrics.json").read_text())

@@ -39,14 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgi_core.cleaning import fit_invert, network_inputs
+from rgi_core.cleaning import Sizing, invert_images, network_inputs
 from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.detectors.texture import TextureStats
 from rgi_core.inversion import losses
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
 from rgi_core.inversion.solver import invert
 from rgi_core.priors.files import Prior
-from rgi_core.settings import Fit
 
 
 @dataclass(frozen=True)
@@ -174,9 +173,9 @@ CALIBRATION_KIND = "rgi-calibration"
 
 
 def clean_statistics(prior: Prior, images: list[torch.Tensor], lam: float, cfg: CalibrationConfig,
-                     method: str = "rgi", fit: Fit = "resize", batch_size: int = 64
+                     method: str = "rgi", sizing: Sizing = "resize", batch_size: int = 64
                      ) -> tuple[np.ndarray, list[np.ndarray], int]:
-    """Clean every image as the pipeline does (:func:`rgi_core.cleaning.fit_invert`, ``method`` with ``lam``).
+    """Clean every image as the pipeline does (:func:`rgi_core.cleaning.invert_images`, ``method`` with ``lam``).
 
     Returns the image scores ``(n,)``, each image's flattened anomaly map, and how many images failed.
     Images are inverted independently (a seeded solve gives an image the same result in any batch), so
@@ -186,8 +185,8 @@ def clean_statistics(prior: Prior, images: list[torch.Tensor], lam: float, cfg: 
                                seed=cfg.seed)
     scores, maps, failed = [], [], 0
     for start in range(0, len(images), batch_size):
-        fitted, _ = fit_invert(images[start : start + batch_size], prior, run_cfg, fit)
-        for f in fitted:
+        inverted, _ = invert_images(images[start : start + batch_size], prior, run_cfg, sizing)
+        for f in inverted:
             if f.error:
                 failed += 1
                 continue
@@ -226,7 +225,7 @@ def fpr_thresholds(scores: np.ndarray, map_values: np.ndarray, fpr: float) -> tu
 
 
 def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: CalibrationConfig | None = None,
-                  method: str = "rgi", fit: Fit = "resize", lam_images: int = 64, batch_size: int = 64,
+                  method: str = "rgi", sizing: Sizing = "resize", lam_images: int = 64, batch_size: int = 64,
                   lam: float | None = None) -> dict[str, Any]:
     r"""Thresholds for a target false-positive rate, from clean images only (each (C, H, W), any size).
 
@@ -245,11 +244,11 @@ def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: Cal
         raise ValueError(f"need at least 2 clean images, got {len(images)}")
     history: list[list[float]] = []
     if lam is None:
-        inputs = torch.cat([network_inputs(x, prior, fit) for x in images])  # (n, c, r, r)
+        inputs = torch.cat([network_inputs(x, prior, sizing) for x in images])  # (n, c, r, r)
         gen = torch.Generator().manual_seed(cfg.seed)
         pick = torch.randperm(len(inputs), generator=gen)[:lam_images].sort().values
         lam, history = fit_lam(prior, inputs[pick], cfg)
-    s, maps, failed = clean_statistics(prior, images, lam, cfg, method, fit, batch_size)
+    s, maps, failed = clean_statistics(prior, images, lam, cfg, method, sizing, batch_size)
     if len(s) < 2:
         raise ValueError(f"only {len(s)} clean images could be inverted; need at least 2")
     m = np.concatenate(maps)
@@ -260,7 +259,7 @@ def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: Cal
         "prior": prior.name,
         "prior_id": prior.prior_id,
         "method": method,
-        "fit": fit,
+        "sizing": sizing,
         "fpr": fpr,
         "lam": lam,
         "score_threshold": score_t,
