@@ -93,10 +93,10 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
 def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     import json
 
+    from rgi_core.calibration import CalibrationConfig, calibrate
     from rgi_core.detectors.segmenter import LearnedMap, SegmenterConfig
     from rgi_core.io.images import read_clean_images
     from rgi_core.priors import load_prior, update_metadata
-    from rgi_core.priors.calibration import CalibrationConfig, calibrate
     from rgi_core.priors.training import ImageSampler
 
     prior = load_prior(args.prior, device=args.device)
@@ -234,6 +234,7 @@ def _clean_tensors(source: str, channels: int) -> list:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rgi_core.calibration import read_calibration
     from rgi_core.evaluation.labelled import (
         Thresholds,
         evaluate_labelled,
@@ -242,7 +243,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         write_evaluation,
     )
     from rgi_core.priors import load_prior
-    from rgi_core.priors.calibration import read_calibration
     from rgi_core.settings import resolve
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -280,8 +280,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     import fsspec
 
+    from rgi_core.calibration import CalibrationConfig, calibrate_fpr, conformal_min_images
     from rgi_core.priors import load_prior
-    from rgi_core.priors.calibration import CalibrationConfig, calibrate_fpr, conformal_min_images
     from rgi_core.settings import resolve
 
     prior = load_prior(args.prior, device=args.device)

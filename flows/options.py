@@ -94,7 +94,7 @@ class CleanOptions(SolveOptions):
         if not self.calibration:
             return None
         if self._calibration_doc is None or self._calibration_doc[0] != prior.prior_id:
-            from rgi_core.priors.calibration import read_calibration
+            from rgi_core.calibration import read_calibration
 
             self._calibration_doc = (prior.prior_id, read_calibration(self.calibration, prior))
         return self._calibration_doc[1]

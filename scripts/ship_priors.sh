@@ -12,7 +12,7 @@
 #             second call stores mask_tv and measures the score threshold with it. The image score is the
 #             mean of the top 25 % of the map (score_topk=0.25, chosen on a digits validation
 #             prior, docs/design.md): the issue's digit corruption covers 10-25 % of the pixels.
-# lam is the fixed point of the calibration rule, 6 damped steps from lam = 0.05 (rgi_core.priors.calibration).
+# lam is the fixed point of the calibration rule, 6 damped steps from lam = 0.05 (rgi_core.calibration).
 set -euo pipefail
 export OMP_NUM_THREADS=1
 cd "$(dirname "$0")/.."

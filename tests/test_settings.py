@@ -10,8 +10,8 @@ import pytest
 
 from flows.blocks import RgiCleaningSettings
 from flows.options import CleanOptions
+from rgi_core.calibration import CALIBRATION_KIND
 from rgi_core.priors import load_prior
-from rgi_core.priors.calibration import CALIBRATION_KIND
 from rgi_core.settings import resolve
 
 # Written by the cleaning options as they were before settings were resolved in one place (the same values are in

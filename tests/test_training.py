@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from flows.cli import main
+from rgi_core.calibration import CalibrationConfig, calibrate
 from rgi_core.io.images import encode_png
 from rgi_core.priors import load_prior, read_metadata, save_prior, update_metadata
-from rgi_core.priors.calibration import CalibrationConfig, calibrate
 from rgi_core.priors.nets import ArchSpec
 from rgi_core.priors.training import ImageSampler, TrainConfig, export_checkpoint, train_prior
 
@@ -194,7 +194,7 @@ def test_cli_calibrate_into_prior_trains_and_stores_a_segmenter(tiny_prior, tmp_
 def test_lambda_fixed_point_is_damped_not_iterated():
     """f(lam) = 0.03^2 / lam makes lam <- f(lam) cycle 0.05, 0.018, 0.05, ... for ever (the digits prior did
     this: 0.015, 0.069, 0.015, ...); the damped step lam <- sqrt(lam f(lam)) lands on 0.03."""
-    from rgi_core.priors.calibration import damped_fixed_point
+    from rgi_core.calibration import damped_fixed_point
 
     def f(x: float) -> float:
         return 0.03**2 / x
