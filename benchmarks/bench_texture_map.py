@@ -2,8 +2,9 @@
 
 With a shipped texture prior (its metadata stores the statistics and its file a segmenter), the same batch
 is inverted with both maps on and with both off; each map alone and a fit of the statistics (as ``rgi
-calibrate-prior --texture-stats`` does) are timed too. Prints seconds and each map's share of the solve.
-(Training the segmenter, ``--segmenter-steps 1000``, is timed by calibrate-prior itself: docs/reference/priors.md.)
+calibrate --into-prior --texture-stats`` does) are timed too. Prints seconds and each map's share of the solve.
+(Training the segmenter, ``--segmenter-steps 1000``, is timed by ``rgi calibrate --into-prior`` itself:
+docs/reference/priors.md.)
 
 Usage:
     python benchmarks/bench_texture_map.py [--prior grass-64] [--batch 16] [--iterations 200] [--fit 256]

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rgi_core.calibration import CalibrationConfig, clean_statistics, fpr_thresholds
 from rgi_core.evaluation.labelled import Labelled, digits_eval_set, export_labelled, items_from_set, texture_eval_set
 from rgi_core.io import builtin
 from rgi_core.priors import load_prior
-from rgi_core.priors.calibration import CalibrationConfig, clean_statistics, fpr_thresholds
 
 
 def rgi(*args: str) -> str:

@@ -121,10 +121,10 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     import json
 
     from flows import stopping
+    from rgi_core.calibration import CalibrationConfig, calibrate
     from rgi_core.detectors.segmenter import LearnedMap, SegmenterConfig
     from rgi_core.io.images import read_clean_images
     from rgi_core.priors import load_prior, update_metadata
-    from rgi_core.priors.calibration import CalibrationConfig, calibrate
     from rgi_core.priors.training import ImageSampler
     from rgi_core.stopping import Cancelled
 
@@ -300,6 +300,7 @@ def _clean_tensors(source: str, channels: int) -> list:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flows import stopping
+    from rgi_core.calibration import read_calibration
     from rgi_core.evaluation.labelled import (
         Thresholds,
         evaluate_labelled,
@@ -308,7 +309,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         write_evaluation,
     )
     from rgi_core.priors import load_prior
-    from rgi_core.priors.calibration import read_calibration
     from rgi_core.settings import resolve
     from rgi_core.stopping import Cancelled
 
@@ -318,8 +318,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for e in errors:
         _warn(f"skipped {e}")
     cal = read_calibration(args.threshold, prior) if args.threshold else None
-    settings = resolve(prior, calibration=cal, fit=args.fit)  # the fit and thresholds; each method's config below
-    fit = settings.fit
+    settings = resolve(prior, calibration=cal, sizing=args.sizing)  # sizing, thresholds; each method's config below
+    sizing = settings.sizing
     thresholds = Thresholds(score=settings.score_threshold)
     if cal is not None:
         thresholds = Thresholds(settings.map_threshold, settings.score_threshold,
@@ -327,12 +327,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     n_masks = sum(it.mask is not None for it in items)
     n_clean = sum(it.clean is not None for it in items)
     print(f"rgi evaluate: {len(items)} images ({n_masks} with masks, {n_clean} with clean references), "
-          f"prior {prior.name}, fit {fit}, methods {', '.join(methods)}", file=sys.stderr, flush=True)
-    meta = {"data": args.data, "masks": args.masks, "prior": prior.name, "prior_id": prior.prior_id, "fit": fit,
-            "skipped": errors}
+          f"prior {prior.name}, sizing {sizing}, methods {', '.join(methods)}", file=sys.stderr, flush=True)
+    meta = {"data": args.data, "masks": args.masks, "prior": prior.name, "prior_id": prior.prior_id,
+            "sizing": sizing, "skipped": errors}
     with stopping.cli_signals() as signalled:
         try:
-            report = evaluate_labelled(prior, items, methods, fit, thresholds, args.batch_size,
+            report = evaluate_labelled(prior, items, methods, sizing, thresholds, args.batch_size,
                                        progress=lambda m: print(m, file=sys.stderr, flush=True), meta=meta,
                                        calibration=cal, stop=stopping.stop_requested, iterations=args.iterations,
                                        n_init=args.n_init, n_starts=args.n_starts, lam=args.lam, seed=args.seed,
@@ -353,8 +353,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     import fsspec
 
     from flows import stopping
+    from rgi_core.calibration import CalibrationConfig, calibrate_fpr, conformal_min_images
     from rgi_core.priors import load_prior
-    from rgi_core.priors.calibration import CalibrationConfig, calibrate_fpr, conformal_min_images
     from rgi_core.settings import resolve
     from rgi_core.stopping import Cancelled
 
@@ -362,12 +362,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     images = _clean_tensors(args.images, prior.spec.channels)
     cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, n_init=args.n_init,
                             rounds=args.rounds, seed=args.seed)
-    fit = resolve(prior, args.method, fit=args.fit).fit
-    print(f"rgi calibrate: {len(images)} clean images, prior {prior.name}, method {args.method}, fit {fit}, "
+    sizing = resolve(prior, args.method, sizing=args.sizing).sizing
+    print(f"rgi calibrate: {len(images)} clean images, prior {prior.name}, method {args.method}, sizing {sizing}, "
           f"target FPR {args.fpr}", file=sys.stderr, flush=True)
     with stopping.cli_signals() as signalled:
         try:
-            doc = calibrate_fpr(prior, images, args.fpr, cfg, method=args.method, fit=fit,
+            doc = calibrate_fpr(prior, images, args.fpr, cfg, method=args.method, sizing=sizing,
                                 lam_images=args.lam_images, lam=args.lam, stop=stopping.stop_requested)
         except Cancelled:
             return _stopped("calibrate: stopped", f"{args.out} not written", signalled())
@@ -382,6 +382,27 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(text)
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _cmd_calibrate_to(args: argparse.Namespace, only: dict[str, list[argparse.Action]]) -> int:
+    """``rgi calibrate``: a calibration JSON (``--out``, the default) or the prior's own defaults
+    (``--into-prior``). ``only``: the flags of each output (``out``, ``into_prior``), refused with the other."""
+    mode = "into_prior" if args.into_prior else "out"
+    for other, actions in only.items():
+        given = [a.option_strings[0] for a in actions if other != mode and getattr(args, a.dest) != a.default]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with {'--into-prior' if other == 'into_prior' else '--out'}")
+    if args.rounds is None:
+        args.rounds = 6 if args.into_prior else 4
+    if args.into_prior:
+        return _cmd_calibrate_prior(args)
+    args.out = args.out or "calibration.json"
+    return _cmd_calibrate(args)
+
+
+def _cmd_calibrate_prior_deprecated(args: argparse.Namespace) -> int:
+    _warn("calibrate-prior is deprecated; use rgi calibrate IMAGES --prior PRIOR --into-prior")
+    return _cmd_calibrate_prior(args)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -428,16 +449,21 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_calibrate_prior(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("calibrate-prior",
-                       help="pick lam and the score threshold from clean images; store them in the prior")
+    c = sub.add_parser("calibrate-prior", help="deprecated: rgi calibrate IMAGES --prior PRIOR --into-prior")
     c.add_argument("prior", help="local prior file (.safetensors), rewritten in place with new defaults")
     c.add_argument("images", help="clean images of the prior's domain (its training split), folder or URL")
-    c.add_argument("--images-n", type=int, default=32, help="clean crops/images to calibrate on (default 32)")
     c.add_argument("--quantile", type=float, default=0.995, help="clean-residual quantile that sets the mask threshold")
     c.add_argument("--iterations", type=int, default=1000)
     c.add_argument("--rounds", type=int, default=6, help="RGI solves spent on lam's fixed point (damped steps)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto")
+    _add_into_prior_flags(c)
+    c.set_defaults(func=_cmd_calibrate_prior_deprecated)
+
+
+def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The flags of a calibration stored in the prior file: the clean crops, extra defaults, the detectors."""
+    c.add_argument("--images-n", type=int, default=32, help="clean crops/images to calibrate on (default 32)")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="also store this default (JSON value), e.g. map_sigma=1.0; applied before calibrating")
     c.add_argument("--texture-stats", type=int, default=0, metavar="N",
@@ -453,7 +479,6 @@ def _add_calibrate_prior(sub: argparse._SubParsersAction) -> None:
                    help="train K segmenter nets (seeds SEED, SEED+1, ...) and average their probabilities; K times "
                         "the training time (default 1; 3 raised the learned map's own image AUROC on the "
                         "validation strip, docs/design.md)")
-    c.set_defaults(func=_cmd_calibrate_prior)
 
 
 def _add_clean(sub: argparse._SubParsersAction) -> None:
@@ -463,14 +488,15 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
     cl.add_argument("--prior", default="brick-64", help="shipped prior name, path or URL (default brick-64)")
     from flows.options import add_arguments  # pydantic only: --help stays fast
 
-    # One flag per CleanOptions field (--method, --batch-size, --iterations, --lambda, ...), from flows/options.py
+    # One flag per CleanOptions field (--method, --batch-size, --iterations, --lambda, --sizing, ...), from
+    # flows/options.py; --tile and --resize are short for --sizing tile and --sizing resize.
     add_arguments(cl)
-    fit = cl.add_mutually_exclusive_group()
-    fit.add_argument("--tile", dest="fit", action="store_const", const="tile",
-                     help="cut images into prior-size tiles (keeps the scale; texture priors default to this)")
-    fit.add_argument("--resize", dest="fit", action="store_const", const="resize",
-                     help="resize images to the prior's size (default unless the prior says tile)")
-    cl.set_defaults(fit="auto")
+    sizing = cl.add_mutually_exclusive_group()
+    sizing.add_argument("--tile", dest="sizing", action="store_const", const="tile",
+                        help="cut images into prior-size tiles (keeps the scale; texture priors default to this)")
+    sizing.add_argument("--resize", dest="sizing", action="store_const", const="resize",
+                        help="resize images to the prior's size (default unless the prior says tile)")
+    cl.set_defaults(fit=None)  # fit: the deprecated name of sizing; unset, CleanOptions ignores it
     cl.add_argument("--dask", nargs="?", const="", default=None, metavar="ADDRESS",
                     help="run inversion batches on Dask: a LocalCluster, or the scheduler at ADDRESS (tcp://h:8786)")
     cl.set_defaults(func=_cmd_clean)
@@ -520,45 +546,75 @@ def _add_setup(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from flows.options import SolveOptions, add_arguments
+
     ev = sub.add_parser("evaluate", help="compare methods on labelled images: table, metrics.json, curves, grid")
     ev.add_argument("data", help="folder/prefix of images with optional <stem>_mask.png and <stem>_clean.png")
     ev.add_argument("--prior", required=True, help="shipped prior name, path or URL")
     ev.add_argument("--methods", default="rgi,rrgi,mse,dgp", help="comma-separated (default rgi,rrgi,mse,dgp)")
     ev.add_argument("--masks", help="separate folder of masks named <stem>.png or <stem>_mask.png")
     ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
-    ev.add_argument("--iterations", type=int, default=None, help="optimisation steps (default: each method's)")
-    ev.add_argument("--n-init", type=int, default=None, help="best-of-N latent candidates")
-    ev.add_argument("--n-starts", type=int, default=None, help="starts kept from them, each run a few steps; "
-                    "the best goes on (default: each method's)")
-    ev.add_argument("--lambda", dest="lam", type=float, default=None, help="mask weight (default: calibration/prior)")
     ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
-    ev.add_argument("--fit", choices=("auto", "resize", "tile"), default="auto",
-                    help="images not of the prior's size: as `rgi clean` (auto: the prior's default)")
-    ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--grid", type=int, default=4, help="worst and best cases in grid.png (each)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="auto")
+    # --iterations, --n-init, --n-starts, --lambda, --sizing, --batch-size, --seed, --device: as `rgi clean`'s
+    add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "lam", "sizing", "batch_size", "seed",
+                                            "device"),
+                  defaults={"batch_size": (32, "one process solves the batches in turn; no flow tasks to keep short")})
+    _add_deprecated_fit(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
 
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
-    ca = sub.add_parser("calibrate", help="lam and score/mask thresholds for a target FPR from clean images (JSON)")
+    import functools
+
+    from flows.options import SolveOptions, add_arguments
+
+    ca = sub.add_parser("calibrate", help="lam and thresholds from clean images: for a target FPR in a JSON (--out), "
+                        "or stored in the prior file with its detectors (--into-prior)")
     ca.add_argument("images", help="clean images (folder, file or URL), cleaned as `rgi clean` would")
-    ca.add_argument("--prior", required=True, help="shipped prior name, path or URL")
-    ca.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
-    ca.add_argument("--out", default="calibration.json", help="JSON to write (local or URL)")
-    ca.add_argument("--method", choices=("rgi", "rrgi", "mse", "dgp"), default="rgi",
-                    help="the method whose scores and maps are thresholded (use the one you clean with)")
-    ca.add_argument("--iterations", type=int, default=1000, help="use the same value when cleaning")
-    ca.add_argument("--n-init", type=int, default=200)
-    ca.add_argument("--lambda", dest="lam", type=float, default=None, help="keep this lam instead of fitting it")
+    ca.add_argument("--prior", required=True, help="shipped prior name, path or URL; with --into-prior a local "
+                    "prior file (.safetensors), rewritten in place")
+    output = ca.add_mutually_exclusive_group()
+    output.add_argument("--out", default=None, help="calibration JSON to write, local or URL (the default output: "
+                        "calibration.json)")
+    output.add_argument("--into-prior", action="store_true",
+                        help="store lam, the thresholds and the detectors in the prior file instead")
     ca.add_argument("--quantile", type=float, default=0.995, help="clean-residual quantile that sets lam")
-    ca.add_argument("--rounds", type=int, default=4, help="RGI solves spent on lam's fixed point (damped steps)")
-    ca.add_argument("--lam-images", type=int, default=64, help="network-size inputs used to fit lam")
-    ca.add_argument("--fit", choices=("auto", "resize", "tile"), default="auto")
-    ca.add_argument("--seed", type=int, default=0)
-    ca.add_argument("--device", default="auto")
-    ca.set_defaults(func=_cmd_calibrate)
+    ca.add_argument("--rounds", type=int, default=None,
+                    help="RGI solves spent on lam's fixed point, damped steps (default 4; 6 with --into-prior)")
+    why = "cheaper than the method's own; the thresholds hold for the value they are measured with, so clean with it"
+    add_arguments(ca, SolveOptions, fields=("iterations", "n_init", "seed", "device"),
+                  defaults={"iterations": (1000, why), "n_init": (200, why)})
+    out = ca.add_argument_group("written to --out (the default)")
+    out.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
+    out.add_argument("--lam-images", type=int, default=64, help="network-size inputs used to fit lam (default 64)")
+    add_arguments(out, SolveOptions, fields=("method", "lam", "sizing"), helps={
+        "method": "The method whose scores and maps are thresholded (use the one you clean with)",
+        "lam": "Keep this mask sparsity weight instead of fitting it"})
+    into = ca.add_argument_group("stored in the prior (--into-prior)")
+    _add_into_prior_flags(into)
+    _add_deprecated_fit(ca)
+    only = {"out": [a for a in out._group_actions if a.dest != "n_init"], "into_prior": into._group_actions}
+    ca.set_defaults(func=functools.partial(_cmd_calibrate_to, only=only))
+
+
+class _DeprecatedFlag(argparse.Action):
+    """An old spelling of a flag: stores its value under the new flag's name and says so on stderr."""
+
+    def __init__(self, *args: object, new: str, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        _warn(f"{option_string} is deprecated; use {self.new}")
+        setattr(namespace, self.dest, values)
+
+
+def _add_deprecated_fit(parser: argparse.ArgumentParser) -> None:
+    """``--fit``: the deprecated, hidden spelling of ``--sizing``."""
+    parser.add_argument("--fit", dest="sizing", choices=("auto", "resize", "tile"), action=_DeprecatedFlag,
+                        new="--sizing", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:

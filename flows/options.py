@@ -1,7 +1,7 @@
 """The options of a cleaning run, declared once: :class:`CleanOptions` (flow parameters), the settings block
-(:class:`flows.blocks.RgiCleaningSettings`, which shares :class:`SolveOptions`) and ``rgi clean``'s flags
-(:func:`add_arguments`) all come from these fields. What each unset value becomes is decided in one place,
-:func:`rgi_core.settings.resolve`.
+(:class:`flows.blocks.RgiCleaningSettings`, which shares :class:`SolveOptions`), ``rgi clean``'s flags and the
+solver flags of ``rgi evaluate`` and ``rgi calibrate`` (:func:`add_arguments`) all come from these fields. What
+each unset value becomes is decided in one place, :func:`rgi_core.settings.resolve`.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from rgi_core.io.images import ImageLimits
 
@@ -26,7 +27,7 @@ class SolveOptions(BaseModel):
     """How images are inverted: the options a cleaning run and a saved settings block share."""
 
     method: Method = Field("rgi", description="The inversion method.")
-    batch_size: int = Field(16, ge=1, description="Images per inversion task.")
+    batch_size: int = Field(16, ge=1, description="Images per inversion batch (in a flow, one task each).")
     iterations: int | None = Field(None, ge=0, description="Optimisation steps (unset: the method's default).")
     lam: float | None = Field(None, ge=0, title="Lambda",
                               description="Mask sparsity weight (unset: the calibration's, else the prior's).")
@@ -35,11 +36,24 @@ class SolveOptions(BaseModel):
                                  "the best goes on (unset: the method's default).")
     mask_tv: float | None = Field(None, ge=0, title="Mask TV", description="rgi/rrgi: weight of the mask's total "
                                   "variation (unset: the prior's; 0 = the paper's element-wise mask).")
-    fit: Literal["auto", "resize", "tile"] = Field(
+    sizing: Literal["auto", "resize", "tile"] = Field(
         "auto", description="Images not of the prior's size: resize, or cut into tiles; auto = the prior's "
         "default (tile for the texture priors, else resize).")
     device: str = Field("auto", description="Torch device: auto (GPU if any), cpu, cuda, cuda:1, mps.")
     seed: int = Field(0, description="Seed of the latent candidates.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sizing_was_fit(cls, data: Any) -> Any:
+        """Accept ``fit``, the deprecated name of ``sizing`` (saved settings blocks and callers may still use it);
+        ``fit=None`` means unset."""
+        if isinstance(data, dict) and "fit" in data:
+            data = dict(data)
+            fit = data.pop("fit")
+            if fit is not None:
+                warnings.warn(f"{cls.__name__}: 'fit' is deprecated; use 'sizing'", DeprecationWarning, stacklevel=2)
+                data.setdefault("sizing", fit)
+        return data
 
     def solver_overrides(self) -> dict[str, Any]:
         """The solver config fields these options set (``None``: unset)."""
@@ -83,7 +97,7 @@ class CleanOptions(SolveOptions):
         if not self.calibration:
             return None
         if self._calibration_doc is None or self._calibration_doc[0] != prior.prior_id:
-            from rgi_core.priors.calibration import read_calibration
+            from rgi_core.calibration import read_calibration
 
             self._calibration_doc = (prior.prior_id, read_calibration(self.calibration, prior))
         return self._calibration_doc[1]
@@ -94,7 +108,8 @@ class CleanOptions(SolveOptions):
         from rgi_core.settings import resolve
 
         return resolve(prior, self.method, overrides=self.solver_overrides(),
-                       calibration=self.calibration_document(prior), prior_defaults=prior_defaults, fit=self.fit)
+                       calibration=self.calibration_document(prior), prior_defaults=prior_defaults,
+                       sizing=self.sizing)
 
     def config_hash(self, prior: Prior, prior_defaults: dict[str, Any] | None = None) -> str:
         """The catalog's ``config_hash`` of these options with ``prior`` (see :meth:`Settings.config_hash`)."""
@@ -102,31 +117,43 @@ class CleanOptions(SolveOptions):
 
 
 #: CleanOptions fields that ``rgi clean`` does not offer as flags (set in Python, blocks or deployments).
-NOT_FLAGS = frozenset({"fit", "task_runner", "dask_address", "max_in_flight", "top_k", "io_retry_delays"})
+NOT_FLAGS = frozenset({"task_runner", "dask_address", "max_in_flight", "top_k", "io_retry_delays"})
 #: Flags spelled other than their field.
 FLAG_NAMES = {"lam": "--lambda"}
 
 
-def add_arguments(parser: argparse.ArgumentParser, model: type[BaseModel] = CleanOptions,
-                  skip: frozenset[str] = NOT_FLAGS) -> None:
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, model: type[BaseModel] = CleanOptions,
+                  skip: frozenset[str] = NOT_FLAGS, *, fields: tuple[str, ...] | None = None,
+                  defaults: dict[str, tuple[Any, str]] | None = None, helps: dict[str, str] | None = None) -> None:
     """One flag per field of ``model`` (``--batch-size`` for ``batch_size``), typed from its annotation, with its
-    description and default as help. Every flag defaults to None, so unset flags leave the field's default."""
-    for name, field in model.model_fields.items():
-        if name in skip:
-            continue
+    description and default as help.
+
+    Without ``fields`` (``rgi clean``): every field not in ``skip``, each flag defaulting to None, so that
+    :func:`options_from_args` leaves unset fields at the model's default and a settings block can tell them
+    apart from given ones. With ``fields``: those fields, in that order, for a command that reads the flags as
+    they are (``rgi evaluate``, ``rgi calibrate``): each defaults to its field's default, or to ``value`` of
+    ``defaults[name] = (value, why)`` where the command needs another, ``why`` joining the help. ``helps[name]``
+    replaces a field's description where the command gives the option a meaning of its own.
+    """
+    names = fields if fields is not None else tuple(n for n in model.model_fields if n not in skip)
+    for name in names:
+        field = model.model_fields[name]
         flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
         kind = _scalar(field.annotation)
         default = field.get_default(call_default_factory=True)
-        shown = "" if default is None or isinstance(default, bool) else f" (default {default})"
-        text = f"{(field.description or '').rstrip('.')}{shown}"
+        text = (helps or {}).get(name, field.description or "").rstrip(".")
+        if name in (defaults or {}):
+            default, why = (defaults or {})[name]
+            text = text.split(" (unset:")[0] + f" (default {default}: {why})"  # never unset here
+        elif default is not None and not isinstance(default, bool):
+            text += f" (default {default})"
+        value = default if fields is not None else None
         if kind is bool:
-            parser.add_argument(flag, dest=name, action="store_const", const=True, default=None,
-                                help=text)
+            parser.add_argument(flag, dest=name, action="store_const", const=True, default=value, help=text)
         elif typing.get_origin(kind) is Literal:
-            parser.add_argument(flag, dest=name, choices=typing.get_args(kind), default=None,
-                                help=text)
+            parser.add_argument(flag, dest=name, choices=typing.get_args(kind), default=value, help=text)
         else:
-            parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
+            parser.add_argument(flag, dest=name, type=kind, default=value, help=text)
 
 
 def options_from_args(args: argparse.Namespace, model: type[BaseModel] = CleanOptions, **extra: Any) -> Any:

@@ -164,7 +164,7 @@ def invert_batch(items: list[Item], prior: Prior | PriorRef, options: CleanOptio
     prior = on_compute(prior.load) if isinstance(prior, PriorRef) else prior
     settings = settings or options.settings(prior)
     try:
-        return clean_items(items, prior, settings.config, settings.fit, options.limits(),
+        return clean_items(items, prior, settings.config, settings.sizing, options.limits(),
                            compute=compute_executor(), stop=stop.check() if stop is not None else None)
     except Cancelled as exc:  # a stop is not a failure of the batch: no traceback, state Cancelled
         return CancelledState(message=f"batch abandoned: {exc}")

@@ -1,10 +1,10 @@
-"""Clean a micro-batch of raw images with a prior: decode, fit to the prior's size, invert, map back.
+"""Clean a micro-batch of raw images with a prior: decode, bring to the prior's size, invert, map back.
 
 This is the pure core of the cleaning pipeline (``flows/clean.py`` only adds orchestration and storage).
 Every image keeps its own outcome: one that cannot be decoded, or whose solve fails, gets an ``error``
 and never disturbs the others in its batch.
 
-Size handling (``fit``):
+Size handling (``sizing``, :data:`Sizing`):
 
 - ``resize`` (default): the image is resized (bilinear, antialiased) to the prior's resolution, inverted,
   and G(z), the anomaly map, the mask and phi are resized back; the restored image is fused at the original resolution,
@@ -35,7 +35,7 @@ import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -56,8 +56,10 @@ from rgi_core.io.images import (
 )
 from rgi_core.io.shards import Item
 from rgi_core.priors.files import Prior
-from rgi_core.settings import Fit
 from rgi_core.stopping import StopCheck, either
+
+#: How an image not of the prior's size reaches it: resized to it, or cut into tiles of it (module docstring).
+Sizing = Literal["resize", "tile"]
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def _png8(p: np.ndarray) -> bytes:
     return encode_png(np.clip(p, 0.0, 1.0))
 
 
-class Fitted(NamedTuple):
+class Inverted(NamedTuple):
     """One image inverted and mapped back to its own size (fields empty/NaN when ``error`` is set).
 
     Attributes:
@@ -150,30 +152,30 @@ class Fitted(NamedTuple):
     error: str = ""
 
 
-def network_inputs(x: torch.Tensor, prior: Prior, fit: Fit = "resize") -> torch.Tensor:
+def network_inputs(x: torch.Tensor, prior: Prior, sizing: Sizing = "resize") -> torch.Tensor:
     """One image (C, H, W) as the prior sees it: (n, c, r, r), n = 1 (resize) or the number of tiles."""
     r, c = prior.spec.resolution, prior.spec.channels
     xc = _to_channels(x, c)  # (c, H, W)
-    return (_resize(xc[None], (r, r)) if fit == "resize" else _tiles(xc, r)[0]).clamp(0.0, 1.0)
+    return (_resize(xc[None], (r, r)) if sizing == "resize" else _tiles(xc, r)[0]).clamp(0.0, 1.0)
 
 
-def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig,
-               fit: Fit = "resize", stop: StopCheck | None = None) -> tuple[list[Fitted], float]:
+def invert_images(images: list[torch.Tensor], prior: Prior, config: InversionConfig,
+                  sizing: Sizing = "resize", stop: StopCheck | None = None) -> tuple[list[Inverted], float]:
     """Invert images (each (C, H, W) in [0, 1], any size) in one batch; returns results and seconds per image.
 
-    Each image is fitted to the prior's size (resize or tiles), inverted in the prior's channels, and its
-    G(z), phi, anomaly map and mask are mapped back to the image's own size and channels.
+    Each image is brought to the prior's size (``sizing``: resized or cut into tiles), inverted in the prior's
+    channels, and its G(z), phi, anomaly map and mask are mapped back to the image's own size and channels.
 
     Raises:
         rgi_core.stopping.Cancelled: ``stop`` asked the solve to end (checked before every step).
     """
     if not images:
         return [], 0.0
-    inputs = [network_inputs(x, prior, fit) for x in images]
+    inputs = [network_inputs(x, prior, sizing) for x in images]
     t0 = time.perf_counter()
     solved = _solve(list(range(len(images))), inputs, prior, config, SolveControl(cancelled=stop))
     per_image = (time.perf_counter() - t0) / len(images)
-    out: list[Fitted | None] = [None] * len(images)
+    out: list[Inverted | None] = [None] * len(images)
     empty = torch.empty(0)
     for group, res in solved:
         start = 0
@@ -181,7 +183,7 @@ def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig
             sl = slice(start, start + len(inputs[k]))
             start += len(inputs[k])
             if isinstance(res, str):
-                out[k] = Fitted(empty, empty, empty, empty, float("nan"), (), f"inversion failed: {res}")
+                out[k] = Inverted(empty, empty, empty, empty, float("nan"), (), f"inversion failed: {res}")
                 continue
             diag = tuple(res.diagnostics[sl])
             gen, phi, amap, score = res.generated[sl], res.phi[sl], res.anomaly_map[sl], res.score[sl]
@@ -190,10 +192,10 @@ def fit_invert(images: list[torch.Tensor], prior: Prior, config: InversionConfig
             if not errors and not all(bool(torch.isfinite(t).all()) for t in (gen, phi, amap, mask, score)):
                 errors = ["inversion diverged: non-finite output"]
             if errors:
-                out[k] = Fitted(empty, empty, empty, empty, float("nan"), diag, f"inversion failed: {errors[0]}")
+                out[k] = Inverted(empty, empty, empty, empty, float("nan"), diag, f"inversion failed: {errors[0]}")
                 continue
-            restored, amap_k, mask_k, phi_k = _map_back(images[k], gen, phi, amap, mask, fit)
-            out[k] = Fitted(restored, amap_k, mask_k, phi_k, float(score.max()), diag)  # tiles: the worst tile
+            restored, amap_k, mask_k, phi_k = _map_back(images[k], gen, phi, amap, mask, sizing)
+            out[k] = Inverted(restored, amap_k, mask_k, phi_k, float(score.max()), diag)  # tiles: the worst tile
     return out, per_image  # type: ignore[return-value]
 
 
@@ -212,13 +214,13 @@ def _solve(group: list[int], inputs: list[torch.Tensor], prior: Prior, config: I
 
 
 def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionConfig,
-                fit: Fit = "resize", limits: ImageLimits = CLEAN_LIMITS,
+                sizing: Sizing = "resize", limits: ImageLimits = CLEAN_LIMITS,
                 compute: Executor | None = None, stop: StopCheck | None = None) -> list[Outcome]:
     """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order.
 
     Images outside ``limits`` (over ``max_pixels``: refused from the header; under ``min_side``), that do
     not decode, or whose float pixels are NaN/Inf, get an error outcome and never reach the solver.
-    ``compute``: an executor (in the pipeline, one thread per process) that runs :func:`fit_invert`, every
+    ``compute``: an executor (in the pipeline, one thread per process) that runs :func:`invert_images`, every
     torch operation of the batch; decoding and PNG encoding (numpy/PIL) stay on the calling thread. With
     libgomp, a second thread that ever ran a parallel torch op makes every later op of the solver thread
     1.6x slower, even while it sits idle (docs/benchmarks.md, P2 throughput), so all of them belong on one thread.
@@ -237,9 +239,9 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
         except ImageDecodeError as exc:
             outcomes[i] = Outcome(uri, key, error=str(exc))
     images = [torch.from_numpy(img.pixels) for _, _, img in decoded]
-    fitted, seconds = (_wait_stoppable(compute, images, prior, config, fit, stop) if compute is not None
-                       else fit_invert(images, prior, config, fit, stop))
-    for (i, key, img), f in zip(decoded, fitted, strict=True):
+    inverted, seconds = (_wait_stoppable(compute, images, prior, config, sizing, stop) if compute is not None
+                         else invert_images(images, prior, config, sizing, stop))
+    for (i, key, img), f in zip(decoded, inverted, strict=True):
         uri = items[i][0]
         if f.error:
             outcomes[i] = Outcome(uri, key, error=f.error)
@@ -260,11 +262,11 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
 
 
 def _wait_stoppable(compute: Executor, images: list[torch.Tensor], prior: Prior, config: InversionConfig,
-                   fit: Fit, stop: StopCheck | None) -> tuple[list[Fitted], float]:
-    """:func:`fit_invert` on ``compute``, waited for in short slices: anything raised in this thread meanwhile
+                   sizing: Sizing, stop: StopCheck | None) -> tuple[list[Inverted], float]:
+    """:func:`invert_images` on ``compute``, waited for in short slices: anything raised in this thread meanwhile
     (Prefect delivers task timeouts and cancellations to the task's thread as exceptions) also stops the solve."""
     abandoned = threading.Event()
-    future = compute.submit(fit_invert, images, prior, config, fit, either(abandoned.is_set, stop))
+    future = compute.submit(invert_images, images, prior, config, sizing, either(abandoned.is_set, stop))
     try:
         while not concurrent.futures.wait([future], timeout=0.2).done:
             pass
@@ -276,11 +278,11 @@ def _wait_stoppable(compute: Executor, images: list[torch.Tensor], prior: Prior,
 
 
 def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor, mask: torch.Tensor,
-              fit: Fit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              sizing: Sizing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network-size outputs -> (restored (C, H, W), anomaly map, mask M, phi (each (1, H, W))) at x's size,
     fused there."""
     ch, h, w = x.shape
-    if fit == "resize":
+    if sizing == "resize":
         gen_f, phi_f, amap_f, mask_f = (_resize(t.float().cpu(), (h, w))[0] for t in (gen, phi, amap, mask))
     else:
         r = gen.shape[-1]
@@ -292,10 +294,10 @@ def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch
     return restored, amap_f, mask_f, phi_f
 
 
-def clean_items(items: list[Item], prior: Prior, config: InversionConfig, fit: Fit = "resize",
+def clean_items(items: list[Item], prior: Prior, config: InversionConfig, sizing: Sizing = "resize",
                 limits: ImageLimits = CLEAN_LIMITS, compute: Executor | None = None,
                 stop: StopCheck | None = None) -> list[Outcome]:
     """:func:`clean_batch` over shard items: items that failed to read keep their error, in order."""
     readable = [i for i in items if not i.error]
-    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, fit, limits, compute, stop))
+    done = iter(clean_batch([(i.uri, i.data) for i in readable], prior, config, sizing, limits, compute, stop))
     return [Outcome(i.uri, "", error=i.error) if i.error else next(done) for i in items]

@@ -1,7 +1,7 @@
 """Where every setting of a run comes from: :func:`resolve`, the one place defaults are resolved.
 
 ``rgi clean`` and its flows (``CleanOptions``, the Prefect blocks), ``rgi evaluate`` and a hand-written
-Python call all ask :func:`resolve` for a run's solver config, image fit and thresholds. ``invert`` given a
+Python call all ask :func:`resolve` for a run's solver config, image sizing and thresholds. ``invert`` given a
 config built by hand applies the same prior defaults to its unset fields
 (:func:`rgi_core.inversion.config.for_prior`), so the answer never depends on the entry point.
 """
@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from rgi_core.cleaning import Sizing
 from rgi_core.inversion.config import InversionConfig, config_for_prior
 from rgi_core.inversion.objectives import OBJECTIVES
 from rgi_core.priors.files import Prior
-
-Fit = Literal["resize", "tile"]
 
 #: Keys of a calibration document (``rgi calibrate``) that settings read.
 CALIBRATION_KEYS = ("lam", "score_threshold", "map_threshold")
@@ -33,7 +33,7 @@ class Settings:
     Attributes:
         config: the solver config, every field the prior calibrates set (``lam`` stays ``None`` only when no
             source has one: the solver then uses :data:`~rgi_core.inversion.config.DEFAULT_LAMBDA`).
-        fit: how images not of the prior's size reach it: ``resize`` or ``tile``.
+        sizing: how images not of the prior's size reach it: ``resize`` or ``tile``.
         score_threshold: ``is_anomalous`` is ``score > score_threshold``; ``None`` leaves it unset.
         map_threshold: the anomaly-map level that flags a pixel, from a calibration document (else ``None``:
             the map's own 0.5).
@@ -41,7 +41,7 @@ class Settings:
     """
 
     config: InversionConfig
-    fit: Fit
+    sizing: Sizing
     score_threshold: float | None
     map_threshold: float | None = None
     calibrated: bool = False
@@ -49,10 +49,11 @@ class Settings:
     def config_hash(self) -> str:
         """The catalog's ``config_hash``: what identifies a row's results besides the prior and the image.
 
-        The solver config's own hash, the fit, and with a calibration document its score threshold (on which
-        ``is_anomalous`` depends).
+        The solver config's own hash, the sizing, and with a calibration document its score threshold (on which
+        ``is_anomalous`` depends). The hashed text is exactly what catalogs written before hold, so their rows
+        are still found: change it and every catalogued image is cleaned again.
         """
-        key = f"{self.config.config_hash()}|{self.fit}"
+        key = f"{self.config.config_hash()}|{self.sizing}"
         if self.calibrated:
             key += f"|{self.score_threshold}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -91,27 +92,31 @@ def _hash_tensors(h: Any, part: str, tensors: Mapping[str, Any]) -> None:
 
 def resolve(prior: Prior, method: str = "rgi", *, overrides: Mapping[str, Any] | None = None,
             calibration: Mapping[str, Any] | None = None, prior_defaults: Mapping[str, Any] | None = None,
-            fit: Fit | Literal["auto"] = "auto") -> Settings:
+            sizing: Sizing | Literal["auto"] = "auto", fit: Sizing | Literal["auto"] | None = None) -> Settings:
     """The settings of a run of ``method`` with ``prior``.
 
     Each setting takes the first value found, in this order:
 
     1. ``overrides``: explicit values (command-line flags, ``CleanOptions`` and settings-block fields,
-       function arguments); ``None`` means unset. ``fit`` is such an override unless it is ``"auto"``.
+       function arguments); ``None`` means unset. ``sizing`` is such an override unless it is ``"auto"``.
     2. ``calibration``: a calibration document (``rgi calibrate``'s JSON): ``lam``, ``score_threshold``,
        ``map_threshold``.
     3. ``prior_defaults``: defaults given beside the prior file (a prior block's ``defaults``, a settings
        block's ``calibration``), over
-    4. the prior file's metadata ``defaults`` (written by ``rgi calibrate-prior``);
+    4. the prior file's metadata ``defaults`` (written by ``rgi calibrate --into-prior``);
     5. the fallbacks: :data:`~rgi_core.inversion.config.FALLBACKS` and the method's paper defaults
-       (:mod:`rgi_core.inversion.config`); ``fit`` falls back to ``resize``.
+       (:mod:`rgi_core.inversion.config`); ``sizing`` falls back to ``resize``.
 
-    The prior is never modified.
+    Defaults (3, 4) give the sizing as ``sizing`` or, in prior files and blocks written before that name,
+    ``fit``. ``fit=`` is the deprecated name of ``sizing=``. The prior is never modified.
 
     Raises:
         ValueError: an unknown method, or an override the method has no field for.
     """
-    defaults = {**prior.defaults, **(prior_defaults or {})}
+    if fit is not None:
+        warnings.warn("resolve(fit=...) is deprecated; use sizing=", DeprecationWarning, stacklevel=2)
+        sizing = fit if sizing == "auto" else sizing
+    defaults = {**_sizing_named(prior.defaults), **_sizing_named(prior_defaults or {})}
     cal = dict(calibration or {})
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "lam" not in given and cal.get("lam") is not None:
@@ -119,8 +124,17 @@ def resolve(prior: Prior, method: str = "rgi", *, overrides: Mapping[str, Any] |
     config = config_for_prior(method, defaults, **given)
     return Settings(
         config=config,
-        fit=defaults.get("fit", "resize") if fit == "auto" else fit,
+        sizing=defaults.get("sizing", "resize") if sizing == "auto" else sizing,
         score_threshold=cal.get("score_threshold", defaults.get("score_threshold")),
         map_threshold=cal.get("map_threshold"),
         calibrated=calibration is not None,
     )
+
+
+def _sizing_named(defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` with the sizing under ``sizing``: the shipped priors store it as ``fit`` (their files are
+    hashed into prior ids, so they keep it), and so may settings blocks saved before."""
+    out = dict(defaults)
+    if "fit" in out:
+        out.setdefault("sizing", out.pop("fit"))
+    return out

@@ -12,7 +12,7 @@
 #             second call stores mask_tv and measures the score threshold with it. The image score is the
 #             mean of the top 25 % of the map (score_topk=0.25, chosen on a digits validation
 #             prior, docs/design.md): the issue's digit corruption covers 10-25 % of the pixels.
-# lam is the fixed point of the calibration rule, 6 damped steps from lam = 0.05 (rgi_core.priors.calibration).
+# lam is the fixed point of the calibration rule, 6 damped steps from lam = 0.05 (rgi_core.calibration).
 set -euo pipefail
 export OMP_NUM_THREADS=1
 cd "$(dirname "$0")/.."
@@ -25,8 +25,8 @@ for name in brick grass gravel; do
   [[ $NAMES == *" $name "* ]] || continue
   cp "$OUT/$name-64.safetensors" "$OUT/ship/$name-64.safetensors"
   [ -d "$OUT/data/$name-train" ] || $RGI export-dataset "$name" "$OUT/data/$name-train" --split train
-  $RGI calibrate-prior "$OUT/ship/$name-64.safetensors" "$OUT/data/$name-train" --images-n 32 --iterations 300 --rounds 6 \
-    --set map_sigma=1.0 --set fit=\"tile\" --texture-stats 256 --segmenter-steps 1000 \
+  $RGI calibrate "$OUT/data/$name-train" --prior "$OUT/ship/$name-64.safetensors" --into-prior --images-n 32 --iterations 300 --rounds 6 \
+    --set map_sigma=1.0 --set sizing=\"tile\" --texture-stats 256 --segmenter-steps 1000 \
     >"$OUT/ship/$name-64.calibration.json" &
   pids+=($!)
 done
@@ -34,12 +34,12 @@ if [[ $NAMES == *" digits "* ]]; then
   (
     f="$OUT/ship/digits-32.safetensors"
     cp "$OUT/digits-32.safetensors" "$f"
-    $RGI calibrate-prior "$f" "$OUT/data/digits-train" --images-n 32 --iterations 300 --rounds 6 \
+    $RGI calibrate "$OUT/data/digits-train" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 6 \
       --set map_sigma=0.0 --set mask_tv=0.0 >"$OUT/ship/digits-32.lam.json"
     tv=$(python3 -c "import json,sys; print(round(1.5 * json.load(open(sys.argv[1]))['lam'], 4))" \
       "$OUT/ship/digits-32.lam.json")
     # starts at the fixed point: one round keeps lam there and records the score threshold with TV on
-    $RGI calibrate-prior "$f" "$OUT/data/digits-train" --images-n 32 --iterations 300 --rounds 1 \
+    $RGI calibrate "$OUT/data/digits-train" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 1 \
       --set mask_tv="$tv" --set mask_tv_until=0.75 --set score_topk=0.25 >"$OUT/ship/digits-32.calibration.json"
   ) &
   pids+=($!)

@@ -35,10 +35,10 @@ for i, img in enumerate(builtin.digits('train')[:1200]):  # images 0..1199
           --width 32 --max-channels 128 --batch-size 32 --steps 8000 --seed 0 --threads 1 \
           --data-note "validation prior: load_digits images 0..1199; 1200..1499 are its validation digits" \
           >>"$OUT/digits-val.log" 2>&1
-        $RGI calibrate-prior "$f" "$data" --images-n 32 --iterations 300 --rounds 6 --set map_sigma=0.0 \
+        $RGI calibrate "$data" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 6 --set map_sigma=0.0 \
           --set mask_tv=0.0 >"$OUT/digits-val.lam.json"
         tv=$($PY -c "import json,sys; print(round(1.5 * json.load(open(sys.argv[1]))['lam'], 4))" "$OUT/digits-val.lam.json")
-        $RGI calibrate-prior "$f" "$data" --images-n 32 --iterations 300 --rounds 1 --set mask_tv="$tv" \
+        $RGI calibrate "$data" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 1 --set mask_tv="$tv" \
           --set mask_tv_until=0.75 >"$OUT/digits-val.calibration.json"
       fi
     ) &
@@ -63,8 +63,8 @@ Image.fromarray(np.round(rows * 255).astype(np.uint8)).save(f'{sys.argv[2]}/{sys
         --batch-size 16 --steps 8000 --seed 0 --threads 1 \
         --data-note "validation prior: skimage.data.$name() x < 384, y < 384; rows y >= 384 are the validation strip" \
         >>"$OUT/$name-val.log" 2>&1
-      $RGI calibrate-prior "$f" "$data" --images-n 32 --iterations 300 --rounds 6 \
-        --set map_sigma=1.0 --set fit=\"tile\" --texture-stats 256 >"$OUT/$name-val.calibration.json"
+      $RGI calibrate "$data" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 6 \
+        --set map_sigma=1.0 --set sizing=\"tile\" --texture-stats 256 >"$OUT/$name-val.calibration.json"
     fi
   ) &
   pids+=($!)

@@ -29,8 +29,8 @@ def test_tiles_round_trip_odd_sizes():
     assert torch.equal(_untile(t, grid, 37, 29), x)
 
 
-@pytest.mark.parametrize("fit", ["resize", "tile"])
-def test_outputs_keep_size_and_mode(tiny_prior, fit):
+@pytest.mark.parametrize("sizing", ["resize", "tile"])
+def test_outputs_keep_size_and_mode(tiny_prior, sizing):
     rng = np.random.default_rng(0)
     items = [
         ("gray.png", _png(rng.integers(0, 256, (40, 50), dtype=np.uint8))),
@@ -38,7 +38,7 @@ def test_outputs_keep_size_and_mode(tiny_prior, fit):
         ("deep.png", _png(rng.integers(0, 65536, (33, 31), dtype=np.uint16))),
         ("junk.png", b"definitely not a png"),
     ]
-    out = clean_batch(items, tiny_prior, FAST, fit=fit)
+    out = clean_batch(items, tiny_prior, FAST, sizing=sizing)
     assert [o.uri for o in out] == [u for u, _ in items]
     assert out[3].error and "junk.png" in out[3].error and out[3].restored_png == b""
     assert out[3].image_key == image_key(items[3][1])

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
+from rgi_core.calibration import conformal_min_images, conformal_threshold, read_calibration
 from rgi_core.evaluation import metrics
 from rgi_core.evaluation.grids import image_grid
 from rgi_core.evaluation.labelled import Labelled, digits_eval_set, export_labelled, items_from_set, load_labelled
 from rgi_core.io import builtin
 from rgi_core.io.images import encode_png
-from rgi_core.priors.calibration import conformal_min_images, conformal_threshold, read_calibration
 
 
 def rgi(*args: str, api: bool = False) -> subprocess.CompletedProcess:
@@ -89,7 +89,7 @@ def test_evaluate_without_masks_reports_na_and_handles_other_sizes(tmp_path):
     (data / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "r"
     r = rgi("evaluate", str(data), "--prior", "digits-32", "--methods", "mse", "--out", str(out),
-            "--iterations", "5", "--n-init", "2", "--fit", "tile")
+            "--iterations", "5", "--n-init", "2", "--sizing", "tile")
     assert r.returncode == 0, r.stderr
     assert "n/a" in r.stdout and "broken.png" in r.stderr
     doc = json.loads((out / "metrics.json").read_text())
@@ -223,9 +223,9 @@ def test_calibrated_thresholds_hit_target_fpr_on_held_out_digits():
     calibration saw, from the same distribution (as a user calibrates on clean images of their own data).
     Pixel FPR pools ~150k pixels: held to +-2 %. Image FPR counts 148 images on each side, so its binomial noise
     alone is ~2.5 % (1 sigma): held to +-5 % here; docs/howto/evaluate.md has the repeated full-size check."""
+    from rgi_core.calibration import CalibrationConfig, calibrate_fpr
     from rgi_core.evaluation.labelled import Thresholds, evaluate_labelled
     from rgi_core.priors import load_prior
-    from rgi_core.priors.calibration import CalibrationConfig, calibrate_fpr
 
     prior, fpr = load_prior("digits-32", device="cpu"), 0.05
     held = torch.from_numpy(builtin.digits("eval"))  # (297, 1, 32, 32), digits 1500..1796

@@ -107,7 +107,7 @@ def test_every_cli_line_runs(prefect_api, tmp_path):
     }
     lines = cli_lines()
     commands = {line.split()[1] for line in lines}
-    assert {"clean", "query", "show", "train-prior", "calibrate-prior"} <= commands
+    assert {"clean", "query", "show", "train-prior", "calibrate"} <= commands
     outputs = {}
     for line in lines:
         args = expand(line, values)

@@ -69,7 +69,7 @@ def test_segmenter_shapes_and_errors():
 
 @pytest.fixture(scope="module")
 def grass_map() -> LearnedMap:
-    """A small segmenter trained on 32 px crops of grass's training split (as calibrate-prior samples them)."""
+    """A small segmenter trained on 32 px crops of grass's training split (as calibrate --into-prior samples them)."""
     sampler = ImageSampler([builtin.texture("grass", "train")], 32, "random", False, seed=0)
     return LearnedMap.fit(sampler.sample(256), sampler.sample(64), SegmenterConfig(steps=300, batch=32, seed=0))
 

@@ -10,8 +10,8 @@ import pytest
 
 from flows.blocks import RgiCleaningSettings
 from flows.options import CleanOptions
+from rgi_core.calibration import CALIBRATION_KIND
 from rgi_core.priors import load_prior
-from rgi_core.priors.calibration import CALIBRATION_KIND
 from rgi_core.settings import resolve
 
 # Written by the cleaning options as they were before settings were resolved in one place (the same values are in
@@ -27,7 +27,7 @@ PINNED = {
                   "dgp": "abc3c8b55607cabf"},
 }
 OPTIONS = {"rgi": CleanOptions(), "rrgi_50": CleanOptions(method="rrgi", iterations=50, lam=0.2),
-           "mse_tile": CleanOptions(method="mse", fit="tile"), "dgp": CleanOptions(method="dgp", n_init=10)}
+           "mse_tile": CleanOptions(method="mse", sizing="tile"), "dgp": CleanOptions(method="dgp", n_init=10)}
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +58,18 @@ def test_calibrated_and_block_hashes_are_unchanged(brick, calibration_file):
 
 def test_precedence_option_over_calibration_over_block_over_prior_over_fallback(brick):
     cal = {"lam": 0.03, "score_threshold": 0.4, "map_threshold": 0.6}
-    block = {"lam": 0.02, "score_threshold": 0.2, "map_sigma": 2.0, "fit": "resize"}
+    block = {"lam": 0.02, "score_threshold": 0.2, "map_sigma": 2.0, "sizing": "resize"}
     assert resolve(brick, overrides={"lam": 0.07}, calibration=cal, prior_defaults=block).config.lam == 0.07
     s = resolve(brick, overrides={"lam": None}, calibration=cal, prior_defaults=block)
     assert (s.config.lam, s.score_threshold, s.map_threshold) == (0.03, 0.4, 0.6)
     s = resolve(brick, prior_defaults=block)
-    assert (s.config.lam, s.score_threshold, s.config.map_sigma, s.fit) == (0.02, 0.2, 2.0, "resize")
+    assert (s.config.lam, s.score_threshold, s.config.map_sigma, s.sizing) == (0.02, 0.2, 2.0, "resize")
     s = resolve(brick)
     d = brick.defaults
-    assert (s.config.lam, s.score_threshold, s.config.map_sigma, s.fit) == (d["lam"], d["score_threshold"],
-                                                                         d["map_sigma"], d["fit"] == "tile" and "tile")
+    assert (s.config.lam, s.score_threshold, s.config.map_sigma, s.sizing) == (d["lam"], d["score_threshold"],
+                                                                            d["map_sigma"], "tile")  # stored as fit
     assert s.config.score_topk == 0.01 and s.map_threshold is None and not s.calibrated  # a fallback; no file
-    assert resolve(brick, fit="resize").fit == "resize"
+    assert resolve(brick, sizing="resize").sizing == "resize"
 
 
 def test_nothing_mutates_a_loaded_prior(brick, calibration_file):
@@ -92,8 +92,11 @@ def test_the_settings_block_and_the_cli_share_the_options_model():
     args = build_parser().parse_args(["clean", "src", "--catalog", "cat", "--n-starts", "3", "--lambda", "0.2"])
     from flows.options import options_from_args
 
-    opts = options_from_args(args, fit=args.fit)
-    assert (opts.n_starts, opts.lam, opts.batch_size, opts.fit) == (3, 0.2, 16, "auto")
+    opts = options_from_args(args)
+    assert (opts.n_starts, opts.lam, opts.batch_size, opts.sizing) == (3, 0.2, 16, "auto")
+    for flags, sizing in ((["--tile"], "tile"), (["--resize"], "resize"), (["--sizing", "tile"], "tile")):
+        args = build_parser().parse_args(["clean", "src", "--catalog", "cat", *flags])
+        assert options_from_args(args, fit=args.fit).sizing == sizing  # fit: unset, the deprecated name
 
 
 def test_model_id_covers_exactly_the_parts_a_result_reads(brick, tmp_path):
@@ -129,3 +132,16 @@ def test_model_id_covers_exactly_the_parts_a_result_reads(brick, tmp_path):
     with torch.no_grad():
         next(g.generator.parameters()).add_(1e-3)
     assert all(ids(g)[m] != base[m] for m in base)
+
+
+def test_fit_is_still_accepted_as_the_deprecated_name_of_sizing(brick):
+    with pytest.warns(DeprecationWarning, match="sizing"):
+        assert CleanOptions(fit="tile").sizing == "tile"
+    with pytest.warns(DeprecationWarning, match="sizing"):
+        assert RgiCleaningSettings(fit="resize").options().sizing == "resize"  # a block saved with fit
+    with pytest.warns(DeprecationWarning, match="sizing"):
+        assert resolve(brick, fit="resize").sizing == "resize"
+    # Defaults may store it under either name; the shipped texture priors keep "fit" (their ids hash the file).
+    assert "fit" in brick.defaults and resolve(brick).sizing == "tile"
+    assert resolve(brick, prior_defaults={"fit": "resize"}).sizing == "resize"
+    assert resolve(brick, prior_defaults={"sizing": "resize"}).sizing == "resize"

@@ -23,11 +23,11 @@ from conftest import generate, write_generated
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from rgi_core.calibration import CalibrationConfig, calibrate, calibrate_fpr
 from rgi_core.detectors.segmenter import LearnedMap, SegmenterConfig
 from rgi_core.evaluation.labelled import Labelled, evaluate_labelled
 from rgi_core.io.images import encode_png
 from rgi_core.priors import save_prior
-from rgi_core.priors.calibration import CalibrationConfig, calibrate, calibrate_fpr
 from rgi_core.priors.nets import ArchSpec
 from rgi_core.priors.training import STATE_FILE, TrainConfig, TrainingStopped, train_prior
 from rgi_core.stopping import Cancelled

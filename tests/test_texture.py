@@ -32,7 +32,7 @@ def stats() -> TextureStats:
 def test_smooth_defects_in_grass_are_found():
     """The defects the residual map misses on grass: smooth regions (flat patch, stain). Fitted on the
     training split, tested on crops of the held-out quarter."""
-    train = ImageSampler([builtin.texture("grass", "train")], 64, "random", False, seed=0)  # as calibrate-prior
+    train = ImageSampler([builtin.texture("grass", "train")], 64, "random", False, seed=0)  # as calibrate --into-prior
     stats = TextureStats.fit(train.sample(64))
     clean = texture_eval_set("grass", n=12, seed=1).clean[:6]  # the clean half: (6, 1, 64, 64)
     flat = clean.clone()
@@ -92,7 +92,7 @@ def test_round_trip_and_bad_input(stats):
     assert texture_stats_of({"texture_stats": stats.to_dict()}) == stats and texture_stats_of({}) is None
     with pytest.raises(ValueError, match="malformed"):
         TextureStats.from_dict({"model": "gmm", "weights": [1.0]})
-    with pytest.raises(ValueError, match="calibrate-prior"):  # the single-Gaussian format of earlier versions
+    with pytest.raises(ValueError, match="--into-prior --texture-stats"):  # the single-Gaussian format of old priors
         TextureStats.from_dict({"mean": [0.0] * 11, "precision": [[1.0] * 11] * 11, "threshold": 1.0})
     with pytest.raises(ValueError, match="square precision"):
         dataclasses.replace(stats, precisions=(stats.precisions[0][:-1], *stats.precisions[1:]))

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from flows.cli import main
+from rgi_core.calibration import CalibrationConfig, calibrate
 from rgi_core.io.images import encode_png
 from rgi_core.priors import load_prior, read_metadata, save_prior, update_metadata
-from rgi_core.priors.calibration import CalibrationConfig, calibrate
 from rgi_core.priors.nets import ArchSpec
 from rgi_core.priors.training import ImageSampler, TrainConfig, export_checkpoint, train_prior
 
@@ -136,54 +136,56 @@ def test_calibration_keeps_clean_images_unmasked(tiny_prior, tmp_path):
 
 
 @pytest.mark.integration  # calibration solves
-def test_cli_calibrate_prior_stores_defaults(tiny_prior, tmp_path, capsys):
+def test_cli_calibrate_into_prior_stores_defaults(tiny_prior, tmp_path, capsys):
     from conftest import write_generated
 
     path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator)
     clean = write_generated(tiny_prior, tmp_path / "clean", 4, seed=2)
-    rc = main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "20",
+    into = ["calibrate", str(clean), "--prior", str(path), "--into-prior"]
+    rc = main([*into, "--images-n", "4", "--iterations", "20",
                "--set", "map_sigma=1.0"])
     assert rc == 0
     defaults = read_metadata(path.read_bytes())["defaults"]
     assert defaults["map_sigma"] == 1.0 and defaults["lam"] > 0 and "score_threshold" in defaults
     assert defaults["calibration"]["source"] == str(clean)
     assert "texture_stats" not in defaults  # only on request: it assumes a stationary texture
-    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "20",
+    assert main([*into, "--images-n", "4", "--iterations", "20",
                  "--rounds", "1", "--texture-stats", "6"]) == 0
     stats = read_metadata(path.read_bytes())["defaults"]["texture_stats"]
     assert stats["images"] == 6 and stats["threshold"] > 0
     assert load_prior(path, device="cpu").defaults["texture_stats"] == stats
-    assert main(["calibrate-prior", str(path), str(clean), "--set", "oops"]) == 2
+    assert main([*into, "--set", "oops"]) == 2
     # A prior with statistics in the single-Gaussian format of earlier versions: without new statistics the
     # texture map can't be used (a clear error), and --texture-stats replaces them.
     update_metadata(path, defaults={**read_metadata(path.read_bytes())["defaults"],
                                     "texture_stats": {"mean": [0.0] * 11, "precision": [[1.0] * 11] * 11}})
-    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "20",
+    assert main([*into, "--images-n", "4", "--iterations", "20",
                  "--rounds", "1"]) == 2
     assert "--texture-stats" in capsys.readouterr().err
-    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "20",
+    assert main([*into, "--images-n", "4", "--iterations", "20",
                  "--rounds", "1", "--texture-stats", "6"]) == 0
     assert read_metadata(path.read_bytes())["defaults"]["texture_stats"]["model"] == "gmm"
 
 
 @pytest.mark.integration  # calibration solves
-def test_cli_calibrate_prior_trains_and_stores_a_segmenter(tiny_prior, tmp_path):
+def test_cli_calibrate_into_prior_trains_and_stores_a_segmenter(tiny_prior, tmp_path):
     from conftest import write_generated
 
     path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator)
     clean = write_generated(tiny_prior, tmp_path / "clean", 4, seed=2)
-    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "10", "--rounds", "1",
+    into = ["calibrate", str(clean), "--prior", str(path), "--into-prior"]
+    assert main([*into, "--images-n", "4", "--iterations", "10", "--rounds", "1",
                  "--segmenter-steps", "3", "--segmenter-crops", "8"]) == 0
     prior = load_prior(path, device="cpu")
     assert prior.segmenter is not None and prior.segmenter.training["steps"] == 3
     assert prior.segmenter.training["crops"] == 8 and prior.segmenter.threshold > 0
     assert prior.defaults["segmenter"]["threshold"] == prior.segmenter.threshold
     # re-calibrating without the flag keeps the segmenter; with it, the weights are replaced, not duplicated
-    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "10",
+    assert main([*into, "--images-n", "4", "--iterations", "10",
                  "--rounds", "1"]) == 0
     kept = load_prior(path, device="cpu").segmenter
     assert kept is not None and kept.threshold == prior.segmenter.threshold
-    assert main(["calibrate-prior", str(path), str(clean), "--images-n", "4", "--iterations", "10", "--rounds", "1",
+    assert main([*into, "--images-n", "4", "--iterations", "10", "--rounds", "1",
                  "--segmenter-steps", "2", "--segmenter-crops", "8", "--segmenter-members", "2"]) == 0
     ensemble = load_prior(path, device="cpu").segmenter  # the single net's tensors gave way to two nets'
     assert ensemble.training["steps"] == 2 and ensemble.members == 2 and ensemble.to_dict()["members"] == 2
@@ -192,7 +194,7 @@ def test_cli_calibrate_prior_trains_and_stores_a_segmenter(tiny_prior, tmp_path)
 def test_lambda_fixed_point_is_damped_not_iterated():
     """f(lam) = 0.03^2 / lam makes lam <- f(lam) cycle 0.05, 0.018, 0.05, ... for ever (the digits prior did
     this: 0.015, 0.069, 0.015, ...); the damped step lam <- sqrt(lam f(lam)) lands on 0.03."""
-    from rgi_core.priors.calibration import damped_fixed_point
+    from rgi_core.calibration import damped_fixed_point
 
     def f(x: float) -> float:
         return 0.03**2 / x

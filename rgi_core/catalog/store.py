@@ -14,7 +14,7 @@ stores by a single PUT. Readers therefore never see half a file; ``.``-prefixed 
 ignored by pyarrow (hidden) and by DuckDB's ``**/*.parquet`` glob (suffix). A run skips images that
 already have a row for the same ``config_hash`` and ``model_id`` (unless forced), so a rerun adds nothing.
 
-Row identity: ``config_hash`` (the resolved solver settings, the image fit and a calibration file's threshold:
+Row identity: ``config_hash`` (the resolved solver settings, the image sizing and a calibration file's threshold:
 :meth:`rgi_core.settings.Settings.config_hash`) and ``model_id`` (the prior parts those settings read:
 :meth:`rgi_core.settings.Settings.model_id`). ``prior_id``, the hash of the whole prior file, is kept for
 provenance: a prior file rewritten with a new note or calibration record keeps its rows, one with new generator

@@ -34,12 +34,14 @@ pixel (unlike the max) yet sensitive to defects covering only ~1 % of the image 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rgi_core.inversion.config import Fidelity
+#: How a pixel's residual is measured: squared (``l2``) or absolute (``l1``); each has its own mask rule.
+Fidelity = Literal["l2", "l1"]
 
 
 def closed_form_mask(residual: torch.Tensor, lam: float, kind: Fidelity = "l2") -> torch.Tensor:

@@ -36,7 +36,7 @@ filters instead of a pretrained network, which this project cannot download. How
 mixture were chosen, on a validation strip of the training split: docs/design.md.
 
 :func:`rgi_core.inversion.solver.invert` fuses it with the residual map when the prior stores statistics
-(``defaults.texture_stats``, written by ``rgi calibrate-prior --texture-stats``) and the config's
+(``defaults.texture_stats``, written by ``rgi calibrate --into-prior --texture-stats``) and the config's
 ``texture_map`` is on: anomaly map ``max(a_rgi, a_tex)``, image score the mean of the two maps' scores.
 The mask M and the restored image stay RGI's own.
 """
@@ -207,7 +207,7 @@ class TextureStats:
         if d.get("model") != "gmm":
             raise ValueError("texture_stats metadata is not the Gaussian-mixture format of this version (priors "
                              "calibrated before it stored one Gaussian over 11 statistics); re-fit them with "
-                             "`rgi calibrate-prior PRIOR CLEAN_IMAGES --texture-stats 256`")
+                             "`rgi calibrate CLEAN_IMAGES --prior PRIOR --into-prior --texture-stats 256`")
         try:
             return cls(tuple(float(v) for v in d["weights"]), _tuples(d["means"]),
                        tuple(_tuples(p) for p in d["precisions"]), float(d["offset"]), float(d["threshold"]),

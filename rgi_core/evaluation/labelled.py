@@ -14,7 +14,7 @@ and optional clean references ``<stem>_clean.png``. :func:`export_labelled` writ
 that layout.
 
 :func:`run_methods` inverts the same images with each method (images of any size go through the cleaning
-pipeline's resize/tile path, :func:`rgi_core.cleaning.fit_invert`) and :func:`score_run` computes, for one
+pipeline's resize/tile path, :func:`rgi_core.cleaning.invert_images`) and :func:`score_run` computes, for one
 method (``nan`` = not applicable, shown as ``n/a``):
 
 - pixel AUROC and max-F1 (= Dice at the best threshold): pooled over every pixel of the images with masks;
@@ -41,13 +41,13 @@ from typing import Any
 
 import torch
 
-from rgi_core.cleaning import Fitted, fit_invert
+from rgi_core.cleaning import Inverted, Sizing, invert_images
 from rgi_core.evaluation import metrics
 from rgi_core.evaluation.defects import TEXTURE_DEFECTS, apply_defect
 from rgi_core.inversion.config import InversionConfig
 from rgi_core.io import builtin
 from rgi_core.priors.files import Prior
-from rgi_core.settings import Fit, resolve
+from rgi_core.settings import resolve
 from rgi_core.stopping import StopCheck, check
 
 
@@ -221,11 +221,11 @@ class MethodRun:
 
     method: str
     config: InversionConfig
-    outputs: list[Fitted]
+    outputs: list[Inverted]
     seconds: float
 
 
-def run_methods(prior: Prior, images: list[torch.Tensor], methods: tuple[str, ...], fit: Fit = "resize",
+def run_methods(prior: Prior, images: list[torch.Tensor], methods: tuple[str, ...], sizing: Sizing = "resize",
                 batch_size: int = 32, progress: Callable[[str], None] | None = None,
                 calibration: dict[str, Any] | None = None, stop: StopCheck | None = None,
                 **overrides: object) -> list[MethodRun]:
@@ -237,13 +237,13 @@ def run_methods(prior: Prior, images: list[torch.Tensor], methods: tuple[str, ..
     runs = []
     for method in methods:
         cfg = resolve(prior, method, overrides=overrides, calibration=calibration).config
-        outputs: list[Fitted] = []
+        outputs: list[Inverted] = []
         seconds = 0.0
         for start in range(0, len(images), batch_size):
             check(stop, f"evaluation stopped in {method} at image {start} of {len(images)}")
             chunk = images[start : start + batch_size]
-            fitted, per_image = fit_invert(chunk, prior, cfg, fit, stop)
-            outputs += fitted
+            inverted, per_image = invert_images(chunk, prior, cfg, sizing, stop)
+            outputs += inverted
             seconds += per_image * len(chunk)
         if progress:
             progress(f"{method}: {len(images)} images in {seconds:.1f} s")
@@ -378,7 +378,7 @@ class EvalReport:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, ...], fit: Fit = "resize",
+def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, ...], sizing: Sizing = "resize",
                       thresholds: Thresholds = Thresholds(), batch_size: int = 32,
                       progress: Callable[[str], None] | None = None, meta: dict[str, Any] | None = None,
                       calibration: dict[str, Any] | None = None, stop: StopCheck | None = None,
@@ -386,7 +386,7 @@ def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, .
     """Run every method on the items and score each run (``stop``: as :func:`run_methods`)."""
     if not items:
         raise ValueError("no images to evaluate")
-    runs = run_methods(prior, [it.image for it in items], methods, fit, batch_size, progress, calibration, stop,
+    runs = run_methods(prior, [it.image for it in items], methods, sizing, batch_size, progress, calibration, stop,
                        **overrides)
     return EvalReport(items, runs, [score_run(items, r, thresholds) for r in runs], thresholds, dict(meta or {}))
 
@@ -402,7 +402,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def _quality(it: Labelled, o: Fitted, t: Thresholds) -> float:
+def _quality(it: Labelled, o: Inverted, t: Thresholds) -> float:
     """Per-image quality used to rank worst/best cases: IoU, else restored PSNR, else minus the score."""
     if o.error:
         return -math.inf

@@ -15,9 +15,10 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
-Fidelity = Literal["l2", "l1"]
+if TYPE_CHECKING:  # the residual rules own it; importing them here would load torch with every config
+    from rgi_core.detectors.residual import Fidelity
 
 #: lam used when neither the config nor the prior's metadata sets one: residual threshold 0.16 in [0, 1]
 #: intensity units, the RGI paper's 0.2 on [-1, 1] images (their range: 0.07-0.1 inpainting faces,

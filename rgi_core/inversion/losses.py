@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from rgi_core.inversion.config import Fidelity
+from rgi_core.detectors.residual import Fidelity
 
 
 def fidelity_power(kind: Fidelity) -> int:

@@ -4,19 +4,26 @@
   their fit (:func:`rgi_core.detectors.residual.closed_form_mask`);
 - the BIGPrior fusion ``restored = (1 - phi) * A_dagger(y) + phi * G(z)``, phi the sharpened mask rule
   (:func:`rgi_core.detectors.residual.reliance`), 1 wherever the physics observes nothing;
-- the anomaly map and image score (:func:`rgi_core.detectors.fusion.fused_anomaly_map`) of the residual the
-  objective scores;
+- the anomaly map and image score (:func:`fused_anomaly_map`) of the residual the objective scores, joined
+  with the prior's other detectors (:mod:`rgi_core.detectors.fusion`);
 - per-image diagnostics: the final terms, convergence, the best-of-N cost.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from rgi_core.detectors import residual as residual_rule
-from rgi_core.detectors.fusion import fused_anomaly_map
+from rgi_core.detectors.fusion import fuse_maps
+from rgi_core.detectors.residual import Fidelity, anomaly_map, image_score
+from rgi_core.detectors.texture import texture_stats_of
+from rgi_core.inversion.config import InversionConfig
 from rgi_core.inversion.objectives import Objective
+from rgi_core.inversion.operators import Identity, Physics
 from rgi_core.inversion.results import ImageDiagnostics, InversionResult
+from rgi_core.priors.files import Prior
 
 
 @torch.no_grad()
@@ -42,6 +49,31 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
         anomaly_map=amap.to(out, dtype), score=score.to(out, dtype),
         generated=x.to(out, dtype), latent=z.detach().to(out, dtype), diagnostics=diagnostics,
     )
+
+
+def fused_anomaly_map(residual: torch.Tensor, lam: float, kind: Fidelity, config: InversionConfig, prior: Prior,
+                      physics: Physics, y: torch.Tensor,
+                      lift: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The anomaly map (B, 1, H, W) and score (B,) of one solve.
+
+    ``residual`` (B, 1, H', W') is the per-pixel residual the solver scores; ``lift`` takes a measurement-space
+    map to image space; ``y`` are the observations, read by the other detectors.
+    """
+    amap = lift(anomaly_map(residual, lam, kind, config.map_sigma))
+    score = image_score(amap, config.score_topk, config.score_sigma)
+    return fuse_maps(amap, score, detector_maps(prior, config, physics, y), config.score_topk, config.score_sigma)
+
+
+def detector_maps(prior: Prior, config: InversionConfig, physics: Physics, y: torch.Tensor) -> list[torch.Tensor]:
+    """Maps (B, 1, H, W) of the prior's other detectors, for defects G reproduces: texture statistics, the
+    learned segmenter. Only for the identity physics (they read the image itself)."""
+    if not isinstance(physics, Identity):
+        return []
+    stats = texture_stats_of(prior.defaults) if config.texture_map else None
+    maps = [stats.anomaly_map(y)] if stats is not None else []
+    if config.learned_map and prior.segmenter is not None:
+        maps.append(prior.segmenter.anomaly_map(y))
+    return maps
 
 
 def _diagnostics(

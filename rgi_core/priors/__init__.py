@@ -1,4 +1,4 @@
-"""Priors: the generator and discriminator nets, the prior file format, training, calibration, shipped files."""
+"""Priors: the generator and discriminator nets, the prior file format, training, shipped files."""
 
 from rgi_core.priors.files import (
     Prior,

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rgi_core.cleaning import fit_invert, network_inputs
+from rgi_core.cleaning import Sizing, invert_images, network_inputs
 from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.detectors.texture import TextureStats
 from rgi_core.inversion import losses
@@ -51,7 +51,6 @@ from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_fo
 from rgi_core.inversion.loop import SolveControl
 from rgi_core.inversion.solver import invert
 from rgi_core.priors.files import Prior
-from rgi_core.settings import Fit
 from rgi_core.stopping import StopCheck, check
 
 
@@ -184,9 +183,10 @@ CALIBRATION_KIND = "rgi-calibration"
 
 
 def clean_statistics(prior: Prior, images: list[torch.Tensor], lam: float, cfg: CalibrationConfig,
-                     method: str = "rgi", fit: Fit = "resize", batch_size: int = 64, stop: StopCheck | None = None
+                     method: str = "rgi", sizing: Sizing = "resize", batch_size: int = 64,
+                     stop: StopCheck | None = None
                      ) -> tuple[np.ndarray, list[np.ndarray], int]:
-    """Clean every image as the pipeline does (:func:`rgi_core.cleaning.fit_invert`, ``method`` with ``lam``).
+    """Clean every image as the pipeline does (:func:`rgi_core.cleaning.invert_images`, ``method`` with ``lam``).
 
     Returns the image scores ``(n,)``, each image's flattened anomaly map, and how many images failed.
     Images are inverted independently (a seeded solve gives an image the same result in any batch), so
@@ -196,8 +196,8 @@ def clean_statistics(prior: Prior, images: list[torch.Tensor], lam: float, cfg: 
                                seed=cfg.seed)
     scores, maps, failed = [], [], 0
     for start in range(0, len(images), batch_size):
-        fitted, _ = fit_invert(images[start : start + batch_size], prior, run_cfg, fit, stop)
-        for f in fitted:
+        inverted, _ = invert_images(images[start : start + batch_size], prior, run_cfg, sizing, stop)
+        for f in inverted:
             if f.error:
                 failed += 1
                 continue
@@ -236,7 +236,7 @@ def fpr_thresholds(scores: np.ndarray, map_values: np.ndarray, fpr: float) -> tu
 
 
 def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: CalibrationConfig | None = None,
-                  method: str = "rgi", fit: Fit = "resize", lam_images: int = 64, batch_size: int = 64,
+                  method: str = "rgi", sizing: Sizing = "resize", lam_images: int = 64, batch_size: int = 64,
                   lam: float | None = None, stop: StopCheck | None = None) -> dict[str, Any]:
     r"""Thresholds for a target false-positive rate, from clean images only (each (C, H, W), any size).
 
@@ -256,11 +256,11 @@ def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: Cal
         raise ValueError(f"need at least 2 clean images, got {len(images)}")
     history: list[list[float]] = []
     if lam is None:
-        inputs = torch.cat([network_inputs(x, prior, fit) for x in images])  # (n, c, r, r)
+        inputs = torch.cat([network_inputs(x, prior, sizing) for x in images])  # (n, c, r, r)
         gen = torch.Generator().manual_seed(cfg.seed)
         pick = torch.randperm(len(inputs), generator=gen)[:lam_images].sort().values
         lam, history = fit_lam(prior, inputs[pick], cfg, stop)
-    s, maps, failed = clean_statistics(prior, images, lam, cfg, method, fit, batch_size, stop)
+    s, maps, failed = clean_statistics(prior, images, lam, cfg, method, sizing, batch_size, stop)
     if len(s) < 2:
         raise ValueError(f"only {len(s)} clean images could be inverted; need at least 2")
     m = np.concatenate(maps)
@@ -271,7 +271,7 @@ def calibrate_fpr(prior: Prior, images: list[torch.Tensor], fpr: float, cfg: Cal
         "prior": prior.name,
         "prior_id": prior.prior_id,
         "method": method,
-        "fit": fit,
+        "sizing": sizing,
         "fpr": fpr,
         "lam": lam,
         "score_threshold": score_t,
