@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from rgi_core.version import __version__
 
 # The public names load on first use (PEP 562), so that a command which needs none of them, such as
 # `rgi query` on a catalog, does not pay torch's 2-3 s import.

@@ -30,6 +30,7 @@ from torch import nn
 from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.device import resolve_device
 from rgi_core.priors.nets import ArchSpec, Discriminator, Generator
+from rgi_core.version import __version__
 
 FORMAT_VERSION = 1
 SEGMENTER_PREFIX = "segmenter."
@@ -110,8 +111,6 @@ def prior_bytes(
     defaults: dict[str, Any] | None = None,
 ) -> bytes:
     """Serialise a prior to safetensors bytes (spectral norm baked into the weights)."""
-    from rgi_core import __version__
-
     tensors = {f"generator.{k}": v for k, v in plain_state_dict(generator).items()}
     tensors |= {f"discriminator.{k}": v for k, v in plain_state_dict(discriminator).items()}
     meta = {
