@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from rgi_core.settings import Settings
 
 MAX_LISTED_ERRORS = 20  # error rows named in the run's artifact (all of them are in the catalog)
+ABANDON_AFTER = 10.0  # seconds a stopped run still waits for a running batch (a solve ends within a step)
 
 
 class RunStopped(Exception):  # noqa: N818  what happened to the run, not an error of the program
@@ -198,13 +199,13 @@ def _stream(source: str, catalog: str | RgiCatalog, prior_arg: tuple[str, str | 
             outcomes = invert.submit(items, prior_ref, options, settings, stop.ref)
             pending.append((outcomes, write_rows.with_options(**io).submit(outcomes, items, catalog, context, seq)))
             while len(pending) > options.max_in_flight:
-                run.collect(_written(*pending.popleft()))
+                run.collect(_written(*pending.popleft(), stop))
         while pending:
-            run.collect(_written(*pending.popleft()))
+            run.collect(_written(*pending.popleft(), stop))
     except Exception as exc:
         for futures in pending:  # batches already in flight still commit: count them in the run's row
             try:
-                run.collect(_written(*futures))
+                run.collect(_written(*futures, stop))
             except Exception:  # noqa: BLE001, S112  the first failure is the one raised
                 continue
         if stop.requested() and not isinstance(exc, Cancelled):
@@ -212,16 +213,27 @@ def _stream(source: str, catalog: str | RgiCatalog, prior_arg: tuple[str, str | 
         raise
 
 
-def _written(inverted: PrefectFuture, written: PrefectFuture) -> list[dict[str, Any]]:
+def _written(inverted: PrefectFuture, written: PrefectFuture, stop: stopping.RunStop) -> list[dict[str, Any]]:
     """A batch's written rows; if its inversion did not complete, the inversion's own exception (a timeout, a
     stop), not the write's "upstream did not complete"."""
-    inverted.wait()
+    _wait(inverted, stop)
     state = inverted.state
     if state.is_cancelled():
         raise Cancelled(state.message or "batch abandoned")
     if not state.is_completed():
         inverted.result()  # raises the task's exception
+    _wait(written, stop)
     return written.result()
+
+
+def _wait(future: PrefectFuture, stop: stopping.RunStop) -> None:
+    """Wait for ``future``; once the run is stopped, for at most :data:`ABANDON_AFTER` seconds more (a batch
+    whose worker died with the signal never ends by itself)."""
+    while not future.wrapped_future.done():
+        future.wait(timeout=0.5)
+        if stop.requested():
+            if time.monotonic() - stop.requested_at > ABANDON_AFTER:
+                raise Cancelled(f"{stop.reason}; a batch still running {ABANDON_AFTER:.0f} s later was abandoned")
 
 
 def _one_line(exc: BaseException, limit: int = 1000) -> str:

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +100,7 @@ class RunStop:
         self.ref = StopRef(run_id, dask=dask_client is not None)
         self.event = threading.Event()
         self.reasons: list[str] = []
+        self.requested_at: float | None = None  # monotonic time the stop was first seen
         self._client = dask_client
 
     def set(self, reason: str) -> None:
@@ -116,7 +118,10 @@ class RunStop:
 
     def requested(self) -> bool:
         """True once this run, or the whole process, was asked to stop."""
-        return self.event.is_set() or _PROCESS.is_set()
+        asked = self.event.is_set() or _PROCESS.is_set()
+        if asked and self.requested_at is None:
+            self.requested_at = time.monotonic()
+        return asked
 
     @property
     def reason(self) -> str:
@@ -148,7 +153,8 @@ def run_stop(run_id: str, flow_run_id: Any | None = None, dask_client: Any | Non
         raise
     finally:
         done.set()
-        _RUNS.pop(run_id, None)
+        if not stop.event.is_set():  # a stopped run stays known: a task that starts late must still see the stop
+            _RUNS.pop(run_id, None)
 
 
 def _forward_process_stop(stop: RunStop, done: threading.Event) -> None:
