@@ -48,11 +48,33 @@ def _env(tmp_path: Path, api: bool) -> dict[str, str]:
     return env | {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftovers():
+    """A test that fails before its command ended must not leave the command (and its children) running."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+
+
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """``python -m flows.cli ARGS`` in a session of its own (as a shell runs a job), stderr to ``log``."""
+    return _popen([sys.executable, "-m", "flows.cli", *args], env, log)
+
+
+def _popen(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], stdout=subprocess.DEVNULL, stderr=f,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f, env=env, start_new_session=True)
+    _STARTED.append(proc)
+    return proc
 
 
 def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -215,9 +237,7 @@ def test_flow_process_sigterm_ends_within_seconds(prefect_api, tiny_prior, tmp_p
     code = ("import sys\nfrom flows.clean import clean_dataset\nfrom flows.options import CleanOptions\n"
             f"clean_dataset(source={str(src)!r}, catalog={str(cat)!r}, prior={str(prior)!r}, "
             "options=CleanOptions(iterations=1_000_000, n_init=1, batch_size=2))\n")
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-c", code], stderr=f, stdout=subprocess.DEVNULL,
-                                env=_env(tmp_path, api=True), start_new_session=True)
+    proc = _popen([sys.executable, "-c", code], _env(tmp_path, api=True), log)
     _wait_for(log, "Beginning flow run", proc)
     time.sleep(2)
     os.kill(proc.pid, signal.SIGTERM)
@@ -356,7 +376,8 @@ print("exiting", flush=True)
 """
     env = _env(tmp_path, api=False) | {"PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.getcwd()}"}
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, start_new_session=True)
+    _STARTED.append(proc)
     assert proc.stdout.readline().strip() == "exiting", proc.stderr.read()
     t0 = time.monotonic()
     proc.wait(timeout=120)
