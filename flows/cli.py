@@ -14,12 +14,20 @@ def _warn(message: str) -> None:
 
 
 def _stopped(head: str, left: str, code: int | None) -> int:
-    """Say in one line that a command stopped on request (``rgi HEAD (SIGINT); LEFT``: what it left behind) and
-    return the exit code of the signal that asked (1 without one). The request is forgotten, so a process that
-    goes on (a test, a library caller) can run the next command."""
+    """Say in one line that a command stopped on request (``rgi HEAD (SIGINT); LEFT``: what it left behind); see
+    :func:`_say_stopped`."""
     from flows import stopping
 
-    print(f"rgi {head} ({stopping.stop_reason() or 'stop requested'}); {left}", file=sys.stderr, flush=True)
+    return _say_stopped(f"rgi {head} ({stopping.stop_reason() or 'stop requested'}); {left}", code)
+
+
+def _say_stopped(line: str, code: int | None) -> int:
+    """Print ``line`` and return the exit code of the signal that asked (1 without one, e.g. a Prefect API
+    cancellation). The request is forgotten, so a process that goes on (a test, a library caller) can run the
+    next command."""
+    from flows import stopping
+
+    print(line, file=sys.stderr, flush=True)
     stopping._reset()
     return code if code is not None else 1
 
@@ -41,8 +49,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         try:
             return run(out_dir=args.out_dir, texture=args.texture, n=args.images, iterations=args.iterations or 600)
         except RunStopped as exc:
-            print(f"\nrgi demo: {exc}", file=sys.stderr, flush=True)
-            return signalled() or 1
+            return _say_stopped(f"\nrgi demo: {exc}", signalled())
 
 
 def _cmd_priors(args: argparse.Namespace) -> int:
@@ -172,8 +179,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
         try:
             out = run_clean(source=args.source, catalog=args.catalog, prior=args.prior, options=opts)
         except RunStopped as exc:
-            print(f"\nrgi clean: {exc}; run the same command again to go on", file=sys.stderr, flush=True)
-            return signalled() or 1
+            return _say_stopped(f"\nrgi clean: {exc}; run the same command again to go on", signalled())
     print(f"\nrgi clean: {out['images_ok']} cleaned, {out['images_error']} errors, {out['images_skipped']} already "
           f"in the catalog; {out['images_per_second']:.2f} images/s; config {out['config_hash']}")
     if out["top"]:

@@ -144,8 +144,8 @@ def run_stop(run_id: str, flow_run_id: Any | None = None, dask_client: Any | Non
         watcher = threading.Thread(target=_watch_api, args=(flow_run_id, stop, done), daemon=True,
                                    name=f"rgi-cancel-watch-{run_id[:8]}")
         watcher.start()
-    forward = threading.Thread(target=_forward_process_stop, args=(stop, done), daemon=True)
-    forward.start()
+    if dask_client is not None:  # in this process the solves read the process-wide stop themselves
+        threading.Thread(target=_forward_process_stop, args=(stop, done), daemon=True).start()
     try:
         yield stop
     except BaseException:
