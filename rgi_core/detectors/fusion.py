@@ -1,33 +1,244 @@
-"""How the maps of every detector a prior carries join into one anomaly map and image score.
+r"""How the maps of every detector a prior carries join into one anomaly map and image score.
 
-What a solve fuses (:func:`rgi_core.inversion.products.fused_anomaly_map`):
+The detectors (each a map (B, 1, H, W) in [0, 1) that reads 0.5 at its own clean 99.5 % quantile):
 
-1. The residual map (:mod:`.residual`): what the fit G(z) cannot explain, 0.5 at the mask threshold.
-2. With the identity physics (the detectors read the image itself) and when the config allows them: the
-   texture-statistics map (:mod:`.texture`, priors whose metadata stores ``texture_stats``) and the learned
-   segmenter's map (:mod:`.segmenter`, priors whose file carries one).
-3. Fusion: the pixel-wise maximum of the maps (each reads 0.5 at its clean 99.5 % quantile) and the mean of
-   their image scores (each the mean of the top ``score_topk`` of its map blurred by ``score_sigma``).
+1. ``residual`` (:mod:`.residual`): what the fit G(z) cannot explain.
+2. ``texture`` (:mod:`.texture`, priors whose metadata stores ``texture_stats``): pixels whose local statistics
+   are rare.
+3. ``learned`` (:mod:`.segmenter`, priors whose file carries one): a segmenter trained on synthetic anomalies.
+
+Their scales differ, and so does how confident each is on a given defect: a mean of their scores lets two
+unsure detectors dilute one sure one. A prior calibrated with :class:`Fusion` therefore reads every detector
+on one scale, *how rare is this value on clean data*:
+
+- each detector's image score and each of its pixels becomes a tail probability :math:`p` under that detector's
+  clean distribution (:class:`Tail`, fitted on clean images only, stored in the prior);
+- the :math:`p` of the detectors are joined by a rule that needs no anomaly examples (:func:`combine`):
+  ``min_p``, Šidák's correction of the smallest, :math:`1 - (1 - p_{min})^k` (one confident detector is enough),
+  or ``fisher``, :math:`-2\sum \ln p_i \sim \chi^2_{2k}` (weak evidence from several adds up);
+- the image score is :math:`-\log_{10} p` of the joined image :math:`p` (3 means: one clean image in a thousand
+  scores this high); the anomaly map is :math:`L / (L + t)` with :math:`L = -\log_{10} p` of the joined pixel
+  :math:`p`, so it reads 0.5 at the map threshold :math:`t` (``map_threshold``).
+
+Priors without a :class:`Fusion` keep the older rule (:func:`fuse_maps`): the pixel-wise maximum of the maps and
+the mean of their image scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from rgi_core.detectors.residual import image_score
+
+Rule = Literal["min_p", "fisher"]
+RULES: tuple[Rule, ...] = ("min_p", "fisher")
+DETECTORS = ("residual", "texture", "learned")
+_EPS = 1e-6
+_LN10 = math.log(10.0)
+
+
+def _logit(v: torch.Tensor) -> torch.Tensor:
+    v = v.clamp(_EPS, 1.0 - _EPS)
+    return torch.log(v) - torch.log1p(-v)
+
+
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of (xp, fp) at x, xp increasing; constant beyond the ends."""
+    i = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
+    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    w = ((x - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return f0 + w * (f1 - f0)
+
+
+@dataclass(frozen=True)
+class Tail:
+    r"""A detector's clean-data distribution, read as a tail probability :math:`p(v) = P_{clean}(V \ge v)`.
+
+    Values are first taken to log-odds (every detector map lives in [0, 1)). The body is the empirical
+    survival function of the clean values, stored at ``knots`` quantiles; beyond the top ``tail`` fraction
+    (at least 5 values) the survival falls exponentially in log-odds with the mean excess of those values as
+    its scale (a peaks-over-threshold fit, Pickands 1975, with shape 0), so a value above every clean one still
+    gets a finite, ordered :math:`p` instead of a tie at :math:`1/(n+1)`.
+
+    Attributes:
+        values: knot positions in log-odds, increasing.
+        log_survival: :math:`\ln P(V \ge \text{value})` at each knot, from 0 down.
+        scale: the exponential tail's scale in log-odds beyond the last knot.
+        n: how many clean values it was fitted on.
+    """
+
+    values: tuple[float, ...]
+    log_survival: tuple[float, ...]
+    scale: float
+    n: int
+
+    def __post_init__(self) -> None:
+        if len(self.values) < 2 or len(self.values) != len(self.log_survival) or not self.scale > 0:
+            raise ValueError("a tail needs >= 2 knots of values and log survival, and scale > 0")
+
+    @classmethod
+    def fit(cls, clean: np.ndarray | torch.Tensor, knots: int = 64, tail: float = 0.1) -> Tail:
+        """Fit on clean values (any shape) in [0, 1); needs at least 10."""
+        v = np.sort(_logit(torch.as_tensor(clean, dtype=torch.float64).flatten()).numpy())
+        n = v.size
+        if n < 10:
+            raise ValueError(f"need at least 10 clean values to fit a tail, got {n}")
+        k = min(n - 1, max(5, math.ceil(tail * n)))
+        levels = np.geomspace(1.0, k / (n + 1), knots)  # survival levels, 1 down to the tail's start
+        xs = np.quantile(v, 1.0 - levels)
+        xs = xs + np.arange(knots) * 1e-9  # strictly increasing, for interpolation
+        excess = v[v > xs[-1]] - xs[-1]
+        scale = float(excess.mean()) if excess.size else 1.0
+        return cls(tuple(float(x) for x in xs), tuple(float(s) for s in np.log(levels)), max(scale, 1e-3), n)
+
+    def log_p(self, v: torch.Tensor) -> torch.Tensor:
+        """:math:`\\ln p` of values v (any shape) in [0, 1), same shape; at most 0."""
+        x = _logit(v.double())
+        xp = torch.tensor(self.values, dtype=torch.float64, device=v.device)
+        fp = torch.tensor(self.log_survival, dtype=torch.float64, device=v.device)
+        tail = fp[-1] - (x - xp[-1]) / self.scale
+        return torch.where(x > xp[-1], tail, _interp(x, xp, fp)).to(v.dtype if v.is_floating_point() else
+                                                                   torch.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": list(self.values), "log_survival": list(self.log_survival), "scale": self.scale,
+                "n": self.n}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Tail:
+        return cls(tuple(d["values"]), tuple(d["log_survival"]), float(d["scale"]), int(d["n"]))
+
+
+def combine(log_ps: Sequence[torch.Tensor], rule: Rule) -> torch.Tensor:
+    r"""Join the :math:`\ln p` of k detectors (each the same shape) into one :math:`\ln p`.
+
+    ``min_p``: :math:`1 - (1 - p_{min})^k` (Šidák); ``fisher``: the :math:`\chi^2_{2k}` tail of
+    :math:`X = -2\sum\ln p_i`, :math:`e^{-X/2}\sum_{j<k}(X/2)^j/j!`. Both are exact for independent detectors;
+    for dependent ones the score still ranks, and the score threshold is measured on clean data anyway.
+    """
+    if not log_ps:
+        raise ValueError("nothing to combine")
+    k = len(log_ps)
+    stacked = torch.stack([lp.double() for lp in log_ps])
+    if rule == "min_p":
+        lmin = stacked.amin(0).clamp_max(0.0)
+        exact = torch.log(-torch.expm1(k * torch.log1p(-torch.exp(lmin).clamp_max(1.0 - 1e-16))))
+        out = torch.where(lmin < -20.0, lmin + math.log(k), exact)  # 1 - (1-p)^k = k p for tiny p
+    elif rule == "fisher":
+        half = -stacked.sum(0)  # X / 2
+        j = torch.arange(k, dtype=torch.float64, device=half.device)
+        terms = j * torch.log(half.clamp_min(1e-300))[..., None] - torch.lgamma(j + 1)
+        out = -half + torch.logsumexp(terms, -1)
+    else:
+        raise ValueError(f"unknown fusion rule {rule!r}; choose from {RULES}")
+    return out.clamp_max(0.0).to(log_ps[0].dtype)
+
+
+def surprise(log_p: torch.Tensor) -> torch.Tensor:
+    """:math:`-\\log_{10} p` from :math:`\\ln p`: 0 for the commonest clean value, 3 for one in a thousand."""
+    return -log_p / _LN10
+
+
+@dataclass(frozen=True)
+class DetectorTails:
+    """One detector's clean distributions: of its image scores and of its pixels."""
+
+    image: Tail
+    pixel: Tail
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image.to_dict(), "pixel": self.pixel.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DetectorTails:
+        return cls(Tail.from_dict(d["image"]), Tail.from_dict(d["pixel"]))
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A prior's calibrated fusion (``defaults.fusion`` in its metadata).
+
+    Attributes:
+        tails: per detector name (:data:`DETECTORS`), its clean distributions.
+        rule: how the detectors' :math:`p` join (:func:`combine`).
+        map_threshold: :math:`t` in :math:`-\\log_{10} p` units: the fused map reads 0.5 there.
+        topk / sigma: how each detector's image score is read from its map (:func:`.residual.image_score`).
+        record: how it was obtained (images, settings, the selection's numbers), for the metadata.
+    """
+
+    tails: dict[str, DetectorTails]
+    rule: Rule = "min_p"
+    map_threshold: float = 3.0
+    topk: float = 0.01
+    sigma: float = 1.0
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tails or set(self.tails) - set(DETECTORS):
+            raise ValueError(f"fusion tails must name detectors among {DETECTORS}, got {sorted(self.tails)}")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown fusion rule {self.rule!r}; choose from {RULES}")
+        if not self.map_threshold > 0:
+            raise ValueError(f"map_threshold must be > 0, got {self.map_threshold}")
+
+    @classmethod
+    def fit(cls, clean_maps: Mapping[str, torch.Tensor], rule: Rule = "min_p", map_threshold: float = 3.0,
+            topk: float = 0.01, sigma: float = 1.0, record: dict[str, Any] | None = None) -> Fusion:
+        """Fit every detector's tails on its maps (N, 1, H, W) of clean images, keyed by detector name."""
+        tails = {name: DetectorTails(Tail.fit(image_score(m.float(), topk, sigma)), Tail.fit(m))
+                 for name, m in clean_maps.items()}
+        return cls(tails, rule, map_threshold, topk, sigma, dict(record or {}))
+
+    def detector_log_p(self, maps: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per detector present in both: (image :math:`\\ln p` (B,), pixel :math:`\\ln p` (B, 1, H, W))."""
+        out = {}
+        for name, m in maps.items():
+            if name in self.tails:
+                t = self.tails[name]
+                out[name] = (t.image.log_p(image_score(m, self.topk, self.sigma)), t.pixel.log_p(m))
+        if not out:
+            raise ValueError(f"none of the detectors {sorted(maps)} is calibrated (calibrated: {sorted(self.tails)})")
+        return out
+
+    def fuse(self, maps: Mapping[str, torch.Tensor], rule: Rule | None = None,
+             map_threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused anomaly map (B, 1, H, W) in [0, 1) and image score (B,) (:math:`-\\log_{10} p`)."""
+        rule = rule or self.rule
+        t = self.map_threshold if map_threshold is None else map_threshold
+        per = self.detector_log_p(maps)
+        score = surprise(combine([p[0] for p in per.values()], rule))
+        level = surprise(combine([p[1] for p in per.values()], rule))
+        return level / (level + t), score
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "map_threshold": self.map_threshold, "topk": self.topk, "sigma": self.sigma,
+                "tails": {k: v.to_dict() for k, v in self.tails.items()}, "record": self.record}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Fusion:
+        return cls({k: DetectorTails.from_dict(v) for k, v in d["tails"].items()}, d.get("rule", "min_p"),
+                   float(d.get("map_threshold", 3.0)), float(d.get("topk", 0.01)), float(d.get("sigma", 1.0)),
+                   dict(d.get("record", {})))
+
+
+def fusion_of(defaults: Mapping[str, Any]) -> Fusion | None:
+    """The calibrated fusion stored in a prior's defaults, or None."""
+    d = defaults.get("fusion")
+    return Fusion.from_dict(d) if d else None
 
 
 def fuse_maps(
     amap: torch.Tensor, score: torch.Tensor, maps: Sequence[torch.Tensor], topk: float = 0.01, sigma: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The residual map (B, 1, H, W) and score (B,) joined with the prior's other detectors' maps (each (B, 1, H, W)):
-    the texture map (:mod:`rgi_core.detectors.texture`) and the learned map (:mod:`rgi_core.detectors.segmenter`).
-
-    Map: the pixel-wise maximum (each reads 0.5 at its clean 99.5 % quantile). Score: the mean of the image
-    scores (standardising each by its clean scores was measured and not adopted, docs/design.md). With no
-    other maps, ``amap`` and ``score`` come back unchanged.
+    """The older, uncalibrated rule, for priors without a :class:`Fusion`: the residual map (B, 1, H, W) and
+    score (B,) joined with the other detectors' maps (each (B, 1, H, W)) by the pixel-wise maximum and the mean
+    of the image scores. With no other maps, ``amap`` and ``score`` come back unchanged.
     """
     fused, scores = amap, [score]
     for m in maps:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from rgi_core.detectors import residual as residual_rule
-from rgi_core.detectors.fusion import fuse_maps
+from rgi_core.detectors.fusion import fuse_maps, fusion_of
 from rgi_core.detectors.residual import Fidelity, anomaly_map, image_score
 from rgi_core.detectors.texture import texture_stats_of
 from rgi_core.inversion.config import InversionConfig
@@ -60,19 +60,24 @@ def fused_anomaly_map(residual: torch.Tensor, lam: float, kind: Fidelity, config
     map to image space; ``y`` are the observations, read by the other detectors.
     """
     amap = lift(anomaly_map(residual, lam, kind, config.map_sigma))
+    others = detector_maps(prior, config, physics, y)
+    fusion = fusion_of(prior.defaults)
+    if fusion is not None:
+        return fusion.fuse({"residual": amap, **others})
     score = image_score(amap, config.score_topk, config.score_sigma)
-    return fuse_maps(amap, score, detector_maps(prior, config, physics, y), config.score_topk, config.score_sigma)
+    return fuse_maps(amap, score, list(others.values()), config.score_topk, config.score_sigma)
 
 
-def detector_maps(prior: Prior, config: InversionConfig, physics: Physics, y: torch.Tensor) -> list[torch.Tensor]:
-    """Maps (B, 1, H, W) of the prior's other detectors, for defects G reproduces: texture statistics, the
-    learned segmenter. Only for the identity physics (they read the image itself)."""
+def detector_maps(prior: Prior, config: InversionConfig, physics: Physics,
+                  y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Maps (B, 1, H, W) of the prior's other detectors, for defects G reproduces, by name: ``texture``
+    (texture statistics), ``learned`` (the segmenter). Only for the identity physics (they read the image itself)."""
     if not isinstance(physics, Identity):
-        return []
+        return {}
     stats = texture_stats_of(prior.defaults) if config.texture_map else None
-    maps = [stats.anomaly_map(y)] if stats is not None else []
+    maps = {"texture": stats.anomaly_map(y)} if stats is not None else {}
     if config.learned_map and prior.segmenter is not None:
-        maps.append(prior.segmenter.anomaly_map(y))
+        maps["learned"] = prior.segmenter.anomaly_map(y)
     return maps
 
 

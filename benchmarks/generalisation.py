@@ -1,0 +1,222 @@
+"""Leave-one-family-out validation of the detectors, fusion and thresholds (the tables in docs/quality.md).
+
+Two stages; the first is slow and resumable, the second takes seconds.
+
+``solve``: for each texture prior, crops with one defect of every family (:mod:`rgi_core.evaluation.families`)
+and clean crops, in two places:
+
+- ``val``: the prior's training split (x < 384). The selection procedure may look at these (fusion rule,
+  map threshold) and the clean ones fit the detectors' clean-score distributions, as ``rgi calibrate`` does.
+- ``test``: the held-out quarter (x >= 384), fresh seeds. Only scored, never used to choose anything.
+
+Every crop is solved once with ``rgi`` (every detector's map kept apart) and, on ``test``, once with ``mse``
+(the residual-map baseline). Each (texture, split, family) lands in its own ``.npz`` under ``--out``, written
+atomically, so an interrupted run goes on where it stopped.
+
+``analyse``: the selection procedure, fixed in advance (:func:`rgi_core.detectors.fusion.select`), is run
+once per held-out family on the ``val`` crops of the other families, and the family is scored on ``test``;
+then once on all families (what is shipped). Prints per-family tables.
+
+Usage:
+    python benchmarks/generalisation.py solve [--only brick grass gravel] [--n 48] [--iterations 2000]
+                                              [--n-init 1000] [--out runs/generalisation]
+    python benchmarks/generalisation.py analyse [--only ...] [--out ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rgi_core.detectors.fusion import Fusion, fuse_maps
+from rgi_core.detectors.residual import image_score
+from rgi_core.evaluation.families import apply_family, families_for
+from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
+from rgi_core.evaluation.selection import FamilyCrops, _levels, bootstrap_auroc, pooled_iou_curve, select
+from rgi_core.inversion.config import config_for_prior
+from rgi_core.inversion.operators import Identity
+from rgi_core.inversion.products import detector_maps
+from rgi_core.inversion.solver import invert
+from rgi_core.io import builtin
+from rgi_core.priors import Prior, load_prior
+
+SPLITS = {"val": ("train", 100), "test": ("eval", 200)}  # split -> (builtin split, seed base)
+CLEAN = "clean"
+
+
+def crops(region: torch.Tensor, n: int, size: int, seed: int) -> torch.Tensor:
+    """``n`` seeded ``size`` crops of region (C, H, W) -> (n, C, size, size)."""
+    gen = torch.Generator().manual_seed(seed)
+    ys = torch.randint(region.shape[1] - size + 1, (n,), generator=gen).tolist()
+    xs = torch.randint(region.shape[2] - size + 1, (n,), generator=gen).tolist()
+    return torch.stack([region[:, y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
+
+
+def family_set(texture: str, split: str, family: str, n: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (n, 1, size, size), truth (n, 1, size, size) bool) of one family (or clean crops) on one split."""
+    part, base = SPLITS[split]
+    region = torch.from_numpy(builtin.texture(texture, part))
+    names = [CLEAN, *families_for(1)]
+    seed = base * 1000 + names.index(family) * 37 + builtin.TEXTURES.index(texture)
+    clean = crops(region, n, size, seed)
+    if family == CLEAN:
+        return clean, torch.zeros((n, 1, size, size), dtype=torch.bool)
+    pairs = [apply_family(clean[i], family, seed=seed * 1000 + i) for i in range(n)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def solve_maps(prior: Prior, images: torch.Tensor, method: str, iterations: int, n_init: int,
+               batch: int = 32) -> dict[str, np.ndarray]:
+    """Every detector's anomaly map (n, 1, H, W) float16, keyed by detector; ``mse`` gives the residual only."""
+    cfg = config_for_prior(method, prior.defaults, iterations=iterations, n_init=n_init, seed=0,
+                           texture_map=False, learned_map=False)
+    residual = torch.cat([invert(images[i : i + batch], prior, cfg).anomaly_map for i in range(0, len(images), batch)])
+    out = {"residual": residual}
+    if method != "mse":
+        full = config_for_prior(method, prior.defaults)
+        out.update(detector_maps(prior, full, Identity(), images))
+    return {k: v.detach().cpu().numpy().astype(np.float16) for k, v in out.items()}
+
+
+def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def cmd_solve(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for texture in args.only:
+        prior = load_prior(f"{texture}-64")
+        for split in args.splits:
+            for family in [CLEAN, *families_for(1)]:
+                path = out / f"{texture}-{split}-{family}.npz"
+                if path.exists():
+                    continue
+                n = args.clean_n if family == CLEAN else args.n
+                t0 = time.perf_counter()
+                images, truth = family_set(texture, split, family, n)
+                arrays = {"truth": truth.numpy()}
+                methods = ("rgi", "mse") if split == "test" else ("rgi",)
+                for method in methods:
+                    maps = solve_maps(prior, images, method, args.iterations, args.n_init)
+                    arrays.update({f"{method}.{k}": v for k, v in maps.items()})
+                _save(path, arrays)
+                print(f"{path.name}: {n} crops, {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("solve", help="solve every family's crops (resumable)")
+    s.add_argument("--n", type=int, default=48, help="defective crops per family and split")
+    s.add_argument("--clean-n", type=int, default=64, help="clean crops per split")
+    s.add_argument("--iterations", type=int, default=2000)
+    s.add_argument("--n-init", type=int, default=1000)
+    s.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    a = sub.add_parser("analyse", help="leave-one-family-out tables from the solved crops")
+    for p in (s, a):
+        p.add_argument("--only", nargs="+", default=list(builtin.TEXTURES), choices=builtin.TEXTURES)
+        p.add_argument("--out", default="runs/generalisation")
+    args = ap.parse_args()
+    print(f"# {platform.machine()}, torch {torch.__version__}, threads={torch.get_num_threads()}", flush=True)
+    if args.cmd == "solve":
+        cmd_solve(args)
+    else:
+        cmd_analyse(args)
+
+
+def load(out: Path, texture: str, split: str, family: str) -> dict[str, torch.Tensor] | None:
+    path = out / f"{texture}-{split}-{family}.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return {k: torch.from_numpy(z[k].astype(np.float32) if k != "truth" else z[k]) for k in z.files}
+
+
+def detectors(arrays: dict[str, torch.Tensor], method: str = "rgi") -> dict[str, torch.Tensor]:
+    return {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(method + ".")}
+
+
+def legacy(maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The older fusion: pixel-wise maximum, mean of the image scores."""
+    rest = [maps[k] for k in ("texture", "learned") if k in maps]
+    return fuse_maps(maps["residual"], image_score(maps["residual"]), rest)
+
+
+def family_row(fusion: Fusion, clean: dict[str, torch.Tensor], fam: dict[str, torch.Tensor]) -> dict[str, object]:
+    """Every number of one held-out family on test crops: fused, each detector, the older fusion, mse."""
+    labels = torch.cat([torch.zeros(len(clean["truth"])), torch.ones(len(fam["truth"]))]).bool()
+    truth = torch.cat([clean["truth"], fam["truth"]])
+    row: dict[str, object] = {}
+    dc, df = detectors(clean), detectors(fam)
+    score_c, level_c = _levels(fusion, dc, fusion.rule)
+    score_f, level_f = _levels(fusion, df, fusion.rule)
+    row["image"] = bootstrap_auroc(score_c, score_f)
+    row["pixel"] = pixel_auroc(torch.cat([level_c, level_f]), truth)
+    single_img = {k: image_auroc(torch.cat([image_score(dc[k]), image_score(df[k])]), labels) for k in dc}
+    single_px = {k: pixel_auroc(torch.cat([dc[k], df[k]]), truth) for k in dc}
+    row["best_image"] = max(single_img.items(), key=lambda kv: kv[1])
+    row["best_pixel"] = max(single_px.items(), key=lambda kv: kv[1])
+    lc, lf = legacy(dc), legacy(df)
+    row["legacy_image"] = image_auroc(torch.cat([lc[1], lf[1]]), labels)
+    row["legacy_pixel"] = pixel_auroc(torch.cat([lc[0], lf[0]]), truth)
+    mc, mf = clean["mse.residual"], fam["mse.residual"]
+    row["mse_image"] = image_auroc(torch.cat([image_score(mc), image_score(mf)]), labels)
+    row["mse_pixel"] = pixel_auroc(torch.cat([mc, mf]), truth)
+    levels = torch.cat([level_c, level_f])
+    row["iou"] = float(pooled_iou_curve(levels, truth, (fusion.map_threshold,))[0])
+    row["best_iou"] = float(pooled_iou_curve(levels, truth).max())
+    row["legacy_iou"] = float(pooled_iou_curve(torch.cat([lc[0], lf[0]]), truth, (0.5,))[0])
+    return row
+
+
+def _fmt_row(family: str, r: dict[str, object]) -> str:
+    img, lo, hi = r["image"]  # type: ignore[misc]
+    bi, bp = r["best_image"], r["best_pixel"]
+    return (f"| {family} | {img:.3f} [{lo:.3f}, {hi:.3f}] | {bi[1]:.3f} ({bi[0]}) | {r['legacy_image']:.3f} | "
+            f"{r['mse_image']:.3f} | {r['pixel']:.3f} | {bp[1]:.3f} ({bp[0]}) | {r['legacy_pixel']:.3f} | "
+            f"{r['mse_pixel']:.3f} | {r['iou']:.3f} | {r['best_iou']:.3f} | {r['legacy_iou']:.3f} |")
+
+
+def cmd_analyse(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    for texture in args.only:
+        prior = load_prior(f"{texture}-64")
+        cfg = config_for_prior("rgi", prior.defaults)
+        names = [f for f in families_for(1) if (out / f"{texture}-val-{f}.npz").exists()
+                 and (out / f"{texture}-test-{f}.npz").exists()]
+        val_clean, test_clean = load(out, texture, "val", CLEAN), load(out, texture, "test", CLEAN)
+        if val_clean is None or test_clean is None or not names:
+            print(f"{texture}: nothing solved yet")
+            continue
+        base = Fusion.fit(detectors(val_clean), topk=cfg.score_topk, sigma=cfg.score_sigma)
+        val = {f: load(out, texture, "val", f) for f in names}
+        crops = {f: FamilyCrops(detectors(a), a["truth"]) for f, a in val.items() if a is not None}
+        print(f"\n## {texture}-64: leave-one-family-out, {len(names)} families, test clean crops "
+              f"{len(test_clean['truth'])}\n")
+        print("| held-out family | image AUROC [95 % CI] | best single detector | older fusion | mse | "
+              "pixel AUROC | best single | older fusion | mse | IoU at chosen t | best IoU | older IoU@0.5 |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        rows = {}
+        for held in names:
+            fusion, _ = select(base, detectors(val_clean), {f: c for f, c in crops.items() if f != held})
+            rows[held] = family_row(fusion, test_clean, load(out, texture, "test", held))
+            print(_fmt_row(held, rows[held]), flush=True)
+        mean_img = np.mean([r["image"][0] for r in rows.values()])
+        mean_px = np.mean([r["pixel"] for r in rows.values()])
+        shipped, record = select(base, detectors(val_clean), crops)
+        print(f"\nmean over families: image AUROC {mean_img:.3f}, pixel AUROC {mean_px:.3f}")
+        print(f"picked on all families: rule {shipped.rule}, map threshold {shipped.map_threshold}, "
+              f"pooled validation IoU {record['pooled_iou']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+r"""The selection procedure for a prior's fusion, fixed before it was run on any family.
+
+Input: every detector's maps of solved **validation** crops (a prior's training split, never its held-out
+data): clean crops and, per defect family (:mod:`rgi_core.evaluation.families`), defective crops with their
+ground truth.
+
+1. **Tails**, from the clean crops only: :meth:`rgi_core.detectors.fusion.Fusion.fit`.
+2. **Rule** (``min_p`` or ``fisher``): the one whose *worst* family has the higher image AUROC (clean crops
+   against that family's crops); a tie (within 0.001) goes to ``min_p``, whose guarantee (one confident
+   detector suffices) needs no assumption about the others.
+3. **Map threshold** :math:`t` (in :math:`-\log_{10} p`): the one maximising the pooled IoU of ``L > t`` over
+   all crops of the families (clean crops included, so false alarms on them count), on a grid of 0.25 steps.
+
+:func:`select` runs it on the families it is given; leave-one-family-out validation
+(``benchmarks/generalisation.py``) runs it without the family it then scores, on held-out crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from rgi_core.detectors.fusion import RULES, Fusion, Rule
+from rgi_core.evaluation.metrics import image_auroc
+
+Maps = Mapping[str, torch.Tensor]  # detector name -> (N, 1, H, W) maps
+THRESHOLDS = tuple(float(t) for t in np.arange(0.5, 12.01, 0.25))
+TIE = 1e-3
+
+
+@dataclass(frozen=True)
+class FamilyCrops:
+    """One family's solved crops: every detector's maps and the ground truth (N, 1, H, W) bool."""
+
+    maps: Maps
+    truth: torch.Tensor
+
+
+def _levels(fusion: Fusion, maps: Maps, rule: Rule) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image score (N,), pixel level L (N, 1, H, W)), both -log10 p."""
+    amap, score = fusion.fuse(maps, rule=rule, map_threshold=1.0)
+    return score, amap / (1.0 - amap).clamp_min(1e-12)  # L / (L + 1) -> L
+
+
+def pooled_iou_curve(levels: torch.Tensor, truth: torch.Tensor,
+                     thresholds: tuple[float, ...] = THRESHOLDS) -> np.ndarray:
+    """Pooled IoU of ``levels > t`` with ``truth`` (same shape) at every t: sum of intersections over sum of unions."""
+    lv, gt = levels.flatten().double(), truth.flatten().bool()
+    pos, neg = lv[gt], lv[~gt]
+    out = []
+    for t in thresholds:
+        tp, fp = int((pos > t).sum()), int((neg > t).sum())
+        fn = pos.numel() - tp
+        out.append(tp / max(tp + fp + fn, 1))
+    return np.asarray(out)
+
+
+def select(fusion: Fusion, clean: Maps, families: Mapping[str, FamilyCrops]) -> tuple[Fusion, dict[str, object]]:
+    """Steps 2 and 3 of the module docstring, for a fusion whose tails were fitted on ``clean``.
+
+    Returns the fusion with the chosen rule and map threshold, and what decided them (JSON-ready).
+    """
+    if not families:
+        raise ValueError("selection needs at least one defect family")
+    worst: dict[str, float] = {}
+    per_family: dict[str, dict[str, float]] = {}
+    clean_scores = {r: _levels(fusion, clean, r)[0] for r in RULES}
+    for name, fam in families.items():
+        for r in RULES:
+            score = _levels(fusion, fam.maps, r)[0]
+            labels = torch.cat([torch.zeros(len(clean_scores[r])), torch.ones(len(score))]).bool()
+            a = image_auroc(torch.cat([clean_scores[r], score]), labels)
+            per_family.setdefault(name, {})[r] = a
+            worst[r] = min(worst.get(r, 1.0), a)
+    rule: Rule = "min_p" if worst["min_p"] >= worst["fisher"] - TIE else "fisher"
+    levels = [_levels(fusion, clean, rule)[1]] + [_levels(fusion, f.maps, rule)[1] for f in families.values()]
+    truth = [torch.zeros_like(levels[0], dtype=torch.bool)] + [f.truth for f in families.values()]
+    curve = pooled_iou_curve(torch.cat(levels), torch.cat(truth))
+    best = int(np.argmax(curve))
+    record = {"families": sorted(families), "worst_image_auroc": worst, "image_auroc": per_family,
+              "rule": rule, "map_threshold": THRESHOLDS[best], "pooled_iou": float(curve[best])}
+    return replace(fusion, rule=rule, map_threshold=THRESHOLDS[best]), record
+
+
+def bootstrap_auroc(clean: torch.Tensor, defective: torch.Tensor, reps: int = 1000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Image AUROC of scores ``defective`` (n,) against ``clean`` (m,) with a 95 % percentile bootstrap interval
+    (each group resampled with replacement on its own): ``(auroc, low, high)``."""
+    c, d = clean.double().numpy(), defective.double().numpy()
+
+    def auc(cv: np.ndarray, dv: np.ndarray) -> float:  # Mann-Whitney: P(d > c) + P(d = c) / 2
+        greater = (dv[:, None] > cv[None, :]).mean()
+        ties = (dv[:, None] == cv[None, :]).mean()
+        return float(greater + 0.5 * ties)
+
+    rng = np.random.default_rng(seed)
+    stats = [auc(rng.choice(c, c.size), rng.choice(d, d.size)) for _ in range(reps)]
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return auc(c, d), float(lo), float(hi)

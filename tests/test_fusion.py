@@ -1,0 +1,119 @@
+"""Fusion calibrated on clean data: tail probabilities, the joining rules and the selection procedure."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rgi_core.detectors.fusion import Fusion, Tail, combine, fusion_of, surprise
+from rgi_core.detectors.residual import image_score
+from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
+from rgi_core.evaluation.selection import FamilyCrops, bootstrap_auroc, pooled_iou_curve, select
+
+
+def test_tail_p_values_are_calibrated_on_fresh_clean_values_and_ordered_beyond_them():
+    g = torch.Generator().manual_seed(0)
+    tail = Tail.fit(torch.rand(2000, generator=g) * 0.9)
+    fresh = tail.log_p(torch.rand(20000, generator=g) * 0.9)
+    for level in (0.5, 0.1, 0.02):  # P(p < level) ~ level on clean data
+        assert abs(float((fresh < math.log(level)).float().mean()) - level) < 0.25 * level + 0.005
+    assert float(tail.log_p(torch.tensor([0.0]))) == pytest.approx(0.0)  # the lowest value: p = 1
+    beyond = tail.log_p(torch.tensor([0.95, 0.97, 0.99]))  # above every clean value: finite, falling
+    assert torch.isfinite(beyond).all() and beyond[0] > beyond[1] > beyond[2]
+    assert Tail.from_dict(tail.to_dict()) == tail
+    with pytest.raises(ValueError, match="at least 10"):
+        Tail.fit(np.zeros(5))
+
+
+def test_rules_match_the_hand_computed_values():
+    lp = [torch.tensor([math.log(0.01)]), torch.tensor([math.log(0.5)])]
+    assert math.exp(float(combine(lp, "min_p"))) == pytest.approx(1 - 0.99**2, rel=1e-6)  # Šidák, k = 2
+    # Fisher: X = -2 (ln 0.01 + ln 0.5); chi2 with 4 dof: P = exp(-X/2) (1 + X/2)
+    half = -(math.log(0.01) + math.log(0.5))
+    assert math.exp(float(combine(lp, "fisher"))) == pytest.approx(math.exp(-half) * (1 + half), rel=1e-6)
+    assert float(surprise(torch.tensor(math.log(1e-3)))) == pytest.approx(3.0)
+    tiny = [torch.tensor([-200.0]), torch.tensor([0.0])]  # far below float precision of 1 - (1 - p)^k
+    assert float(combine(tiny, "min_p")) == pytest.approx(-200.0 + math.log(2))
+
+
+def _maps(n: int, defective: bool, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Two detectors on 16x16 maps: 'residual' sees a 4x4 defect of random strength (some close to the noise),
+    'texture' is blind to it and reads on a larger scale."""
+    base = {"residual": 0.2 * torch.rand((n, 1, 16, 16), generator=g),
+            "texture": torch.rand((n, 1, 16, 16), generator=g)}
+    if defective:
+        base["residual"][:, :, 4:8, 4:8] += 0.05 + 0.3 * torch.rand((n, 1, 1, 1), generator=g)
+    return {k: v.clamp(0, 0.99) for k, v in base.items()}
+
+
+def test_fused_score_ranks_within_001_of_the_best_detector_when_the_others_are_blind():
+    g = torch.Generator().manual_seed(1)
+    fusion = Fusion.fit(_maps(400, False, g))
+    clean, bad = _maps(100, False, g), _maps(100, True, g)
+    labels = torch.cat([torch.zeros(100), torch.ones(100)]).bool()
+    best = image_auroc(torch.cat([image_score(clean["residual"]), image_score(bad["residual"])]), labels)
+    blind = image_auroc(torch.cat([image_score(clean["texture"]), image_score(bad["texture"])]), labels)
+    older = image_auroc(torch.cat([sum(image_score(m) for m in clean.values()),
+                                   sum(image_score(m) for m in bad.values())]), labels)
+    for rule in ("min_p", "fisher"):
+        fused = image_auroc(torch.cat([fusion.fuse(clean, rule)[1], fusion.fuse(bad, rule)[1]]), labels)
+        assert fused >= best - 0.01, (rule, fused, best)
+    assert abs(blind - 0.5) < 0.1 and older < best - 0.02  # a case where the mean of the scores loses
+
+
+def test_fused_map_reads_half_at_the_map_threshold_and_survives_the_metadata_round_trip():
+    g = torch.Generator().manual_seed(2)
+    fusion = Fusion.fit(_maps(50, False, g), map_threshold=2.0, record={"images": 50})
+    maps = _maps(4, True, g)
+    amap, score = fusion.fuse(maps)
+    assert amap.shape == (4, 1, 16, 16) and score.shape == (4,)
+    assert 0.0 <= float(amap.min()) and float(amap.max()) < 1.0
+    level = amap / (1 - amap)  # L / (L + t) with t = 2 -> L = 2 a / (1 - a)
+    again, _ = fusion.fuse(maps, map_threshold=1.0)
+    assert torch.allclose(level * 2.0, again / (1 - again), atol=1e-4)
+    restored = fusion_of({"fusion": fusion.to_dict()})
+    assert restored == fusion
+    assert torch.allclose(restored.fuse(maps)[1], score)
+    with pytest.raises(ValueError, match="none of the detectors"):
+        fusion.fuse({"other": maps["residual"]})
+    with pytest.raises(ValueError, match="unknown fusion rule"):
+        dataclasses.replace(fusion, rule="mean")
+
+
+def test_pooled_iou_curve_matches_a_hand_count():
+    levels = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    truth = torch.tensor([[False, False, True, True]])
+    # t = 0.5: predicted {1, 2, 3}: IoU 2/3; t = 1.5: {2, 3}: 1; t = 2.5: {3}: 1/2
+    assert pooled_iou_curve(levels, truth, (0.5, 1.5, 2.5)).tolist() == pytest.approx([2 / 3, 1.0, 0.5])
+
+
+def test_selection_picks_a_threshold_near_the_best_on_the_families_it_is_given():
+    g = torch.Generator().manual_seed(3)
+    clean = _maps(60, False, g)
+    fusion = Fusion.fit(clean)
+    fams = {}
+    for name, shift in (("bright", 0.5), ("faint", 0.25)):
+        maps = _maps(30, False, g)
+        maps["residual"][:, :, 4:8, 4:8] += shift
+        truth = torch.zeros((30, 1, 16, 16), dtype=torch.bool)
+        truth[:, :, 4:8, 4:8] = True
+        fams[name] = FamilyCrops({k: v.clamp(0, 0.99) for k, v in maps.items()}, truth)
+    chosen, record = select(fusion, clean, fams)
+    assert chosen.rule in ("min_p", "fisher") and record["rule"] == chosen.rule
+    maps = torch.cat([chosen.fuse(f.maps)[0] for f in fams.values()])
+    truth = torch.cat([f.truth for f in fams.values()])
+    level = maps / (1 - maps)
+    best = pooled_iou_curve(level * chosen.map_threshold, truth).max()
+    assert record["pooled_iou"] >= best - 0.05 and record["pooled_iou"] > 0.7
+    assert pixel_auroc(maps, truth) > 0.95
+
+
+def test_bootstrap_interval_brackets_the_estimate():
+    g = torch.Generator().manual_seed(4)
+    auc, lo, hi = bootstrap_auroc(torch.randn(48, generator=g), torch.randn(48, generator=g) + 1.0, reps=300)
+    assert lo <= auc <= hi and 0.6 < auc < 0.9 and hi - lo < 0.3
+    assert bootstrap_auroc(torch.zeros(5), torch.ones(5), reps=50)[:2] == (1.0, 1.0)
