@@ -156,14 +156,30 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                     SegmenterConfig(steps=args.segmenter_steps, seed=args.seed, members=args.segmenter_members),
                     log=lambda s, v: print(f"segmenter step {s}: focal loss {v:.4f}", file=sys.stderr),
                     device=prior.device, stop=stopping.stop_requested)
+            fusion_clean = sampler.sample(args.fusion_images) if args.fusion_images > 0 else None
+            families = (_family_crops(sampler, args.fusion_families, args.seed, prior.spec.channels)
+                        if fusion_clean is not None else None)
             defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter,
-                                 stop=stopping.stop_requested)
+                                 stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families)
         except Cancelled:
             return _stopped("calibrate-prior: stopped", "the prior is unchanged", signalled())
         defaults["calibration"]["source"] = args.images
         meta = update_metadata(args.prior, segmenter=segmenter, defaults=defaults)
     print(json.dumps(meta["defaults"], indent=2))
     return 0
+
+
+def _family_crops(sampler: Any, n: int, seed: int, channels: int) -> dict[str, tuple[Any, Any]]:
+    """``n`` clean crops per validation defect family, each with one defect of it: name -> (images, truth)."""
+    import torch
+
+    from rgi_core.evaluation.families import apply_family, families_for
+
+    out = {}
+    for k, family in enumerate(families_for(channels) if n > 0 else ()):
+        pairs = [apply_family(x, family, seed=seed * 100_003 + k * 1009 + i) for i, x in enumerate(sampler.sample(n))]
+        out[family] = (torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+    return out
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
@@ -481,6 +497,14 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                         "0 keeps the prior's")
     c.add_argument("--segmenter-crops", type=int, default=1024, metavar="N",
                    help="clean crops the segmenter is trained on (default 1024); 256 others set its threshold")
+    c.add_argument("--fusion-images", type=int, default=64, metavar="N",
+                   help="clean crops whose detector maps calibrate the fusion (each detector's clean tail "
+                        "probabilities, rgi_core.detectors.fusion; default 64). 0 drops the fusion: the detectors are "
+                        "then joined by the older max/mean rule")
+    c.add_argument("--fusion-families", type=int, default=0, metavar="N",
+                   help="pick the fusion's rule and map threshold on N crops per synthetic defect family "
+                        "(rgi_core.evaluation.families; the shipped priors use 24). 0 keeps min-p and the default "
+                        "threshold")
     c.add_argument("--segmenter-members", type=int, default=1, metavar="K",
                    help="train K segmenter nets (seeds SEED, SEED+1, ...) and average their probabilities; K times "
                         "the training time (default 1; 3 raised the learned map's own image AUROC on the "

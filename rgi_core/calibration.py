@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,15 @@ import numpy as np
 import torch
 
 from rgi_core.cleaning import Sizing, invert_images, network_inputs
+from rgi_core.detectors.fusion import Fusion
 from rgi_core.detectors.segmenter import LearnedMap
+from rgi_core.detectors.selection import FamilyCrops, select
 from rgi_core.detectors.texture import TextureStats
 from rgi_core.inversion import losses
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
 from rgi_core.inversion.loop import SolveControl
+from rgi_core.inversion.operators import Identity
+from rgi_core.inversion.products import detector_maps
 from rgi_core.inversion.solver import invert
 from rgi_core.priors.files import Prior
 from rgi_core.stopping import StopCheck, check
@@ -130,9 +134,41 @@ def damped_fixed_point(f: Callable[[float], float], start: float, rounds: int) -
     return x, calls
 
 
+def detector_maps_of(prior: Prior, images: torch.Tensor, config: InversionConfig,
+                     stop: StopCheck | None = None, batch: int = 64) -> dict[str, torch.Tensor]:
+    """Every detector's map (N, 1, H, W) of images (N, C, H, W) solved with ``config``, apart, by detector name
+    (``residual``, ``texture``, ``learned``: :mod:`rgi_core.detectors.fusion`)."""
+    alone = dataclasses.replace(config, texture_map=False, learned_map=False)
+    residual = torch.cat([invert(images[i : i + batch], prior, alone, control=SolveControl(cancelled=stop)).anomaly_map
+                          for i in range(0, len(images), batch)])
+    others = detector_maps(prior, config, Identity(), images.to(residual))
+    return {"residual": residual.cpu(), **{k: v.cpu() for k, v in others.items()}}
+
+
+def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
+               families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+               stop: StopCheck | None = None) -> tuple[Fusion, dict[str, Any]]:
+    """A calibrated :class:`rgi_core.detectors.fusion.Fusion` for ``prior``: every detector's tails on the
+    maps of clean images (N, C, H, W) solved with ``config``; with ``families`` (name -> (defective images,
+    truth (N, 1, H, W) bool)), the rule and map threshold picked by :func:`rgi_core.detectors.selection.select`,
+    else ``min_p`` and the default threshold. Returns the fusion and a record of how it was obtained."""
+    maps = detector_maps_of(prior, clean, config, stop)
+    record: dict[str, Any] = {"images": int(clean.shape[0]), "iterations": config.iterations,
+                              "n_init": config.n_init, "detectors": sorted(maps)}
+    fusion = Fusion.fit(maps, topk=config.score_topk, sigma=config.score_sigma)
+    if families:
+        crops = {name: FamilyCrops(detector_maps_of(prior, x, config, stop), truth.cpu())
+                 for name, (x, truth) in families.items()}
+        fusion, chosen = select(fusion, maps, crops)
+        record["selection"] = chosen
+        record["family_images"] = {name: int(x.shape[0]) for name, (x, _) in families.items()}
+    return dataclasses.replace(fusion, record=record), record
+
+
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None,
               texture_clean: torch.Tensor | None = None, segmenter: LearnedMap | None = None,
-              stop: StopCheck | None = None) -> dict[str, Any]:
+              stop: StopCheck | None = None, fusion_clean: torch.Tensor | None = None,
+              fusion_families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
     With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
@@ -141,6 +177,10 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     A trained ``segmenter`` (:class:`rgi_core.detectors.segmenter.LearnedMap`) joins the score the same way and is
     described in the returned ``defaults.segmenter``; its weights go into the file with
     ``update_metadata(path, segmenter=...)``. Without it the prior's (if any) is kept.
+    With ``fusion_clean`` (clean images, N, C, H, W), the detectors are joined by a fusion calibrated on them
+    (:func:`fit_fusion`, with ``fusion_families`` for the selection of its rule and map threshold), stored as
+    ``defaults.fusion``; the score threshold is then measured with it. Without it the prior's fusion (if any) is
+    dropped, its tails being those of the old ``lam``: the detectors are joined by the older max/mean rule.
 
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
     (e.g. ``map_sigma``) with ``lam``, ``score_threshold`` (and ``texture_stats``) replaced, and a
@@ -149,15 +189,19 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     """
     cfg = cfg or CalibrationConfig()
     lam, history = fit_lam(prior, clean, cfg, stop)  # the mask rule: residuals only, texture statistics play no part
-    kept = {k: v for k, v in prior.defaults.items() if k != "calibration"}
-    if texture_clean is not None:  # score with the new statistics, without touching the caller's prior
+    kept = {k: v for k, v in prior.defaults.items() if k not in ("calibration", "fusion")}
+    if texture_clean is not None:
         check(stop, "calibration stopped before the texture statistics")
         kept["texture_stats"] = TextureStats.fit(texture_clean).to_dict()
     if segmenter is not None:
         kept["segmenter"] = segmenter.to_dict()
-    if texture_clean is not None or segmenter is not None:
-        prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": kept},
-                                    segmenter=segmenter if segmenter is not None else prior.segmenter)
+    # score with the new detectors and no older fusion, without touching the caller's prior
+    prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam}},
+                                segmenter=segmenter if segmenter is not None else prior.segmenter)
+    if fusion_clean is not None:
+        fusion, _ = fit_fusion(prior, fusion_clean, _rgi(prior, lam, cfg), fusion_families, stop)
+        kept["fusion"] = fusion.to_dict()
+        prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam}})
     final = invert(clean, prior, _rgi(prior, lam, cfg), control=SolveControl(cancelled=stop))
     scores = final.score.double()
     return {

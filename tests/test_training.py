@@ -211,3 +211,38 @@ def test_lambda_fixed_point_is_damped_not_iterated():
     assert all(c[1] == pytest.approx(1e-4 / c[0] ** 2) for c in calls)
     with pytest.raises(ValueError):
         damped_fixed_point(f, 0.0, rounds=3)
+
+
+@pytest.mark.integration  # calibration solves
+def test_cli_calibrate_into_prior_calibrates_the_fusion_on_clean_crops_and_picks_its_threshold(tiny_prior, tmp_path):
+    from conftest import generate, write_generated
+
+    from rgi_core.detectors.fusion import fusion_of
+    from rgi_core.inversion.config import config_for_prior
+    from rgi_core.inversion.solver import invert
+
+    path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator)
+    clean = write_generated(tiny_prior, tmp_path / "clean", 6, seed=2)
+    into = ["calibrate", str(clean), "--prior", str(path), "--into-prior", "--images-n", "4", "--iterations", "20",
+            "--rounds", "1", "--n-init", "8"]
+    assert main([*into, "--fusion-images", "12", "--fusion-families", "3"]) == 0
+    defaults = read_metadata(path.read_bytes())["defaults"]
+    fusion = fusion_of(defaults)
+    assert fusion is not None and set(fusion.tails) == {"residual"}  # the tiny prior has no other detector
+    assert fusion.tails["residual"].pixel.n == 12 * 32 * 32 and fusion.tails["residual"].image.n == 12
+    selection = fusion.record["selection"]
+    assert len(selection["families"]) >= 12 and selection["map_threshold"] == fusion.map_threshold
+    assert fusion.record["family_images"]["hole"] == 3
+    # the prior now scores in -log10 p: clean images low, a grossly corrupted one far above the threshold
+    prior = load_prior(path, device="cpu")
+    x = generate(tiny_prior, 4, seed=9)
+    bad = x.clone()
+    bad[:, :, 8:20, 8:20] = (bad[:, :, 8:20, 8:20] < 0.5).float()  # every pixel moved by at least 0.5
+    cfg = config_for_prior("rgi", prior.defaults, iterations=40, n_init=8)
+    good, worse = invert(x, prior, cfg), invert(bad, prior, cfg)
+    assert float(good.score.max()) < float(worse.score.min()) and float(good.score.min()) >= 0.0
+    assert float(worse.score.min()) > defaults["score_threshold"]
+    assert float(worse.anomaly_map[:, :, 10:18, 10:18].mean()) > 0.5 > float(good.anomaly_map.mean())
+    # 0 drops the fusion: the older rule again
+    assert main([*into, "--fusion-images", "0"]) == 0
+    assert "fusion" not in read_metadata(path.read_bytes())["defaults"]

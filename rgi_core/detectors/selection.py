@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from rgi_core.detectors.fusion import RULES, Fusion, Rule
-from rgi_core.evaluation.metrics import image_auroc
 
 Maps = Mapping[str, torch.Tensor]  # detector name -> (N, 1, H, W) maps
 THRESHOLDS = tuple(float(t) for t in np.arange(0.5, 12.01, 0.25))
@@ -71,8 +71,8 @@ def select(fusion: Fusion, clean: Maps, families: Mapping[str, FamilyCrops]) -> 
     for name, fam in families.items():
         for r in RULES:
             score = _levels(fusion, fam.maps, r)[0]
-            labels = torch.cat([torch.zeros(len(clean_scores[r])), torch.ones(len(score))]).bool()
-            a = image_auroc(torch.cat([clean_scores[r], score]), labels)
+            labels = np.r_[np.zeros(len(clean_scores[r])), np.ones(len(score))]
+            a = float(roc_auc_score(labels, torch.cat([clean_scores[r], score]).double().numpy()))
             per_family.setdefault(name, {})[r] = a
             worst[r] = min(worst.get(r, 1.0), a)
     rule: Rule = "min_p" if worst["min_p"] >= worst["fisher"] - TIE else "fisher"
