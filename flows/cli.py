@@ -326,6 +326,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rgi_core.evaluation.labelled import (
         Thresholds,
         evaluate_labelled,
+        format_families,
         format_scores,
         load_labelled,
         write_evaluation,
@@ -362,6 +363,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         except Cancelled:
             return _stopped("evaluate: stopped", "no report written", signalled())
     print(format_scores(f"{args.data}: {len(items)} images, thresholds: {thresholds.source}", report.scores))
+    if report.families:
+        print("\n" + format_families("per defect family (its folder), against every clean image", report.families))
     if not n_masks:
         print("\n(no ground-truth masks: pixel metrics, PRO and image AUROC are n/a)")
     uris = write_evaluation(report, args.out, grid_k=args.grid)

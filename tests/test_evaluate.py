@@ -243,3 +243,34 @@ def test_calibrated_thresholds_hit_target_fpr_on_held_out_digits():
     s = report.scores[0]
     assert abs(s.pixel_fpr - fpr) <= 0.02, s
     assert abs(s.image_fpr - fpr) <= 0.05, s
+
+
+def test_per_family_rows_score_each_folder_of_defects_against_every_clean_image():
+    from rgi_core.cleaning import Inverted
+    from rgi_core.evaluation.labelled import MethodRun, family_of, format_families, score_families
+    from rgi_core.inversion.config import make_config
+
+    def item(name: str, defect: bool) -> Labelled:
+        mask = torch.zeros((1, 4, 4), dtype=torch.bool)
+        mask[0, 0, 0] = defect
+        return Labelled(name, torch.zeros(1, 4, 4), mask)
+
+    def out(score: float, hit: bool) -> Inverted:
+        amap = torch.zeros(1, 4, 4)
+        amap[0, 0, 0] = 0.9 if hit else 0.0
+        return Inverted(torch.zeros(1, 4, 4), amap, amap, amap, score, ())
+
+    # cracks score above both clean images and are found; holes score between them and are missed
+    items = [item("good/0", False), item("good/1", False), item("test/crack/0", True), item("test/crack/1", True),
+             item("test/hole/0", True), item("test/hole/1", True)]
+    outputs = [out(0.1, False), out(0.5, False), out(0.8, True), out(0.9, True), out(0.3, False), out(0.4, False)]
+    run = MethodRun("rgi", make_config("rgi"), outputs, seconds=6.0)
+    rows = score_families(items, run)
+    assert list(rows) == ["test/crack", "test/hole"] and family_of("top") == ""
+    crack, hole = rows["test/crack"], rows["test/hole"]
+    assert crack.image_auroc == 1.0 and crack.pixel_auroc == 1.0 and crack.mask_iou == 1.0
+    assert hole.image_auroc == pytest.approx(0.5)  # each hole beats one of the two clean images: 2 of 4 pairs
+    assert hole.mask_iou == 0.0 and crack.images_per_second == pytest.approx(1.0)
+    table = format_families("per family", {k: [v] for k, v in rows.items()})
+    assert "| test/crack | rgi | 1.000 |" in table and table.count("\n| test/") == 2
+    assert score_families(items[:4], run) == {}  # one family: nothing per family to say

@@ -339,6 +339,32 @@ def score_run(items: list[Labelled], run: MethodRun, thresholds: Thresholds = Th
     )
 
 
+def family_of(name: str) -> str:
+    """An item's defect family: its folder (MVTec AD's layout, ``test/crack/000.png`` -> ``test/crack``); ``""``
+    for an item at the top of the data folder."""
+    return name.rsplit("/", 1)[0] if "/" in name else ""
+
+
+def score_families(items: list[Labelled], run: MethodRun, thresholds: Thresholds = Thresholds(),
+                   family: Callable[[Labelled], str] = lambda it: family_of(it.name)) -> dict[str, MethodScores]:
+    """One method's metrics per defect family: each family's defective items against every clean item
+    (mask all normal), so a family's image AUROC says how well its defects are told from clean images.
+    Empty unless the defective items fall in at least two families."""
+    clean = [i for i, it in enumerate(items) if it.defective is False]
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        if it.defective:
+            groups.setdefault(family(it), []).append(i)
+    if len(groups) < 2:
+        return {}
+    out = {}
+    for name, members in sorted(groups.items()):
+        idx = clean + members
+        sub = MethodRun(run.method, run.config, [run.outputs[i] for i in idx], run.seconds * len(idx) / len(items))
+        out[name] = score_run([items[i] for i in idx], sub, thresholds)
+    return out
+
+
 def evaluate(prior: Prior, data: EvalSet, methods: tuple[str, ...] = ("mse", "rgi", "rrgi"),
              **overrides: object) -> list[MethodScores]:
     """Invert ``data.corrupted`` with each method (config overrides shared, e.g. ``iterations``) and score it."""
@@ -354,14 +380,30 @@ def _fmt(v: float, digits: int = 3) -> str:
 def format_scores(title: str, rows: list[MethodScores]) -> str:
     """A Markdown table of scored methods (``n/a`` where a metric does not apply)."""
     lines = [f"**{title}**", "",
-             "| method | pixel AUROC | PRO | image AUROC | max-F1 | IoU@t | PSNR restored | PSNR input | "
-             "SSIM restored | SSIM input | images/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             *_header()]
     for r in rows:
-        lines.append(f"| {r.method} | {_fmt(r.pixel_auroc)} | {_fmt(r.pro)} | {_fmt(r.image_auroc)} | "
-                     f"{_fmt(r.max_f1)} | {_fmt(r.mask_iou)} | {_fmt(r.psnr_db, 2)} | {_fmt(r.psnr_input_db, 2)} | "
-                     f"{_fmt(r.ssim)} | {_fmt(r.ssim_input)} | {_fmt(r.images_per_second, 2)} |")
+        lines.append(_row(r.method, r))
     return "\n".join(lines)
+
+
+def format_families(title: str, families: dict[str, list[MethodScores]]) -> str:
+    """A Markdown table with one row per defect family and method (:func:`score_families`)."""
+    lines = [f"**{title}**", "", *_header("family | method")]
+    for name, rows in families.items():
+        lines += [_row(f"{name} | {r.method}", r) for r in rows]
+    return "\n".join(lines)
+
+
+def _header(first: str = "method") -> list[str]:
+    return [f"| {first} | pixel AUROC | PRO | image AUROC | max-F1 | IoU@t | PSNR restored | PSNR input | "
+             "SSIM restored | SSIM input | images/s |",
+            "|---" * (first.count("|") + 11) + "|"]
+
+
+def _row(first: str, r: MethodScores) -> str:
+    return (f"| {first} | {_fmt(r.pixel_auroc)} | {_fmt(r.pro)} | {_fmt(r.image_auroc)} | "
+            f"{_fmt(r.max_f1)} | {_fmt(r.mask_iou)} | {_fmt(r.psnr_db, 2)} | {_fmt(r.psnr_input_db, 2)} | "
+            f"{_fmt(r.ssim)} | {_fmt(r.ssim_input)} | {_fmt(r.images_per_second, 2)} |")
 
 
 # ----------------------------------------------------------------------------------------------- reports
@@ -376,6 +418,7 @@ class EvalReport:
     scores: list[MethodScores]
     thresholds: Thresholds
     meta: dict[str, Any] = field(default_factory=dict)
+    families: dict[str, list[MethodScores]] = field(default_factory=dict)  # family -> one row per method
 
 
 def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, ...], sizing: Sizing = "resize",
@@ -388,7 +431,12 @@ def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, .
         raise ValueError("no images to evaluate")
     runs = run_methods(prior, [it.image for it in items], methods, sizing, batch_size, progress, calibration, stop,
                        **overrides)
-    return EvalReport(items, runs, [score_run(items, r, thresholds) for r in runs], thresholds, dict(meta or {}))
+    families: dict[str, list[MethodScores]] = {}
+    for r in runs:
+        for name, scores in score_families(items, r, thresholds).items():
+            families.setdefault(name, []).append(scores)
+    return EvalReport(items, runs, [score_run(items, r, thresholds) for r in runs], thresholds, dict(meta or {}),
+                      families)
 
 
 def _jsonable(v: Any) -> Any:
@@ -433,6 +481,7 @@ def report_json(report: EvalReport) -> dict[str, Any]:
         "thresholds": asdict(report.thresholds),
         "methods": {s.method: {**asdict(s), "config": r.config.to_dict(), "config_hash": r.config.config_hash()}
                     for s, r in zip(report.scores, report.runs, strict=True)},
+        "families": {name: {s.method: asdict(s) for s in rows} for name, rows in report.families.items()},
         "per_image": per_image,
     })
 
