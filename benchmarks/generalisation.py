@@ -36,9 +36,9 @@ import torch
 
 from rgi_core.detectors.fusion import Fusion, fuse_maps
 from rgi_core.detectors.residual import image_score
+from rgi_core.detectors.selection import FamilyCrops, _levels, bootstrap_auroc, pooled_iou_curve, select
 from rgi_core.evaluation.families import apply_family, families_for
 from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
-from rgi_core.detectors.selection import FamilyCrops, _levels, bootstrap_auroc, pooled_iou_curve, select
 from rgi_core.inversion.config import config_for_prior
 from rgi_core.inversion.operators import Identity
 from rgi_core.inversion.products import detector_maps

@@ -11,8 +11,8 @@ import torch
 
 from rgi_core.detectors.fusion import Fusion, Tail, combine, fusion_of, surprise
 from rgi_core.detectors.residual import image_score
-from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
 from rgi_core.detectors.selection import FamilyCrops, bootstrap_auroc, pooled_iou_curve, select
+from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
 
 
 def test_tail_p_values_are_calibrated_on_fresh_clean_values_and_ordered_beyond_them():
