@@ -26,6 +26,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import time
@@ -36,7 +37,15 @@ import torch
 
 from rgi_core.detectors.fusion import Fusion, fuse_maps
 from rgi_core.detectors.residual import image_score
-from rgi_core.detectors.selection import FamilyCrops, _levels, bootstrap_auroc, pooled_iou_curve, select
+from rgi_core.detectors.selection import (
+    THRESHOLDS,
+    FamilyCrops,
+    fused_levels,
+    bootstrap_auroc,
+    iou_counts,
+    pooled_iou_curve,
+    select,
+)
 from rgi_core.evaluation.families import apply_family, families_for
 from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
 from rgi_core.inversion.config import config_for_prior
@@ -73,7 +82,11 @@ def family_set(texture: str, split: str, family: str, n: int, size: int = 64) ->
 
 def solve_maps(prior: Prior, images: torch.Tensor, method: str, iterations: int, n_init: int,
                batch: int = 32) -> dict[str, np.ndarray]:
-    """Every detector's anomaly map (n, 1, H, W) float16, keyed by detector; ``mse`` gives the residual only."""
+    """Every detector's anomaly map (n, 1, H, W) float16, keyed by detector; ``mse`` gives the residual only.
+
+    The maps are each detector's own, before any fusion the prior carries (the analysis fits its own)."""
+    prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {
+        k: v for k, v in prior.defaults.items() if k != "fusion"}})
     cfg = config_for_prior(method, prior.defaults, iterations=iterations, n_init=n_init, seed=0,
                            texture_map=False, learned_map=False)
     residual = torch.cat([invert(images[i : i + batch], prior, cfg).anomaly_map for i in range(0, len(images), batch)])
@@ -157,8 +170,8 @@ def family_row(fusion: Fusion, clean: dict[str, torch.Tensor], fam: dict[str, to
     truth = torch.cat([clean["truth"], fam["truth"]])
     row: dict[str, object] = {}
     dc, df = detectors(clean), detectors(fam)
-    score_c, level_c = _levels(fusion, dc, fusion.rule)
-    score_f, level_f = _levels(fusion, df, fusion.rule)
+    score_c, level_c = fused_levels(fusion, dc, fusion.rule)
+    score_f, level_f = fused_levels(fusion, df, fusion.rule)
     row["image"] = bootstrap_auroc(score_c, score_f)
     row["pixel"] = pixel_auroc(torch.cat([level_c, level_f]), truth)
     single_img = {k: image_auroc(torch.cat([image_score(dc[k]), image_score(df[k])]), labels) for k in dc}
@@ -172,6 +185,8 @@ def family_row(fusion: Fusion, clean: dict[str, torch.Tensor], fam: dict[str, to
     row["mse_image"] = image_auroc(torch.cat([image_score(mc), image_score(mf)]), labels)
     row["mse_pixel"] = pixel_auroc(torch.cat([mc, mf]), truth)
     levels = torch.cat([level_c, level_f])
+    row["counts"] = iou_counts(levels, truth, (fusion.map_threshold,))
+    row["grid_counts"] = iou_counts(levels, truth)
     row["iou"] = float(pooled_iou_curve(levels, truth, (fusion.map_threshold,))[0])
     row["best_iou"] = float(pooled_iou_curve(levels, truth).max())
     row["legacy_iou"] = float(pooled_iou_curve(torch.cat([lc[0], lf[0]]), truth, (0.5,))[0])
@@ -214,6 +229,12 @@ def cmd_analyse(args: argparse.Namespace) -> None:
         mean_px = np.mean([r["pixel"] for r in rows.values()])
         shipped, record = select(base, detectors(val_clean), crops)
         print(f"\nmean over families: image AUROC {mean_img:.3f}, pixel AUROC {mean_px:.3f}")
+        inter = sum(r["counts"][0][0] for r in rows.values())
+        union = sum(r["counts"][1][0] for r in rows.values())
+        grid = sum(r["grid_counts"][0] for r in rows.values()) / np.maximum(
+            sum(r["grid_counts"][1] for r in rows.values()), 1)
+        print(f"IoU pooled over the held-out families, each at the threshold picked without it: {inter / union:.3f}; "
+              f"best single threshold on them: {grid.max():.3f} (t = {THRESHOLDS[int(np.argmax(grid))]})")
         print(f"picked on all families: rule {shipped.rule}, map threshold {shipped.map_threshold}, "
               f"pooled validation IoU {record['pooled_iou']:.3f}")
 

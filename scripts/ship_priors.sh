@@ -5,8 +5,11 @@
 #   textures: map_sigma=1.0 (inspection defects are regions: the anomaly map pools residuals over ~1 px),
 #             and local texture statistics fitted on 256 training-split crops (rgi_core.detectors.texture),
 #             and a learned anomaly segmenter trained for 1000 steps on 1024 training-split crops with synthetic
-#             anomalies, thresholded on 256 others (rgi_core.detectors.segmenter)
-#   digits:   map_sigma=0.0 (the RGI paper's scattered gross corruption: keep maps pixel-exact), and
+#             anomalies, thresholded on 256 others (rgi_core.detectors.segmenter); the three detectors joined by a
+#             fusion calibrated on 64 clean crops, its rule and map threshold picked on 24 crops per synthetic
+#             defect family (rgi_core.detectors.fusion, rgi_core.detectors.selection)
+#   digits:   one detector (the residual), so no fusion (--fusion-images 0); map_sigma=0.0 (the RGI paper's
+#             scattered gross corruption: keep maps pixel-exact), and
 #             mask_tv = 1.5 lam for the first 75 % of the steps (chosen on training-split digits with
 #             synthetic corruption, docs/design.md): lam is fitted first (with TV off, as always), then a
 #             second call stores mask_tv and measures the score threshold with it. The image score is the
@@ -27,6 +30,7 @@ for name in brick grass gravel; do
   [ -d "$OUT/data/$name-train" ] || $RGI export-dataset "$name" "$OUT/data/$name-train" --split train
   $RGI calibrate "$OUT/data/$name-train" --prior "$OUT/ship/$name-64.safetensors" --into-prior --images-n 32 --iterations 300 --rounds 6 \
     --set map_sigma=1.0 --set sizing=\"tile\" --texture-stats 256 --segmenter-steps 1000 \
+    --fusion-images 64 --fusion-families 24 \
     >"$OUT/ship/$name-64.calibration.json" &
   pids+=($!)
 done
@@ -35,12 +39,12 @@ if [[ $NAMES == *" digits "* ]]; then
     f="$OUT/ship/digits-32.safetensors"
     cp "$OUT/digits-32.safetensors" "$f"
     $RGI calibrate "$OUT/data/digits-train" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 6 \
-      --set map_sigma=0.0 --set mask_tv=0.0 >"$OUT/ship/digits-32.lam.json"
+      --fusion-images 0 --set map_sigma=0.0 --set mask_tv=0.0 >"$OUT/ship/digits-32.lam.json"
     tv=$(python3 -c "import json,sys; print(round(1.5 * json.load(open(sys.argv[1]))['lam'], 4))" \
       "$OUT/ship/digits-32.lam.json")
     # starts at the fixed point: one round keeps lam there and records the score threshold with TV on
     $RGI calibrate "$OUT/data/digits-train" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 1 \
-      --set mask_tv="$tv" --set mask_tv_until=0.75 --set score_topk=0.25 >"$OUT/ship/digits-32.calibration.json"
+      --fusion-images 0 --set mask_tv="$tv" --set mask_tv_until=0.75 --set score_topk=0.25 >"$OUT/ship/digits-32.calibration.json"
   ) &
   pids+=($!)
 fi

@@ -39,23 +39,29 @@ class FamilyCrops:
     truth: torch.Tensor
 
 
-def _levels(fusion: Fusion, maps: Maps, rule: Rule) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_levels(fusion: Fusion, maps: Maps, rule: Rule) -> tuple[torch.Tensor, torch.Tensor]:
     """(image score (N,), pixel level L (N, 1, H, W)), both -log10 p."""
     amap, score = fusion.fuse(maps, rule=rule, map_threshold=1.0)
     return score, amap / (1.0 - amap).clamp_min(1e-12)  # L / (L + 1) -> L
 
 
+def iou_counts(levels: torch.Tensor, truth: torch.Tensor,
+               thresholds: tuple[float, ...] = THRESHOLDS) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection, union) pixel counts of ``levels > t`` with ``truth`` (same shape), at every t."""
+    lv, gt = levels.flatten().double(), truth.flatten().bool()
+    pos, neg = lv[gt], lv[~gt]
+    t = torch.tensor(thresholds, dtype=torch.float64)
+    tp = (pos[None, :] > t[:, None]).sum(1) if pos.numel() else torch.zeros(len(t), dtype=torch.long)
+    fp = torch.searchsorted(neg.sort().values, t, right=True)  # how many clean pixels are <= t
+    fp = neg.numel() - fp
+    return tp.numpy(), (fp + pos.numel()).numpy()  # union = tp + fp + fn = fp + positives
+
+
 def pooled_iou_curve(levels: torch.Tensor, truth: torch.Tensor,
                      thresholds: tuple[float, ...] = THRESHOLDS) -> np.ndarray:
     """Pooled IoU of ``levels > t`` with ``truth`` (same shape) at every t: sum of intersections over sum of unions."""
-    lv, gt = levels.flatten().double(), truth.flatten().bool()
-    pos, neg = lv[gt], lv[~gt]
-    out = []
-    for t in thresholds:
-        tp, fp = int((pos > t).sum()), int((neg > t).sum())
-        fn = pos.numel() - tp
-        out.append(tp / max(tp + fp + fn, 1))
-    return np.asarray(out)
+    inter, union = iou_counts(levels, truth, thresholds)
+    return inter / np.maximum(union, 1)
 
 
 def select(fusion: Fusion, clean: Maps, families: Mapping[str, FamilyCrops]) -> tuple[Fusion, dict[str, object]]:
@@ -67,16 +73,16 @@ def select(fusion: Fusion, clean: Maps, families: Mapping[str, FamilyCrops]) -> 
         raise ValueError("selection needs at least one defect family")
     worst: dict[str, float] = {}
     per_family: dict[str, dict[str, float]] = {}
-    clean_scores = {r: _levels(fusion, clean, r)[0] for r in RULES}
+    clean_scores = {r: fused_levels(fusion, clean, r)[0] for r in RULES}
     for name, fam in families.items():
         for r in RULES:
-            score = _levels(fusion, fam.maps, r)[0]
+            score = fused_levels(fusion, fam.maps, r)[0]
             labels = np.r_[np.zeros(len(clean_scores[r])), np.ones(len(score))]
             a = float(roc_auc_score(labels, torch.cat([clean_scores[r], score]).double().numpy()))
             per_family.setdefault(name, {})[r] = a
             worst[r] = min(worst.get(r, 1.0), a)
     rule: Rule = "min_p" if worst["min_p"] >= worst["fisher"] - TIE else "fisher"
-    levels = [_levels(fusion, clean, rule)[1]] + [_levels(fusion, f.maps, rule)[1] for f in families.values()]
+    levels = [fused_levels(fusion, clean, rule)[1]] + [fused_levels(fusion, f.maps, rule)[1] for f in families.values()]
     truth = [torch.zeros_like(levels[0], dtype=torch.bool)] + [f.truth for f in families.values()]
     curve = pooled_iou_curve(torch.cat(levels), torch.cat(truth))
     best = int(np.argmax(curve))
