@@ -40,8 +40,8 @@ from rgi_core.detectors.residual import image_score
 from rgi_core.detectors.selection import (
     THRESHOLDS,
     FamilyCrops,
-    fused_levels,
     bootstrap_auroc,
+    fused_levels,
     iou_counts,
     pooled_iou_curve,
     select,
