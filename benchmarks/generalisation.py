@@ -5,8 +5,10 @@ Two stages; the first is slow and resumable, the second takes seconds.
 ``solve``: for each texture prior, crops with one defect of every family (:mod:`rgi_core.evaluation.families`)
 and clean crops, in two places:
 
-- ``val``: the prior's training split (x < 384). The selection procedure may look at these (fusion rule,
-  map threshold) and the clean ones fit the detectors' clean-score distributions, as ``rgi calibrate`` does.
+- ``val``: rows y >= 384 of the prior's training split (x < 384), the rows ``rgi calibrate --into-prior`` holds
+  out from the texture statistics and the segmenter (``--holdout 0.25``). The selection procedure may look at these
+  (fusion rule, map threshold) and the clean ones fit the detectors' clean-score distributions, as
+  ``rgi calibrate`` does.
 - ``test``: the held-out quarter (x >= 384), fresh seeds. Only scored, never used to choose anything.
 
 Every crop is solved once with ``rgi`` (every detector's map kept apart) and, on ``test``, once with ``mse``
@@ -56,6 +58,7 @@ from rgi_core.io import builtin
 from rgi_core.priors import Prior, load_prior
 
 SPLITS = {"val": ("train", 100), "test": ("eval", 200)}  # split -> (builtin split, seed base)
+VAL_ROWS = 384  # val crops come from rows y >= VAL_ROWS of the training split
 CLEAN = "clean"
 
 
@@ -71,6 +74,7 @@ def family_set(texture: str, split: str, family: str, n: int, size: int = 64) ->
     """(images (n, 1, size, size), truth (n, 1, size, size) bool) of one family (or clean crops) on one split."""
     part, base = SPLITS[split]
     region = torch.from_numpy(builtin.texture(texture, part))
+    region = region[:, VAL_ROWS:] if split == "val" else region
     names = [CLEAN, *families_for(1)]
     seed = base * 1000 + names.index(family) * 37 + builtin.TEXTURES.index(texture)
     clean = crops(region, n, size, seed)
@@ -97,6 +101,18 @@ def solve_maps(prior: Prior, images: torch.Tensor, method: str, iterations: int,
     return {k: v.detach().cpu().numpy().astype(np.float16) for k, v in out.items()}
 
 
+def refresh(path: Path, prior: Prior, texture: str, split: str, family: str) -> None:
+    """Recompute the texture and learned maps of a solved file with the prior's current detectors (no solve:
+    they read the input, which is drawn again from its seed)."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    images, _ = family_set(texture, split, family, len(arrays["truth"]))
+    maps = detector_maps(prior, config_for_prior("rgi", prior.defaults), Identity(), images)
+    arrays.update({f"rgi.{k}": v.detach().cpu().numpy().astype(np.float16) for k, v in maps.items()})
+    _save(path, arrays)
+    print(f"{path.name}: detectors refreshed", flush=True)
+
+
 def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
@@ -112,6 +128,8 @@ def cmd_solve(args: argparse.Namespace) -> None:
             for family in [CLEAN, *families_for(1)]:
                 path = out / f"{texture}-{split}-{family}.npz"
                 if path.exists():
+                    if args.refresh_detectors:
+                        refresh(path, prior, texture, split, family)
                     continue
                 n = args.clean_n if family == CLEAN else args.n
                 t0 = time.perf_counter()
@@ -134,6 +152,8 @@ def main() -> None:
     s.add_argument("--iterations", type=int, default=2000)
     s.add_argument("--n-init", type=int, default=1000)
     s.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    s.add_argument("--refresh-detectors", action="store_true",
+                   help="recompute the texture and learned maps of files already solved (after recalibrating them)")
     a = sub.add_parser("analyse", help="leave-one-family-out tables from the solved crops")
     for p in (s, a):
         p.add_argument("--only", nargs="+", default=list(builtin.TEXTURES), choices=builtin.TEXTURES)

@@ -145,19 +145,22 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, args.seed)
     clean = sampler.sample(args.images_n)  # (N, C, R, R)
     cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, rounds=args.rounds, seed=args.seed)
-    texture = sampler.sample(args.texture_stats) if args.texture_stats > 0 else None  # (M, C, R, R)
+    # the fusion's clean tails come from images the texture statistics and the segmenter never saw
+    fit_on, held = sampler.split(args.holdout, args.seed) if args.fusion_images > 0 and args.holdout > 0 else (
+        sampler, sampler)
+    texture = fit_on.sample(args.texture_stats) if args.texture_stats > 0 else None  # (M, C, R, R)
     segmenter = None
     with stopping.cli_signals() as signalled:
         try:
             if args.segmenter_steps > 0:  # trained on its own crops, thresholded on others it never saw
-                train, held_out = sampler.sample(args.segmenter_crops), sampler.sample(256)
+                train, held_out = fit_on.sample(args.segmenter_crops), fit_on.sample(256)
                 segmenter = LearnedMap.fit(
                     train, held_out,
                     SegmenterConfig(steps=args.segmenter_steps, seed=args.seed, members=args.segmenter_members),
                     log=lambda s, v: print(f"segmenter step {s}: focal loss {v:.4f}", file=sys.stderr),
                     device=prior.device, stop=stopping.stop_requested)
-            fusion_clean = sampler.sample(args.fusion_images) if args.fusion_images > 0 else None
-            families = (_family_crops(sampler, args.fusion_families, args.seed, prior.spec.channels)
+            fusion_clean = held.sample(args.fusion_images) if args.fusion_images > 0 else None
+            families = (_family_crops(held, args.fusion_families, args.seed, prior.spec.channels)
                         if fusion_clean is not None else None)
             defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter,
                                  stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families)
@@ -504,6 +507,11 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    help="clean crops whose detector maps calibrate the fusion (each detector's clean tail "
                         "probabilities, rgi_core.detectors.fusion; default 64). 0 drops the fusion: the detectors are "
                         "then joined by the older max/mean rule")
+    c.add_argument("--holdout", type=float, default=0.25, metavar="FRACTION",
+                   help="with a fusion, fit the texture statistics and the segmenter on the rest of the images and "
+                        "calibrate the fusion on this fraction (every k-th image, or the bottom rows of images "
+                        "sampled by crop), so each detector's clean tail is measured on images it never saw "
+                        "(default 0.25; 0 uses every image for both)")
     c.add_argument("--fusion-families", type=int, default=0, metavar="N",
                    help="pick the fusion's rule and map threshold on N crops per synthetic defect family "
                         "(rgi_core.evaluation.families; the shipped priors use 24). 0 keeps min-p and the default "
@@ -614,7 +622,8 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                         help="store lam, the thresholds and the detectors in the prior file instead")
     ca.add_argument("--quantile", type=float, default=0.995, help="clean-residual quantile that sets lam")
     ca.add_argument("--rounds", type=int, default=None,
-                    help="RGI solves spent on lam's fixed point, damped steps (default 4; 6 with --into-prior)")
+                    help="RGI solves spent on lam's fixed point, damped steps (default 4; 6 with --into-prior; 0 with "
+                         "--into-prior keeps the prior's lam)")
     why = "cheaper than the method's own; the thresholds hold for the value they are measured with, so clean with it"
     add_arguments(ca, SolveOptions, fields=("iterations", "n_init", "seed", "device"),
                   defaults={"iterations": (1000, why), "n_init": (200, why)})

@@ -66,7 +66,8 @@ class CalibrationConfig:
         quantile: residual quantile of clean pixels that sets the mask threshold (0.995: about 0.5 % of
             clean pixels may enter the mask).
         score_quantile: quantile of clean image scores used as the anomaly threshold.
-        rounds: RGI solves spent on finding lam (damped fixed-point steps, module docstring).
+        rounds: RGI solves spent on finding lam (damped fixed-point steps, module docstring); 0 keeps the
+            prior's lam (e.g. to recalibrate only the detectors' fusion).
         iterations / n_init: RGI settings for the calibration solves.
         seed: RGI seed.
     """
@@ -81,8 +82,8 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         if not (0.5 <= self.quantile < 1.0 and 0.5 <= self.score_quantile <= 1.0):
             raise ValueError("quantile must be in [0.5, 1) and score_quantile in [0.5, 1]")
-        if self.rounds < 1:
-            raise ValueError("rounds must be >= 1")
+        if self.rounds < 0:
+            raise ValueError("rounds must be >= 0")
 
 
 def _rgi(prior: Prior, lam: float, cfg: CalibrationConfig, lam_rule: bool = False) -> InversionConfig:
@@ -147,11 +148,12 @@ def detector_maps_of(prior: Prior, images: torch.Tensor, config: InversionConfig
 
 def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
                families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-               stop: StopCheck | None = None) -> tuple[Fusion, dict[str, Any]]:
+               stop: StopCheck | None = None) -> tuple[Fusion, dict[str, torch.Tensor]]:
     """A calibrated :class:`rgi_core.detectors.fusion.Fusion` for ``prior``: every detector's tails on the
     maps of clean images (N, C, H, W) solved with ``config``; with ``families`` (name -> (defective images,
     truth (N, 1, H, W) bool)), the rule and map threshold picked by :func:`rgi_core.detectors.selection.select`,
-    else ``min_p`` and the default threshold. Returns the fusion and a record of how it was obtained."""
+    else ``min_p`` and the default threshold. Returns the fusion (its ``record`` says how it was obtained) and
+    the clean images' maps by detector."""
     maps = detector_maps_of(prior, clean, config, stop)
     record: dict[str, Any] = {"images": int(clean.shape[0]), "iterations": config.iterations,
                               "n_init": config.n_init, "detectors": sorted(maps)}
@@ -162,7 +164,7 @@ def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
         fusion, chosen = select(fusion, maps, crops)
         record["selection"] = chosen
         record["family_images"] = {name: int(x.shape[0]) for name, (x, _) in families.items()}
-    return dataclasses.replace(fusion, record=record), record
+    return dataclasses.replace(fusion, record=record), maps
 
 
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None,
@@ -188,7 +190,12 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     ``stop`` is asked before every solver step and before the texture fit.
     """
     cfg = cfg or CalibrationConfig()
-    lam, history = fit_lam(prior, clean, cfg, stop)  # the mask rule: residuals only, texture statistics play no part
+    if cfg.rounds == 0:
+        if "lam" not in prior.defaults:
+            raise ValueError("rounds=0 keeps the prior's lam, but this prior has none: calibrate it with rounds >= 1")
+        lam, history = float(prior.defaults["lam"]), []
+    else:  # the mask rule: residuals only, texture statistics play no part
+        lam, history = fit_lam(prior, clean, cfg, stop)
     kept = {k: v for k, v in prior.defaults.items() if k not in ("calibration", "fusion")}
     if texture_clean is not None:
         check(stop, "calibration stopped before the texture statistics")
@@ -198,12 +205,12 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     # score with the new detectors and no older fusion, without touching the caller's prior
     prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam}},
                                 segmenter=segmenter if segmenter is not None else prior.segmenter)
-    if fusion_clean is not None:
-        fusion, _ = fit_fusion(prior, fusion_clean, _rgi(prior, lam, cfg), fusion_families, stop)
-        kept["fusion"] = fusion.to_dict()
-        prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam}})
     final = invert(clean, prior, _rgi(prior, lam, cfg), control=SolveControl(cancelled=stop))
     scores = final.score.double()
+    if fusion_clean is not None:  # the score threshold on the fusion's clean images, scored by the fusion
+        fusion, clean_maps = fit_fusion(prior, fusion_clean, _rgi(prior, lam, cfg), fusion_families, stop)
+        kept["fusion"] = fusion.to_dict()
+        scores = fusion.fuse(clean_maps)[1].double()
     return {
         **kept,
         "lam": lam,

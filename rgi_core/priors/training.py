@@ -164,6 +164,43 @@ class ImageSampler:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x
 
+    def split(self, fraction: float, seed: int) -> tuple[ImageSampler, ImageSampler]:
+        """(rest, held out): two samplers over disjoint pixels, so a detector fitted on ``rest`` can be calibrated
+        on ``held`` images it never saw.
+
+        Images used whole: every ``round(1 / fraction)``-th goes to ``held``. Images sampled by crop: their bottom
+        ``fraction`` of rows (at least one crop high) goes to ``held``, the rows above to ``rest``. Raises
+        ``ValueError`` when a part would be empty or an image is too small to cut.
+        """
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"hold-out fraction must be in (0, 1), got {fraction}")
+        r = self.resolution
+        step = max(2, round(1.0 / fraction))
+        fixed = [] if self.fixed is None else list(self.fixed)
+        parts: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        crops: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        for i, t in enumerate(fixed):
+            parts[i % step == step - 1].append(t)
+        for img in self.crops:
+            cut = img.shape[1] - max(r, round(fraction * img.shape[1]))
+            if cut < r:
+                raise ValueError(f"an image of height {img.shape[1]} is too small to hold out {fraction:.0%} of "
+                                 f"its rows and keep {r}px crops on both sides")
+            crops[0].append(img[:, :cut])
+            crops[1].append(img[:, cut:])
+        out = []
+        for k in (0, 1):
+            if not parts[k] and not crops[k]:
+                raise ValueError("too few images to hold some out: give at least two, or larger ones")
+            sampler = ImageSampler.__new__(ImageSampler)
+            sampler.resolution, sampler.flip = r, self.flip
+            sampler.gen = torch.Generator().manual_seed(seed + 1 + k)
+            sampler.crops = crops[k]
+            sampler.fixed = torch.stack(parts[k]) if parts[k] else None
+            sampler.n_fixed = len(parts[k])
+            out.append(sampler)
+        return out[0], out[1]
+
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     """(N, C, H, W) in [0, 1] -> one PNG grid with 2-pixel gaps."""
