@@ -33,7 +33,7 @@ def test_hash_changes_with_results_but_not_with_device():
 def test_hash_of_an_unchanged_config_survives_new_fields():
     """Catalog rows are matched by the hash of the config the pipeline builds (``config_for_prior``): a field that
     changes nothing at its default must not change it, or every nightly run after an upgrade re-cleans the whole
-    dataset. Pinned from session 14's code (and session 15's for a prior with defaults)."""
+    dataset. Pinned from the code as it was when the hash was introduced (and when priors gained defaults)."""
     assert config_for_prior("rgi", {}).config_hash() == "0d80602b708caa02"
     assert config_for_prior("rrgi", {}, lam=0.2, iterations=50).config_hash() == "006166dcd5a2897e"
     meta = {"lam": 0.04, "map_sigma": 1.0, "mask_tv": 0.06, "mask_tv_until": 0.75, "score_threshold": 0.5}
