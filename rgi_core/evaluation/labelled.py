@@ -368,9 +368,21 @@ def score_families(items: list[Labelled], run: MethodRun, thresholds: Thresholds
 def evaluate(prior: Prior, data: EvalSet, methods: tuple[str, ...] = ("mse", "rgi", "rrgi"),
              **overrides: object) -> list[MethodScores]:
     """Invert ``data.corrupted`` with each method (config overrides shared, e.g. ``iterations``) and score it."""
+    return evaluate_by_family(prior, data, methods, **overrides)[""]
+
+
+def evaluate_by_family(prior: Prior, data: EvalSet, methods: tuple[str, ...] = ("mse", "rgi", "rrgi"),
+                       **overrides: object) -> dict[str, list[MethodScores]]:
+    """As :func:`evaluate`, with the rows of the whole set under ``""`` and one list of rows per defect kind
+    (:func:`score_families`: each kind against every clean crop) when the set has two kinds or more."""
     items = items_from_set(data)
     runs = run_methods(prior, [it.image for it in items], methods, batch_size=max(1, len(items)), **overrides)
-    return [score_run(items, run) for run in runs]
+    kind = {it.name: k for it, k in zip(items, data.kinds, strict=True)}
+    out: dict[str, list[MethodScores]] = {"": [score_run(items, run) for run in runs]}
+    for run in runs:
+        for name, scores in score_families(items, run, family=lambda it: kind[it.name]).items():
+            out.setdefault(name, []).append(scores)
+    return out
 
 
 def _fmt(v: float, digits: int = 3) -> str:
