@@ -1,7 +1,8 @@
 """Quality of the shipped priors on held-out data with synthetic defects (the numbers in docs/quality.md).
 
-Every method inverts the same images in one run; texture sets also print one row per defect kind. Textures: 64x64 crops of the right quarter (never trained
-on), half clean, half with one defect each. Digits: held-out images 1500.. with 10-25 % gross corruption.
+Every method inverts the same images in one run; texture sets also print one row per defect kind.
+Textures: 64x64 crops of the right quarter (never trained on), half clean, half with one defect each. Digits:
+held-out images 1500.. with 10-25 % gross corruption.
 ``--defects novel`` gives the texture crops the second set of kinds (:data:`rgi_core.evaluation.defects.NOVEL_DEFECTS`)
 instead, to check that the defaults generalise beyond the standard five.
 
