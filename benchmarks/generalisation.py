@@ -155,6 +155,8 @@ def main() -> None:
     s.add_argument("--refresh-detectors", action="store_true",
                    help="recompute the texture and learned maps of files already solved (after recalibrating them)")
     a = sub.add_parser("analyse", help="leave-one-family-out tables from the solved crops")
+    a.add_argument("--before", help="a folder of earlier prior files (NAME-64.safetensors): the older-fusion columns "
+                   "then use their detectors, to compare with what was shipped before")
     for p in (s, a):
         p.add_argument("--only", nargs="+", default=list(builtin.TEXTURES), choices=builtin.TEXTURES)
         p.add_argument("--out", default="runs/generalisation")
@@ -182,6 +184,13 @@ def legacy(maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The older fusion: pixel-wise maximum, mean of the image scores."""
     rest = [maps[k] for k in ("texture", "learned") if k in maps]
     return fuse_maps(maps["residual"], image_score(maps["residual"]), rest)
+
+
+def before_maps(before: Prior, texture: str, family: str, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The test crops' maps with an earlier prior's detectors (same residual: the generator and lam are the same)."""
+    images, _ = family_set(texture, "test", family, len(arrays["truth"]))
+    others = detector_maps(before, config_for_prior("rgi", before.defaults), Identity(), images)
+    return {"residual": arrays["rgi.residual"], **{k: v.float() for k, v in others.items()}}
 
 
 def family_row(fusion: Fusion, clean: dict[str, torch.Tensor], fam: dict[str, torch.Tensor]) -> dict[str, object]:
@@ -241,11 +250,26 @@ def cmd_analyse(args: argparse.Namespace) -> None:
               "pixel AUROC | best single | older fusion | mse | IoU at chosen t | best IoU | older IoU@0.5 |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         rows = {}
+        before = load_prior(str(Path(args.before) / f"{texture}-64.safetensors")) if args.before else None
         for held in names:
             fusion, _ = select(base, detectors(val_clean), {f: c for f, c in crops.items() if f != held})
-            rows[held] = family_row(fusion, test_clean, load(out, texture, "test", held))
+            test_fam = load(out, texture, "test", held)
+            rows[held] = family_row(fusion, test_clean, test_fam)
+            if before is not None:  # the older fusion with the earlier prior's detectors, as it was shipped
+                bc, bf = (legacy(before_maps(before, texture, f, a))
+                          for f, a in ((CLEAN, test_clean), (held, test_fam)))
+                labels = torch.cat([torch.zeros(len(bc[1])), torch.ones(len(bf[1]))]).bool()
+                rows[held]["legacy_image"] = image_auroc(torch.cat([bc[1], bf[1]]), labels)
+                rows[held]["legacy_pixel"] = pixel_auroc(torch.cat([bc[0], bf[0]]),
+                                                         torch.cat([test_clean["truth"], test_fam["truth"]]))
+                rows[held]["legacy_iou"] = float(pooled_iou_curve(torch.cat([bc[0], bf[0]]), torch.cat(
+                    [test_clean["truth"], test_fam["truth"]]), (0.5,))[0])
             print(_fmt_row(held, rows[held]), flush=True)
+        if before is not None:
+            print(f"\n(older fusion columns: the detectors of {args.before}, as shipped before)")
         mean_img = np.mean([r["image"][0] for r in rows.values()])
+        older = [np.mean([r[k] for r in rows.values()]) for k in ("legacy_image", "legacy_pixel")]
+        print(f"older fusion, mean over families: image AUROC {older[0]:.3f}, pixel AUROC {older[1]:.3f}")
         mean_px = np.mean([r["pixel"] for r in rows.values()])
         shipped, record = select(base, detectors(val_clean), crops)
         print(f"\nmean over families: image AUROC {mean_img:.3f}, pixel AUROC {mean_px:.3f}")
