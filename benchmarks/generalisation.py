@@ -28,7 +28,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import time
@@ -37,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rgi_core.calibration import detector_maps_of
 from rgi_core.detectors.fusion import Fusion, fuse_maps
 from rgi_core.detectors.residual import image_score
 from rgi_core.detectors.selection import (
     THRESHOLDS,
     FamilyCrops,
     bootstrap_auroc,
-    fused_levels,
     iou_counts,
     pooled_iou_curve,
     select,
@@ -53,7 +52,6 @@ from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
 from rgi_core.inversion.config import config_for_prior
 from rgi_core.inversion.operators import Identity
 from rgi_core.inversion.products import detector_maps
-from rgi_core.inversion.solver import invert
 from rgi_core.io import builtin
 from rgi_core.priors import Prior, load_prior
 
@@ -86,19 +84,11 @@ def family_set(texture: str, split: str, family: str, n: int, size: int = 64) ->
 
 def solve_maps(prior: Prior, images: torch.Tensor, method: str, iterations: int, n_init: int,
                batch: int = 32) -> dict[str, np.ndarray]:
-    """Every detector's anomaly map (n, 1, H, W) float16, keyed by detector; ``mse`` gives the residual only.
-
-    The maps are each detector's own, before any fusion the prior carries (the analysis fits its own)."""
-    prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {
-        k: v for k, v in prior.defaults.items() if k != "fusion"}})
-    cfg = config_for_prior(method, prior.defaults, iterations=iterations, n_init=n_init, seed=0,
-                           texture_map=False, learned_map=False)
-    residual = torch.cat([invert(images[i : i + batch], prior, cfg).anomaly_map for i in range(0, len(images), batch)])
-    out = {"residual": residual}
-    if method != "mse":
-        full = config_for_prior(method, prior.defaults)
-        out.update(detector_maps(prior, full, Identity(), images))
-    return {k: v.detach().cpu().numpy().astype(np.float16) for k, v in out.items()}
+    """Every detector's own anomaly map (n, 1, H, W) float16, keyed by detector, before any fusion the prior
+    carries (the analysis fits its own); ``mse`` gives the residual only (its config turns the others off)."""
+    cfg = config_for_prior(method, prior.defaults, iterations=iterations, n_init=n_init, seed=0)
+    maps = detector_maps_of(prior, images, cfg, batch=batch)
+    return {k: v.detach().cpu().numpy().astype(np.float16) for k, v in maps.items()}
 
 
 def refresh(path: Path, prior: Prior, texture: str, split: str, family: str) -> None:
@@ -199,8 +189,8 @@ def family_row(fusion: Fusion, clean: dict[str, torch.Tensor], fam: dict[str, to
     truth = torch.cat([clean["truth"], fam["truth"]])
     row: dict[str, object] = {}
     dc, df = detectors(clean), detectors(fam)
-    score_c, level_c = fused_levels(fusion, dc, fusion.rule)
-    score_f, level_f = fused_levels(fusion, df, fusion.rule)
+    score_c, level_c = fusion.surprises(dc)
+    score_f, level_f = fusion.surprises(df)
     row["image"] = bootstrap_auroc(score_c, score_f)
     row["pixel"] = pixel_auroc(torch.cat([level_c, level_f]), truth)
     single_img = {k: image_auroc(torch.cat([image_score(dc[k]), image_score(df[k])]), labels) for k in dc}

@@ -138,7 +138,10 @@ def damped_fixed_point(f: Callable[[float], float], start: float, rounds: int) -
 def detector_maps_of(prior: Prior, images: torch.Tensor, config: InversionConfig,
                      stop: StopCheck | None = None, batch: int = 64) -> dict[str, torch.Tensor]:
     """Every detector's map (N, 1, H, W) of images (N, C, H, W) solved with ``config``, apart, by detector name
-    (``residual``, ``texture``, ``learned``: :mod:`rgi_core.detectors.fusion`)."""
+    (``residual``, ``texture``, ``learned``: :mod:`rgi_core.detectors.fusion`). Each is the detector's own map:
+    a fusion the prior carries is not applied (with one, the residual would come back as its tail surprise)."""
+    prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {
+        k: v for k, v in prior.defaults.items() if k != "fusion"}})
     alone = dataclasses.replace(config, texture_map=False, learned_map=False)
     residual = torch.cat([invert(images[i : i + batch], prior, alone, control=SolveControl(cancelled=stop)).anomaly_map
                           for i in range(0, len(images), batch)])

@@ -206,14 +206,19 @@ class Fusion:
             raise ValueError(f"none of the detectors {sorted(maps)} is calibrated (calibrated: {sorted(self.tails)})")
         return out
 
+    def surprises(self, maps: Mapping[str, torch.Tensor],
+                  rule: Rule | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The joined image score (B,) and pixel level L (B, 1, H, W), both :math:`-\\log_{10} p`."""
+        rule = rule or self.rule
+        per = self.detector_log_p(maps).values()
+        image = surprise(combine([p[0] for p in per], rule))
+        return image, surprise(combine([p[1] for p in per], rule))
+
     def fuse(self, maps: Mapping[str, torch.Tensor], rule: Rule | None = None,
              map_threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused anomaly map (B, 1, H, W) in [0, 1) and image score (B,) (:math:`-\\log_{10} p`)."""
-        rule = rule or self.rule
         t = self.map_threshold if map_threshold is None else map_threshold
-        per = self.detector_log_p(maps)
-        score = surprise(combine([p[0] for p in per.values()], rule))
-        level = surprise(combine([p[1] for p in per.values()], rule))
+        score, level = self.surprises(maps, rule)
         return level / (level + t), score
 
     def to_dict(self) -> dict[str, Any]:

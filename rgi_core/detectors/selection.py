@@ -39,12 +39,6 @@ class FamilyCrops:
     truth: torch.Tensor
 
 
-def fused_levels(fusion: Fusion, maps: Maps, rule: Rule) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image score (N,), pixel level L (N, 1, H, W)), both -log10 p."""
-    amap, score = fusion.fuse(maps, rule=rule, map_threshold=1.0)
-    return score, amap / (1.0 - amap).clamp_min(1e-12)  # L / (L + 1) -> L
-
-
 def iou_counts(levels: torch.Tensor, truth: torch.Tensor,
                thresholds: tuple[float, ...] = THRESHOLDS) -> tuple[np.ndarray, np.ndarray]:
     """(intersection, union) pixel counts of ``levels > t`` with ``truth`` (same shape), at every t."""
@@ -73,16 +67,16 @@ def select(fusion: Fusion, clean: Maps, families: Mapping[str, FamilyCrops]) -> 
         raise ValueError("selection needs at least one defect family")
     worst: dict[str, float] = {}
     per_family: dict[str, dict[str, float]] = {}
-    clean_scores = {r: fused_levels(fusion, clean, r)[0] for r in RULES}
+    clean_scores = {r: fusion.surprises(clean, r)[0] for r in RULES}
     for name, fam in families.items():
         for r in RULES:
-            score = fused_levels(fusion, fam.maps, r)[0]
+            score = fusion.surprises(fam.maps, r)[0]
             labels = np.r_[np.zeros(len(clean_scores[r])), np.ones(len(score))]
             a = float(roc_auc_score(labels, torch.cat([clean_scores[r], score]).double().numpy()))
             per_family.setdefault(name, {})[r] = a
             worst[r] = min(worst.get(r, 1.0), a)
     rule: Rule = "min_p" if worst["min_p"] >= worst["fisher"] - TIE else "fisher"
-    levels = [fused_levels(fusion, clean, rule)[1]] + [fused_levels(fusion, f.maps, rule)[1] for f in families.values()]
+    levels = [fusion.surprises(clean, rule)[1]] + [fusion.surprises(f.maps, rule)[1] for f in families.values()]
     truth = [torch.zeros_like(levels[0], dtype=torch.bool)] + [f.truth for f in families.values()]
     curve = pooled_iou_curve(torch.cat(levels), torch.cat(truth))
     best = int(np.argmax(curve))
@@ -97,10 +91,8 @@ def bootstrap_auroc(clean: torch.Tensor, defective: torch.Tensor, reps: int = 10
     (each group resampled with replacement on its own): ``(auroc, low, high)``."""
     c, d = clean.double().numpy(), defective.double().numpy()
 
-    def auc(cv: np.ndarray, dv: np.ndarray) -> float:  # Mann-Whitney: P(d > c) + P(d = c) / 2
-        greater = (dv[:, None] > cv[None, :]).mean()
-        ties = (dv[:, None] == cv[None, :]).mean()
-        return float(greater + 0.5 * ties)
+    def auc(cv: np.ndarray, dv: np.ndarray) -> float:
+        return float(roc_auc_score(np.r_[np.zeros(cv.size), np.ones(dv.size)], np.r_[cv, dv]))
 
     rng = np.random.default_rng(seed)
     stats = [auc(rng.choice(c, c.size), rng.choice(d, d.size)) for _ in range(reps)]
