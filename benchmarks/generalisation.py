@@ -47,7 +47,8 @@ from rgi_core.detectors.selection import (
     pooled_iou_curve,
     select,
 )
-from rgi_core.evaluation.families import apply_family, families_for
+from rgi_core.evaluation.families import apply_family_batch, families_for
+from rgi_core.evaluation.labelled import random_crops
 from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
 from rgi_core.inversion.config import config_for_prior
 from rgi_core.inversion.operators import Identity
@@ -60,14 +61,6 @@ VAL_ROWS = 384  # val crops come from rows y >= VAL_ROWS of the training split
 CLEAN = "clean"
 
 
-def crops(region: torch.Tensor, n: int, size: int, seed: int) -> torch.Tensor:
-    """``n`` seeded ``size`` crops of region (C, H, W) -> (n, C, size, size)."""
-    gen = torch.Generator().manual_seed(seed)
-    ys = torch.randint(region.shape[1] - size + 1, (n,), generator=gen).tolist()
-    xs = torch.randint(region.shape[2] - size + 1, (n,), generator=gen).tolist()
-    return torch.stack([region[:, y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
-
-
 def family_set(texture: str, split: str, family: str, n: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (n, 1, size, size), truth (n, 1, size, size) bool) of one family (or clean crops) on one split."""
     part, base = SPLITS[split]
@@ -75,11 +68,10 @@ def family_set(texture: str, split: str, family: str, n: int, size: int = 64) ->
     region = region[:, VAL_ROWS:] if split == "val" else region
     names = [CLEAN, *families_for(1)]
     seed = base * 1000 + names.index(family) * 37 + builtin.TEXTURES.index(texture)
-    clean = crops(region, n, size, seed)
+    clean = random_crops(region, n, size, seed)
     if family == CLEAN:
         return clean, torch.zeros((n, 1, size, size), dtype=torch.bool)
-    pairs = [apply_family(clean[i], family, seed=seed * 1000 + i) for i in range(n)]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    return apply_family_batch(clean, family, seed=seed * 1000)
 
 
 def solve_maps(prior: Prior, images: torch.Tensor, method: str, iterations: int, n_init: int,

@@ -174,15 +174,10 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
 
 def _family_crops(sampler: Any, n: int, seed: int, channels: int) -> dict[str, tuple[Any, Any]]:
     """``n`` clean crops per validation defect family, each with one defect of it: name -> (images, truth)."""
-    import torch
+    from rgi_core.evaluation.families import apply_family_batch, families_for
 
-    from rgi_core.evaluation.families import apply_family, families_for
-
-    out = {}
-    for k, family in enumerate(families_for(channels) if n > 0 else ()):
-        pairs = [apply_family(x, family, seed=seed * 100_003 + k * 1009 + i) for i, x in enumerate(sampler.sample(n))]
-        out[family] = (torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
-    return out
+    return {family: apply_family_batch(sampler.sample(n), family, seed=seed * 100_003 + k * 1009)
+            for k, family in enumerate(families_for(channels) if n > 0 else ())}
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import torch
 from rgi_core import invert, make_config
 from rgi_core.detectors.residual import image_score
 from rgi_core.evaluation.defects import DIGIT_DEFECTS, NOVEL_DEFECTS, apply_defect
-from rgi_core.evaluation.labelled import digits_eval_set, evaluate, texture_eval_set
+from rgi_core.evaluation.labelled import digits_eval_set, evaluate, random_crops, texture_eval_set
 from rgi_core.evaluation.metrics import image_auroc
 from rgi_core.io import builtin
 from rgi_core.priors import load_prior
@@ -111,11 +111,7 @@ def test_brick_calibrated_fusion_ranks_held_out_families_like_its_best_detector(
     prior = load_prior("brick-64", device="cpu")
     fusion = fusion_of(prior.defaults)
     assert fusion is not None and set(fusion.tails) == {"residual", "texture", "learned"}
-    region = torch.from_numpy(builtin.texture("brick", "eval"))
-    gen = torch.Generator().manual_seed(7)
-    crops = torch.stack([region[:, y : y + 64, x : x + 64] for y, x in
-                         zip(torch.randint(449, (28,), generator=gen).tolist(),
-                             torch.randint(65, (28,), generator=gen).tolist(), strict=True)])
+    crops = random_crops(torch.from_numpy(builtin.texture("brick", "eval")), 28, 64, seed=7)
     images = crops.clone()
     for i in range(12, 28):
         family = ("exposure", "liquid_stain", "thin_lines", "hole")[i % 4]

@@ -348,3 +348,10 @@ def apply_family(x: torch.Tensor, family: str, seed: int) -> tuple[torch.Tensor,
         if int(truth.sum()) >= MIN_PIXELS:
             return out.to(x.dtype), truth
     raise ValueError(f"{family}: {REDRAWS} draws changed fewer than {MIN_PIXELS} pixels of this image")
+
+
+def apply_family_batch(images: torch.Tensor, family: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`apply_family` on each of images (N, C, H, W), image ``i`` with seed ``seed + i``:
+    ``(corrupted (N, C, H, W), truth (N, 1, H, W) bool)``."""
+    pairs = [apply_family(x, family, seed=seed + i) for i, x in enumerate(images)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])

@@ -72,14 +72,19 @@ def texture_eval_set(texture: str, n: int = 32, size: int = 64, seed: int = 0,
     return crops_with_defects(texture, region, donor, n, size, seed, kinds)
 
 
+def random_crops(region: torch.Tensor, n: int, size: int, seed: int) -> torch.Tensor:
+    """``n`` seeded ``size`` x ``size`` crops of region (C, H, W) at uniform positions -> (n, C, size, size)."""
+    gen = torch.Generator().manual_seed(seed)
+    ys = torch.randint(region.shape[1] - size + 1, (n,), generator=gen).tolist()
+    xs = torch.randint(region.shape[2] - size + 1, (n,), generator=gen).tolist()
+    return torch.stack([region[:, y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
+
+
 def crops_with_defects(name: str, region: torch.Tensor, donor: torch.Tensor, n: int, size: int, seed: int,
                        kinds: tuple[str, ...]) -> EvalSet:
     """``n`` seeded ``size`` crops of ``region`` (C, H, W): the first ``n // 2`` clean, the rest with one defect
     each, the kinds in turn (with no kinds every crop stays clean); pasted patches come from ``donor`` (C, H', W')."""
-    gen = torch.Generator().manual_seed(seed)
-    ys = torch.randint(region.shape[1] - size + 1, (n,), generator=gen).tolist()
-    xs = torch.randint(region.shape[2] - size + 1, (n,), generator=gen).tolist()
-    clean = torch.stack([region[:, y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)])
+    clean = random_crops(region, n, size, seed)
     corrupted, masks, names = clean.clone(), torch.zeros((n, 1, size, size), dtype=torch.bool), ["none"] * n
     for i in range(n // 2, n) if kinds else ():
         kind = kinds[(i - n // 2) % len(kinds)]
