@@ -28,6 +28,7 @@ from collections.abc import Callable
 import torch
 
 from rgi_core.detectors.residual import gaussian_blur
+from rgi_core.evaluation.families import random_ellipse
 
 DefectFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 TEXTURE_DEFECTS = ("scratch", "blob", "stain", "dead_pixels", "patch")
@@ -75,15 +76,8 @@ def scratch(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.
 
 
 def _ellipse(h: int, w: int, gen: torch.Generator, lo: float, hi: float) -> torch.Tensor:
-    """Normalised ellipse radius r (H, W): r <= 1 inside. Axes lo..hi of the image size."""
-    yy, xx = _grid(h, w)
-    size = min(h, w)
-    a, b = _u(gen, lo, hi) * size, _u(gen, lo, hi) * size
-    cy, cx = _u(gen, 0.25 * h, 0.75 * h), _u(gen, 0.25 * w, 0.75 * w)
-    th = _u(gen, 0.0, math.pi)
-    u = (yy - cy) * math.cos(th) + (xx - cx) * math.sin(th)
-    v = -(yy - cy) * math.sin(th) + (xx - cx) * math.cos(th)
-    return torch.sqrt((u / a) ** 2 + (v / b) ** 2)
+    """Normalised ellipse radius r (H, W): r <= 1 inside. Axes lo..hi of the image size, centre in the middle half."""
+    return random_ellipse(h, w, gen, lo, hi, margin=0.25)[0]
 
 
 def blob(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,26 +67,23 @@ def _grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
 
 
-def _ellipse(h: int, w: int, gen: torch.Generator, lo: float, hi: float) -> tuple[torch.Tensor, float]:
-    """Normalised radius (H, W) of a random ellipse with semi-axes lo..hi of the side, centred in the middle
-    60 %, and its mean semi-axis in px."""
+def random_ellipse(h: int, w: int, gen: torch.Generator, lo: float, hi: float,
+                   margin: float = 0.2) -> tuple[torch.Tensor, float]:
+    """Normalised radius (H, W) of a random ellipse (r <= 1 inside) with semi-axes lo..hi of the side, its centre
+    at least ``margin`` of the size from each border, and its mean semi-axis in px."""
     yy, xx = _grid(h, w)
     s = min(h, w)
     a, b = _u(gen, lo, hi) * s, _u(gen, lo, hi) * s
-    cy, cx = _u(gen, 0.2 * h, 0.8 * h), _u(gen, 0.2 * w, 0.8 * w)
+    cy, cx = _u(gen, margin * h, (1 - margin) * h), _u(gen, margin * w, (1 - margin) * w)
     th = _u(gen, 0.0, math.pi)
     u = (yy - cy) * math.cos(th) + (xx - cx) * math.sin(th)
     v = -(yy - cy) * math.sin(th) + (xx - cx) * math.cos(th)
     return torch.sqrt((u / a) ** 2 + (v / b) ** 2), (a + b) / 2
 
 
-def _ellipse_radius(h: int, w: int, gen: torch.Generator, lo: float, hi: float) -> torch.Tensor:
-    return _ellipse(h, w, gen, lo, hi)[0]
-
-
 def _soft_ellipse(h: int, w: int, gen: torch.Generator, lo: float, hi: float, edge: tuple[float, float]) -> Region:
     """A random ellipse with a linear ramp of ``edge`` px (drawn from the range) at its border: (1, H, W)."""
-    r, axis = _ellipse(h, w, gen, lo, hi)
+    r, axis = random_ellipse(h, w, gen, lo, hi)
     e = _u(gen, *edge) / axis  # the edge width in units of the normalised radius
     return ((1.0 - r) / e + 0.5).clamp(0.0, 1.0)[None]
 
@@ -187,13 +184,13 @@ def fade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def local_blur(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     _, h, w = x.shape
-    region = (_ellipse_radius(h, w, gen, 0.10, 0.20) <= 1.0).float()[None]
+    region = (random_ellipse(h, w, gen, 0.10, 0.20)[0] <= 1.0).float()[None]
     return _blend(x, region, gaussian_blur(x[None], _u(gen, 1.5, 3.0))[0])
 
 
 def grain(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     _, h, w = x.shape
-    region = (_ellipse_radius(h, w, gen, 0.10, 0.25) <= 1.0).float()[None]
+    region = (random_ellipse(h, w, gen, 0.10, 0.25)[0] <= 1.0).float()[None]
     return x + region * _u(gen, 0.08, 0.20) * torch.randn(x.shape, generator=gen)
 
 
