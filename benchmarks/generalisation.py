@@ -83,13 +83,19 @@ def solve_maps(prior: Prior, images: torch.Tensor, method: str, iterations: int,
     return {k: v.detach().cpu().numpy().astype(np.float16) for k, v in maps.items()}
 
 
+def input_maps(prior: Prior, texture: str, split: str, family: str, n: int) -> dict[str, torch.Tensor]:
+    """The texture and learned maps of a family's ``n`` crops (drawn again from their seed), with ``prior``'s
+    detectors: no solve, they read the input."""
+    images, _ = family_set(texture, split, family, n)
+    return detector_maps(prior, config_for_prior("rgi", prior.defaults), Identity(), images)
+
+
 def refresh(path: Path, prior: Prior, texture: str, split: str, family: str) -> None:
     """Recompute the texture and learned maps of a solved file with the prior's current detectors (no solve:
     they read the input, which is drawn again from its seed)."""
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
-    images, _ = family_set(texture, split, family, len(arrays["truth"]))
-    maps = detector_maps(prior, config_for_prior("rgi", prior.defaults), Identity(), images)
+    maps = input_maps(prior, texture, split, family, len(arrays["truth"]))
     arrays.update({f"rgi.{k}": v.detach().cpu().numpy().astype(np.float16) for k, v in maps.items()})
     _save(path, arrays)
     print(f"{path.name}: detectors refreshed", flush=True)
@@ -170,8 +176,7 @@ def legacy(maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def before_maps(before: Prior, texture: str, family: str, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The test crops' maps with an earlier prior's detectors (same residual: the generator and lam are the same)."""
-    images, _ = family_set(texture, "test", family, len(arrays["truth"]))
-    others = detector_maps(before, config_for_prior("rgi", before.defaults), Identity(), images)
+    others = input_maps(before, texture, "test", family, len(arrays["truth"]))
     return {"residual": arrays["rgi.residual"], **{k: v.float() for k, v in others.items()}}
 
 
