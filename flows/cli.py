@@ -356,7 +356,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             report = evaluate_labelled(prior, items, methods, sizing, thresholds, args.batch_size,
                                        progress=lambda m: print(m, file=sys.stderr, flush=True), meta=meta,
                                        calibration=cal, stop=stopping.stop_requested, iterations=args.iterations,
-                                       n_init=args.n_init, n_starts=args.n_starts, lam=args.lam, seed=args.seed,
+                                       n_init=args.n_init, n_starts=args.n_starts, stop_tol=args.stop_tol, lam=args.lam,
+                                       seed=args.seed,
                                        device=args.device)
         except Cancelled:
             return _stopped("evaluate: stopped", "no report written", signalled())
@@ -592,9 +593,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
     ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
     ev.add_argument("--grid", type=int, default=4, help="worst and best cases in grid.png (each)")
-    # --iterations, --n-init, --n-starts, --lambda, --sizing, --batch-size, --seed, --device: as `rgi clean`'s
-    add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "lam", "sizing", "batch_size", "seed",
-                                            "device"),
+    # --iterations, --n-init, --n-starts, --stop-tol, --lambda, --sizing, --batch-size, --seed, --device: as
+    # `rgi clean`'s
+    add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "stop_tol", "lam", "sizing",
+                                            "batch_size", "seed", "device"),
                   defaults={"batch_size": (32, "one process solves the batches in turn; no flow tasks to keep short")})
     _add_deprecated_fit(ev)
     ev.set_defaults(func=_cmd_evaluate)

@@ -34,6 +34,10 @@ class SolveOptions(BaseModel):
     n_init: int | None = Field(None, ge=1, description="Best-of-N latent candidates (unset: the method's default).")
     n_starts: int | None = Field(None, ge=1, description="Starts kept from the candidates, each run a few steps; "
                                  "the best goes on (unset: the method's default).")
+    stop_tol: float | None = Field(None, ge=0, title="Stop tolerance",
+                                   description="Adaptive stopping: an image stops once its objective improved by "
+                                   "less than this (relative) over 100 steps (unset: the method's default; 0 = off: "
+                                   "every image runs all iterations).")
     mask_tv: float | None = Field(None, ge=0, title="Mask TV", description="rgi/rrgi: weight of the mask's total "
                                   "variation (unset: the prior's; 0 = the paper's element-wise mask).")
     sizing: Literal["auto", "resize", "tile"] = Field(
@@ -58,7 +62,7 @@ class SolveOptions(BaseModel):
     def solver_overrides(self) -> dict[str, Any]:
         """The solver config fields these options set (``None``: unset)."""
         return {"iterations": self.iterations, "lam": self.lam, "n_init": self.n_init, "n_starts": self.n_starts,
-                "mask_tv": self.mask_tv, "seed": self.seed, "device": self.device}
+                "stop_tol": self.stop_tol, "mask_tv": self.mask_tv, "seed": self.seed, "device": self.device}
 
 
 class CleanOptions(SolveOptions):

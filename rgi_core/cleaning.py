@@ -76,6 +76,7 @@ class Outcome:
     mask_fraction: float = float("nan")  # share of pixels with M > 0.5
     final_loss: float = float("nan")
     converged: bool = False
+    iterations: int = 0  # solver steps the image ran (tiles: the most any tile ran)
     seconds: float = 0.0
     restored_png: bytes = b""
     anomaly_map_png: bytes = b""
@@ -252,6 +253,7 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             score=f.score, anomaly_fraction=float((amap > 0.5).mean()), mask_fraction=float((mask > 0.5).mean()),
             final_loss=float(np.mean([d.final_loss for d in f.diagnostics])),
             converged=all(d.converged for d in f.diagnostics),
+            iterations=max(d.iterations for d in f.diagnostics),
             seconds=seconds,
             restored_png=encode_png_native(f.restored.numpy(), img),
             anomaly_map_png=_png8(amap),

@@ -38,8 +38,9 @@ def _setup(tiny_prior, tmp_path):
 def test_clean_then_query_matches_pandas(prefect_api, tiny_prior, tmp_path):
     src, prior = _setup(tiny_prior, tmp_path)
     cat = tmp_path / "cat"
-    r = rgi("clean", str(src), "--catalog", str(cat), "--prior", str(prior), "--iterations", "20",
-            "--n-init", "8", "--batch-size", "4")
+    # --stop-tol 1: adaptive stopping ends every image at its first check, after the 100-step window
+    r = rgi("clean", str(src), "--catalog", str(cat), "--prior", str(prior), "--iterations", "120",
+            "--n-init", "8", "--batch-size", "4", "--stop-tol", "1")
     assert r.returncode == 0, r.stderr
     assert "5 cleaned, 1 errors" in r.stdout and "top anomalies" in r.stdout
     assert "cleaning: 6/6 images, 1 errors" in r.stderr  # the progress line (no terminal: plain text)
@@ -51,6 +52,9 @@ def test_clean_then_query_matches_pandas(prefect_api, tiny_prior, tmp_path):
     pd.testing.assert_frame_equal(got, direct, check_dtype=False)
     r = rgi("query", "SELECT images_ok FROM runs", "--catalog", str(cat), "--format", "csv")
     assert r.stdout.splitlines() == ["images_ok", "5"]
+    r = rgi("query", "SELECT DISTINCT iterations FROM images WHERE status = 'ok'", "--catalog", str(cat),
+            "--format", "csv")
+    assert r.stdout.splitlines() == ["iterations", "101"]
     r = rgi("query", "SELECT nonsense FROM images", "--catalog", str(cat))
     assert r.returncode == 2 and "query failed" in r.stderr
 

@@ -28,6 +28,10 @@ def test_hash_changes_with_results_but_not_with_device():
     assert cfg.config_hash() != cfg.replace(n_starts=4).config_hash()
     assert cfg.replace(n_starts=4).config_hash() == cfg.replace(n_starts=4, start_iterations=250).config_hash()
     assert cfg.replace(n_init=2, n_starts=4).config_hash() == cfg.replace(n_init=2, n_starts=2).config_hash()
+    # adaptive stopping: off (0) ignores the window; on, both count
+    assert cfg.config_hash() == cfg.replace(stop_window=50).config_hash()
+    assert cfg.config_hash() != cfg.replace(stop_tol=0.01).config_hash()
+    assert cfg.replace(stop_tol=0.01).config_hash() != cfg.replace(stop_tol=0.01, stop_window=50).config_hash()
 
 
 def test_hash_of_an_unchanged_config_survives_new_fields():
@@ -71,6 +75,12 @@ def test_errors_name_the_problem():
         make_config("rgi", n_starts=2, start_iterations=-1)
     with pytest.raises(ValueError, match="fidelity"):
         make_config("rgi", fidelity="l3")
+    with pytest.raises(ValueError, match="stop_tol"):
+        make_config("rgi", stop_tol=-0.1)
+    with pytest.raises(ValueError, match="stop_tol"):
+        make_config("rgi", stop_tol=float("nan"))
+    with pytest.raises(ValueError, match="stop_window"):
+        make_config("rgi", stop_tol=0.01, stop_window=0)
     with pytest.raises(ValueError, match="mask_tv must"):
         make_config("rgi", mask_tv=-0.1)
     with pytest.raises(ValueError, match="mask_tv_until"):

@@ -6,7 +6,8 @@ Schema versions (:data:`SCHEMA_VERSION`, the ``schema_version`` column of both t
   ``status`` / ``error`` (a run row was written only by a run that completed).
 - 2: the anomaly map is ``anomaly_map_uri`` (``anomaly_map.png``) / ``anomaly_fraction``; ``mask_uri`` /
   ``mask_fraction`` hold RGI's mask M (``mask.png``); runs have ``status`` (completed / cancelled / failed)
-  and ``error``; rows carry ``model_id`` (:mod:`rgi_core.catalog.store`, row identity).
+  and ``error``; rows carry ``model_id`` (:mod:`rgi_core.catalog.store`, row identity). Columns added since
+  (null in rows written before): ``iterations``.
 
 Every column is described in docs/reference/catalog.md. Later versions only add nullable columns.
 """
@@ -39,6 +40,7 @@ IMAGE_SCHEMA = pa.schema([
     ("phi_uri", pa.string()),
     ("final_loss", pa.float64()),
     ("converged", pa.bool_()),
+    ("iterations", pa.int32()),
     ("seconds", pa.float64()),
     ("device", pa.string()),
     ("meta_json", pa.string()),

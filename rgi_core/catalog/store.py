@@ -435,6 +435,7 @@ class Catalog:
                 threshold = context.get("score_threshold")
                 row |= {"anomaly_score": o.score, "anomaly_fraction": o.anomaly_fraction,
                         "mask_fraction": o.mask_fraction, "final_loss": o.final_loss, "converged": o.converged,
+                        "iterations": o.iterations,
                         "is_anomalous": None if threshold is None else bool(o.score > threshold)}
             rows.append(row)
         exclusive = not context.get("force")  # a forced recompute appends without claims

@@ -57,7 +57,13 @@ class InversionConfig:
         learned_map: fuse the prior's learned anomaly segmenter (:mod:`rgi_core.detectors.segmenter`) the same way
             when the prior file carries one (the shipped texture priors do). Off for ``mse``.
         converge_tol: relative change of the loss over the last 10 % of steps that counts as converged.
-        seed: seeds the latent candidates; a given image gets the same result in any batch.
+        stop_tol: adaptive stopping (ours): an image leaves the batch once its objective improved by less than
+            ``stop_tol`` (relative) over the last ``stop_window`` steps, its products frozen there; the
+            batch shrinks, so a step costs less. ``iterations`` stays the cap and each image's steps are in its
+            diagnostics. Checked only once the method's schedule has settled (after R-RGI's and DGP's last
+            fine-tuning stage starts, after RGI's TV phase), so every image runs every stage. 0 = off.
+        stop_window: the window of ``stop_tol``, in steps.
+        seed: seeds the latent candidates; a given image starts from the same candidates in any batch.
         device: ``"auto"`` (cuda, then mps, then cpu) or any torch device string.
 
     Fields a prior calibrates (:data:`PRIOR_DEFAULT_FIELDS`: ``lam``, ``map_sigma``, ``score_topk``,
@@ -84,6 +90,8 @@ class InversionConfig:
     texture_map: bool = True
     learned_map: bool = True
     converge_tol: float = 1e-3
+    stop_tol: float = 0.0
+    stop_window: int = 100
     seed: int = 0
     device: str = "auto"
 
@@ -106,6 +114,10 @@ class InversionConfig:
             raise ValueError(f"score_sigma must be >= 0, got {self.score_sigma}")
         if self.score_topk is not None and not 0.0 < self.score_topk <= 1.0:
             raise ValueError(f"score_topk must be in (0, 1], got {self.score_topk}")
+        if not self.stop_tol >= 0:
+            raise ValueError(f"stop_tol must be >= 0 (0 = off), got {self.stop_tol}")
+        if self.stop_window < 1:
+            raise ValueError(f"stop_window must be >= 1, got {self.stop_window}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form, including ``method``; round-trips through :func:`config_from_dict`."""
@@ -115,10 +127,13 @@ class InversionConfig:
         """Stable short hash of every setting that changes results (device excluded).
 
         With a single start the multi-start fields change nothing and are left out, so results cleaned before
-        they existed keep their hash; with several, the resolved starts and steps are hashed.
+        they existed keep their hash; with several, the resolved starts and steps are hashed. The stopping
+        fields likewise with adaptive stopping off.
         """
         d = self.to_dict()
         d.pop("device")
+        if self.stop_tol == 0:
+            del d["stop_tol"], d["stop_window"]
         if self.starts == 1:
             del d["n_starts"], d["start_iterations"]
         else:

@@ -70,7 +70,7 @@ def multi_start(problem: Problem, objective: Objective, z: torch.Tensor, mask: t
     groups = [Group("z", [z.requires_grad_(True)], config.lr_z, 0, steps)]
     if mask is not None:
         groups.append(Group("mask", [mask.requires_grad_(True)], config.lr_mask, 0, steps))
-    run_adam(groups, steps, lambda step: objective.total(z, mask, step), clamp=mask, device=problem.device,
+    run_adam(groups, steps, lambda step, rows: objective.total(z, mask, step), clamp=mask, device=problem.device,
              control=control, per_image=False)
     with torch.no_grad():
         pick = objective.total(z, mask, steps).view(-1, B).argmin(0)  # (B,)

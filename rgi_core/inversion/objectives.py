@@ -25,6 +25,9 @@ method        terms                                                             
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,7 +36,7 @@ import torch
 from rgi_core.detectors import residual as residual_rule
 from rgi_core.inversion import losses
 from rgi_core.inversion.config import DGPConfig, InversionConfig, RGIConfig, RRGIConfig
-from rgi_core.inversion.generator import GeneratorFn
+from rgi_core.inversion.generator import GeneratorFn, GeneratorRows
 from rgi_core.inversion.operators import Physics
 from rgi_core.priors.files import Prior
 from rgi_core.priors.nets import from_unit
@@ -48,7 +51,7 @@ class Problem:
     physics: Physics
     config: InversionConfig
     shape: tuple[int, int, int]
-    gen: GeneratorFn
+    gen: GeneratorFn | GeneratorRows
     lam: float
     device: torch.device
 
@@ -67,6 +70,12 @@ class Problem:
     def lift(self, m: torch.Tensor) -> torch.Tensor:
         """A measurement-space map (B, 1, H', W') in image space (B, 1, H, W)."""
         return self.physics.A_dagger(m, (1, *self.shape[1:]))
+
+    def take(self, rows: torch.Tensor) -> Problem:
+        """The problem of the images ``rows`` (1-d index tensor) of the batch alone."""
+        if not isinstance(self.gen, GeneratorFn):
+            raise ValueError("take() needs the whole batch's problem")
+        return dataclasses.replace(self, y=self.y[rows], physics=self.physics.take(rows), gen=self.gen.take(rows))
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,13 @@ class Objective:
         t.update(self.extra_terms(x, ax))
         return t
 
+    def take(self, rows: torch.Tensor) -> Objective:
+        """This objective for the images ``rows`` of the batch alone: the loop runs only the images still optimising.
+        Subclasses with per-image state restrict it too."""
+        view = copy.copy(self)
+        view.problem = self.problem.take(rows)
+        return view
+
     def mask_terms(self, mask: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
         return {}
 
@@ -137,6 +153,13 @@ class Objective:
     def tv_on(self, step: int) -> bool:
         """Whether the mask's total variation term is on at ``step``."""
         return False
+
+    def settled(self) -> int:
+        """The step from which the schedule no longer changes (terms, parameter groups, rates): an image may stop
+        early (``config.stop_tol``) only from there, so every image runs every stage of its method."""
+        starts = [s.start for s in self.theta_stages()]
+        tv = [math.ceil(self.config.mask_tv_until * self.mask_stop())] if getattr(self.config, "mask_tv", 0) else []
+        return max([0, *starts, *tv])
 
     def theta_stages(self) -> list[Stage]:
         """Stages of per-image generator fine-tuning (none: G stays shared and fixed)."""
@@ -245,6 +268,11 @@ class DGPObjective(Objective):
             feats = self._features(self.problem.physics.A_dagger(ax, self.problem.shape))
             return {"dfeat": self.config.dfeat_weight * losses.feature_l1(feats, self.feats_y)}
         return {}
+
+    def take(self, rows: torch.Tensor) -> DGPObjective:
+        view = super().take(rows)
+        view.feats_y = [f[rows] for f in self.feats_y]
+        return view  # type: ignore[return-value]
 
     def init_cost(self, rows: slice, physics: Physics, xc: torch.Tensor) -> torch.Tensor:
         """Best of N by discriminator-feature distance (DGP)."""

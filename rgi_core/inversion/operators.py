@@ -104,6 +104,11 @@ class Physics(nn.Module):
         """The operator of image ``index`` alone (``self`` when every image shares it)."""
         return self
 
+    def take(self, rows: Tensor) -> Physics:
+        """The operator of the images ``rows`` (1-d index tensor) of the batch (``self`` when every image shares
+        it): the solver runs only the images still optimising."""
+        return self
+
     def noise(self, like: Tensor) -> Tensor:
         """Seeded standard normal noise ``n`` with the shape, dtype and device of ``like``.
 
@@ -251,6 +256,11 @@ class Inpainting(Physics):
         if self.mask.shape[0] == 1:
             return self
         return Inpainting(self.mask[index : index + 1], noise_sigma=self.noise_sigma, seed=self.seed)
+
+    def take(self, rows: Tensor) -> Inpainting:
+        if self.mask.shape[0] == 1:
+            return self
+        return Inpainting(self.mask[rows.to(self.mask.device)], noise_sigma=self.noise_sigma, seed=self.seed)
 
     def _mask_for(self, x: Tensor) -> Tensor:
         """The mask cast to ``x``'s dtype/device, after checking it broadcasts against ``x``."""

@@ -20,6 +20,7 @@ from rgi_core.detectors.fusion import fuse_maps, fusion_of
 from rgi_core.detectors.residual import Fidelity, anomaly_map, image_score
 from rgi_core.detectors.texture import texture_stats_of
 from rgi_core.inversion.config import InversionConfig
+from rgi_core.inversion.loop import Trace
 from rgi_core.inversion.objectives import Objective
 from rgi_core.inversion.operators import Identity, Physics
 from rgi_core.inversion.results import ImageDiagnostics, InversionResult
@@ -27,7 +28,7 @@ from rgi_core.priors.files import Prior
 
 
 @torch.no_grad()
-def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | None, history: list[torch.Tensor],
+def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | None, trace: Trace,
                   init_loss: torch.Tensor, like: torch.Tensor) -> InversionResult:
     """The result of a solve that ended at latent z and mask M; tensors on ``like``'s device and dtype."""
     p, config = objective.problem, objective.config
@@ -42,7 +43,7 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
     restored = ((1.0 - phi) * p.physics.A_dagger(p.y, shape) + phi * x).clamp(0.0, 1.0)
     amap, score = fused_anomaly_map(objective.scored_residual(res, mask), lam, kind, config, p.prior, p.physics, p.y,
                                     p.lift)
-    diagnostics = _diagnostics(final, history, init_loss, config.iterations, config.converge_tol)
+    diagnostics = _diagnostics(final, trace, init_loss, config.converge_tol)
     out, dtype = like.device, like.dtype
     return InversionResult(
         restored=restored.to(out, dtype), mask=m.to(out, dtype), phi=phi.to(out, dtype),
@@ -81,25 +82,26 @@ def detector_maps(prior: Prior, config: InversionConfig, physics: Physics,
     return maps
 
 
-def _diagnostics(
-    final: dict[str, torch.Tensor], history: list[torch.Tensor], init_loss: torch.Tensor, T: int, tol: float
-) -> tuple[ImageDiagnostics, ...]:
+def _diagnostics(final: dict[str, torch.Tensor], trace: Trace, init_loss: torch.Tensor,
+                 tol: float) -> tuple[ImageDiagnostics, ...]:
     names = list(final)
     vals = torch.stack([final[n] for n in names], 1).cpu() if names else torch.zeros(0, 0)  # (B, terms)
     converged = torch.zeros(vals.shape[0], dtype=torch.bool)
-    if history:
-        h = torch.stack(history).cpu()  # (T, B)
-        w = max(1, T // 10)
-        prev = h[max(0, T - 1 - w)]
-        converged = (h[-1] - prev).abs() <= tol * prev.abs().clamp_min(1e-12)
+    steps = trace.steps.cpu()
+    if trace.history:
+        h = torch.stack(trace.history).cpu()  # (steps run, B); an image that stopped keeps its last value
+        for i in range(vals.shape[0]):
+            t = int(steps[i])  # each image over its own last 10 % of steps
+            last, prev = h[t - 1, i], h[max(0, t - 1 - max(1, t // 10)), i]
+            converged[i] = bool((last - prev).abs() <= tol * prev.abs().clamp_min(1e-12))
     init = init_loss.cpu()
     out = []
     for i in range(vals.shape[0]):
         losses_i = {n: float(vals[i, j]) for j, n in enumerate(names)}
         finite = all(v == v and abs(v) != float("inf") for v in losses_i.values())
         out.append(ImageDiagnostics(
-            losses=losses_i, iterations=T, converged=bool(converged[i]) and finite,
-            init_loss=float(init[i]),
+            losses=losses_i, iterations=int(steps[i]) if len(steps) else 0,
+            converged=bool(converged[i]) and finite, init_loss=float(init[i]),
             error="" if finite else "inversion diverged: non-finite loss",
         ))
     return tuple(out)

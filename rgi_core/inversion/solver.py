@@ -21,7 +21,7 @@ from rgi_core.device import resolve_device
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, RGIConfig, for_prior
 from rgi_core.inversion.generator import GeneratorFn
 from rgi_core.inversion.init import BestOfN, Start
-from rgi_core.inversion.loop import Group, SolveControl, run_adam
+from rgi_core.inversion.loop import Group, Plateau, SolveControl, Trace, either, run_adam
 from rgi_core.inversion.objectives import Objective, Problem, objective_for
 from rgi_core.inversion.operators import Downsample, Identity, Physics
 from rgi_core.inversion.products import form_products
@@ -64,8 +64,8 @@ def invert(
         return _empty_result(images, prior, shape)
     objective = objective_for(_problem(images, prior, config, physics, shape))
     start = (initialiser or BestOfN())(objective.problem, objective, control)
-    z, mask, history = _optimise(objective, start, control)
-    return form_products(objective, z, mask, history, start.init_loss, like=images)
+    z, mask, trace = _optimise(objective, start, control)
+    return form_products(objective, z, mask, trace, start.init_loss, like=images)
 
 
 def _problem(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
@@ -83,9 +83,11 @@ def _problem(images: torch.Tensor, prior: Prior, config: InversionConfig, physic
 
 
 def _optimise(objective: Objective, start: Start, control: SolveControl | None
-              ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+              ) -> tuple[torch.Tensor, torch.Tensor | None, Trace]:
     """The method's schedule on the shared loop: z throughout, M until the objective's mask stop, per-image
-    generator weights in the objective's stages. Returns the final z, M and the per-step totals."""
+    generator weights in the objective's stages; with ``config.stop_tol`` each image leaves the batch once its
+    objective has stopped improving (:class:`~rgi_core.inversion.loop.Plateau`). Returns the final z, M and
+    the loop's trace."""
     p, config = objective.problem, objective.config
     T = config.iterations
     z = start.z.requires_grad_(True)
@@ -103,9 +105,23 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
         objective.on_personalise(z, mask)
         return [Group(f"theta{k}", [theta[n] for n in s.names], s.lr, s.start, T) for k, s in enumerate(stages)]
 
-    history = run_adam(groups, T, lambda step: objective.total(z, mask, step), clamp=mask, device=p.device,
-                       control=control, new_groups=join)
-    return z, mask, history
+    views: dict[int, Objective] = {}  # the objective of the images still optimising, by the rows' identity
+
+    def loss(step: int, rows: torch.Tensor | None) -> torch.Tensor:
+        if rows is None:
+            return objective.total(z, mask, step)
+        view = views.get(id(rows))
+        if view is None:
+            views.clear()
+            view = views[id(rows)] = objective.take(rows)
+        return view.total(z[rows], None if mask is None else mask[rows], step)
+
+    plateau = Plateau(config.stop_window, config.stop_tol, objective.settled()) if config.stop_tol > 0 else None
+    user = control.image_done if control is not None else None
+    loop_control = SolveControl(cancelled=control.cancelled if control is not None else None,
+                                image_done=either(user, plateau))
+    trace = run_adam(groups, T, loss, clamp=mask, device=p.device, control=loop_control, new_groups=join)
+    return z, mask, trace
 
 
 def _image_shape(prior: Prior, physics: Physics, y: torch.Tensor) -> tuple[int, int, int]:
