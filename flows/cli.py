@@ -163,13 +163,25 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
             families = (_family_crops(held, args.fusion_families, args.seed, prior.spec.channels)
                         if fusion_clean is not None else None)
             defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter,
-                                 stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families)
+                                 stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families,
+                                 triage_keep=args.triage_keep or None)
         except Cancelled:
             return _stopped("calibrate-prior: stopped", "the prior is unchanged", signalled())
         defaults["calibration"]["source"] = args.images
         meta = update_metadata(args.prior, segmenter=segmenter, defaults=defaults)
     print(json.dumps(meta["defaults"], indent=2))
     return 0
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return v
 
 
 def _family_crops(sampler: Any, n: int, seed: int, channels: int) -> dict[str, tuple[Any, Any]]:
@@ -356,7 +368,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             report = evaluate_labelled(prior, items, methods, sizing, thresholds, args.batch_size,
                                        progress=lambda m: print(m, file=sys.stderr, flush=True), meta=meta,
                                        calibration=cal, stop=stopping.stop_requested, iterations=args.iterations,
-                                       n_init=args.n_init, n_starts=args.n_starts, stop_tol=args.stop_tol, lam=args.lam,
+                                       n_init=args.n_init, n_starts=args.n_starts, stop_tol=args.stop_tol,
+                                       triage=args.triage, lam=args.lam,
                                        seed=args.seed,
                                        device=args.device)
         except Cancelled:
@@ -512,6 +525,10 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    help="pick the fusion's rule and map threshold on N crops per synthetic defect family "
                         "(rgi_core.evaluation.families; the shipped priors use 24). 0 keeps min-p and the default "
                         "threshold")
+    c.add_argument("--triage-keep", type=_fraction, default=0.2, metavar="FRACTION",
+                   help="with a fusion, store a triage threshold: `rgi clean` then runs the full solve only for images "
+                        "whose detectors' score is above it, a share FRACTION of the fusion's clean images (default "
+                        "0.2; rgi_core.inversion.triage). 0 stores none: every image is solved")
     c.add_argument("--segmenter-members", type=int, default=1, metavar="K",
                    help="train K segmenter nets (seeds SEED, SEED+1, ...) and average their probabilities; K times "
                         "the training time (default 1; 3 raised the learned map's own image AUROC on the "
@@ -593,9 +610,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
     ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
     ev.add_argument("--grid", type=int, default=4, help="worst and best cases in grid.png (each)")
-    # --iterations, --n-init, --n-starts, --stop-tol, --lambda, --sizing, --batch-size, --seed, --device: as
+    # --iterations, --n-init, --n-starts, --stop-tol, --triage, --lambda, --sizing, --batch-size, --seed, --device: as
     # `rgi clean`'s
-    add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "stop_tol", "lam", "sizing",
+    add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "stop_tol", "triage", "lam", "sizing",
                                             "batch_size", "seed", "device"),
                   defaults={"batch_size": (32, "one process solves the batches in turn; no flow tasks to keep short")})
     _add_deprecated_fit(ev)

@@ -38,6 +38,9 @@ class SolveOptions(BaseModel):
                                    description="Adaptive stopping: an image stops once its objective improved by "
                                    "less than this (relative) over 100 steps (unset: the method's default; 0 = off: "
                                    "every image runs all iterations).")
+    triage: bool | None = Field(None, description="Run the full solve only for images the detectors that read the "
+                                "image find suspect; the others keep their pixels and take the detectors' score "
+                                "(unset: on where the prior stores a triage threshold, as the texture priors do).")
     mask_tv: float | None = Field(None, ge=0, title="Mask TV", description="rgi/rrgi: weight of the mask's total "
                                   "variation (unset: the prior's; 0 = the paper's element-wise mask).")
     sizing: Literal["auto", "resize", "tile"] = Field(
@@ -62,7 +65,8 @@ class SolveOptions(BaseModel):
     def solver_overrides(self) -> dict[str, Any]:
         """The solver config fields these options set (``None``: unset)."""
         return {"iterations": self.iterations, "lam": self.lam, "n_init": self.n_init, "n_starts": self.n_starts,
-                "stop_tol": self.stop_tol, "mask_tv": self.mask_tv, "seed": self.seed, "device": self.device}
+                "stop_tol": self.stop_tol, "triage": self.triage, "mask_tv": self.mask_tv, "seed": self.seed,
+                "device": self.device}
 
 
 class CleanOptions(SolveOptions):
@@ -152,7 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, mod
         elif default is not None and not isinstance(default, bool):
             text += f" (default {default})"
         value = default if fields is not None else None
-        if kind is bool:
+        if kind is bool and field.default is None:  # unset, on or off: --triage / --no-triage
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=value, help=text)
+        elif kind is bool:
             parser.add_argument(flag, dest=name, action="store_const", const=True, default=value, help=text)
         elif typing.get_origin(kind) is Literal:
             parser.add_argument(flag, dest=name, choices=typing.get_args(kind), default=value, help=text)

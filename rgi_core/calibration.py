@@ -54,6 +54,7 @@ from rgi_core.inversion.loop import SolveControl
 from rgi_core.inversion.operators import Identity
 from rgi_core.inversion.products import detector_maps
 from rgi_core.inversion.solver import invert
+from rgi_core.inversion.triage import Triage
 from rgi_core.priors.files import Prior
 from rgi_core.stopping import StopCheck, check
 
@@ -96,8 +97,9 @@ def _rgi(prior: Prior, lam: float, cfg: CalibrationConfig, lam_rule: bool = Fals
     -> 0.066 without TV).
     """
     extra = {"mask_tv": 0.0, "texture_map": False, "learned_map": False} if lam_rule else {}
+    # every clean image is solved: a triage the prior stores would judge most of them clean unsolved
     return config_for_prior("rgi", prior.defaults, lam=lam, iterations=cfg.iterations, n_init=cfg.n_init,
-                            seed=cfg.seed, **extra)
+                            seed=cfg.seed, triage=False, **extra)
 
 
 def fit_lam(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig,
@@ -173,7 +175,8 @@ def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None,
               texture_clean: torch.Tensor | None = None, segmenter: LearnedMap | None = None,
               stop: StopCheck | None = None, fusion_clean: torch.Tensor | None = None,
-              fusion_families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, Any]:
+              fusion_families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+              triage_keep: float | None = None) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
     With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
@@ -186,6 +189,9 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     (:func:`fit_fusion`, with ``fusion_families`` for the selection of its rule and map threshold), stored as
     ``defaults.fusion``; the score threshold is then measured with it. Without it the prior's fusion (if any) is
     dropped, its tails being those of the old ``lam``: the detectors are joined by the older max/mean rule.
+    With a fusion and ``triage_keep``, the triage threshold that sends that share of the fusion's clean images to
+    the full solve (:class:`rgi_core.inversion.triage.Triage`) is stored as ``defaults.triage``; an older one is
+    dropped with the fusion it was read on.
 
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
     (e.g. ``map_sigma``) with ``lam``, ``score_threshold`` (and ``texture_stats``) replaced, and a
@@ -199,7 +205,7 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
         lam, history = float(prior.defaults["lam"]), []
     else:  # the mask rule: residuals only, texture statistics play no part
         lam, history = fit_lam(prior, clean, cfg, stop)
-    kept = {k: v for k, v in prior.defaults.items() if k not in ("calibration", "fusion")}
+    kept = {k: v for k, v in prior.defaults.items() if k not in ("calibration", "fusion", "triage")}
     if texture_clean is not None:
         check(stop, "calibration stopped before the texture statistics")
         kept["texture_stats"] = TextureStats.fit(texture_clean).to_dict()
@@ -214,6 +220,8 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
         fusion, clean_maps = fit_fusion(prior, fusion_clean, _rgi(prior, lam, cfg), fusion_families, stop)
         kept["fusion"] = fusion.to_dict()
         scores = fusion.fuse(clean_maps)[1].double()
+        if triage_keep and set(fusion.tails) - {"residual"}:  # it needs a detector that reads the image
+            kept["triage"] = Triage.fit(fusion, clean_maps, triage_keep).to_dict()
     return {
         **kept,
         "lam": lam,

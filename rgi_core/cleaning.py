@@ -77,6 +77,7 @@ class Outcome:
     final_loss: float = float("nan")
     converged: bool = False
     iterations: int = 0  # solver steps the image ran (tiles: the most any tile ran)
+    triaged: bool = False  # the triage judged it clean and no solve ran (tiles: every tile)
     seconds: float = 0.0
     restored_png: bytes = b""
     anomaly_map_png: bytes = b""
@@ -254,6 +255,7 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             final_loss=float(np.mean([d.final_loss for d in f.diagnostics])),
             converged=all(d.converged for d in f.diagnostics),
             iterations=max(d.iterations for d in f.diagnostics),
+            triaged=all(d.triaged for d in f.diagnostics),
             seconds=seconds,
             restored_png=encode_png_native(f.restored.numpy(), img),
             anomaly_map_png=_png8(amap),

@@ -63,9 +63,10 @@ class Settings:
 
         Always the generator's weights and the score threshold (``is_anomalous`` reads it); the discriminator
         when the objective reads it (``dgp``, ``rgi`` with ``adv_weight``); the texture statistics and the
-        learned segmenter when the config fuses them. Anything else in the prior file (training notes, a
-        calibration record, parts a later method adds) leaves it unchanged, so updating those does not make
-        catalogued images be cleaned again.
+        learned segmenter when the config fuses them; the fusion (``defaults.fusion``: how the detectors' scores
+        are joined); the triage threshold when the config uses it (which images are solved). Anything else in the
+        prior file (training notes, a calibration record, parts a later method adds) leaves it unchanged, so
+        updating those does not make catalogued images be cleaned again.
         """
         cfg, h = self.config, hashlib.sha256()
         _hash_tensors(h, "generator", prior.generator.state_dict())
@@ -77,6 +78,9 @@ class Settings:
             seg = prior.segmenter
             _hash_tensors(h, "segmenter", seg.net.state_dict())
             h.update(json.dumps([seg.threshold, seg.smooth]).encode())
+        for part in ("fusion", "triage"):  # how the detectors are joined, and which images are solved
+            if prior.defaults.get(part) and (part != "triage" or cfg.triage):
+                h.update(part.encode() + json.dumps(prior.defaults[part], sort_keys=True).encode())
         h.update(json.dumps({"score_threshold": self.score_threshold}).encode())
         return h.hexdigest()[:16]
 

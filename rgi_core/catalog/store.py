@@ -434,8 +434,10 @@ class Catalog:
                                                          png) for name, png in pngs.items()}
                 threshold = context.get("score_threshold")
                 row |= {"anomaly_score": o.score, "anomaly_fraction": o.anomaly_fraction,
-                        "mask_fraction": o.mask_fraction, "final_loss": o.final_loss, "converged": o.converged,
-                        "iterations": o.iterations,
+                        "mask_fraction": o.mask_fraction, "iterations": o.iterations, "triaged": o.triaged,
+                        # no solve ran for a triaged image: no objective to report
+                        "final_loss": None if o.triaged else o.final_loss,
+                        "converged": None if o.triaged else o.converged,
                         "is_anomalous": None if threshold is None else bool(o.score > threshold)}
             rows.append(row)
         exclusive = not context.get("force")  # a forced recompute appends without claims

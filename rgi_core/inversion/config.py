@@ -56,6 +56,10 @@ class InversionConfig:
             priors do). Off for ``mse``, the residual-only baseline.
         learned_map: fuse the prior's learned anomaly segmenter (:mod:`rgi_core.detectors.segmenter`) the same way
             when the prior file carries one (the shipped texture priors do). Off for ``mse``.
+        triage: run the full solve only for images the prior's image-reading detectors find suspect; the others
+            keep their pixels and take the detectors' map and score (:mod:`rgi_core.inversion.triage`). ``None`` =
+            on when the prior stores a triage threshold (``defaults.triage``), as the shipped texture priors do.
+            Off for ``mse``, the residual-only baseline.
         converge_tol: relative change of the loss over the last 10 % of steps that counts as converged.
         stop_tol: adaptive stopping (ours): an image leaves the batch once its objective improved by less than
             ``stop_tol`` (relative) over the last ``stop_window`` steps, its products frozen there; the
@@ -89,6 +93,7 @@ class InversionConfig:
     score_sigma: float | None = None
     texture_map: bool = True
     learned_map: bool = True
+    triage: bool | None = None
     converge_tol: float = 1e-3
     stop_tol: float = 0.0
     stop_window: int = 100
@@ -134,6 +139,8 @@ class InversionConfig:
         d.pop("device")
         if self.stop_tol == 0:
             del d["stop_tol"], d["stop_window"]
+        # the triage is the prior's: its threshold (and whether one is used) identifies rows in the model id
+        del d["triage"]
         if self.starts == 1:
             del d["n_starts"], d["start_iterations"]
         else:
@@ -164,6 +171,7 @@ class MSEConfig(InversionConfig):
 
     texture_map: bool = False
     learned_map: bool = False
+    triage: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,8 @@ def for_prior(config: InversionConfig, prior_defaults: dict[str, Any]) -> Invers
     :data:`DEFAULT_LAMBDA`), as the config hashes of catalogs cleaned before this function existed were."""
     fields = {f.name for f in dataclasses.fields(config)}
     fill: dict[str, Any] = {}
+    if config.triage is None:  # on where the prior has calibrated it
+        fill["triage"] = bool(prior_defaults.get("triage")) and bool(prior_defaults.get("fusion"))
     for k in PRIOR_DEFAULT_FIELDS:
         if k in fields and getattr(config, k) is None:
             v = prior_defaults.get(k)

@@ -23,6 +23,8 @@ class ImageDiagnostics:
             10 % of the steps.
         init_loss: the best-of-N initial loss that selected the starting latent.
         error: empty when the solve is usable; otherwise why not (e.g. the loss diverged).
+        triaged: the triage judged the image clean and no solve ran (:mod:`rgi_core.inversion.triage`): no
+            losses, 0 iterations, not converged.
     """
 
     losses: dict[str, float] = field(default_factory=dict)
@@ -30,6 +32,7 @@ class ImageDiagnostics:
     converged: bool = False
     init_loss: float = float("nan")
     error: str = ""
+    triaged: bool = False
 
     @property
     def final_loss(self) -> float:

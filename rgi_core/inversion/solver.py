@@ -10,6 +10,9 @@ A solve is four parts, each in its own module:
    step, with a cancellation check between steps and per-image stopping;
 4. the **products** (:mod:`rgi_core.inversion.products`): mask, phi, restored image, anomaly map and score.
 
+Before them, the **triage** (:mod:`rgi_core.inversion.triage`, ``config.triage``) may judge some images clean
+from the detectors alone; only the others are solved.
+
 Per-image generator copies are evaluated in one pass with ``torch.func`` (:mod:`rgi_core.inversion.generator`).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from rgi_core.detectors.fusion import fusion_of
 from rgi_core.device import resolve_device
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, RGIConfig, for_prior
 from rgi_core.inversion.generator import GeneratorFn
@@ -24,8 +28,9 @@ from rgi_core.inversion.init import BestOfN, Start
 from rgi_core.inversion.loop import Group, Plateau, SolveControl, Trace, either, run_adam
 from rgi_core.inversion.objectives import Objective, Problem, objective_for
 from rgi_core.inversion.operators import Downsample, Identity, Physics
-from rgi_core.inversion.products import form_products
-from rgi_core.inversion.results import InversionResult
+from rgi_core.inversion.products import detector_maps, form_products
+from rgi_core.inversion.results import ImageDiagnostics, InversionResult
+from rgi_core.inversion.triage import triage_of
 from rgi_core.priors.files import Prior
 
 
@@ -62,10 +67,52 @@ def invert(
     shape = _validate(images, prior, physics)
     if images.shape[0] == 0:
         return _empty_result(images, prior, shape)
+    triaged = _triage(images, prior, config, physics, control, initialiser)
+    if triaged is not None:
+        return triaged
     objective = objective_for(_problem(images, prior, config, physics, shape))
     start = (initialiser or BestOfN())(objective.problem, objective, control)
     z, mask, trace = _optimise(objective, start, control)
     return form_products(objective, z, mask, trace, start.init_loss, like=images)
+
+
+def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
+            control: SolveControl | None, initialiser: BestOfN | None) -> InversionResult | None:
+    """With ``config.triage`` and a prior that stores a triage threshold: the full solve for the suspect images
+    only, the others judged clean by the detectors (:mod:`rgi_core.inversion.triage`). None when triage does not
+    apply (off, no threshold, one of its detectors off, a known degradation) or every image is a suspect: the
+    caller solves them all."""
+    triage = triage_of(prior.defaults)
+    if not config.triage or triage is None or not isinstance(physics, Identity):
+        return None
+    running = {"texture": config.texture_map, "learned": config.learned_map and prior.segmenter is not None}
+    if not all(running.get(name, False) for name in triage.detectors):
+        return None  # a detector the triage reads is switched off: every image is solved
+    if control is not None:
+        control.check()
+    device = resolve_device(config.device)
+    prior.to(device)
+    y = images.to(device=device, dtype=next(prior.generator.parameters()).dtype)
+    with torch.no_grad():
+        amap, score = triage.scores(fusion_of(prior.defaults), detector_maps(prior, config, physics, y))
+    suspect = (score > triage.threshold).cpu()
+    if bool(suspect.all()):
+        return None
+    h, w = images.shape[-2:]
+    zeros = images.new_zeros((images.shape[0], 1, h, w))
+    latent = images.new_zeros((images.shape[0], *prior.generator.latent_shape(h, w)))
+    out = {"restored": images.clone(), "mask": zeros, "phi": zeros.clone(), "anomaly_map": amap.to(images),
+           "score": score.to(images), "generated": images.clone(), "latent": latent}
+    diagnostics = [ImageDiagnostics(triaged=True) for _ in range(images.shape[0])]
+    if bool(suspect.any()):
+        idx = suspect.nonzero().flatten()
+        full = invert(images[idx.to(images.device)], prior, config.replace(triage=False), Identity(), control=control,
+                      initialiser=initialiser)
+        for name in out:
+            out[name][idx.to(images.device)] = getattr(full, name)
+        for k, i in enumerate(idx.tolist()):
+            diagnostics[i] = full.diagnostics[k]
+    return InversionResult(**out, diagnostics=tuple(diagnostics))
 
 
 def _problem(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,

@@ -1,0 +1,87 @@
+r"""Triage: the full solve only for images the cheap detectors find suspect.
+
+Why. In dataset cleaning most images are clean, and confirming a clean image with thousands of solver steps is
+the cost that matters most. The detectors that read the image itself (the texture statistics and the learned
+segmenter, :mod:`rgi_core.detectors`) need no solve, and on held-out defects they rank images about as well as
+the full fusion with the solve's residual (docs/design.md). So they sort the batch first.
+
+What. The triage score of an image is the prior's calibrated fusion (:class:`rgi_core.detectors.fusion.Fusion`)
+of those detectors alone: :math:`-\log_{10} p` under clean data, the scale of the full score. An image whose
+triage score is at most :attr:`Triage.threshold` is judged clean without a solve: it keeps its pixels (restored =
+input, mask M = 0, phi = 0), its anomaly map and score are the triage ones, and its diagnostics say
+``triaged``. The others get the full solve. The threshold is the ``1 - keep`` quantile of the triage score of
+clean images (``keep``: the share of clean images still sent to the full solve), fitted with the fusion's tails by
+``rgi calibrate --into-prior`` and stored in the prior's metadata (``defaults.triage``). No anomaly example picks
+it, so no defect family was tuned for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rgi_core.detectors.fusion import Fusion
+
+#: the share of clean images still sent to the full solve, unless the calibration is told otherwise
+DEFAULT_KEEP = 0.2
+
+
+@dataclass(frozen=True)
+class Triage:
+    """A prior's triage threshold (``defaults.triage``).
+
+    Attributes:
+        threshold: triage score (:math:`-\\log_{10} p`) above which an image gets the full solve.
+        keep: the share of the clean calibration images above it.
+        detectors: the detectors the triage score fuses (those that read the image itself).
+        record: how it was obtained (images), for the metadata.
+    """
+
+    threshold: float
+    keep: float
+    detectors: tuple[str, ...]
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"triage keep must be in (0, 1], got {self.keep}")
+        if not self.detectors:
+            raise ValueError("triage needs at least one detector that reads the image")
+
+    @classmethod
+    def fit(cls, fusion: Fusion, clean_maps: Mapping[str, torch.Tensor], keep: float = DEFAULT_KEEP) -> Triage:
+        """The threshold that sends a ``keep`` share of the clean images (their detector maps, (N, 1, H, W) by
+        name) to the full solve."""
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"triage keep must be in (0, 1], got {keep}")
+        maps = {k: v for k, v in clean_maps.items() if k != "residual" and k in fusion.tails}
+        if not maps:
+            raise ValueError(f"triage needs a detector that reads the image itself; the fusion has "
+                             f"{sorted(fusion.tails)}")
+        scores = fusion.surprises(maps)[0].double()
+        threshold = float(torch.quantile(scores, 1.0 - keep))
+        return cls(threshold, keep, tuple(sorted(maps)), {"images": int(scores.shape[0])})
+
+    def scores(self, fusion: Fusion, maps: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The triage anomaly map (B, 1, H, W) and score (B,) from the detectors' maps."""
+        missing = set(self.detectors) - set(maps)
+        if missing:
+            raise ValueError(f"triage needs the detectors {sorted(missing)}, which this solve does not run")
+        return fusion.fuse({k: maps[k] for k in self.detectors})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "keep": self.keep, "detectors": list(self.detectors),
+                "record": self.record}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Triage:
+        return cls(float(d["threshold"]), float(d["keep"]), tuple(d["detectors"]), dict(d.get("record", {})))
+
+
+def triage_of(defaults: Mapping[str, Any]) -> Triage | None:
+    """The triage stored in a prior's defaults, or None (it needs the prior's fusion, so without one: None)."""
+    d = defaults.get("triage")
+    return Triage.from_dict(d) if d and defaults.get("fusion") else None

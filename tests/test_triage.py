@@ -1,0 +1,129 @@
+"""Triage: the full solve only for the images the detectors that read the image find suspect."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from rgi_core import invert
+from rgi_core.detectors.fusion import Fusion, fusion_of
+from rgi_core.evaluation.families import apply_family_batch
+from rgi_core.evaluation.labelled import random_crops
+from rgi_core.inversion.config import config_for_prior
+from rgi_core.inversion.operators import Identity
+from rgi_core.inversion.products import detector_maps
+from rgi_core.inversion.triage import Triage, triage_of
+from rgi_core.io import builtin
+from rgi_core.priors import load_prior
+from rgi_core.settings import resolve
+
+
+def _clean_maps(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"residual": torch.rand((n, 1, 8, 8), generator=g), "texture": torch.rand((n, 1, 8, 8), generator=g),
+            "learned": torch.rand((n, 1, 8, 8), generator=g)}
+
+
+def test_threshold_sends_the_keep_share_of_the_clean_images_to_the_full_solve():
+    g = torch.Generator().manual_seed(0)
+    maps = _clean_maps(50, g)
+    fusion = Fusion.fit(maps, rule="fisher")
+    triage = Triage.fit(fusion, maps, keep=0.2)
+    assert triage.detectors == ("learned", "texture")  # the residual needs a solve: not a triage detector
+    score = triage.scores(fusion, maps)[1]
+    # torch.quantile at 0.8 of 50 distinct values falls between the 40th and 41st: 10 lie above it
+    assert int((score > triage.threshold).sum()) == 10
+    assert torch.equal(score, fusion.fuse({"texture": maps["texture"], "learned": maps["learned"]})[1])
+    assert Triage.from_dict(triage.to_dict()) == triage
+    with pytest.raises(ValueError, match="keep"):
+        Triage.fit(fusion, maps, keep=0.0)
+    with pytest.raises(ValueError, match="reads the image"):
+        Triage.fit(Fusion.fit({"residual": maps["residual"]}), maps)
+    with pytest.raises(ValueError, match="learned"):
+        triage.scores(fusion, {"texture": maps["texture"]})
+    # a triage is read only with the fusion it was fitted on
+    assert triage_of({"triage": triage.to_dict()}) is None
+    assert triage_of({"triage": triage.to_dict(), "fusion": fusion.to_dict()}) == triage
+
+
+def test_triage_is_on_where_the_prior_calibrated_it():
+    brick, digits = load_prior("brick-64"), load_prior("digits-32")
+    assert triage_of(brick.defaults) is not None and triage_of(digits.defaults) is None
+    assert config_for_prior("rgi", brick.defaults).triage is True
+    assert config_for_prior("rrgi", brick.defaults).triage is True
+    assert config_for_prior("mse", brick.defaults).triage is False  # the residual-only baseline
+    assert config_for_prior("rgi", digits.defaults).triage is False
+    assert config_for_prior("rgi", brick.defaults, triage=False).triage is False
+    # the catalog tells the two apart by the model id (the prior's triage is a part the settings use)
+    on, off = resolve(brick), resolve(brick, overrides={"triage": False})
+    assert on.config_hash() == off.config_hash() and on.model_id(brick) != off.model_id(brick)
+
+
+def test_triaged_images_keep_their_pixels_and_the_suspects_get_the_full_solve():
+    prior = load_prior("brick-64")
+    region = torch.from_numpy(builtin.texture("brick", "eval"))
+    clean = random_crops(region, 6, 64, 11)
+    bad, _ = apply_family_batch(random_crops(region, 3, 64, 12), "grain", seed=3)
+    x = torch.cat([clean, bad])
+    cfg = config_for_prior("rgi", prior.defaults, iterations=20, n_init=16, device="cpu")
+    out = invert(x, prior, cfg)
+    triaged = torch.tensor([d.triaged for d in out.diagnostics])
+    assert triaged[:6].sum() >= 3 and not triaged[6:].any()  # most clean crops triaged, every grainy one solved
+    t, fusion = triage_of(prior.defaults), fusion_of(prior.defaults)
+    assert t is not None and fusion is not None
+    # a triaged image: its own pixels, no mask, the detectors' score (at most the threshold), no steps
+    assert torch.equal(out.restored[triaged], x[triaged]) and not out.mask[triaged].any()
+    assert not out.phi[triaged].any() and (out.score[triaged] <= t.threshold).all()
+    assert all(d.iterations == 0 and not d.losses for d, f in zip(out.diagnostics, triaged, strict=True) if f)
+    # the suspects: exactly the full solve of those images
+    full = invert(x[~triaged], prior, cfg.replace(triage=False))
+    for f in ("restored", "mask", "anomaly_map", "score", "latent"):
+        torch.testing.assert_close(getattr(out, f)[~triaged], getattr(full, f), atol=0, rtol=0)
+    # the split is the triage score against the threshold
+    fast = t.scores(fusion, detector_maps(prior, cfg, Identity(), x))[1]
+    assert torch.equal(triaged, fast <= t.threshold)
+    # a detector the triage reads switched off: every image solved
+    no_texture = cfg.replace(texture_map=False, iterations=5, n_init=4)
+    assert not any(d.triaged for d in invert(x[:2], prior, no_texture).diagnostics)
+    # a prior without a triage: every image solved
+    plain = dataclasses.replace(prior, meta={**prior.meta, "defaults": {
+        k: v for k, v in prior.defaults.items() if k != "triage"}})
+    assert not any(d.triaged for d in invert(x[:2], plain, config_for_prior("rgi", plain.defaults, iterations=5,
+                                                                                n_init=4, device="cpu")).diagnostics)
+
+
+def test_the_catalog_says_which_images_were_triaged(prefect_api, tmp_path):
+    """Through the clean flow with the shipped brick prior: clean crops triaged (their pixels kept, no objective),
+    a grainy crop solved; the next run with --no-triage is another model id, so it solves them all."""
+    import fsspec
+    import pandas as pd
+
+    from flows.clean import CleanOptions, clean_dataset
+    from rgi_core.io.images import decode_image, encode_png
+
+    region = torch.from_numpy(builtin.texture("brick", "eval"))
+    clean = random_crops(region, 4, 64, 21)
+    bad, _ = apply_family_batch(random_crops(region, 1, 64, 22), "grain", seed=5)
+    src, cat = tmp_path / "src", tmp_path / "cat"
+    src.mkdir()
+    for i, x in enumerate([*clean, *bad]):
+        (src / f"{'bad' if i == 4 else 'clean'}{i}.png").write_bytes(encode_png(x.numpy()))
+    opts = dict(iterations=10, n_init=8, batch_size=8)
+    out = clean_dataset(source=str(src), catalog=str(cat), prior="brick-64", options=CleanOptions(**opts))
+    rows = pd.read_parquet(cat / "images").set_index("source_uri")
+    assert out["images_ok"] == 5
+    bad_row = rows[rows.index.str.endswith("bad4.png")].iloc[0]
+    assert not bad_row.triaged and bad_row.iterations == 10 and pd.notna(bad_row.final_loss)
+    triaged = rows[rows.triaged]
+    assert len(triaged) >= 2 and (triaged.iterations == 0).all()
+    assert triaged.final_loss.isna().all() and triaged.converged.isna().all()
+    for uri, row in triaged.iterrows():  # the restored image is the input, pixel for pixel
+        with fsspec.open(row.restored_uri, "rb") as f, fsspec.open(uri, "rb") as g:
+            assert np.array_equal(decode_image(f.read(), 1), decode_image(g.read(), 1))
+    again = clean_dataset(source=str(src), catalog=str(cat), prior="brick-64",
+                          options=CleanOptions(**opts, triage=False))
+    assert again["images_ok"] == 5  # not skipped: the triage is part of the model id
+    rows = pd.read_parquet(cat / "images")
+    assert (~rows[rows.run_id == again["run_id"]].triaged).all()
