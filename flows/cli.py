@@ -332,6 +332,7 @@ def _clean_tensors(source: str, channels: int) -> list:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flows import stopping
+    from flows.options import SolveOptions, options_from_args
     from rgi_core.calibration import read_calibration
     from rgi_core.evaluation.labelled import (
         Thresholds,
@@ -345,6 +346,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rgi_core.settings import resolve
     from rgi_core.stopping import Cancelled
 
+    solve = options_from_args(args, SolveOptions)  # validated as `rgi clean`'s: e.g. --full-solve with --triage
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     prior = load_prior(args.prior, device=args.device)
     items, errors = load_labelled(args.data, args.masks)
@@ -367,11 +369,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         try:
             report = evaluate_labelled(prior, items, methods, sizing, thresholds, args.batch_size,
                                        progress=lambda m: print(m, file=sys.stderr, flush=True), meta=meta,
-                                       calibration=cal, stop=stopping.stop_requested, iterations=args.iterations,
-                                       n_init=args.n_init, n_starts=args.n_starts, stop_tol=args.stop_tol,
-                                       triage=args.triage, lam=args.lam,
-                                       seed=args.seed,
-                                       device=args.device)
+                                       calibration=cal, stop=stopping.stop_requested, **solve.solver_overrides())
         except Cancelled:
             return _stopped("evaluate: stopped", "no report written", signalled())
     print(format_scores(f"{args.data}: {len(items)} images, thresholds: {thresholds.source}", report.scores))
@@ -610,10 +608,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
     ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
     ev.add_argument("--grid", type=int, default=4, help="worst and best cases in grid.png (each)")
-    # --iterations, --n-init, --n-starts, --stop-tol, --triage, --lambda, --sizing, --batch-size, --seed, --device: as
-    # `rgi clean`'s
-    add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "stop_tol", "triage", "lam", "sizing",
-                                            "batch_size", "seed", "device"),
+    # --iterations, --n-init, --n-starts, --stop-tol, --triage, --full-solve, --lambda, --sizing, --batch-size,
+    # --seed, --device: as `rgi clean`'s
+    add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "stop_tol", "triage", "full_solve",
+                                            "lam", "sizing", "batch_size", "seed", "device"),
                   defaults={"batch_size": (32, "one process solves the batches in turn; no flow tasks to keep short")})
     _add_deprecated_fit(ev)
     ev.set_defaults(func=_cmd_evaluate)

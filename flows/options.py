@@ -41,6 +41,9 @@ class SolveOptions(BaseModel):
     triage: bool | None = Field(None, description="Run the full solve only for images the detectors that read the "
                                 "image find suspect; the others keep their pixels and take the detectors' score "
                                 "(unset: on where the prior stores a triage threshold, as the texture priors do).")
+    full_solve: bool = Field(False, description="Solve every image for all its iterations: triage and adaptive "
+                             "stopping off, whatever the prior supports (the path before they existed, for "
+                             "comparison).")
     mask_tv: float | None = Field(None, ge=0, title="Mask TV", description="rgi/rrgi: weight of the mask's total "
                                   "variation (unset: the prior's; 0 = the paper's element-wise mask).")
     sizing: Literal["auto", "resize", "tile"] = Field(
@@ -62,8 +65,19 @@ class SolveOptions(BaseModel):
                 data.setdefault("sizing", fit)
         return data
 
+    @model_validator(mode="after")
+    def _full_solve_alone(self) -> SolveOptions:
+        if self.full_solve and (self.triage or (self.stop_tol or 0) > 0):
+            raise ValueError("full_solve turns triage and adaptive stopping off; do not also turn them on")
+        return self
+
     def solver_overrides(self) -> dict[str, Any]:
         """The solver config fields these options set (``None``: unset)."""
+        if self.full_solve:
+            return {**self._overrides(), "triage": False, "stop_tol": 0.0}
+        return self._overrides()
+
+    def _overrides(self) -> dict[str, Any]:
         return {"iterations": self.iterations, "lam": self.lam, "n_init": self.n_init, "n_starts": self.n_starts,
                 "stop_tol": self.stop_tol, "triage": self.triage, "mask_tv": self.mask_tv, "seed": self.seed,
                 "device": self.device}

@@ -7,7 +7,9 @@
 #             and a learned anomaly segmenter trained for 1000 steps on 1024 training-split crops with synthetic
 #             anomalies, thresholded on 256 others (rgi_core.detectors.segmenter); the three detectors joined by a
 #             fusion calibrated on 64 clean crops, its rule and map threshold picked on 24 crops per synthetic
-#             defect family (rgi_core.detectors.fusion, rgi_core.detectors.selection)
+#             defect family (rgi_core.detectors.fusion, rgi_core.detectors.selection), and a triage threshold
+#             that sends 20 % of those clean crops to the full solve (--triage-keep, default 0.2;
+#             rgi_core.inversion.triage)
 #   digits:   one detector (the residual), so no fusion (--fusion-images 0); map_sigma=0.0 (the RGI paper's
 #             scattered gross corruption: keep maps pixel-exact), and
 #             mask_tv = 1.5 lam for the first 75 % of the steps (chosen on training-split digits with

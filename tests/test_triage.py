@@ -56,9 +56,9 @@ def test_triage_is_on_where_the_prior_calibrated_it():
     assert config_for_prior("mse", brick.defaults).triage is False  # the residual-only baseline
     assert config_for_prior("rgi", digits.defaults).triage is False
     assert config_for_prior("rgi", brick.defaults, triage=False).triage is False
-    # the catalog tells the two apart by the model id (the prior's triage is a part the settings use)
+    # results of the two paths have different config hashes; a recalibrated threshold, another model id
     on, off = resolve(brick), resolve(brick, overrides={"triage": False})
-    assert on.config_hash() == off.config_hash() and on.model_id(brick) != off.model_id(brick)
+    assert on.config_hash() != off.config_hash() and on.model_id(brick) != off.model_id(brick)
 
 
 def test_triaged_images_keep_their_pixels_and_the_suspects_get_the_full_solve():
@@ -94,7 +94,7 @@ def test_triaged_images_keep_their_pixels_and_the_suspects_get_the_full_solve():
                                                                                 n_init=4, device="cpu")).diagnostics)
 
 
-def test_the_catalog_says_which_images_were_triaged(prefect_api, tmp_path):
+def test_the_catalog_says_which_path_produced_each_row(prefect_api, tmp_path):
     """Through the clean flow with the shipped brick prior: clean crops triaged (their pixels kept, no objective),
     a grainy crop solved; the next run with --no-triage is another model id, so it solves them all."""
     import fsspec
@@ -115,8 +115,8 @@ def test_the_catalog_says_which_images_were_triaged(prefect_api, tmp_path):
     rows = pd.read_parquet(cat / "images").set_index("source_uri")
     assert out["images_ok"] == 5
     bad_row = rows[rows.index.str.endswith("bad4.png")].iloc[0]
-    assert not bad_row.triaged and bad_row.iterations == 10 and pd.notna(bad_row.final_loss)
-    triaged = rows[rows.triaged]
+    assert bad_row.stage == "solve" and bad_row.iterations == 10 and pd.notna(bad_row.final_loss)
+    triaged = rows[rows.stage == "triage"]
     assert len(triaged) >= 2 and (triaged.iterations == 0).all()
     assert triaged.final_loss.isna().all() and triaged.converged.isna().all()
     for uri, row in triaged.iterrows():  # the restored image is the input, pixel for pixel
@@ -124,6 +124,21 @@ def test_the_catalog_says_which_images_were_triaged(prefect_api, tmp_path):
             assert np.array_equal(decode_image(f.read(), 1), decode_image(g.read(), 1))
     again = clean_dataset(source=str(src), catalog=str(cat), prior="brick-64",
                           options=CleanOptions(**opts, triage=False))
-    assert again["images_ok"] == 5  # not skipped: the triage is part of the model id
+    assert again["images_ok"] == 5  # not skipped: another path, another config hash
+    assert again["config_hash"] != out["config_hash"]
     rows = pd.read_parquet(cat / "images")
-    assert (~rows[rows.run_id == again["run_id"]].triaged).all()
+    assert (rows[rows.run_id == again["run_id"]].stage == "solve").all()
+
+
+def test_full_solve_turns_every_lever_off():
+    from flows.options import CleanOptions
+
+    brick = load_prior("brick-64")
+    cfg = CleanOptions(full_solve=True).settings(brick).config
+    assert cfg.triage is False and cfg.stop_tol == 0
+    assert CleanOptions().settings(brick).config.triage is True
+    assert CleanOptions(full_solve=True).config_hash(brick) == CleanOptions(triage=False).config_hash(brick)
+    with pytest.raises(ValueError, match="full_solve"):
+        CleanOptions(full_solve=True, triage=True)
+    with pytest.raises(ValueError, match="full_solve"):
+        CleanOptions(full_solve=True, stop_tol=0.01)

@@ -7,7 +7,7 @@ Schema versions (:data:`SCHEMA_VERSION`, the ``schema_version`` column of both t
 - 2: the anomaly map is ``anomaly_map_uri`` (``anomaly_map.png``) / ``anomaly_fraction``; ``mask_uri`` /
   ``mask_fraction`` hold RGI's mask M (``mask.png``); runs have ``status`` (completed / cancelled / failed)
   and ``error``; rows carry ``model_id`` (:mod:`rgi_core.catalog.store`, row identity). Columns added since
-  (null in rows written before): ``iterations``, ``triaged``.
+  (null in rows written before): ``iterations``, ``stage``.
 
 Every column is described in docs/reference/catalog.md. Later versions only add nullable columns.
 """
@@ -41,7 +41,7 @@ IMAGE_SCHEMA = pa.schema([
     ("final_loss", pa.float64()),
     ("converged", pa.bool_()),
     ("iterations", pa.int32()),
-    ("triaged", pa.bool_()),
+    ("stage", pa.string()),
     ("seconds", pa.float64()),
     ("device", pa.string()),
     ("meta_json", pa.string()),

@@ -434,7 +434,8 @@ class Catalog:
                                                          png) for name, png in pngs.items()}
                 threshold = context.get("score_threshold")
                 row |= {"anomaly_score": o.score, "anomaly_fraction": o.anomaly_fraction,
-                        "mask_fraction": o.mask_fraction, "iterations": o.iterations, "triaged": o.triaged,
+                        "mask_fraction": o.mask_fraction, "iterations": o.iterations,
+                        "stage": "triage" if o.triaged else "solve",
                         # no solve ran for a triaged image: no objective to report
                         "final_loss": None if o.triaged else o.final_loss,
                         "converged": None if o.triaged else o.converged,

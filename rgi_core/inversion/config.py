@@ -139,8 +139,8 @@ class InversionConfig:
         d.pop("device")
         if self.stop_tol == 0:
             del d["stop_tol"], d["stop_window"]
-        # the triage is the prior's: its threshold (and whether one is used) identifies rows in the model id
-        del d["triage"]
+        if not d["triage"]:  # off (False, or unset before a prior resolved it) changes nothing; which threshold
+            del d["triage"]  # is used is part of the model id
         if self.starts == 1:
             del d["n_starts"], d["start_iterations"]
         else:
