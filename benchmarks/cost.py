@@ -17,7 +17,7 @@ flag, and the reverse.
 
 Usage:
     python benchmarks/cost.py [--texture brick] [--defective 28] [--clean 36] [--iterations 2000]
-                              [--n-init 1000] [--stop-tol 0.01 0.03] [--batch 16]
+                              [--n-init 1000] [--stop-tol 0.01 0.03] [--batch 16] [--device cpu]
 """
 
 from __future__ import annotations
@@ -56,6 +56,11 @@ def crops(texture: str, defective: int, clean: int, channels: int) -> tuple[torc
     return x, ref, gt, labels
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--texture", default="brick")
@@ -65,11 +70,13 @@ def main() -> None:
     ap.add_argument("--n-init", type=int, default=1000)
     ap.add_argument("--stop-tol", type=float, nargs="+", default=[0.01, 0.03])
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--device", default="cpu", help="cpu (one thread, as the dev box's numbers) or cuda")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    if args.device == "cpu":
+        torch.set_num_threads(1)
     prior = load_prior(f"{args.texture}-64")
     x, ref, gt, labels = crops(args.texture, args.defective, args.clean, prior.spec.channels)
-    base = config_for_prior("rgi", prior.defaults, iterations=args.iterations, n_init=args.n_init, device="cpu")
+    base = config_for_prior("rgi", prior.defaults, iterations=args.iterations, n_init=args.n_init, device=args.device)
     if not base.triage:
         raise SystemExit(f"{args.texture}-64 stores no triage threshold (scripts/calibrate_triage.py)")
     runs = [("full", base.replace(triage=False))]
@@ -79,14 +86,16 @@ def main() -> None:
     threshold = float(prior.defaults["score_threshold"])
     print(f"# {args.texture}-64: {args.defective} defective + {args.clean} clean held-out crops, {args.iterations} "
           f"steps, best of {args.n_init}, batches of {args.batch}; {platform.node()}, {platform.processor() or '?'}, "
-          f"torch {torch.__version__}, 1 thread")
+          f"torch {torch.__version__}, {args.device}")
     print("| configuration | s / image | speed-up | steps / image | solved | image AUROC | pixel AUROC | "
           "PSNR defective (dB) | flags gained / lost vs full |")
     print("|---|---|---|---|---|---|---|---|---|")
     first: tuple[float, torch.Tensor] | None = None
     for name, cfg in runs:
+        _sync(args.device)
         t0 = time.perf_counter()
         parts = [invert(x[i : i + args.batch], prior, cfg) for i in range(0, len(x), args.batch)]
+        _sync(args.device)
         seconds = (time.perf_counter() - t0) / len(x)
         score = torch.cat([p.score for p in parts])
         amap = torch.cat([p.anomaly_map for p in parts])
