@@ -79,9 +79,9 @@ def main() -> None:
     base = config_for_prior("rgi", prior.defaults, iterations=args.iterations, n_init=args.n_init, device=args.device)
     if not base.triage:
         raise SystemExit(f"{args.texture}-64 stores no triage threshold (scripts/calibrate_triage.py)")
-    runs = [("full", base.replace(triage=False))]
+    runs = [("full", base.replace(triage=False, stop_tol=0.0))]
     runs += [(f"stop {tol:g}", base.replace(triage=False, stop_tol=tol)) for tol in args.stop_tol]
-    runs += [("triage", base)]
+    runs += [("triage", base.replace(stop_tol=0.0))]
     runs += [(f"triage + stop {tol:g}", base.replace(stop_tol=tol)) for tol in args.stop_tol]
     threshold = float(prior.defaults["score_threshold"])
     print(f"# {args.texture}-64: {args.defective} defective + {args.clean} clean held-out crops, {args.iterations} "

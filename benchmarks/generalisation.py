@@ -23,6 +23,7 @@ Usage:
     python benchmarks/generalisation.py solve [--only brick grass gravel] [--n 48] [--iterations 2000]
                                               [--n-init 1000] [--out runs/generalisation]
     python benchmarks/generalisation.py analyse [--only ...] [--out ...]
+    python benchmarks/generalisation.py triage [--keep 0.1 0.2 0.3] [--only ...] [--out ...]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from rgi_core.calibration import detector_maps_of
-from rgi_core.detectors.fusion import Fusion, fuse_maps
+from rgi_core.detectors.fusion import Fusion, fuse_maps, fusion_of
 from rgi_core.detectors.residual import image_score
 from rgi_core.detectors.selection import (
     THRESHOLDS,
@@ -145,13 +146,17 @@ def main() -> None:
     a = sub.add_parser("analyse", help="leave-one-family-out tables from the solved crops")
     a.add_argument("--before", help="a folder of earlier prior files (NAME-64.safetensors): the older-fusion columns "
                    "then use their detectors, to compare with what was shipped before")
-    for p in (s, a):
+    t = sub.add_parser("triage", help="the triage's misses per held-out family, against the full pipeline's flags")
+    t.add_argument("--keep", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    for p in (s, a, t):
         p.add_argument("--only", nargs="+", default=list(builtin.TEXTURES), choices=builtin.TEXTURES)
         p.add_argument("--out", default="runs/generalisation")
     args = ap.parse_args()
     print(f"# {platform.machine()}, torch {torch.__version__}, threads={torch.get_num_threads()}", flush=True)
     if args.cmd == "solve":
         cmd_solve(args)
+    elif args.cmd == "triage":
+        cmd_triage(args)
     else:
         cmd_analyse(args)
 
@@ -268,6 +273,49 @@ def cmd_analyse(args: argparse.Namespace) -> None:
               f"best single threshold on them: {grid.max():.3f} (t = {THRESHOLDS[int(np.argmax(grid))]})")
         print(f"picked on all families: rule {shipped.rule}, map threshold {shipped.map_threshold}, "
               f"pooled validation IoU {record['pooled_iou']:.3f}")
+
+
+
+def cmd_triage(args: argparse.Namespace) -> None:
+    """The triage (rgi_core.inversion.triage) on the cached maps: its threshold is set on the ``val`` clean crops alone
+    (the share ``keep`` above it), so no family is involved and each is held out. Per texture and keep: of the ``test``
+    defective crops the full pipeline flags (fused score above the prior's score threshold), how many the triage
+    sends away unsolved; and the share of clean test crops still solved."""
+    out = Path(args.out)
+    for texture in args.only:
+        prior = load_prior(f"{texture}-64")
+        fusion = fusion_of(prior.defaults)
+        if fusion is None:
+            continue
+        threshold = float(prior.defaults["score_threshold"])
+
+        def score(arrays: dict[str, torch.Tensor], full: bool, fusion: Fusion = fusion) -> torch.Tensor:
+            maps = detectors(arrays)
+            return fusion.surprises(maps if full else {k: maps[k] for k in ("texture", "learned")})[0]
+
+        val_clean, test_clean = load(out, texture, "val", "clean"), load(out, texture, "test", "clean")
+        if val_clean is None or test_clean is None:
+            print(f"{texture}: no cached clean crops under {out}; run solve first")
+            continue
+        families = [(f, load(out, texture, "test", f)) for f in families_for(prior.spec.channels)]
+        families = [(f, a) for f, a in families if a is not None]
+        print(f"\n**{texture}-64: triage against the full pipeline's flags (score > {threshold:.3f}), "
+              f"{len(families)} held-out families**\n")
+        print("| keep | triage threshold | clean test crops solved | flagged defective test crops | of them "
+              "triaged away | worst family |")
+        print("|---|---|---|---|---|---|")
+        for keep in args.keep:
+            t = float(torch.quantile(score(val_clean, False).double(), 1.0 - keep))
+            flagged = lost = 0
+            worst = ("", 0)
+            for family, arrays in families:
+                flags, sent = score(arrays, True) > threshold, score(arrays, False) > t
+                n_lost = int((flags & ~sent).sum())
+                flagged, lost = flagged + int(flags.sum()), lost + n_lost
+                worst = max(worst, (family, n_lost), key=lambda w: w[1])
+            solved = float((score(test_clean, False) > t).double().mean())
+            print(f"| {keep:g} | {t:.3f} | {solved:.2f} | {flagged} | {lost} ({lost / max(flagged, 1):.3f}) | "
+                  f"{worst[0] or '-'} ({worst[1]}) |")
 
 
 if __name__ == "__main__":

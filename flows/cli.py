@@ -149,7 +149,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     fit_on, held = sampler.split(args.holdout, args.seed) if args.fusion_images > 0 and args.holdout > 0 else (
         sampler, sampler)
     texture = fit_on.sample(args.texture_stats) if args.texture_stats > 0 else None  # (M, C, R, R)
-    segmenter = None
+    segmenter = encoder = None
     with stopping.cli_signals() as signalled:
         try:
             if args.segmenter_steps > 0:  # trained on its own crops, thresholded on others it never saw
@@ -159,6 +159,8 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                     SegmenterConfig(steps=args.segmenter_steps, seed=args.seed, members=args.segmenter_members),
                     log=lambda s, v: print(f"segmenter step {s}: focal loss {v:.4f}", file=sys.stderr),
                     device=prior.device, stop=stopping.stop_requested)
+            if args.encoder_steps > 0:  # before the calibration, so its solves start as cleaning's will
+                encoder = _train_encoder(prior, fit_on.sample(args.encoder_crops), args, stopping.stop_requested)
             fusion_clean = held.sample(args.fusion_images) if args.fusion_images > 0 else None
             families = (_family_crops(held, args.fusion_families, args.seed, prior.spec.channels)
                         if fusion_clean is not None else None)
@@ -166,11 +168,29 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                                  stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families,
                                  triage_keep=args.triage_keep or None)
         except Cancelled:
-            return _stopped("calibrate-prior: stopped", "the prior is unchanged", signalled())
+            ckpt = Path(f"{args.prior}.encoder-checkpoint")
+            kept = "; the encoder goes on from its checkpoint when the same command runs again" if ckpt.exists() else ""
+            return _stopped("calibrate-prior: stopped", "the prior is unchanged" + kept, signalled())
         defaults["calibration"]["source"] = args.images
-        meta = update_metadata(args.prior, segmenter=segmenter, defaults=defaults)
+        meta = update_metadata(args.prior, segmenter=segmenter, encoder=encoder, defaults=defaults)
+        if encoder is not None:
+            Path(f"{args.prior}.encoder-checkpoint").unlink(missing_ok=True)
     print(json.dumps(meta["defaults"], indent=2))
     return 0
+
+
+def _train_encoder(prior: Any, clean: Any, args: argparse.Namespace, stop: Any) -> Any:
+    """Train the prior's encoder (resumable from PRIOR.encoder-checkpoint) and put it in ``prior``: its nets and
+    ``defaults.encoder``, as the file will hold them."""
+    from rgi_core.priors.encoder import EncoderConfig, train_encoder
+
+    encoder, record = train_encoder(
+        prior.generator, clean, EncoderConfig(steps=args.encoder_steps, seed=args.seed),
+        checkpoint=f"{args.prior}.encoder-checkpoint", stop=stop, device=prior.device,
+        log=lambda s, v: print(f"encoder step {s}: loss {v:.4f}", file=sys.stderr))
+    prior.encoder = encoder.to(prior.device)
+    prior.meta.setdefault("defaults", {})["encoder"] = record
+    return encoder
 
 
 def _fraction(text: str) -> float:
@@ -523,6 +543,12 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    help="pick the fusion's rule and map threshold on N crops per synthetic defect family "
                         "(rgi_core.evaluation.families; the shipped priors use 24). 0 keeps min-p and the default "
                         "threshold")
+    c.add_argument("--encoder-steps", type=int, default=0, metavar="N",
+                   help="train an encoder x -> z for N steps (e.g. 2000) on clean crops, corrupted with synthetic "
+                        "anomalies, and on the generator's samples (rgi_core.priors.encoder): the solver then starts "
+                        "from it too. Resumable from PRIOR.encoder-checkpoint. 0 keeps the prior's")
+    c.add_argument("--encoder-crops", type=int, default=1024, metavar="N",
+                   help="clean crops the encoder reconstructs (default 1024)")
     c.add_argument("--triage-keep", type=_fraction, default=0.2, metavar="FRACTION",
                    help="with a fusion, store a triage threshold: `rgi clean` then runs the full solve only for images "
                         "whose detectors' score is above it, a share FRACTION of the fusion's clean images (default "

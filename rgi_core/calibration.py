@@ -97,9 +97,10 @@ def _rgi(prior: Prior, lam: float, cfg: CalibrationConfig, lam_rule: bool = Fals
     -> 0.066 without TV).
     """
     extra = {"mask_tv": 0.0, "texture_map": False, "learned_map": False} if lam_rule else {}
-    # every clean image is solved: a triage the prior stores would judge most of them clean unsolved
+    # every clean image is solved in full: a triage would judge most of them clean unsolved, and the calibration's
+    # fixed point is that of whole solves (stopping early shifts the residual quantile it reads)
     return config_for_prior("rgi", prior.defaults, lam=lam, iterations=cfg.iterations, n_init=cfg.n_init,
-                            seed=cfg.seed, triage=False, **extra)
+                            seed=cfg.seed, triage=False, stop_tol=0.0, **extra)
 
 
 def fit_lam(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig,

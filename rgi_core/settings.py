@@ -78,6 +78,8 @@ class Settings:
             seg = prior.segmenter
             _hash_tensors(h, "segmenter", seg.net.state_dict())
             h.update(json.dumps([seg.threshold, seg.smooth]).encode())
+        if cfg.encoder and prior.encoder is not None:
+            _hash_tensors(h, "encoder", prior.encoder.state_dict())
         for part in ("fusion", "triage"):  # how the detectors are joined, and which images are solved
             if prior.defaults.get(part) and (part != "triage" or cfg.triage):
                 h.update(part.encode() + json.dumps(prior.defaults[part], sort_keys=True).encode())

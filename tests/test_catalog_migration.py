@@ -19,6 +19,7 @@ FIXTURE = Path(__file__).resolve().parent / "data" / "catalog-v1"
 MEM = "/rgi-catalog-v1"  # where the fixture's catalog was written (memory://rgi-catalog-v1/...)
 OPTIONS = dict(iterations=5, n_init=4, batch_size=2, device="cpu")  # as make_catalog_v1.py
 V1_CONFIG = "7b039ba92c5eb7b3"
+FULL = OPTIONS | {"full_solve": True}  # the v1 catalog solved every image to the end: that path's hash is V1_CONFIG
 
 
 def _v1_rows() -> list[dict]:
@@ -69,7 +70,7 @@ def test_v1_catalog_migrates_on_first_write_and_reruns_skip_done_work(prefect_ap
 
     old = _v1_rows()
     catalog = f"memory://{MEM}/catalog"
-    out = clean_dataset(f"memory://{MEM}/src", catalog, str(FIXTURE / "prior.safetensors"), CleanOptions(**OPTIONS))
+    out = clean_dataset(f"memory://{MEM}/src", catalog, str(FIXTURE / "prior.safetensors"), CleanOptions(**FULL))
     assert out["config_hash"] == V1_CONFIG  # the config hash did not change: the rerun skips every old row
     assert (out["images_ok"], out["images_error"], out["images_skipped"]) == (0, 0, 4)
 
@@ -89,7 +90,7 @@ def test_v1_catalog_migrates_on_first_write_and_reruns_skip_done_work(prefect_ap
 
     memory_v1.pipe_file(f"{MEM}/src/3.png", b"not an image either")
     memory_v1.copy(f"{MEM}/src/1.png", f"{MEM}/src/4.png")  # same picture, new source: a new row
-    more = clean_dataset(f"memory://{MEM}/src", catalog, str(FIXTURE / "prior.safetensors"), CleanOptions(**OPTIONS))
+    more = clean_dataset(f"memory://{MEM}/src", catalog, str(FIXTURE / "prior.safetensors"), CleanOptions(**FULL))
     assert (more["images_ok"], more["images_error"], more["images_skipped"]) == (1, 1, 4)
     got = query(catalog, "SELECT count(*) AS n, count(DISTINCT source_uri) AS sources, "
                          "count(anomaly_map_uri) AS maps, count(mask_uri) AS masks, "

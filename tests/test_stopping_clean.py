@@ -24,7 +24,7 @@ from rgi_core.priors import save_prior
 
 pytestmark = pytest.mark.integration
 
-FOREVER = ("--iterations", "1000000", "--n-init", "1", "--batch-size", "2")
+FOREVER = ("--iterations", "1000000", "--n-init", "1", "--batch-size", "2", "--full-solve")  # no plateau stop
 STOP_BOUND = 20.0  # seconds from the request to the end of the run
 
 
@@ -217,7 +217,7 @@ def test_task_timeout_stops_the_solve(prefect_api, tiny_prior, tmp_path):
 
     src, prior = _setup(tiny_prior, tmp_path, n=2)
     cat = tmp_path / "cat"
-    opts = CleanOptions(iterations=1_000_000, n_init=1, batch_size=2, batch_timeout_seconds=3,
+    opts = CleanOptions(iterations=1_000_000, n_init=1, batch_size=2, full_solve=True, batch_timeout_seconds=3,
                         io_retry_delays=())
     t0 = time.monotonic()
     with pytest.raises(Exception, match="timeout|timed out"):
@@ -236,7 +236,7 @@ def test_flow_process_sigterm_ends_within_seconds(prefect_api, tiny_prior, tmp_p
     cat, log = tmp_path / "cat", tmp_path / "stderr.txt"
     code = ("import sys\nfrom flows.clean import clean_dataset\nfrom flows.options import CleanOptions\n"
             f"clean_dataset(source={str(src)!r}, catalog={str(cat)!r}, prior={str(prior)!r}, "
-            "options=CleanOptions(iterations=1_000_000, n_init=1, batch_size=2))\n")
+            "options=CleanOptions(iterations=1_000_000, n_init=1, batch_size=2, full_solve=True))\n")
     proc = _popen([sys.executable, "-c", code], _env(tmp_path, api=True), log)
     _wait_for(log, "Beginning flow run", proc)
     time.sleep(2)
@@ -338,7 +338,7 @@ def test_stop_check_reaches_the_flow_threads(prefect_api, tiny_prior, tmp_path):
     try:
         t0 = time.monotonic()
         state = clean_dataset(source=str(src), catalog=str(cat), prior=str(prior), return_state=True,
-                              options=CleanOptions(iterations=1_000_000, n_init=1, batch_size=2))
+                              options=CleanOptions(iterations=1_000_000, n_init=1, batch_size=2, full_solve=True))
         _ended_in_time(t0, "clean-dataset in-process, request_stop after 8 s", bound=8 + STOP_BOUND)
     finally:
         timer.cancel()
@@ -367,7 +367,7 @@ from conftest import generate
 prior = load_prior({str(prior)!r})
 from rgi_core.io.images import encode_png
 png = encode_png(generate(prior, 1, seed=0)[0].numpy())
-config = make_config("rgi", iterations=1_000_000, n_init=1)
+config = make_config("rgi", iterations=1_000_000, n_init=1, stop_tol=0.0)
 task = threading.Thread(target=clean_items, args=([Item("a.png", "src", png)], prior, config),
                         kwargs=dict(compute=compute_executor(), stop=StopRef("run").check()))
 task.start()

@@ -13,6 +13,7 @@ import torch
 
 from rgi_core.inversion.loop import Group, SolveControl, run_adam
 from rgi_core.inversion.objectives import Objective, Problem
+from rgi_core.inversion.operators import Identity
 
 # Candidate latents scored at once in the best-of-N search; bounded so B x chunk x H x W stays small.
 INIT_ELEMENTS = 1 << 24
@@ -28,10 +29,11 @@ class Start:
     init_loss: torch.Tensor
 
 
-def best_of_n(problem: Problem, objective: Objective,
-              control: SolveControl | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def best_of_n(problem: Problem, objective: Objective, control: SolveControl | None = None,
+              own: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``config.starts`` best of ``n_init`` seeded candidates per image: ``(K * B, *latent)``, block k holding
-    each image's k-th best, and their costs ``(K, B)``.
+    each image's k-th best, and their costs ``(K, B)``. ``own`` (B, *latent): one more candidate per image (the
+    encoder's; with an operator every image shares); with ``n_init`` 1 it is the only one.
 
     G runs once per chunk of candidates; an operator with one instance per image (e.g. per-image inpainting
     masks) is applied image by image. ``control`` is asked before every chunk, as the loop asks before a step.
@@ -58,7 +60,18 @@ def best_of_n(problem: Problem, objective: Objective,
             # stable: among equal costs the earlier candidate wins, as with a plain running minimum
             val, pos = torch.cat([best, c], 1).sort(dim=1, stable=True)
             best, best_idx = val[:, :K], torch.cat([best_idx, idx], 1).gather(1, pos[:, :K])
-    return cand[best_idx.T.reshape(-1)].clone(), best.T.contiguous()
+    if own is None:
+        return cand[best_idx.T.reshape(-1)].clone(), best.T.contiguous()
+    with torch.no_grad():  # image b's own candidate is row b: the diagonal of the (B, B) costs
+        c_own = objective.init_cost(slice(None), physics, problem.gen(own)).diagonal()[:, None]
+    pool = cand[best_idx]  # (B, K, *latent)
+    if config.n_init == 1:  # the encoder alone
+        pool, best = own[:, None], c_own
+    else:  # the own candidate joins the pool's K best; on a tie the pool's stays first
+        val, pos = torch.cat([best, c_own], 1).sort(dim=1, stable=True)
+        pool = torch.cat([pool, own[:, None]], 1)[torch.arange(B, device=y.device)[:, None], pos[:, :K]]
+        best = val[:, :K]
+    return pool.transpose(0, 1).reshape(-1, *pool.shape[2:]).clone(), best.T.contiguous()
 
 
 def multi_start(problem: Problem, objective: Objective, z: torch.Tensor, mask: torch.Tensor | None,
@@ -78,12 +91,23 @@ def multi_start(problem: Problem, objective: Objective, z: torch.Tensor, mask: t
     return z.detach()[rows], None if mask is None else mask.detach()[rows], pick
 
 
+def encoder_start(problem: Problem) -> torch.Tensor | None:
+    """The prior's encoder applied to the observations, ``E(y)`` (B, *latent), when the config uses it and the images
+    are observed whole (identity physics); else None."""
+    enc = problem.prior.encoder
+    if not problem.config.encoder or enc is None or not isinstance(problem.physics, Identity):
+        return None
+    with torch.no_grad():
+        return enc.to(problem.y.device, problem.y.dtype)(problem.y)
+
+
 class BestOfN:
-    """Best of ``n_init`` candidates by the objective's :meth:`~Objective.init_cost`; with ``n_starts`` > 1, the
-    best of that many starts after ``start_iterations`` steps each (M starts at 0 for methods with a mask)."""
+    """Best of ``n_init`` candidates by the objective's :meth:`~Objective.init_cost`, with the prior's encoder start
+    as one more (:func:`encoder_start`; alone with ``n_init`` 1); with ``n_starts`` > 1, the best of that many
+    starts after ``start_iterations`` steps each (M starts at 0 for methods with a mask)."""
 
     def __call__(self, problem: Problem, objective: Objective, control: SolveControl | None = None) -> Start:
-        z0, costs = best_of_n(problem, objective, control)  # (K * B, *latent), (K, B)
+        z0, costs = best_of_n(problem, objective, control, encoder_start(problem))  # (K * B, *latent), (K, B)
         K = problem.config.starts
         mask0 = None
         if objective.optimises_mask:

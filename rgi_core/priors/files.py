@@ -1,9 +1,10 @@
 """Priors as files: safetensors tensors plus a JSON metadata block, never pickle.
 
 File layout: one ``.safetensors`` file. Tensors are named ``generator.<param>`` and
-``discriminator.<param>``, and ``segmenter.<param>`` when the prior carries a learned anomaly segmenter
-(:mod:`rgi_core.detectors.segmenter`, described by ``defaults.segmenter``). The safetensors header's ``__metadata__``
-holds one key, ``rgi``, whose value is a JSON document::
+``discriminator.<param>``, ``segmenter.<param>`` when the prior carries a learned anomaly segmenter
+(:mod:`rgi_core.detectors.segmenter`, described by ``defaults.segmenter``), and ``encoder.<param>`` when it carries
+an encoder (:mod:`rgi_core.priors.encoder`, described by ``defaults.encoder``). The safetensors header's
+``__metadata__`` holds one key, ``rgi``, whose value is a JSON document::
 
     {"format": 1, "name": ..., "architecture": {ArchSpec fields}, "training": {data, split, recipe,
      steps, seed, ...}, "defaults": {"lam": ..., ...}, "library_version": ..., "created_at": ...}
@@ -29,11 +30,13 @@ from torch import nn
 
 from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.device import resolve_device
+from rgi_core.priors.encoder import Encoder, encoder_from_parts
 from rgi_core.priors.nets import ArchSpec, Discriminator, Generator
 from rgi_core.version import __version__
 
 FORMAT_VERSION = 1
 SEGMENTER_PREFIX = "segmenter."
+ENCODER_PREFIX = "encoder."
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save zip archives
 
 
@@ -52,6 +55,7 @@ class Prior:
         meta: the full metadata document (training data, split, defaults, ...).
         prior_id: sha256 of the file's bytes (identifies the exact weights in catalogs).
         segmenter: the learned anomaly segmenter stored with the prior, or None.
+        encoder: the encoder x -> z stored with the prior (the solver's amortised start), or None.
     """
 
     name: str
@@ -61,6 +65,7 @@ class Prior:
     meta: dict[str, Any] = field(default_factory=dict)
     prior_id: str = ""
     segmenter: LearnedMap | None = None
+    encoder: Encoder | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -77,6 +82,8 @@ class Prior:
         self.discriminator.to(device=device, dtype=dtype)
         if self.segmenter is not None:
             self.segmenter.net.to(device=device, dtype=dtype)
+        if self.encoder is not None:
+            self.encoder.to(device=device, dtype=dtype)
         return self
 
 
@@ -140,11 +147,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, **updates: Any) -> dict[str, Any]:
+def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, encoder: Encoder | None = None,
+                    **updates: Any) -> dict[str, Any]:
     """Rewrite a local prior file with metadata fields replaced (e.g. ``defaults=...``).
 
     The generator's and discriminator's tensors are kept; with ``segmenter`` the file's segmenter tensors
-    are replaced by its weights (its description belongs in ``defaults.segmenter``: ``segmenter.to_dict()``).
+    are replaced by its weights (its description belongs in ``defaults.segmenter``: ``segmenter.to_dict()``), and
+    likewise with ``encoder`` (described in ``defaults.encoder``).
     Written atomically; returns the new metadata document.
     """
     path = Path(path)
@@ -154,6 +163,9 @@ def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, **upd
     if segmenter is not None:
         tensors = {k: v for k, v in tensors.items() if not k.startswith(SEGMENTER_PREFIX)}
         tensors |= {SEGMENTER_PREFIX + k: v for k, v in plain_state_dict(segmenter.net).items()}
+    if encoder is not None:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(ENCODER_PREFIX)}
+        tensors |= {ENCODER_PREFIX + k: v for k, v in plain_state_dict(encoder).items()}
     _write_atomic(path, st_save(tensors, metadata={"rgi": json.dumps(meta, sort_keys=True)}))
     return meta
 
@@ -239,8 +251,9 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
         except RuntimeError as exc:
             raise PriorFormatError(f"{name}: tensors do not match the architecture in metadata: {exc}") from exc
     seg = _segmenter(tensors, meta, name)
+    enc = _encoder(tensors, meta, spec, name)
     dev = resolve_device(device)
-    for net in (g, d, *([seg.net] if seg else [])):
+    for net in (g, d, *([seg.net] if seg else []), *([enc] if enc else [])):
         net.eval().requires_grad_(False).to(dev)
     return Prior(
         name=meta.get("name") or name,
@@ -250,6 +263,7 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
         meta=meta,
         prior_id=hashlib.sha256(data).hexdigest(),
         segmenter=seg,
+        encoder=enc,
     )
 
 
@@ -266,6 +280,21 @@ def _segmenter(tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str
         return LearnedMap.from_parts(described, state)
     except ValueError as exc:
         raise PriorFormatError(f"{name}: {exc}") from exc
+
+
+def _encoder(tensors: dict[str, torch.Tensor], meta: dict[str, Any], spec: ArchSpec, name: str) -> Encoder | None:
+    """The encoder of a file: ``defaults.encoder`` and the ``encoder.*`` tensors, both or neither."""
+    state = {k[len(ENCODER_PREFIX):]: v for k, v in tensors.items() if k.startswith(ENCODER_PREFIX)}
+    described = (meta.get("defaults") or {}).get("encoder")
+    if not state and not described:
+        return None
+    if not state or not described:
+        raise PriorFormatError(f"{name}: an encoder needs both its tensors and defaults.encoder; the file has "
+                               f"{'only the tensors' if state else 'only the metadata'}")
+    try:
+        return encoder_from_parts(spec, described, state)
+    except RuntimeError as exc:
+        raise PriorFormatError(f"{name}: encoder tensors do not match defaults.encoder: {exc}") from exc
 
 
 def load_prior(name_or_path: str | Path, device: str | torch.device = "auto",
