@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m flows.cli demo
+	$(PY) -m flows.cli demo --compare
 
 # Two pytest workers with one torch thread each: the suite waits on servers and subprocesses for much of its
 # time, so two workers take 9 min where one process with two threads took 14 (2-core dev box).

@@ -47,7 +47,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     stopping.own_temporary_server()
     with stopping.cli_signals() as signalled:
         try:
-            return run(out_dir=args.out_dir, texture=args.texture, n=args.images, iterations=args.iterations or 600)
+            return run(out_dir=args.out_dir, texture=args.texture, n=args.images, iterations=args.iterations or 600,
+                       compare=args.compare)
         except RunStopped as exc:
             return _say_stopped(f"\nrgi demo: {exc}", signalled())
 
@@ -466,6 +467,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--texture", choices=("brick", "grass", "gravel"), default="brick")
     d.add_argument("--images", type=int, default=24, help="images in the demo dataset")
     d.add_argument("--out-dir", default="demo-output", help="where the report PNG is copied")
+    d.add_argument("--compare", action="store_true",
+                   help="clean the shards again on the full-solve path (no triage, no adaptive stopping) and print "
+                        "both images/s and AUROCs (make demo does)")
     d.add_argument("--core", action="store_true", help="instead: the inversion core alone on a random generator")
     d.set_defaults(func=_cmd_demo)
 

@@ -143,14 +143,16 @@ def test_interrupted_run_writes_a_cancelled_row_then_a_rerun_completes(prefect_a
     assert len(pd.read_parquet(cat / "images")) == 6
 
 
-def test_pipeline_demo_end_to_end(prefect_api, tmp_path):
+def test_pipeline_demo_end_to_end(prefect_api, tmp_path, capsys):
     import os
 
     from flows.demo import run
 
     before = os.environ.get("AWS_ENDPOINT_URL")
-    assert run(out_dir=str(tmp_path / "demo"), n=6, iterations=30) == 0
+    assert run(out_dir=str(tmp_path / "demo"), n=6, iterations=30, compare=True) == 0
     assert (tmp_path / "demo" / "report.png").stat().st_size > 0
+    out = capsys.readouterr().out  # the defaults' rate beside the full solve's (make demo's --compare)
+    assert "| --full-solve |" in out and "x the full solve's images/s" in out
     assert os.environ.get("AWS_ENDPOINT_URL") == before  # the demo's S3 endpoint does not leak
 
 
