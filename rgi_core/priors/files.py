@@ -267,32 +267,38 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
     )
 
 
-def _segmenter(tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str) -> LearnedMap | None:
-    """The learned segmenter of a file: ``defaults.segmenter`` and the ``segmenter.*`` tensors, both or neither."""
-    state = {k[len(SEGMENTER_PREFIX):]: v for k, v in tensors.items() if k.startswith(SEGMENTER_PREFIX)}
-    described = (meta.get("defaults") or {}).get("segmenter")
+def _part(tensors: dict[str, torch.Tensor], meta: dict[str, Any], key: str,
+          name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """An optional part of a prior file: its ``KEY.*`` tensors and ``defaults.KEY``, both or neither (None)."""
+    prefix = key + "."
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    described = (meta.get("defaults") or {}).get(key)
     if not state and not described:
         return None
     if not state or not described:
-        raise PriorFormatError(f"{name}: a segmenter needs both its tensors and defaults.segmenter; the file has "
-                               f"{'only the tensors' if state else 'only the metadata'}")
+        raise PriorFormatError(f"{name}: {'an' if key[0] in 'aeiou' else 'a'} {key} needs both its tensors and "
+                               f"defaults.{key}; the file has {'only the tensors' if state else 'only the metadata'}")
+    return state, described
+
+
+def _segmenter(tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str) -> LearnedMap | None:
+    """The learned segmenter of a file (``segmenter.*`` tensors, ``defaults.segmenter``), or None."""
+    part = _part(tensors, meta, SEGMENTER_PREFIX[:-1], name)
+    if part is None:
+        return None
     try:
-        return LearnedMap.from_parts(described, state)
+        return LearnedMap.from_parts(part[1], part[0])
     except ValueError as exc:
         raise PriorFormatError(f"{name}: {exc}") from exc
 
 
 def _encoder(tensors: dict[str, torch.Tensor], meta: dict[str, Any], spec: ArchSpec, name: str) -> Encoder | None:
-    """The encoder of a file: ``defaults.encoder`` and the ``encoder.*`` tensors, both or neither."""
-    state = {k[len(ENCODER_PREFIX):]: v for k, v in tensors.items() if k.startswith(ENCODER_PREFIX)}
-    described = (meta.get("defaults") or {}).get("encoder")
-    if not state and not described:
+    """The encoder of a file (``encoder.*`` tensors, ``defaults.encoder``), or None."""
+    part = _part(tensors, meta, ENCODER_PREFIX[:-1], name)
+    if part is None:
         return None
-    if not state or not described:
-        raise PriorFormatError(f"{name}: an encoder needs both its tensors and defaults.encoder; the file has "
-                               f"{'only the tensors' if state else 'only the metadata'}")
     try:
-        return encoder_from_parts(spec, described, state)
+        return encoder_from_parts(spec, part[1], part[0])
     except RuntimeError as exc:
         raise PriorFormatError(f"{name}: encoder tensors do not match defaults.encoder: {exc}") from exc
 
