@@ -80,8 +80,9 @@ class Settings:
             h.update(json.dumps([seg.threshold, seg.smooth]).encode())
         if cfg.encoder and prior.encoder is not None:
             _hash_tensors(h, "encoder", prior.encoder.state_dict())
-        for part in ("fusion", "triage"):  # how the detectors are joined, and which images are solved
-            if prior.defaults.get(part) and (part != "triage" or cfg.triage):
+        # how the detectors are joined, and (when used) which images are solved
+        for part in ("fusion", "triage") if cfg.triage else ("fusion",):
+            if prior.defaults.get(part):
                 h.update(part.encode() + json.dumps(prior.defaults[part], sort_keys=True).encode())
         h.update(json.dumps({"score_threshold": self.score_threshold}).encode())
         return h.hexdigest()[:16]

@@ -58,13 +58,15 @@ class _Pins:
         self.done: torch.Tensor | None = None  # (B,) bool
         self.values: list[tuple[torch.Tensor, torch.Tensor]] = []  # (param, its rows at retirement)
 
-    def retire(self, done: torch.Tensor, params: list[torch.Tensor]) -> None:
+    def retire(self, done: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        """Hold the rows ``done`` marks (B,) from now on; returns those newly retired (B,) bool."""
         new = done if self.done is None else done & ~self.done
         if not bool(new.any()):
-            return
+            return new
         self.done = done.clone() if self.done is None else self.done | done
         # Earlier retirees were restored after every step, so every retired row's current value is its held one.
         self.values = [(p, p.detach().clone()) for p in params]
+        return new
 
     def add(self, params: list[torch.Tensor]) -> None:
         """Parameters created after some images retired: those rows are held at their initial values."""
@@ -183,14 +185,10 @@ def run_adam(groups: list[Group], steps: int, loss: Callable[[int, torch.Tensor 
         full = total.detach() if active is None else history[-1].index_copy(0, active, total.detach())
         history.append(full)
         if per_image and control is not None and control.image_done is not None:
-            done = control.image_done(step, full).to(full.device)
-            if pins.done is not None:
-                done = done | pins.done
-            new = done if pins.done is None else done & ~pins.done
-            used[new.cpu()] = step + 1
-            pins.retire(done, [p for g in groups for p in g.params])
-            if bool(done.all()):
-                break
+            new = pins.retire(control.image_done(step, full).to(full.device), [p for g in groups for p in g.params])
             if bool(new.any()):
-                active = (~done).nonzero().flatten()
+                used[new.cpu()] = step + 1
+                if bool(pins.done.all()):
+                    break
+                active = (~pins.done).nonzero().flatten()
     return Trace(history, used)

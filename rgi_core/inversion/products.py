@@ -87,20 +87,20 @@ def _diagnostics(final: dict[str, torch.Tensor], trace: Trace, init_loss: torch.
     names = list(final)
     vals = torch.stack([final[n] for n in names], 1).cpu() if names else torch.zeros(0, 0)  # (B, terms)
     converged = torch.zeros(vals.shape[0], dtype=torch.bool)
-    steps = trace.steps.cpu()
+    steps = trace.steps.cpu()  # (B,)
     if trace.history:
         h = torch.stack(trace.history).cpu()  # (steps run, B); an image that stopped keeps its last value
-        for i in range(vals.shape[0]):
-            t = int(steps[i])  # each image over its own last 10 % of steps
-            last, prev = h[t - 1, i], h[max(0, t - 1 - max(1, t // 10)), i]
-            converged[i] = bool((last - prev).abs() <= tol * prev.abs().clamp_min(1e-12))
+        col = torch.arange(h.shape[1])  # each image over its own last 10 % of steps
+        last = h[steps - 1, col]
+        prev = h[(steps - 1 - (steps // 10).clamp_min(1)).clamp_min(0), col]
+        converged = (last - prev).abs() <= tol * prev.abs().clamp_min(1e-12)
     init = init_loss.cpu()
     out = []
     for i in range(vals.shape[0]):
         losses_i = {n: float(vals[i, j]) for j, n in enumerate(names)}
         finite = all(v == v and abs(v) != float("inf") for v in losses_i.values())
         out.append(ImageDiagnostics(
-            losses=losses_i, iterations=int(steps[i]) if len(steps) else 0,
+            losses=losses_i, iterations=int(steps[i]),
             converged=bool(converged[i]) and finite, init_loss=float(init[i]),
             error="" if finite else "inversion diverged: non-finite loss",
         ))

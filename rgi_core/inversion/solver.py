@@ -85,16 +85,16 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
     triage = triage_of(prior.defaults)
     if not config.triage or triage is None or not isinstance(physics, Identity):
         return None
-    running = {"texture": config.texture_map, "learned": config.learned_map and prior.segmenter is not None}
-    if not all(running.get(name, False) for name in triage.detectors):
-        return None  # a detector the triage reads is switched off: every image is solved
     if control is not None:
         control.check()
     device = resolve_device(config.device)
     prior.to(device)
     y = images.to(device=device, dtype=next(prior.generator.parameters()).dtype)
     with torch.no_grad():
-        amap, score = triage.scores(fusion_of(prior.defaults), detector_maps(prior, config, physics, y))
+        maps = detector_maps(prior, config, physics, y)
+        if not set(triage.detectors) <= set(maps):
+            return None  # a detector the triage reads is switched off (or missing): every image is solved
+        amap, score = triage.scores(fusion_of(prior.defaults), maps)
     suspect = (score > triage.threshold).cpu()
     if bool(suspect.all()):
         return None
@@ -152,16 +152,15 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
         objective.on_personalise(z, mask)
         return [Group(f"theta{k}", [theta[n] for n in s.names], s.lr, s.start, T) for k, s in enumerate(stages)]
 
-    views: dict[int, Objective] = {}  # the objective of the images still optimising, by the rows' identity
+    view: tuple[torch.Tensor, Objective] | None = None  # the objective of the images still optimising
 
     def loss(step: int, rows: torch.Tensor | None) -> torch.Tensor:
+        nonlocal view
         if rows is None:
             return objective.total(z, mask, step)
-        view = views.get(id(rows))
-        if view is None:
-            views.clear()
-            view = views[id(rows)] = objective.take(rows)
-        return view.total(z[rows], None if mask is None else mask[rows], step)
+        if view is None or view[0] is not rows:  # the loop makes a new rows tensor when images retire
+            view = (rows, objective.take(rows))
+        return view[1].total(z[rows], None if mask is None else mask[rows], step)
 
     plateau = Plateau(config.stop_window, config.stop_tol, objective.settled()) if config.stop_tol > 0 else None
     user = control.image_done if control is not None else None
