@@ -169,15 +169,20 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                                  stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families,
                                  triage_keep=args.triage_keep or None)
         except Cancelled:
-            ckpt = Path(f"{args.prior}.encoder-checkpoint")
-            kept = "; the encoder goes on from its checkpoint when the same command runs again" if ckpt.exists() else ""
+            kept = ("; the encoder goes on from its checkpoint when the same command runs again"
+                    if _encoder_checkpoint(args.prior).exists() else "")
             return _stopped("calibrate-prior: stopped", "the prior is unchanged" + kept, signalled())
         defaults["calibration"]["source"] = args.images
         meta = update_metadata(args.prior, segmenter=segmenter, encoder=encoder, defaults=defaults)
         if encoder is not None:
-            Path(f"{args.prior}.encoder-checkpoint").unlink(missing_ok=True)
+            _encoder_checkpoint(args.prior).unlink(missing_ok=True)
     print(json.dumps(meta["defaults"], indent=2))
     return 0
+
+
+def _encoder_checkpoint(prior_path: str) -> Path:
+    """Where ``--encoder-steps`` keeps its training state until the encoder is in the prior file."""
+    return Path(f"{prior_path}.encoder-checkpoint")
 
 
 def _train_encoder(prior: Any, clean: Any, args: argparse.Namespace, stop: Any) -> Any:
@@ -187,7 +192,7 @@ def _train_encoder(prior: Any, clean: Any, args: argparse.Namespace, stop: Any) 
 
     encoder, record = train_encoder(
         prior.generator, clean, EncoderConfig(steps=args.encoder_steps, seed=args.seed),
-        checkpoint=f"{args.prior}.encoder-checkpoint", stop=stop, device=prior.device,
+        checkpoint=_encoder_checkpoint(args.prior), stop=stop, device=prior.device,
         log=lambda s, v: print(f"encoder step {s}: loss {v:.4f}", file=sys.stderr))
     prior.encoder = encoder.to(prior.device)
     prior.meta.setdefault("defaults", {})["encoder"] = record
