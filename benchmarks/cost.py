@@ -1,24 +1,37 @@
-"""Cost per image: adaptive stopping and triage, each alone and together, against the full solve, in one run.
+"""Cost per image: the encoder start, adaptive stopping and triage, each alone and together, against the full solve.
 
-The same crops of a texture prior's held-out quarter, mostly clean as a dataset is: ``--defective`` crops with one
-validation-family defect each (:mod:`rgi_core.evaluation.families`, the families in turn) and ``--clean`` clean
-crops. Every configuration solves all of them (one batch of ``--batch`` at a time, as ``rgi clean`` does) at the
-prior's defaults apart from the levers:
+One pool of held-out crops of a prior's evaluation region, drawn with seeds no default was chosen on: ``--clean``
+clean crops and ``--defective`` crops with one validation-family defect each (:mod:`rgi_core.evaluation.families`,
+the families in turn), shuffled together as a dataset is. Every variant solves the whole pool in batches of
+``--batch`` (as ``rgi clean`` does) at the prior's defaults apart from the levers:
 
-- ``full``: every image, ``--iterations`` steps (the CLI's 2000);
-- ``stop TOL``: adaptive stopping (``stop_tol``);
-- ``triage``: the full solve only for the images the triage finds suspect (``triage``; the prior's threshold);
-- ``triage + stop TOL``: both.
+- ``full``: every image, ``--iterations`` steps from best-of-``--n-init`` (the full solve, ``--full-solve``);
+- ``encoder``: ``full`` with the prior's encoder start (only for priors that carry an encoder);
+- ``stop``: ``full`` with adaptive stopping (``stop_tol``);
+- ``triage``: the triage pass on every image; the suspects' products are ``full``'s (a start does not depend on
+  the batch, so a suspect's solve is the one ``full`` ran), the others keep the triage pass's;
+- ``all``: the defaults, every lever the prior supports, solved for real.
 
-Prints, per configuration, seconds per image and the speed-up over ``full`` (one process, taken in turn), the
-generator's passes per image and their cost (forwards + 2 x backwards: the machine-independent measure), the mean
-solver steps per image, the share of images solved, image and pixel AUROC, PSNR of the restored defective crops
-against their clean originals, and how many images it flags (``score > score_threshold``) that ``full`` does not
-flag, and the reverse.
+Each batch's results are stored under ``--out`` as they finish, so ``run`` resumes where it stopped and
+several ``run`` processes can take different variants at once. ``report`` (run at the end of ``run``) then forms
+the sets: for each defect rate, ``--size`` images of the pool (``rate`` of them defective) and prints per
+variant:
+
+- the generator's passes per image, its cost (forwards + 2 x backwards, machine-independent) and the ratio to
+  ``full``: the steps are each image's own, the best-of-N candidates are counted once per batch of the set that
+  solves at least one image, as ``rgi clean`` would run that set;
+- seconds per image (each batch's measured time shared by its images in proportion to their generator cost);
+- image AUROC, pixel AUROC and AU-PRO (30 % FPR) over the scores and maps as written, triaged and solved rows
+  together; PSNR of the restored defective images against their clean originals; the difference of each to
+  ``full`` with a 95 % paired bootstrap interval (``--boot`` resamples of the set's images);
+- the defective images of the whole pool that ``full`` flags (``score > score_threshold``) and the variant
+  triaged away (its miss rate).
 
 Usage:
-    python benchmarks/cost.py [--texture brick] [--defective 28] [--clean 36] [--iterations 2000]
-                              [--n-init 1000] [--stop-tol 0.01 0.03] [--batch 16] [--device cpu]
+    python benchmarks/cost.py run [--prior brick-64] [--out runs/cost] [--variants full stop triage all]
+                                  [--clean 380] [--defective 300] [--iterations 2000] [--n-init 1000]
+                                  [--batch 16] [--device cpu]
+    python benchmarks/cost.py report [--prior brick-64] [--out runs/cost] [--rates 0.05 0.5] [--size 400]
 """
 
 from __future__ import annotations
@@ -26,36 +39,28 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from rgi_core import invert
+from rgi_core.detectors.fusion import fusion_of
 from rgi_core.evaluation.families import apply_family_batch, families_for
 from rgi_core.evaluation.labelled import random_crops
-from rgi_core.evaluation.metrics import image_auroc, pixel_auroc, psnr
-from rgi_core.inversion.config import config_for_prior
+from rgi_core.evaluation.metrics import image_auroc, pixel_auroc, pro_auc, psnr
+from rgi_core.inversion.config import InversionConfig, config_for_prior
 from rgi_core.inversion.generator import GeneratorFn
+from rgi_core.inversion.operators import Identity
+from rgi_core.inversion.products import detector_maps
+from rgi_core.inversion.triage import triage_of
 from rgi_core.io import builtin
-from rgi_core.priors import load_prior
+from rgi_core.priors import Prior, load_prior
 
-
-def crops(texture: str, defective: int, clean: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                          torch.Tensor]:
-    """(images, their clean originals, truth masks, labels): the defective crops first."""
-    region = torch.from_numpy(builtin.texture(texture, "eval"))
-    fams = families_for(channels)
-    originals = random_crops(region, defective, 64, 7001)
-    bad, truth = [], []
-    for i in range(defective):
-        b, t = apply_family_batch(originals[i : i + 1], fams[i % len(fams)], seed=7100 + i)
-        bad.append(b)
-        truth.append(t)
-    good = random_crops(region, clean, 64, 7002)
-    x = torch.cat([*bad, good])
-    ref = torch.cat([originals, good])
-    gt = torch.cat([*truth, torch.zeros((clean, 1, 64, 64), dtype=torch.bool)])
-    labels = torch.cat([torch.ones(defective), torch.zeros(clean)]).bool()
-    return x, ref, gt, labels
+VARIANTS = ("full", "encoder", "stop", "triage", "all")
+SOLVED = ("full", "encoder", "stop", "all")  # variants that run the solver (triage reads full's solves)
+SEED = 91_000  # the pool's seeds: used by no calibration, selection or test
+BINS = 4096  # pixel-AUROC histograms for the bootstrap
 
 
 class PassCounter:
@@ -84,61 +89,336 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def region_of(prior_name: str) -> torch.Tensor:
+    """The held-out evaluation region (C, H, W) of a shipped texture prior."""
+    texture = prior_name.split("-")[0]
+    if texture not in builtin.TEXTURES:
+        raise SystemExit(f"the cost benchmark needs a texture prior ({', '.join(builtin.TEXTURES)}), got {prior_name}")
+    return torch.from_numpy(builtin.texture(texture, "eval"))
+
+
+def make_pool(prior: Prior, prior_name: str, clean: int, defective: int) -> dict[str, torch.Tensor]:
+    """The pool: images, clean originals, truth masks, labels and family index, in a seeded shuffled order."""
+    region = region_of(prior_name)
+    size = prior.spec.resolution
+    fams = families_for(prior.spec.channels)
+    originals = random_crops(region, defective, size, SEED + 1)
+    bad, truth = [], []
+    for i in range(defective):
+        b, t = apply_family_batch(originals[i : i + 1], fams[i % len(fams)], seed=SEED * 10 + i)
+        bad.append(b)
+        truth.append(t)
+    good = random_crops(region, clean, size, SEED + 2)
+    x = torch.cat([*bad, good]) if defective else good
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SEED + 3))
+    gt = torch.cat([*truth, torch.zeros((clean, 1, size, size), dtype=torch.bool)]) if defective else \
+        torch.zeros((clean, 1, size, size), dtype=torch.bool)
+    return {"x": x[order], "ref": torch.cat([originals, good])[order], "gt": gt[order],
+            "label": torch.cat([torch.ones(defective), torch.zeros(clean)]).bool()[order],
+            "family": torch.cat([torch.arange(defective) % len(fams), torch.full((clean,), -1)])[order]}
+
+
+def configs(prior: Prior, iterations: int, n_init: int, device: str) -> dict[str, InversionConfig]:
+    base = config_for_prior("rgi", prior.defaults, iterations=iterations, n_init=n_init, device=device)
+    full = base.replace(triage=False, stop_tol=0.0, encoder=False)
+    out = {"full": full, "stop": full.replace(stop_tol=base.stop_tol or 0.01), "all": base}
+    if prior.encoder is not None:
+        out["encoder"] = full.replace(encoder=True)
+    return out
+
+
+def _solve_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: str,
+                 passes: PassCounter) -> dict[str, torch.Tensor]:
+    passes.take()
+    _sync(device)
+    t0 = time.perf_counter()
+    r = invert(x, prior, cfg)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    fwd, bwd = passes.take()
+    return {"score": r.score.float(), "amap": r.anomaly_map.half(), "restored": r.restored.half(),
+            "steps": torch.tensor([d.iterations for d in r.diagnostics]),
+            "triaged": torch.tensor([bool(d.triaged) for d in r.diagnostics]),
+            "seconds": torch.tensor(seconds), "forward": torch.tensor(fwd), "backward": torch.tensor(bwd)}
+
+
+def _triage_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: str) -> dict[str, torch.Tensor]:
+    """The triage pass alone: its score and map for every image, and which images it sends to the solve."""
+    triage, fusion = triage_of(prior.defaults), fusion_of(prior.defaults)
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        y = x.to(device)
+        amap, score = triage.scores(fusion, detector_maps(prior, cfg, Identity(), y))
+    _sync(device)
+    return {"score": score.float().cpu(), "amap": amap.half().cpu(), "suspect": (score > triage.threshold).cpu(),
+            "seconds": torch.tensor(time.perf_counter() - t0)}
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    prior = load_prior(args.prior)
+    root = Path(args.out) / args.prior
+    root.mkdir(parents=True, exist_ok=True)
+    pool_file = root / "pool.pt"
+    if pool_file.exists():
+        pool = torch.load(pool_file)
+        if len(pool["x"]) != args.clean + args.defective:
+            raise SystemExit(f"{pool_file} holds {len(pool['x'])} images, not {args.clean + args.defective}: "
+                             "use another --out")
+    else:
+        pool = make_pool(prior, args.prior, args.clean, args.defective)
+        torch.save(pool, pool_file)
+    cfgs = configs(prior, args.iterations, args.n_init, args.device)
+    passes = PassCounter()
+    invert(pool["x"][:2], prior, cfgs["full"].replace(iterations=2, n_init=8))  # warm-up, untimed
+    n = len(pool["x"])
+    for variant in args.variants:
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}; choose from {VARIANTS}")
+        if variant == "triage" and triage_of(prior.defaults) is None:
+            print(f"{args.prior} stores no triage threshold: no triage variant", flush=True)
+            continue
+        if variant != "triage" and variant not in cfgs:
+            print(f"{args.prior} has no {variant} variant (no encoder)", flush=True)
+            continue
+        folder = root / variant
+        folder.mkdir(exist_ok=True)
+        (folder / "settings.txt").write_text(f"iterations={args.iterations} n_init={args.n_init} batch={args.batch} "
+                                             f"device={args.device} torch={torch.__version__}\n")
+        for k, i in enumerate(range(0, n, args.batch)):
+            f = folder / f"b{k:04d}.pt"
+            if f.exists():
+                continue
+            x = pool["x"][i : i + args.batch]
+            out = (_triage_batch(prior, cfgs["full"], x, args.device) if variant == "triage"
+                   else _solve_batch(prior, cfgs[variant], x, args.device, passes))
+            tmp = f.with_suffix(".tmp")
+            torch.save(out, tmp)
+            tmp.replace(f)
+            print(f"{args.prior} {variant}: batch {k + 1}/{(n + args.batch - 1) // args.batch} "
+                  f"{float(out['seconds']):.1f} s", flush=True)
+    cmd_report(args)
+
+
+def _load(folder: Path) -> dict[str, torch.Tensor] | None:
+    files = sorted(folder.glob("b*.pt"))
+    if not files:
+        return None
+    parts = [torch.load(f) for f in files]
+    out = {}
+    for key in parts[0]:
+        if parts[0][key].dim() == 0:
+            out[key] = torch.stack([p[key] for p in parts])  # one per batch
+        else:
+            out[key] = torch.cat([p[key] for p in parts])
+    return out
+
+
+def _batch_of(n: int, batch: int) -> torch.Tensor:
+    return torch.arange(n) // batch
+
+
+def _per_image(res: dict[str, torch.Tensor], n_init: int, batch: int, n: int) -> dict[str, torch.Tensor]:
+    """Each image's generator forwards and backwards (its steps; its share of the best-of-N search), and its
+    seconds: the batch's time shared in proportion to the images' cost."""
+    steps = res["steps"].double()
+    solved = ~res["triaged"]
+    fwd = steps + solved.double()  # each step one forward with gradients; one more for the products
+    bwd = steps.clone()
+    cost = fwd + 2 * bwd
+    b = _batch_of(n, batch)
+    seconds = torch.zeros(n, dtype=torch.float64)
+    for k in range(int(b.max()) + 1):
+        rows = b == k
+        w = cost[rows] + 1.0  # a triaged image still pays its detectors
+        seconds[rows] = float(res["seconds"][k]) * w / w.sum()
+    return {"forward": fwd, "backward": bwd, "solved": solved, "seconds": seconds}
+
+
+def _triage_variant(full: dict[str, torch.Tensor], tri: dict[str, torch.Tensor], pool: dict[str, torch.Tensor],
+                    batch: int) -> dict[str, torch.Tensor]:
+    """``full``'s products for the suspects, the triage pass's for the others; each batch's time is the triage
+    pass plus its suspects' share of ``full``'s batch."""
+    s = tri["suspect"]
+    out = {"score": torch.where(s, full["score"], tri["score"]),
+           "amap": torch.where(s[:, None, None, None], full["amap"], tri["amap"]),
+           "restored": torch.where(s[:, None, None, None], full["restored"], pool["x"].half()),
+           "steps": torch.where(s, full["steps"], 0), "triaged": ~s}
+    per_full = full["_seconds_image"]
+    b = _batch_of(len(s), batch)
+    out["seconds"] = torch.stack([tri["seconds"][k] + per_full[(b == k) & s].sum()
+                                  for k in range(int(b.max()) + 1)])
+    return out
+
+
+def _set_indices(pool: dict[str, torch.Tensor], rate: float, size: int) -> torch.Tensor:
+    """The first ``round(rate * size)`` defective and the first clean images of the pool, in pool order."""
+    lab = pool["label"]
+    d = round(rate * size)
+    dpos, cpos = lab.nonzero().flatten(), (~lab).nonzero().flatten()
+    if d > len(dpos) or size - d > len(cpos):
+        d = min(d, len(dpos))
+        size = min(size - round(rate * size), len(cpos)) + d
+    return torch.sort(torch.cat([dpos[:d], cpos[: size - d]])).values
+
+
+def _hist_auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUROC from score histograms (ties within a bin count half)."""
+    cneg = np.concatenate([[0], np.cumsum(neg)[:-1]])
+    return float((pos * (cneg + 0.5 * neg)).sum() / max(pos.sum() * neg.sum(), 1))
+
+
+def _metrics(v: dict[str, torch.Tensor], pool: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, float]:
+    lab, gt = pool["label"][idx], pool["gt"][idx]
+    amap = v["amap"][idx].float()
+    d = idx[lab]
+    return {"image_auroc": image_auroc(v["score"][idx], lab), "pixel_auroc": pixel_auroc(amap, gt),
+            "pro": pro_auc(amap, gt),
+            "psnr": float(psnr(v["restored"][d].float(), pool["ref"][d]).mean()) if len(d) else float("nan")}
+
+
+def _boot(full: dict[str, torch.Tensor], v: dict[str, torch.Tensor], pool: dict[str, torch.Tensor],
+          idx: torch.Tensor, reps: int) -> dict[str, tuple[float, float]]:
+    """95 % paired bootstrap intervals of (variant - full) for image AUROC, pixel AUROC and PSNR: the set's
+    defective and clean images resampled separately, the same draws for both."""
+    lab = pool["label"][idx]
+    dpos, cpos = idx[lab].numpy(), idx[~lab].numpy()
+    if len(dpos) < 2 or len(cpos) < 2:
+        return {}
+    gt = pool["gt"]
+
+    def per_image(res: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        levels = (res["amap"].float().clamp(0, 1 - 1e-7) * BINS).long()
+        hp = np.zeros((len(levels), BINS))
+        hn = np.zeros((len(levels), BINS))
+        for i in idx.tolist():
+            lv, g = levels[i].flatten(), gt[i].flatten()
+            hp[i] = torch.bincount(lv[g], minlength=BINS).numpy()
+            hn[i] = torch.bincount(lv[~g], minlength=BINS).numpy()
+        p = np.full(len(levels), np.nan)
+        p[dpos] = psnr(res["restored"][dpos].float(), pool["ref"][dpos]).numpy()
+        return hp, hn, p
+
+    score_f, score_v = full["score"].numpy(), v["score"].numpy()
+    hf, hv = per_image(full), per_image(v)
+    rng = np.random.default_rng(0)
+    out: dict[str, list[float]] = {"image_auroc": [], "pixel_auroc": [], "psnr": []}
+    for _ in range(reps):
+        bd, bc = rng.choice(dpos, len(dpos)), rng.choice(cpos, len(cpos))
+        labels = torch.cat([torch.ones(len(bd)), torch.zeros(len(bc))]).bool()
+        both = np.concatenate([bd, bc])
+        out["image_auroc"].append(image_auroc(torch.from_numpy(score_v[both]), labels)
+                                  - image_auroc(torch.from_numpy(score_f[both]), labels))
+        out["pixel_auroc"].append(_hist_auroc(hv[0][bd].sum(0), hv[1][both].sum(0))
+                                  - _hist_auroc(hf[0][bd].sum(0), hf[1][both].sum(0)))
+        out["psnr"].append(float(np.mean(hv[2][bd]) - np.mean(hf[2][bd])))
+    return {k: (float(np.percentile(s, 2.5)), float(np.percentile(s, 97.5))) for k, s in out.items()}
+
+
+def _init_forwards(solved: torch.Tensor, idx: torch.Tensor, n_init: int, batch: int) -> float:
+    """Best-of-N forwards for a set laid out in batches: ``n_init`` for each batch that solves an image."""
+    s = solved[idx]
+    return float(sum(n_init for k in range(0, len(s), batch) if bool(s[k : k + batch].any())))
+
+
+def _cell(value: float, full: float, ci: tuple[float, float] | None, digits: int) -> str:
+    """A metric, and for a variant with an interval its difference to ``full`` and the difference's 95 % CI."""
+    if ci is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ({value - full:+.{digits}f}, [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}])"
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    root = Path(args.out) / args.prior
+    prior = load_prior(args.prior)
+    pool = torch.load(root / "pool.pt")
+    n = len(pool["x"])
+    res = {v: r for v in VARIANTS if (r := _load(root / v)) is not None and len(r["score"]) == n}
+    if "full" not in res:
+        print(f"{root}: full is not complete yet; nothing to report", flush=True)
+        return
+    for v in SOLVED:
+        if v in res:
+            res[v]["_per"] = _per_image(res[v], args.n_init, args.batch, n)
+            res[v]["_seconds_image"] = res[v]["_per"]["seconds"]
+    if "triage" in res:
+        tri = _triage_variant(res["full"], res.pop("triage"), pool, args.batch)
+        tri["_per"] = _per_image(tri, args.n_init, args.batch, n)
+        res = {k: res[k] if k != "triage" else tri for k in ("full", "encoder", "stop", "triage", "all")
+               if k in res or k == "triage"}
+    threshold = float(prior.defaults["score_threshold"])
+    full_flags = res["full"]["score"] > threshold
+    defective = pool["label"]
+    flagged = full_flags & defective
+    print(f"\n# {args.prior}: pool of {int(defective.sum())} defective + {int((~defective).sum())} clean held-out "
+          f"crops (seeds {SEED}+), {args.iterations} steps, best of {args.n_init}, batches of {args.batch}; "
+          f"{platform.node()}, torch {torch.__version__}, {args.device}")
+    for variant, r in res.items():
+        if "forward" in r:  # the cost model against the passes counted on the pool
+            model = float(r["_per"]["forward"].sum()) + _init_forwards(r["_per"]["solved"], torch.arange(n),
+                                                                       args.n_init, args.batch)
+            print(f"- {variant}: generator forwards on the pool counted {int(r['forward'].sum())}, modelled "
+                  f"{model:.0f}; backwards counted {int(r['backward'].sum())}, modelled "
+                  f"{float(r['_per']['backward'].sum()):.0f}")
+        missed = int((flagged & r["triaged"]).sum()) if "triaged" in r else 0
+        print(f"- {variant}: of the {int(flagged.sum())} defective images full flags, triaged away {missed} "
+              f"({missed / max(int(flagged.sum()), 1):.1%})")
+    for rate in args.rates:
+        idx = _set_indices(pool, rate, args.size)
+        nd = int(pool["label"][idx].sum())
+        if nd == 0 or nd == len(idx):
+            print(f"\n## {len(idx)} images at {rate:.0%} defects: one class only, no set to rank; raise --size")
+            continue
+        print(f"\n## {len(idx)} images, {nd} defective ({nd / len(idx):.0%})\n")
+        print("| variant | G passes / image (fwd, bwd) | cost ratio | s / image | speed-up | steps / image | solved | "
+              "image AUROC (Δ, 95 % CI) | pixel AUROC (Δ, 95 % CI) | AU-PRO | PSNR defective dB (Δ, 95 % CI) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        base = None
+        for variant, r in res.items():
+            per = r["_per"]
+            fwd = float(per["forward"][idx].sum()) + _init_forwards(per["solved"], idx, args.n_init, args.batch)
+            bwd = float(per["backward"][idx].sum())
+            cost = (fwd + 2 * bwd) / len(idx)
+            sec = float(per["seconds"][idx].sum()) / len(idx)
+            m = _metrics(r, pool, idx)
+            if base is None:
+                base = (cost, sec, m)
+                ci = {}
+            else:
+                ci = _boot(res["full"], r, pool, idx, args.boot)
+
+            def cell(key: str, digits: int = 3, m: dict = m, ci: dict = ci, full: dict = base[2]) -> str:
+                return _cell(m[key], full[key], ci.get(key), digits)
+
+            print(f"| {variant} | {fwd / len(idx):.0f}, {bwd / len(idx):.0f} | {base[0] / cost:.1f}x | {sec:.2f} | "
+                  f"{base[1] / sec:.1f}x | {float(r['steps'][idx].double().mean()):.0f} | "
+                  f"{float(per['solved'][idx].double().mean()):.2f} | {cell('image_auroc')} | {cell('pixel_auroc')} | "
+                  f"{m['pro']:.3f} | {cell('psnr', 2)} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--texture", default="brick")
-    ap.add_argument("--defective", type=int, default=28)
-    ap.add_argument("--clean", type=int, default=36)
-    ap.add_argument("--iterations", type=int, default=2000)
-    ap.add_argument("--n-init", type=int, default=1000)
-    ap.add_argument("--stop-tol", type=float, nargs="+", default=[0.01, 0.03])
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--device", default="cpu", help="cpu (one thread, as the dev box's numbers) or cuda")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "report"):
+        p = sub.add_parser(name)
+        p.add_argument("--prior", default="brick-64")
+        p.add_argument("--out", default="runs/cost")
+        p.add_argument("--iterations", type=int, default=2000)
+        p.add_argument("--n-init", type=int, default=1000)
+        p.add_argument("--batch", type=int, default=16)
+        p.add_argument("--device", default="cpu", help="cpu (--threads threads) or cuda")
+        p.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.5])
+        p.add_argument("--size", type=int, default=400, help="images per set")
+        p.add_argument("--boot", type=int, default=500, help="bootstrap resamples")
+        if name == "run":
+            p.add_argument("--variants", nargs="+", default=["full", "encoder", "stop", "triage", "all"])
+            p.add_argument("--clean", type=int, default=380)
+            p.add_argument("--defective", type=int, default=300)
+            p.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    if args.device == "cpu":
-        torch.set_num_threads(1)
-    prior = load_prior(f"{args.texture}-64")
-    x, ref, gt, labels = crops(args.texture, args.defective, args.clean, prior.spec.channels)
-    base = config_for_prior("rgi", prior.defaults, iterations=args.iterations, n_init=args.n_init, device=args.device)
-    if not base.triage:
-        raise SystemExit(f"{args.texture}-64 stores no triage threshold (scripts/calibrate_triage.py)")
-    runs = [("full", base.replace(triage=False, stop_tol=0.0))]
-    runs += [(f"stop {tol:g}", base.replace(triage=False, stop_tol=tol)) for tol in args.stop_tol]
-    runs += [("triage", base.replace(stop_tol=0.0))]
-    runs += [(f"triage + stop {tol:g}", base.replace(stop_tol=tol)) for tol in args.stop_tol]
-    threshold = float(prior.defaults["score_threshold"])
-    print(f"# {args.texture}-64: {args.defective} defective + {args.clean} clean held-out crops, {args.iterations} "
-          f"steps, best of {args.n_init}, batches of {args.batch}; {platform.node()}, {platform.processor() or '?'}, "
-          f"torch {torch.__version__}, {args.device}")
-    print("| configuration | s / image | speed-up | G passes / image (fwd, bwd) | pass cost ratio | steps / image | "
-          "solved | image AUROC | pixel AUROC | PSNR defective (dB) | flags gained / lost vs full |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    first: tuple[float, torch.Tensor, float] | None = None
-    passes = PassCounter()
-    for name, cfg in runs:
-        passes.take()
-        _sync(args.device)
-        t0 = time.perf_counter()
-        parts = [invert(x[i : i + args.batch], prior, cfg) for i in range(0, len(x), args.batch)]
-        _sync(args.device)
-        seconds = (time.perf_counter() - t0) / len(x)
-        score = torch.cat([p.score for p in parts])
-        amap = torch.cat([p.anomaly_map for p in parts])
-        restored = torch.cat([p.restored for p in parts])
-        diags = [d for p in parts for d in p.diagnostics]
-        flags = score > threshold
-        fwd, bwd = passes.take()
-        cost = (fwd + 2 * bwd) / len(x)
-        if first is None:
-            first = (seconds, flags, cost)
-        gained, lost = int((flags & ~first[1]).sum()), int((~flags & first[1]).sum())
-        solved = sum(not d.triaged for d in diags) / len(diags)
-        steps = sum(d.iterations for d in diags) / len(diags)
-        quality = float(psnr(restored[labels], ref[labels]).mean())
-        print(f"| {name} | {seconds:.2f} | {first[0] / seconds:.1f}x | {fwd / len(x):.0f}, {bwd / len(x):.0f} | "
-              f"{first[2] / cost:.1f}x | {steps:.0f} | {solved:.2f} | "
-              f"{image_auroc(score, labels):.3f} | {pixel_auroc(amap, gt):.3f} | {quality:.2f} | {gained} / {lost} |",
-              flush=True)
+    cmd_run(args) if args.cmd == "run" else cmd_report(args)
 
 
 if __name__ == "__main__":

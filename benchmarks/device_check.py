@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -82,7 +83,7 @@ def script(args: list[str]) -> str:
     print(r.stdout, r.stderr, sep="\n", flush=True)
     if r.returncode:
         raise RuntimeError(f"{args[0]} exited {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
-    return " | ".join(line for line in r.stdout.splitlines() if line.startswith(("P1", "P3", "| triage +", "| full")))
+    return " | ".join(line for line in r.stdout.splitlines() if line.startswith(("P1", "P3", "## ", "| all |")))
 
 
 def kernel(device: str, quick: bool) -> str:
@@ -121,10 +122,13 @@ def main() -> int:
     part("CUDA checks" if dev.startswith("cuda") else "device checks", lambda: cuda_checks(dev))
     p1 = ["--batch", "16", "--loop", "4", "--iterations", "10", "--n-init", "32"] if args.quick else []
     part("P1/P3 batched vs loop", lambda: script(["benchmarks/bench_inversion.py", "--device", dev, *p1]))
-    short = (["--defective", "4", "--clean", "4", "--iterations", "30", "--n-init", "16", "--stop-tol", "0.05"]
-             if args.quick else ["--defective", "28", "--clean", "36", "--iterations", "600", "--n-init", "500",
-                                 "--batch", "64"])
-    part("cost benchmark (short)", lambda: script(["benchmarks/cost.py", "--device", dev, *short]))
+    short = (["--defective", "4", "--clean", "8", "--iterations", "30", "--n-init", "16", "--batch", "4",
+              "--size", "8", "--boot", "50"]
+             if args.quick else ["--defective", "64", "--clean", "96", "--iterations", "600", "--n-init", "500",
+                                 "--batch", "64", "--size", "96"])
+    with tempfile.TemporaryDirectory() as tmp:
+        part("cost benchmark (short)", lambda: script(["benchmarks/cost.py", "run", "--device", dev, "--out", tmp,
+                                                       *short]))
     part("kernel at the defaults", lambda: kernel(dev, args.quick))
     print("\n| part | result | detail |\n|---|---|---|")
     for row in ROWS:

@@ -118,6 +118,22 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
             path = train_prior([r.pixels for r in records], cfg, work, out=out, name=args.name or out.stem,
                                data_description=data, progress=progress, log_every=args.log_every,
                                stop=stopping.stop_requested)
+            if args.encoder_steps > 0:  # the prior's encoder, on crops of the same images
+                from rgi_core.priors import load_prior, update_metadata
+                from rgi_core.priors.training import ImageSampler
+                from rgi_core.stopping import Cancelled
+
+                prior = load_prior(path, device=args.device)
+                crops = ImageSampler([r.pixels for r in records], arch.resolution, args.crop, args.flip,
+                                     args.seed).sample(args.encoder_crops)
+                try:
+                    encoder = _train_encoder(prior, crops, args, stopping.stop_requested,
+                                             _encoder_checkpoint(str(path)))
+                except Cancelled:
+                    return _stopped("train-prior: stopped while training the encoder",
+                                    f"{path} has no encoder yet; run the same command to resume it", signalled())
+                update_metadata(path, encoder=encoder, defaults=prior.meta.get("defaults", {}))
+                _encoder_checkpoint(str(path)).unlink(missing_ok=True)
         except TrainingStopped as exc:
             return _stopped(f"train-prior: stopped at step {exc.step}",
                             f"checkpoint in {work}; run the same command to resume", signalled())
@@ -161,7 +177,8 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                     log=lambda s, v: print(f"segmenter step {s}: focal loss {v:.4f}", file=sys.stderr),
                     device=prior.device, stop=stopping.stop_requested)
             if args.encoder_steps > 0:  # before the calibration, so its solves start as cleaning's will
-                encoder = _train_encoder(prior, fit_on.sample(args.encoder_crops), args, stopping.stop_requested)
+                encoder = _train_encoder(prior, fit_on.sample(args.encoder_crops), args, stopping.stop_requested,
+                                         _encoder_checkpoint(args.prior))
             fusion_clean = held.sample(args.fusion_images) if args.fusion_images > 0 else None
             families = (_family_crops(held, args.fusion_families, args.seed, prior.spec.channels)
                         if fusion_clean is not None else None)
@@ -185,14 +202,14 @@ def _encoder_checkpoint(prior_path: str) -> Path:
     return Path(f"{prior_path}.encoder-checkpoint")
 
 
-def _train_encoder(prior: Any, clean: Any, args: argparse.Namespace, stop: Any) -> Any:
-    """Train the prior's encoder (resumable from PRIOR.encoder-checkpoint) and put it in ``prior``: its nets and
+def _train_encoder(prior: Any, clean: Any, args: argparse.Namespace, stop: Any, checkpoint: Path) -> Any:
+    """Train the prior's encoder (resumable from ``checkpoint``) and put it in ``prior``: its nets and
     ``defaults.encoder``, as the file will hold them."""
     from rgi_core.priors.encoder import EncoderConfig, train_encoder
 
     encoder, record = train_encoder(
         prior.generator, clean, EncoderConfig(steps=args.encoder_steps, seed=args.seed),
-        checkpoint=_encoder_checkpoint(args.prior), stop=stop, device=prior.device,
+        checkpoint=checkpoint, stop=stop, device=prior.device,
         log=lambda s, v: print(f"encoder step {s}: loss {v:.4f}", file=sys.stderr))
     prior.encoder = encoder.to(prior.device)
     prior.meta.setdefault("defaults", {})["encoder"] = record
@@ -509,6 +526,11 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data-note", help="what the images are (stored in the prior's metadata)")
     t.add_argument("--device", default="auto")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    t.add_argument("--encoder-steps", type=int, default=2000, metavar="N",
+                   help="then train the prior's encoder x -> z for N steps (rgi_core.priors.encoder; the solver "
+                        "starts from it too); resumable from OUT.encoder-checkpoint; 0: no encoder (default 2000)")
+    t.add_argument("--encoder-crops", type=int, default=1024, metavar="N",
+                   help="clean crops the encoder reconstructs (default 1024)")
     t.set_defaults(func=_cmd_train_prior)
 
 

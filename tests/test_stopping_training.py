@@ -226,7 +226,7 @@ def test_cli_train_prior_stops_on_a_signal_and_the_same_command_resumes(tmp_path
     def args(steps: int) -> list[str]:
         return ["train-prior", str(data), "--out", str(out), "--resolution", "32", "--latent-dim", "8", "--width",
                 "8", "--max-channels", "16", "--batch-size", "4", "--steps", str(steps), "--log-every", "1",
-                "--checkpoint-every", "1000000", "--sample-every", "1000000", "--threads", "1"]
+                "--checkpoint-every", "1000000", "--sample-every", "1000000", "--threads", "1", "--encoder-steps", "0"]
 
     proc = _start(args(1_000_000), log)
     _wait_for(log, r"step 3/", proc)

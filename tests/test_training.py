@@ -10,6 +10,7 @@ from flows.cli import main
 from rgi_core.calibration import CalibrationConfig, calibrate
 from rgi_core.io.images import encode_png
 from rgi_core.priors import load_prior, read_metadata, save_prior, update_metadata
+from rgi_core.priors.encoder import Encoder
 from rgi_core.priors.nets import ArchSpec
 from rgi_core.priors.training import ImageSampler, TrainConfig, export_checkpoint, train_prior
 
@@ -107,13 +108,19 @@ def test_cli_train_prior_from_folder(tmp_path, capsys):
     (data / "corrupt.png").write_bytes(b"garbage")
     out = tmp_path / "mine.safetensors"
     rc = main(["train-prior", str(data), "--out", str(out), "--resolution", "32", "--latent-dim", "8",
-               "--width", "8", "--max-channels", "16", "--batch-size", "4", "--steps", "2", "--log-every", "1"])
+               "--width", "8", "--max-channels", "16", "--batch-size", "4", "--steps", "2", "--log-every", "1",
+               "--encoder-steps", "3", "--encoder-crops", "8"])
     assert rc == 0
     err = capsys.readouterr().err
-    assert "skipped" in err and "corrupt.png" in err and "step 2/2" in err
+    assert "skipped" in err and "corrupt.png" in err and "step 2/2" in err and "encoder step 2" in err
     meta = read_metadata(out.read_bytes())
     assert meta["training"]["data"]["images"] == 4 and meta["training"]["data"]["skipped"] == 1
     assert (tmp_path / "mine.train" / "state.safetensors").exists()
+    # the encoder is trained at the end and stored in the prior; its checkpoint is gone once stored
+    prior = load_prior(out)
+    assert isinstance(prior.encoder, Encoder) and prior.defaults["encoder"]["steps"] == 3
+    assert prior.defaults["encoder"]["images"] == 8
+    assert not (tmp_path / "mine.safetensors.encoder-checkpoint").exists()
     assert main(["train-prior", str(tmp_path / "nothing"), "--out", str(out)]) == 2
 
 
