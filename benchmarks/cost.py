@@ -30,7 +30,7 @@ variant:
 Usage:
     python benchmarks/cost.py run [--prior brick-64] [--out runs/cost] [--variants full stop triage all]
                                   [--clean 380] [--defective 300] [--iterations 2000] [--n-init 1000]
-                                  [--batch 16] [--device cpu]
+                                  [--batch 16] [--device cpu] [--shard I/N]
     python benchmarks/cost.py report [--prior brick-64] [--out runs/cost] [--rates 0.05 0.5] [--size 400]
 """
 
@@ -187,9 +187,10 @@ def cmd_run(args: argparse.Namespace) -> None:
         folder.mkdir(exist_ok=True)
         (folder / "settings.txt").write_text(f"iterations={args.iterations} n_init={args.n_init} batch={args.batch} "
                                              f"device={args.device} torch={torch.__version__}\n")
+        part, parts = (int(v) for v in args.shard.split("/"))
         for k, i in enumerate(range(0, n, args.batch)):
             f = folder / f"b{k:04d}.pt"
-            if f.exists():
+            if f.exists() or k % parts != part:
                 continue
             x = pool["x"][i : i + args.batch]
             out = (_triage_batch(prior, cfgs["full"], x, args.device) if variant == "triage"
@@ -417,6 +418,8 @@ def main() -> None:
             p.add_argument("--clean", type=int, default=380)
             p.add_argument("--defective", type=int, default=300)
             p.add_argument("--threads", type=int, default=1)
+            p.add_argument("--shard", default="0/1", metavar="I/N",
+                           help="take every N-th batch from the I-th: N processes share a variant")
     args = ap.parse_args()
     cmd_run(args) if args.cmd == "run" else cmd_report(args)
 

@@ -665,10 +665,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
     ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
     ev.add_argument("--grid", type=int, default=4, help="worst and best cases in grid.png (each)")
-    # --iterations, --n-init, --n-starts, --stop-tol, --triage, --full-solve, --lambda, --sizing, --batch-size,
-    # --seed, --device: as `rgi clean`'s
-    add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "stop_tol", "triage", "full_solve",
-                                            "lam", "sizing", "batch_size", "seed", "device"),
+    # --iterations, --n-init, --n-starts, --stop-tol, --triage, --encoder, --full-solve, --lambda, --sizing,
+    # --batch-size, --precision, --tf32, --seed, --device: as `rgi clean`'s
+    add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "stop_tol", "triage", "encoder",
+                                            "full_solve", "lam", "sizing", "batch_size", "precision", "tf32", "seed",
+                                            "device"),
                   defaults={"batch_size": (32, "one process solves the batches in turn; no flow tasks to keep short")})
     _add_deprecated_fit(ev)
     ev.set_defaults(func=_cmd_evaluate)

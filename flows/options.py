@@ -41,15 +41,21 @@ class SolveOptions(BaseModel):
     triage: bool | None = Field(None, description="Run the full solve only for images the detectors that read the "
                                 "image find suspect; the others keep their pixels and take the detectors' score "
                                 "(unset: on where the prior stores a triage threshold, as the texture priors do).")
-    full_solve: bool = Field(False, description="Solve every image for all its iterations: triage and adaptive "
-                             "stopping off, whatever the prior supports (the path before they existed, for "
-                             "comparison).")
+    encoder: bool | None = Field(None, description="Start from the prior's encoder as well as the best-of-N "
+                                 "candidates (unset: on where the prior carries an encoder).")
+    full_solve: bool = Field(False, description="Solve every image for all its iterations from best-of-N: triage, "
+                             "adaptive stopping and the encoder start off, whatever the prior supports (the path "
+                             "before they existed, for comparison).")
     mask_tv: float | None = Field(None, ge=0, title="Mask TV", description="rgi/rrgi: weight of the mask's total "
                                   "variation (unset: the prior's; 0 = the paper's element-wise mask).")
     sizing: Literal["auto", "resize", "tile"] = Field(
         "auto", description="Images not of the prior's size: resize, or cut into tiles; auto = the prior's "
         "default (tile for the texture priors, else resize).")
     device: str = Field("auto", description="Torch device: auto (GPU if any), cpu, cuda, cuda:1, mps.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: run the generator under bfloat16 "
+                                               "autocast (the loss and optimiser stay float32).")
+    tf32: bool = Field(False, title="TF32", description="On a CUDA device, let float32 matrix products and "
+                       "convolutions use TensorFloat-32 during the solve.")
     seed: int = Field(0, description="Seed of the latent candidates.")
 
     @model_validator(mode="before")
@@ -67,20 +73,21 @@ class SolveOptions(BaseModel):
 
     @model_validator(mode="after")
     def _full_solve_alone(self) -> SolveOptions:
-        if self.full_solve and (self.triage or (self.stop_tol or 0) > 0):
-            raise ValueError("full_solve turns triage and adaptive stopping off; do not also turn them on")
+        if self.full_solve and (self.triage or self.encoder or (self.stop_tol or 0) > 0):
+            raise ValueError("full_solve turns triage, adaptive stopping and the encoder start off; do not also turn "
+                             "them on")
         return self
 
     def solver_overrides(self) -> dict[str, Any]:
         """The solver config fields these options set (``None``: unset)."""
         if self.full_solve:
-            return {**self._overrides(), "triage": False, "stop_tol": 0.0}
+            return {**self._overrides(), "triage": False, "stop_tol": 0.0, "encoder": False}
         return self._overrides()
 
     def _overrides(self) -> dict[str, Any]:
         return {"iterations": self.iterations, "lam": self.lam, "n_init": self.n_init, "n_starts": self.n_starts,
-                "stop_tol": self.stop_tol, "triage": self.triage, "mask_tv": self.mask_tv, "seed": self.seed,
-                "device": self.device}
+                "stop_tol": self.stop_tol, "triage": self.triage, "encoder": self.encoder, "mask_tv": self.mask_tv,
+                "precision": self.precision, "tf32": self.tf32, "seed": self.seed, "device": self.device}
 
 
 class CleanOptions(SolveOptions):

@@ -33,6 +33,12 @@ def test_hash_changes_with_results_but_not_with_device():
     assert off.config_hash() == off.replace(stop_window=50).config_hash()
     assert off.config_hash() != cfg.config_hash()
     assert cfg.config_hash() != cfg.replace(stop_window=50).config_hash()
+    # precision: float32 and TF32 off leave the hash as it was; bfloat16 autocast and TF32 change results
+    assert cfg.config_hash() == cfg.replace(precision="fp32", tf32=False).config_hash()
+    hashes = {cfg.config_hash(), cfg.replace(precision="bf16").config_hash(), cfg.replace(tf32=True).config_hash()}
+    assert len(hashes) == 3
+    with pytest.raises(ValueError, match="precision"):
+        cfg.replace(precision="fp16")
 
 
 def test_hash_of_an_unchanged_config_survives_new_fields():

@@ -103,3 +103,15 @@ def test_cli_calibrate_trains_and_stores_the_encoder(tiny_prior, tmp_path):
     y = generate(tiny_prior, 2, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(invert(y, prior, cfg).latent, prior.encoder(y))
+
+
+def test_full_solve_and_no_encoder_turn_the_encoder_start_off():
+    from pydantic import ValidationError
+
+    from flows.options import CleanOptions
+
+    assert CleanOptions(full_solve=True).solver_overrides()["encoder"] is False
+    assert CleanOptions(encoder=False).solver_overrides()["encoder"] is False
+    assert CleanOptions().solver_overrides()["encoder"] is None  # unset: the prior decides
+    with pytest.raises(ValidationError, match="full_solve turns"):
+        CleanOptions(full_solve=True, encoder=True)

@@ -124,3 +124,38 @@ def test_adaptive_stopping_waits_for_the_method_schedule(tiny_prior, corrupted, 
     # fine-tuning (step 20 of 40) for rrgi, whose stages must all run
     out = invert(corrupted, tiny_prior, make_config(method, iterations=40, stop_tol=1.0, stop_window=5, **SMALL))
     assert [d.iterations for d in out.diagnostics] == [6 if method == "rgi" else 21] * len(corrupted)
+
+
+def test_bf16_autocast_runs_the_generator_in_bfloat16_and_solves_alike(tiny_prior, corrupted, monkeypatch):
+    """precision="bf16": G's convolutions run in bfloat16, what leaves G is float32 again (the loss, the mask and
+    the optimiser stay there), and the solve finds the same corrupted pixels."""
+    seen = []
+    real = GeneratorFn._run
+
+    def watched(self, z, sl, rows):
+        out = real(self, z, sl, rows)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(GeneratorFn, "_run", watched)
+    x, truth = gross_flip(generate(tiny_prior, 3, seed=1), 0.10, seed=2)
+    cfg = make_config("rgi", iterations=60, n_init=16, device="cpu")
+    full = invert(x, tiny_prior, cfg)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    half = invert(x, tiny_prior, cfg.replace(precision="bf16"))
+    assert set(seen) == {torch.bfloat16}
+    assert half.restored.dtype == half.anomaly_map.dtype == torch.float32
+    found = [(r.anomaly_map > 0.5)[truth].float().mean() for r in (full, half)]
+    assert found[1] > 0.9 * found[0] and found[0] > 0.5, found
+
+
+def test_tf32_is_set_for_the_block_only():
+    from rgi_core.device import tf32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with tf32(True):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    with tf32(False):
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before

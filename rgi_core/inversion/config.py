@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:  # the residual rules own it; importing them here would load torch with every config
     from rgi_core.detectors.residual import Fidelity
@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # the residual rules own it; importing them here would load t
 #: 0.4 anomaly detection). On random generators (image std 0.11) 0.02 left half the images in a wrong
 #: basin while 0.05-0.1 recovered them; priors store a value calibrated on clean data.
 DEFAULT_LAMBDA = 0.05
+
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ class InversionConfig:
             on average instead of 2000) for restored PSNR 0.24 dB lower, image and pixel AUROC no lower and no
             image flagged differently (``python benchmarks/cost.py``, docs/benchmarks.md).
         stop_window: the window of ``stop_tol``, in steps.
+        precision: ``"fp32"``, or ``"bf16"``: the generator runs under bfloat16 autocast (its convolutions and
+            matrix products in bfloat16, the loss and the optimiser in float32). Off by default (its speed and
+            AUROC against float32: docs/benchmarks.md).
+        tf32: on a CUDA device, let float32 matrix products and convolutions use TensorFloat-32 (10-bit mantissa)
+            during the solve; nothing elsewhere.
         seed: seeds the latent candidates; a given image starts from the same candidates in any batch.
         device: ``"auto"`` (cuda, then mps, then cpu) or any torch device string.
 
@@ -103,6 +111,8 @@ class InversionConfig:
     converge_tol: float = 1e-3
     stop_tol: float = 0.01
     stop_window: int = 100
+    precision: Precision = "fp32"
+    tf32: bool = False
     seed: int = 0
     device: str = "auto"
 
@@ -129,6 +139,8 @@ class InversionConfig:
             raise ValueError(f"stop_tol must be >= 0 (0 = off), got {self.stop_tol}")
         if self.stop_window < 1:
             raise ValueError(f"stop_window must be >= 1, got {self.stop_window}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form, including ``method``; round-trips through :func:`config_from_dict`."""
@@ -145,9 +157,11 @@ class InversionConfig:
         d.pop("device")
         if self.stop_tol == 0:
             del d["stop_tol"], d["stop_window"]
-        for k in ("triage", "encoder"):  # off (False, or unset before a prior resolved it) changes nothing; which
-            if not d[k]:  # threshold or encoder is used is part of the model id
+        for k in ("triage", "encoder", "tf32"):  # off (False, or unset before a prior resolved it) changes nothing;
+            if not d[k]:  # which threshold or encoder is used is part of the model id
                 del d[k]
+        if self.precision == "fp32":
+            del d["precision"]
         if self.starts == 1:
             del d["n_starts"], d["start_iterations"]
         else:

@@ -16,17 +16,22 @@ CPU_SLICE_PIXELS = 1 << 16
 class GeneratorFn:
     """G(z) in [0, 1] with shared weights, or with per-image weights ``theta`` (stacked on dim 0)."""
 
-    def __init__(self, generator: Generator, slice_images: int | None = None) -> None:
+    def __init__(self, generator: Generator, slice_images: int | None = None,
+                 autocast: torch.dtype | None = None) -> None:
         self.module = generator.eval()
         self.slice_images = slice_images  # images per G call; None = the whole batch
+        self.autocast = autocast  # run G under autocast to this dtype (bfloat16); None = its own precision
         self.params = {k: v.detach() for k, v in generator.named_parameters()}
         self.buffers = {k: v.detach() for k, v in generator.named_buffers()}
         self.theta: dict[str, torch.Tensor] | None = None
 
     @classmethod
-    def for_device(cls, generator: Generator, device: torch.device, height: int, width: int) -> GeneratorFn:
-        """Sliced on CPU (see :data:`CPU_SLICE_PIXELS`), whole batches elsewhere."""
-        return cls(generator, max(1, CPU_SLICE_PIXELS // (height * width)) if device.type == "cpu" else None)
+    def for_device(cls, generator: Generator, device: torch.device, height: int, width: int,
+                   precision: str = "fp32") -> GeneratorFn:
+        """Sliced on CPU (see :data:`CPU_SLICE_PIXELS`), whole batches elsewhere; ``precision`` ``"bf16"``: under
+        bfloat16 autocast."""
+        return cls(generator, max(1, CPU_SLICE_PIXELS // (height * width)) if device.type == "cpu" else None,
+                   torch.bfloat16 if precision == "bf16" else None)
 
     def personalise(self, batch: int) -> dict[str, torch.Tensor]:
         """Give each of ``batch`` images its own trainable copy of the weights."""
@@ -42,6 +47,13 @@ class GeneratorFn:
         return functional_call(self.module, (params, self.buffers), (z.unsqueeze(0),), {"fused": False}).squeeze(0)
 
     def _call(self, z: torch.Tensor, sl: slice, rows: torch.Tensor | None) -> torch.Tensor:
+        if self.autocast is None:
+            return self._run(z, sl, rows)
+        with torch.autocast(z.device.type, dtype=self.autocast):
+            out = self._run(z, sl, rows)
+        return out.to(z.dtype)  # the loss and everything after G in the solve's own precision
+
+    def _run(self, z: torch.Tensor, sl: slice, rows: torch.Tensor | None) -> torch.Tensor:
         if self.theta is None:
             return functional_call(self.module, (self.params, self.buffers), (z,))
         idx = sl if rows is None else rows[sl]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from rgi_core.detectors.fusion import fusion_of
-from rgi_core.device import resolve_device
+from rgi_core.device import resolve_device, tf32
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, RGIConfig, for_prior
 from rgi_core.inversion.generator import GeneratorFn
 from rgi_core.inversion.init import BestOfN, Start
@@ -63,7 +63,12 @@ def invert(
         rgi_core.inversion.loop.Cancelled: ``control.cancelled`` asked the solve to stop.
     """
     config = for_prior(config if config is not None else RGIConfig(), prior.defaults)  # unset fields: the prior's
-    physics = physics if physics is not None else Identity()
+    with tf32(config.tf32 and resolve_device(config.device).type == "cuda"):
+        return _invert(images, prior, config, physics if physics is not None else Identity(), control, initialiser)
+
+
+def _invert(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
+            control: SolveControl | None, initialiser: BestOfN | None) -> InversionResult:
     shape = _validate(images, prior, physics)
     if images.shape[0] == 0:
         return _empty_result(images, prior, shape)
@@ -124,7 +129,7 @@ def _problem(images: torch.Tensor, prior: Prior, config: InversionConfig, physic
     dtype = next(prior.generator.parameters()).dtype
     y = images.to(device=device, dtype=dtype)  # (B, C', H', W')
     lam = float(config.lam if config.lam is not None else DEFAULT_LAMBDA)  # for_prior took the prior's, if any
-    gen = GeneratorFn.for_device(prior.generator, device, shape[1], shape[2])
+    gen = GeneratorFn.for_device(prior.generator, device, shape[1], shape[2], config.precision)
     return Problem(y=y, prior=prior, physics=physics.to(device), config=config, shape=shape, gen=gen, lam=lam,
                    device=device)
 
