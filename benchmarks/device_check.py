@@ -1,5 +1,5 @@
-"""The GPU path in one run (benchmarks/device_check.sh): CUDA checks, P1, the cost benchmark's short form and the
-inversion kernel at the default settings, then one summary table.
+"""The GPU path in one run (benchmarks/device_check.sh): CUDA checks, P1, the cost benchmark's short form, float32
+against bfloat16 and TF32, and the inversion kernel at the default settings, then one summary table.
 
 Runs rgi_core alone (no Prefect, S3 or DuckDB: the GPU machine has none of them) from the source tree. Sized for
 about 5 minutes on one GPU; ``--quick`` shrinks every part to check the script itself on a CPU.
@@ -83,7 +83,8 @@ def script(args: list[str]) -> str:
     print(r.stdout, r.stderr, sep="\n", flush=True)
     if r.returncode:
         raise RuntimeError(f"{args[0]} exited {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
-    return " | ".join(line for line in r.stdout.splitlines() if line.startswith(("P1", "P3", "## ", "| all |")))
+    shown = ("P1", "P3", "## ", "| all |", "| bf16", "| tf32")
+    return " | ".join(line for line in r.stdout.splitlines() if line.startswith(shown))
 
 
 def kernel(device: str, quick: bool) -> str:
@@ -129,6 +130,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         part("cost benchmark (short)", lambda: script(["benchmarks/cost.py", "run", "--device", dev, "--out", tmp,
                                                        *short]))
+    prec = (["--images", "8", "--iterations", "10", "--n-init", "16", "--batch", "4"] if args.quick
+            else ["--images", "64", "--iterations", "300", "--batch", "64"])
+    part("precision (fp32 / bf16 / tf32)", lambda: script(["benchmarks/precision.py", "--device", dev, *prec]))
     part("kernel at the defaults", lambda: kernel(dev, args.quick))
     print("\n| part | result | detail |\n|---|---|---|")
     for row in ROWS:
