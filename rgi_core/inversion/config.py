@@ -76,8 +76,9 @@ class InversionConfig:
             image flagged differently (``python benchmarks/cost.py``, docs/benchmarks.md).
         stop_window: the window of ``stop_tol``, in steps.
         precision: ``"fp32"``, or ``"bf16"``: the generator runs under bfloat16 autocast (its convolutions and
-            matrix products in bfloat16, the loss and the optimiser in float32). Off by default (its speed and
-            AUROC against float32: docs/benchmarks.md).
+            matrix products in bfloat16, the loss and the optimiser in float32). Off by default: on 32 held-out
+            brick crops it kept AUROC within 0.004 but ran 11.9x slower on a CPU without bfloat16 instructions
+            (``python benchmarks/precision.py``, docs/benchmarks.md); for GPUs with bfloat16 units.
         tf32: on a CUDA device, let float32 matrix products and convolutions use TensorFloat-32 (10-bit mantissa)
             during the solve; nothing elsewhere.
         seed: seeds the latent candidates; a given image starts from the same candidates in any batch.
