@@ -33,8 +33,10 @@ import hashlib
 import math
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -78,6 +80,8 @@ class Outcome:
     converged: bool = False
     iterations: int = 0  # solver steps the image ran (tiles: the most any tile ran)
     triaged: bool = False  # the triage judged it clean and no solve ran (tiles: every tile)
+    detector_scores: Mapping[str, float] = field(default_factory=dict)  # each detector's own score (Inverted)
+    detector_surprise: Mapping[str, float] = field(default_factory=dict)  # and its -log10 p (calibrated priors)
     seconds: float = 0.0
     restored_png: bytes = b""
     anomaly_map_png: bytes = b""
@@ -143,6 +147,9 @@ class Inverted(NamedTuple):
         score: the image's anomaly score (tiles: the max over its tiles).
         diagnostics: one per network-size input (one, or one per tile).
         error: why the solve is unusable, else empty.
+        detector_scores / detector_surprise: each detector's own score and :math:`-\\log_{10} p` by name
+            (:class:`rgi_core.inversion.results.InversionResult`; tiles: the max over its tiles; NaN where the
+            detector did not run).
     """
 
     restored: torch.Tensor
@@ -152,6 +159,8 @@ class Inverted(NamedTuple):
     score: float
     diagnostics: tuple
     error: str = ""
+    detector_scores: Mapping[str, float] = MappingProxyType({})
+    detector_surprise: Mapping[str, float] = MappingProxyType({})
 
 
 def network_inputs(x: torch.Tensor, prior: Prior, sizing: Sizing = "resize") -> torch.Tensor:
@@ -197,8 +206,20 @@ def invert_images(images: list[torch.Tensor], prior: Prior, config: InversionCon
                 out[k] = Inverted(empty, empty, empty, empty, float("nan"), diag, f"inversion failed: {errors[0]}")
                 continue
             restored, amap_k, mask_k, phi_k = _map_back(images[k], gen, phi, amap, mask, sizing)
-            out[k] = Inverted(restored, amap_k, mask_k, phi_k, float(score.max()), diag)  # tiles: the worst tile
+            out[k] = Inverted(restored, amap_k, mask_k, phi_k, float(score.max()), diag,  # tiles: the worst tile
+                              detector_scores=_worst(res.detector_scores, sl),
+                              detector_surprise=_worst(res.detector_surprise, sl))
     return out, per_image  # type: ignore[return-value]
+
+
+def _worst(by_detector: Mapping[str, torch.Tensor], sl: slice) -> dict[str, float]:
+    """Each detector's value for one image: the largest over its tiles (NaN where it did not run)."""
+    out = {}
+    for name, values in by_detector.items():
+        ran = values[sl].float()
+        ran = ran[~torch.isnan(ran)]
+        out[name] = float(ran.max()) if ran.numel() else math.nan
+    return out
 
 
 def _solve(group: list[int], inputs: list[torch.Tensor], prior: Prior, config: InversionConfig,
@@ -256,6 +277,8 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             converged=all(d.converged for d in f.diagnostics),
             iterations=max(d.iterations for d in f.diagnostics),
             triaged=all(d.triaged for d in f.diagnostics),
+            detector_scores=dict(f.detector_scores),
+            detector_surprise=dict(f.detector_surprise),
             seconds=seconds,
             restored_png=encode_png_native(f.restored.numpy(), img),
             anomaly_map_png=_png8(amap),

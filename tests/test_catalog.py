@@ -80,3 +80,19 @@ def test_done_rows_are_matched_by_model_id_and_legacy_rows_by_prior_file(tmp_pat
     assert cat.done_uris("c1", "p1", "m3") == {"s3://b/img0.png", "s3://b/img1.png"}
     assert cat.done_uris("c1", "p1") == {f"s3://b/img{i}.png" for i in range(3)}  # without model_id: by file
     assert cat.claim_prefix("c1", "m1", "s3://b/img2.png") != cat.claim_prefix("c1", "p1", "s3://b/img2.png")
+
+
+def test_detector_columns_by_hand():
+    from rgi_core.catalog.schema import detector_columns
+
+    nan = float("nan")
+    cols = detector_columns({"residual": 0.4, "texture": 0.7, "learned": nan}, {"residual": 1.0, "texture": 3.0,
+                                                                              "learned": nan}, threshold=2.0)
+    assert cols["residual_score"] == 0.4 and cols["texture_score"] == 0.7 and cols["learned_score"] is None
+    assert cols["residual_p"] == pytest.approx(0.1) and cols["texture_p"] == pytest.approx(0.001)
+    assert cols["learned_p"] is None
+    assert cols["flagged_by"] == ["texture"]  # -log10 p 3.0 > 2.0; the residual's 1.0 is not
+    # no threshold, or no calibrated fusion (no p): who flagged it is unknown
+    assert detector_columns({"residual": 0.4}, {"residual": 1.0}, None)["flagged_by"] is None
+    plain = detector_columns({"residual": 0.4}, {}, 2.0)
+    assert plain["flagged_by"] is None and plain["residual_p"] is None and plain["texture_score"] is None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from rgi_core import invert
-from rgi_core.detectors.fusion import Fusion, fusion_of
+from rgi_core.detectors.fusion import Fusion, combine, fusion_of, surprise
 from rgi_core.evaluation.families import apply_family_batch
 from rgi_core.evaluation.labelled import random_crops
 from rgi_core.inversion.config import config_for_prior
@@ -101,6 +102,7 @@ def test_the_catalog_says_which_path_produced_each_row(prefect_api, tmp_path):
     import pandas as pd
 
     from flows.clean import CleanOptions, clean_dataset
+    from rgi_core.catalog.sql import query
     from rgi_core.io.images import decode_image, encode_png
 
     region = torch.from_numpy(builtin.texture("brick", "eval"))
@@ -122,6 +124,20 @@ def test_the_catalog_says_which_path_produced_each_row(prefect_api, tmp_path):
     for uri, row in triaged.iterrows():  # the restored image is the input, pixel for pixel
         with fsspec.open(row.restored_uri, "rb") as f, fsspec.open(uri, "rb") as g:
             assert np.array_equal(decode_image(f.read(), 1), decode_image(g.read(), 1))
+    # each detector's own columns: a triaged row has no residual; the fused score is their p's joined by the rule
+    fusion = fusion_of(load_prior("brick-64").defaults)
+    threshold = load_prior("brick-64").defaults["score_threshold"]
+    for _, row in rows.iterrows():
+        names = ("texture", "learned") if row.stage == "triage" else ("residual", "texture", "learned")
+        assert (pd.isna(row.residual_score) and pd.isna(row.residual_p)) == (row.stage == "triage")
+        ps = {n: row[f"{n}_p"] for n in names}
+        assert all(0 < p <= 1 for p in ps.values()) and all(pd.notna(row[f"{n}_score"]) for n in names)
+        joined = float(surprise(combine([torch.tensor(math.log(p), dtype=torch.float64) for p in ps.values()],
+                                        fusion.rule)))
+        assert joined == pytest.approx(row.anomaly_score, rel=1e-4, abs=1e-5)
+        assert list(row.flagged_by) == [n for n in names if -math.log10(ps[n]) > threshold]
+    by_texture = query(str(cat), "SELECT count(*) AS n FROM images WHERE list_contains(flagged_by, 'texture')")
+    assert int(by_texture.n[0]) == sum("texture" in list(f) for f in rows.flagged_by)
     again = clean_dataset(source=str(src), catalog=str(cat), prior="brick-64",
                           options=CleanOptions(**opts, triage=False))
     assert again["images_ok"] == 5  # not skipped: another path, another config hash

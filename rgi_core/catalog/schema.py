@@ -7,12 +7,18 @@ Schema versions (:data:`SCHEMA_VERSION`, the ``schema_version`` column of both t
 - 2: the anomaly map is ``anomaly_map_uri`` (``anomaly_map.png``) / ``anomaly_fraction``; ``mask_uri`` /
   ``mask_fraction`` hold RGI's mask M (``mask.png``); runs have ``status`` (completed / cancelled / failed)
   and ``error``; rows carry ``model_id`` (:mod:`rgi_core.catalog.store`, row identity). Columns added since
-  (null in rows written before): ``iterations``, ``stage``.
+  (null in rows written before): ``iterations``, ``stage``; the detectors' own scores and tail probabilities
+  (``residual_score``, ``texture_score``, ``learned_score``, ``residual_p``, ``texture_p``, ``learned_p``) and
+  ``flagged_by``.
 
 Every column is described in docs/reference/catalog.md. Later versions only add nullable columns.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
 
 import pyarrow as pa
 
@@ -42,6 +48,13 @@ IMAGE_SCHEMA = pa.schema([
     ("converged", pa.bool_()),
     ("iterations", pa.int32()),
     ("stage", pa.string()),
+    ("residual_score", pa.float64()),
+    ("texture_score", pa.float64()),
+    ("learned_score", pa.float64()),
+    ("residual_p", pa.float64()),
+    ("texture_p", pa.float64()),
+    ("learned_p", pa.float64()),
+    ("flagged_by", pa.list_(pa.string())),
     ("seconds", pa.float64()),
     ("device", pa.string()),
     ("meta_json", pa.string()),
@@ -74,6 +87,32 @@ RUN_SCHEMA = pa.schema([
     ("error", pa.string()),
     ("schema_version", pa.int32()),
 ])
+
+#: The detectors with columns of their own (:mod:`rgi_core.detectors`): ``<name>_score`` and ``<name>_p``.
+DETECTOR_COLUMNS = ("residual", "texture", "learned")
+
+
+def detector_columns(scores: Mapping[str, float], surprise: Mapping[str, float],
+                     threshold: float | None) -> dict[str, Any]:
+    """An image row's detector columns from each detector's own score and :math:`-\\log_{10} p` by name.
+
+    ``<name>_score`` is the detector's own image score (null where it did not run); ``<name>_p`` its tail
+    probability :math:`p` under its clean data (null without a calibrated fusion); ``flagged_by`` the detectors
+    whose own :math:`-\\log_{10} p` is over the score threshold, each of which would flag the image alone (null
+    without a threshold or a fusion).
+    """
+    def known(v: float | None) -> bool:
+        return v is not None and math.isfinite(v)
+
+    cols: dict[str, Any] = {}
+    for name in DETECTOR_COLUMNS:
+        v, s = scores.get(name), surprise.get(name)
+        cols[f"{name}_score"] = float(v) if known(v) else None
+        cols[f"{name}_p"] = 10.0 ** -float(s) if known(s) else None
+    cols["flagged_by"] = (None if threshold is None or not surprise else
+                          [n for n in DETECTOR_COLUMNS if known(surprise.get(n)) and surprise[n] > threshold])
+    return cols
+
 
 #: The layout the schemas above describe; version 1 is the layout before ``schema_version`` existed.
 SCHEMA_VERSION = 2

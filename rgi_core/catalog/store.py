@@ -82,6 +82,7 @@ from rgi_core.catalog.schema import (
     RUN_SCHEMA,
     RUN_STATUSES,
     SCHEMA_VERSION,
+    detector_columns,
     upgrade_table,
 )
 from rgi_core.io.fs import is_local, is_object_store, protocols, redact_text, uri_of
@@ -439,7 +440,8 @@ class Catalog:
                         # no solve ran for a triaged image: no objective to report
                         "final_loss": None if o.triaged else o.final_loss,
                         "converged": None if o.triaged else o.converged,
-                        "is_anomalous": None if threshold is None else bool(o.score > threshold)}
+                        "is_anomalous": None if threshold is None else bool(o.score > threshold),
+                        **detector_columns(o.detector_scores, o.detector_surprise, threshold)}
             rows.append(row)
         exclusive = not context.get("force")  # a forced recompute appends without claims
         dropped = set(self.commit_images(rows, run_id=context["run_id"], seq=seq, exclusive=exclusive)[1])

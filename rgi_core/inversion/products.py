@@ -4,20 +4,21 @@
   their fit (:func:`rgi_core.detectors.residual.closed_form_mask`);
 - the BIGPrior fusion ``restored = (1 - phi) * A_dagger(y) + phi * G(z)``, phi the sharpened mask rule
   (:func:`rgi_core.detectors.residual.reliance`), 1 wherever the physics observes nothing;
-- the anomaly map and image score (:func:`fused_anomaly_map`) of the residual the objective scores, joined
-  with the prior's other detectors (:mod:`rgi_core.detectors.fusion`);
+- the anomaly map and image score (:func:`fuse_detectors`) of the residual the objective scores, joined
+  with the prior's other detectors (:mod:`rgi_core.detectors.fusion`), and each detector's own score
+  (:func:`per_detector`);
 - per-image diagnostics: the final terms, convergence, the best-of-N cost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
 import torch
 
 from rgi_core.detectors import residual as residual_rule
-from rgi_core.detectors.fusion import fuse_maps, fusion_of
-from rgi_core.detectors.residual import Fidelity, anomaly_map, image_score
+from rgi_core.detectors.fusion import fuse_maps, fusion_of, surprise
+from rgi_core.detectors.residual import anomaly_map, image_score
 from rgi_core.detectors.texture import texture_stats_of
 from rgi_core.inversion.config import InversionConfig
 from rgi_core.inversion.loop import Trace
@@ -41,32 +42,43 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
     observed = p.physics.observed(shape, device=p.device)  # (1|B, 1, H, W)
     phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, lam, kind)))
     restored = ((1.0 - phi) * p.physics.A_dagger(p.y, shape) + phi * x).clamp(0.0, 1.0)
-    amap, score = fused_anomaly_map(objective.scored_residual(res, mask), lam, kind, config, p.prior, p.physics, p.y,
-                                    p.lift)
+    maps = {"residual": p.lift(anomaly_map(objective.scored_residual(res, mask), lam, kind, config.map_sigma)),
+            **detector_maps(p.prior, config, p.physics, p.y)}
+    amap, score = fuse_detectors(maps, config, p.prior)
+    own, surprise = per_detector(maps, config, p.prior)
     diagnostics = _diagnostics(final, trace, init_loss, config.converge_tol)
     out, dtype = like.device, like.dtype
     return InversionResult(
         restored=restored.to(out, dtype), mask=m.to(out, dtype), phi=phi.to(out, dtype),
         anomaly_map=amap.to(out, dtype), score=score.to(out, dtype),
         generated=x.to(out, dtype), latent=z.detach().to(out, dtype), diagnostics=diagnostics,
+        detector_scores={k: v.to(out, dtype) for k, v in own.items()},
+        detector_surprise={k: v.to(out, dtype) for k, v in surprise.items()},
     )
 
 
-def fused_anomaly_map(residual: torch.Tensor, lam: float, kind: Fidelity, config: InversionConfig, prior: Prior,
-                      physics: Physics, y: torch.Tensor,
-                      lift: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The anomaly map (B, 1, H, W) and score (B,) of one solve.
-
-    ``residual`` (B, 1, H', W') is the per-pixel residual the solver scores; ``lift`` takes a measurement-space
-    map to image space; ``y`` are the observations, read by the other detectors.
-    """
-    amap = lift(anomaly_map(residual, lam, kind, config.map_sigma))
-    others = detector_maps(prior, config, physics, y)
+def fuse_detectors(maps: Mapping[str, torch.Tensor], config: InversionConfig,
+                   prior: Prior) -> tuple[torch.Tensor, torch.Tensor]:
+    """The anomaly map (B, 1, H, W) and score (B,) from the detectors' maps by name (``residual`` first): the
+    prior's calibrated fusion, or without one the older rule (:func:`rgi_core.detectors.fusion.fuse_maps`)."""
     fusion = fusion_of(prior.defaults)
     if fusion is not None:
-        return fusion.fuse({"residual": amap, **others})
+        return fusion.fuse(maps)
+    amap, *others = maps.values()
     score = image_score(amap, config.score_topk, config.score_sigma)
-    return fuse_maps(amap, score, list(others.values()), config.score_topk, config.score_sigma)
+    return fuse_maps(amap, score, others, config.score_topk, config.score_sigma)
+
+
+def per_detector(maps: Mapping[str, torch.Tensor], config: InversionConfig,
+                 prior: Prior) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each detector's own image score (B,) read from its map as the fused score reads it, and with a calibrated
+    fusion its :math:`-\\log_{10} p` (B,) under its clean tail; both by name."""
+    fusion = fusion_of(prior.defaults)
+    topk, sigma = (fusion.topk, fusion.sigma) if fusion is not None else (config.score_topk, config.score_sigma)
+    own = {k: image_score(m, topk, sigma) for k, m in maps.items()}
+    if fusion is None:
+        return own, {}
+    return own, {k: surprise(lp[0]) for k, lp in fusion.detector_log_p(maps).items()}
 
 
 def detector_maps(prior: Prior, config: InversionConfig, physics: Physics,

@@ -6,7 +6,9 @@ pipeline, the metrics and the reports never need to know which method produced i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 import torch
@@ -54,6 +56,11 @@ class InversionResult(NamedTuple):
         generated: ``(B, C, H, W)`` the generator's output G(z) (after per-image fine-tuning for rrgi/dgp).
         latent: ``(B, *latent_shape)`` the final latent codes.
         diagnostics: one :class:`ImageDiagnostics` per image.
+        detector_scores: each detector's own image score ``(B,)`` by name (``residual``, ``texture``,
+            ``learned``: :mod:`rgi_core.detectors`), read from its map as the fused score reads it; only the
+            detectors that ran (a triaged image has no ``residual``: NaN there).
+        detector_surprise: with a prior's calibrated fusion, each detector's :math:`-\\log_{10} p` ``(B,)`` under its
+            clean-data tail (:mod:`rgi_core.detectors.fusion`), by name; empty without one.
     """
 
     restored: torch.Tensor
@@ -64,6 +71,8 @@ class InversionResult(NamedTuple):
     generated: torch.Tensor
     latent: torch.Tensor
     diagnostics: tuple[ImageDiagnostics, ...]
+    detector_scores: Mapping[str, torch.Tensor] = MappingProxyType({})
+    detector_surprise: Mapping[str, torch.Tensor] = MappingProxyType({})
 
     def __len__(self) -> int:  # NamedTuple's len would count fields; a result's length is its batch size.
         return int(self.restored.shape[0])
@@ -80,4 +89,6 @@ class InversionResult(NamedTuple):
             generated=self.generated[sl],
             latent=self.latent[sl],
             diagnostics=(self.diagnostics[index],),
+            detector_scores={k: v[sl] for k, v in self.detector_scores.items()},
+            detector_surprise={k: v[sl] for k, v in self.detector_surprise.items()},
         )

@@ -28,7 +28,7 @@ from rgi_core.inversion.init import BestOfN, Start
 from rgi_core.inversion.loop import Group, Plateau, SolveControl, Trace, either, run_adam
 from rgi_core.inversion.objectives import Objective, Problem, objective_for
 from rgi_core.inversion.operators import Downsample, Identity, Physics
-from rgi_core.inversion.products import detector_maps, form_products
+from rgi_core.inversion.products import detector_maps, form_products, per_detector
 from rgi_core.inversion.results import ImageDiagnostics, InversionResult
 from rgi_core.inversion.triage import triage_of
 from rgi_core.priors.files import Prior
@@ -100,6 +100,7 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
         if not set(triage.detectors) <= set(maps):
             return None  # a detector the triage reads is switched off (or missing): every image is solved
         amap, score = triage.scores(fusion_of(prior.defaults), maps)
+        own, surprise = per_detector(maps, config, prior)
     suspect = (score > triage.threshold).cpu()
     if bool(suspect.all()):
         return None
@@ -108,16 +109,23 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
     latent = images.new_zeros((images.shape[0], *prior.generator.latent_shape(h, w)))
     out = {"restored": images.clone(), "mask": zeros, "phi": zeros.clone(), "anomaly_map": amap.to(images),
            "score": score.to(images), "generated": images.clone(), "latent": latent}
+    nan = images.new_full((images.shape[0],), float("nan"))  # the residual: no solve, no residual
+    scores = {"residual": nan, **{k: v.to(images) for k, v in own.items()}}
+    surprises = {"residual": nan.clone(), **{k: v.to(images) for k, v in surprise.items()}} if surprise else {}
     diagnostics = [ImageDiagnostics(triaged=True) for _ in range(images.shape[0])]
     if bool(suspect.any()):
-        idx = suspect.nonzero().flatten()
-        full = invert(images[idx.to(images.device)], prior, config.replace(triage=False), Identity(), control=control,
+        idx = suspect.nonzero().flatten().to(images.device)
+        full = invert(images[idx], prior, config.replace(triage=False), Identity(), control=control,
                       initialiser=initialiser)
         for name in out:
-            out[name][idx.to(images.device)] = getattr(full, name)
+            out[name][idx] = getattr(full, name)
+        for mine, theirs in ((scores, full.detector_scores), (surprises, full.detector_surprise)):
+            for name in mine:
+                mine[name][idx] = theirs[name]
         for k, i in enumerate(idx.tolist()):
             diagnostics[i] = full.diagnostics[k]
-    return InversionResult(**out, diagnostics=tuple(diagnostics))
+    return InversionResult(**out, diagnostics=tuple(diagnostics), detector_scores=scores,
+                           detector_surprise=surprises)
 
 
 def _problem(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
