@@ -380,6 +380,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from rgi_core.evaluation.labelled import (
         Thresholds,
         evaluate_labelled,
+        format_detectors,
         format_families,
         format_scores,
         load_labelled,
@@ -418,6 +419,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_scores(f"{args.data}: {len(items)} images, thresholds: {thresholds.source}", report.scores))
     if report.families:
         print("\n" + format_families("per defect family (its folder), against every clean image", report.families))
+    if report.detectors:
+        print("\n" + format_detectors("per detector: its own image score (what each contributes)", report.detectors))
     if not n_masks:
         print("\n(no ground-truth masks: pixel metrics, PRO and image AUROC are n/a)")
     uris = write_evaluation(report, args.out, grid_k=args.grid)
@@ -665,11 +668,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
     ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
     ev.add_argument("--grid", type=int, default=4, help="worst and best cases in grid.png (each)")
-    # --iterations, --n-init, --n-starts, --stop-tol, --triage, --encoder, --full-solve, --lambda, --sizing,
-    # --batch-size, --precision, --tf32, --seed, --device: as `rgi clean`'s
+    # --iterations, --n-init, --n-starts, --stop-tol, --triage, --encoder, --detectors, --full-solve, --lambda,
+    # --sizing, --batch-size, --precision, --tf32, --seed, --device: as `rgi clean`'s
     add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "stop_tol", "triage", "encoder",
-                                            "full_solve", "lam", "sizing", "batch_size", "precision", "tf32", "seed",
-                                            "device"),
+                                            "detectors", "full_solve", "lam", "sizing", "batch_size", "precision",
+                                            "tf32", "seed", "device"),
                   defaults={"batch_size": (32, "one process solves the batches in turn; no flow tasks to keep short")})
     _add_deprecated_fit(ev)
     ev.set_defaults(func=_cmd_evaluate)

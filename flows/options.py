@@ -12,8 +12,9 @@ import typing
 import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from rgi_core.detectors import DETECTORS
 from rgi_core.io.images import ImageLimits
 
 if typing.TYPE_CHECKING:
@@ -43,6 +44,9 @@ class SolveOptions(BaseModel):
                                 "(unset: on where the prior stores a triage threshold, as the texture priors do).")
     encoder: bool | None = Field(None, description="Start from the prior's encoder as well as the best-of-N "
                                  "candidates (unset: on where the prior carries an encoder).")
+    detectors: str | None = Field(None, description="Comma-separated detectors that score the images: residual (the "
+                                  "fit's), texture (texture statistics), learned (the segmenter); each must be one the "
+                                  "prior carries (unset: every one it carries; mse: the residual only).")
     full_solve: bool = Field(False, description="Solve every image for all its iterations from best-of-N: triage, "
                              "adaptive stopping and the encoder start off, whatever the prior supports (the path "
                              "before they existed, for comparison).")
@@ -71,6 +75,17 @@ class SolveOptions(BaseModel):
                 data.setdefault("sizing", fit)
         return data
 
+    @field_validator("detectors")
+    @classmethod
+    def _known_detectors(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(DETECTORS))
+        if unknown or not names:
+            raise ValueError(f"detectors must be a comma-separated subset of {', '.join(DETECTORS)}; got {v!r}")
+        return ",".join(n for n in DETECTORS if n in names)
+
     @model_validator(mode="after")
     def _full_solve_alone(self) -> SolveOptions:
         if self.full_solve and (self.triage or self.encoder or (self.stop_tol or 0) > 0):
@@ -85,9 +100,12 @@ class SolveOptions(BaseModel):
         return self._overrides()
 
     def _overrides(self) -> dict[str, Any]:
-        return {"iterations": self.iterations, "lam": self.lam, "n_init": self.n_init, "n_starts": self.n_starts,
-                "stop_tol": self.stop_tol, "triage": self.triage, "encoder": self.encoder, "mask_tv": self.mask_tv,
-                "precision": self.precision, "tf32": self.tf32, "seed": self.seed, "device": self.device}
+        chosen = None if self.detectors is None else self.detectors.split(",")
+        detectors = {f"{n}_map": None if chosen is None else n in chosen for n in DETECTORS}
+        return {**detectors, "iterations": self.iterations, "lam": self.lam, "n_init": self.n_init,
+                "n_starts": self.n_starts, "stop_tol": self.stop_tol, "triage": self.triage, "encoder": self.encoder,
+                "mask_tv": self.mask_tv, "precision": self.precision, "tf32": self.tf32, "seed": self.seed,
+                "device": self.device}
 
 
 class CleanOptions(SolveOptions):

@@ -118,7 +118,8 @@ def resolve(prior: Prior, method: str = "rgi", *, overrides: Mapping[str, Any] |
     ``fit``. ``fit=`` is the deprecated name of ``sizing=``. The prior is never modified.
 
     Raises:
-        ValueError: an unknown method, or an override the method has no field for.
+        ValueError: an unknown method, an override the method has no field for, or a detector asked for
+            (``texture_map`` / ``learned_map`` set on) that the prior does not carry.
     """
     if fit is not None:
         warnings.warn("resolve(fit=...) is deprecated; use sizing=", DeprecationWarning, stacklevel=2)
@@ -128,6 +129,11 @@ def resolve(prior: Prior, method: str = "rgi", *, overrides: Mapping[str, Any] |
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "lam" not in given and cal.get("lam") is not None:
         given["lam"] = cal["lam"]
+    carried = {"texture_map": bool(defaults.get("texture_stats")), "learned_map": prior.segmenter is not None}
+    missing = [k.removesuffix("_map") for k, has in carried.items() if given.get(k) and not has]
+    if missing:
+        raise ValueError(f"prior {prior.name!r} carries no {' or '.join(missing)} detector; it can run: residual"
+                         + "".join(f", {k.removesuffix('_map')}" for k, has in carried.items() if has))
     config = config_for_prior(method, defaults, **given)
     return Settings(
         config=config,

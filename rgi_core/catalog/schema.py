@@ -22,6 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from rgi_core.detectors import DETECTORS
+
 IMAGE_SCHEMA = pa.schema([
     ("image_key", pa.string()),
     ("source_uri", pa.string()),
@@ -88,10 +90,6 @@ RUN_SCHEMA = pa.schema([
     ("schema_version", pa.int32()),
 ])
 
-#: The detectors with columns of their own (:mod:`rgi_core.detectors`): ``<name>_score`` and ``<name>_p``.
-DETECTOR_COLUMNS = ("residual", "texture", "learned")
-
-
 def detector_columns(scores: Mapping[str, float], surprise: Mapping[str, float],
                      threshold: float | None) -> dict[str, Any]:
     """An image row's detector columns from each detector's own score and :math:`-\\log_{10} p` by name.
@@ -105,12 +103,12 @@ def detector_columns(scores: Mapping[str, float], surprise: Mapping[str, float],
         return v is not None and math.isfinite(v)
 
     cols: dict[str, Any] = {}
-    for name in DETECTOR_COLUMNS:
+    for name in DETECTORS:
         v, s = scores.get(name), surprise.get(name)
         cols[f"{name}_score"] = float(v) if known(v) else None
         cols[f"{name}_p"] = 10.0 ** -float(s) if known(s) else None
     cols["flagged_by"] = (None if threshold is None or not surprise else
-                          [n for n in DETECTOR_COLUMNS if known(surprise.get(n)) and surprise[n] > threshold])
+                          [n for n in DETECTORS if known(surprise.get(n)) and surprise[n] > threshold])
     return cols
 
 

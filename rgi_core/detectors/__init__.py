@@ -5,3 +5,6 @@
 - :mod:`.segmenter`: a small learned segmenter trained on synthetic anomalies in clean crops.
 - :mod:`.fusion`: the anomaly map and score assembled from all of them, in one place.
 """
+
+#: Every detector by name, in the order their maps join (the residual first). Importing this module loads no torch.
+DETECTORS = ("residual", "texture", "learned")

@@ -34,11 +34,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rgi_core.detectors import DETECTORS
 from rgi_core.detectors.residual import image_score
 
 Rule = Literal["min_p", "fisher"]
 RULES: tuple[Rule, ...] = ("min_p", "fisher")
-DETECTORS = ("residual", "texture", "learned")
 _EPS = 1e-6
 _LN10 = math.log(10.0)
 

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from rgi_core.cleaning import Inverted, Sizing, invert_images
+from rgi_core.detectors import DETECTORS
 from rgi_core.evaluation import metrics
 from rgi_core.evaluation.defects import TEXTURE_DEFECTS, apply_defect
 from rgi_core.inversion.config import InversionConfig
@@ -344,6 +345,52 @@ def score_run(items: list[Labelled], run: MethodRun, thresholds: Thresholds = Th
     )
 
 
+@dataclass(frozen=True)
+class DetectorScores:
+    """One detector's own image score within one method's run (:attr:`Inverted.detector_scores`).
+
+    Attributes:
+        method / detector: whose run, which detector.
+        images: labelled images the detector scored (a triaged image has no residual score).
+        image_auroc: AUROC of the detector's own score, defective against clean.
+        alone: share of the defective images it scored whose own :math:`-\\log_{10} p` is over the score
+            threshold, each flagged by this detector alone (``nan`` without a threshold or a calibrated fusion).
+    """
+
+    method: str
+    detector: str
+    images: int
+    image_auroc: float
+    alone: float
+
+
+def score_detectors(items: list[Labelled], run: MethodRun, thresholds: Thresholds = Thresholds()
+                    ) -> list[DetectorScores]:
+    """What each detector contributes to one method's run: its own image AUROC over the images it scored, and
+    how many defective images it would flag alone."""
+    ok = [(it, o) for it, o in zip(items, run.outputs, strict=True) if not o.error and it.defective is not None]
+    names = [n for n in DETECTORS if any(n in o.detector_scores for _, o in ok)]
+    rows = []
+    for name in names:
+        scored = [(it, o) for it, o in ok if math.isfinite(o.detector_scores.get(name, math.nan))]
+        labels = torch.tensor([bool(it.defective) for it, _ in scored])
+        auroc = (metrics.image_auroc(torch.tensor([o.detector_scores[name] for _, o in scored]), labels)
+                 if scored and 0 < int(labels.sum()) < len(scored) else math.nan)
+        bad = [o.detector_surprise.get(name, math.nan) for it, o in scored if it.defective]
+        alone = (math.nan if thresholds.score is None or not bad or any(math.isnan(v) for v in bad)
+                 else _rate([v > thresholds.score for v in bad]))
+        rows.append(DetectorScores(run.method, name, len(scored), auroc, alone))
+    return rows
+
+
+def format_detectors(title: str, rows: list[DetectorScores]) -> str:
+    """A Markdown table with one row per method and detector (:func:`score_detectors`)."""
+    lines = [f"**{title}**", "", "| method | detector | images | image AUROC | defective flagged alone |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r.method} | {r.detector} | {r.images} | {_fmt(r.image_auroc)} | {_fmt(r.alone)} |" for r in rows]
+    return "\n".join(lines)
+
+
 def family_of(name: str) -> str:
     """An item's defect family: its folder (MVTec AD's layout, ``test/crack/000.png`` -> ``test/crack``); ``""``
     for an item at the top of the data folder."""
@@ -436,6 +483,7 @@ class EvalReport:
     thresholds: Thresholds
     meta: dict[str, Any] = field(default_factory=dict)
     families: dict[str, list[MethodScores]] = field(default_factory=dict)  # family -> one row per method
+    detectors: list[DetectorScores] = field(default_factory=list)  # one row per method and detector
 
 
 def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, ...], sizing: Sizing = "resize",
@@ -453,7 +501,7 @@ def evaluate_labelled(prior: Prior, items: list[Labelled], methods: tuple[str, .
         for name, scores in score_families(items, r, thresholds).items():
             families.setdefault(name, []).append(scores)
     return EvalReport(items, runs, [score_run(items, r, thresholds) for r in runs], thresholds, dict(meta or {}),
-                      families)
+                      families, [row for r in runs for row in score_detectors(items, r, thresholds)])
 
 
 def _jsonable(v: Any) -> Any:
@@ -499,6 +547,7 @@ def report_json(report: EvalReport) -> dict[str, Any]:
         "methods": {s.method: {**asdict(s), "config": r.config.to_dict(), "config_hash": r.config.config_hash()}
                     for s, r in zip(report.scores, report.runs, strict=True)},
         "families": {name: {s.method: asdict(s) for s in rows} for name, rows in report.families.items()},
+        "detectors": [asdict(r) for r in report.detectors],
         "per_image": per_image,
     })
 

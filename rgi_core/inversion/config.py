@@ -54,6 +54,8 @@ class InversionConfig:
             0 keeps maps pixel-exact, see :mod:`rgi_core.detectors.residual`).
         score_topk: image score = mean of the top ``score_topk`` fraction of the anomaly map (ours).
         score_sigma: Gaussian blur (pixels) of the map before the score's top-k (ours).
+        residual_map: score the residual of the fit (:mod:`rgi_core.detectors.residual`), the solve's own
+            detector; off, the map and score come from the other detectors alone (the solve still restores).
         texture_map: fuse the prior's local texture statistics (:mod:`rgi_core.detectors.texture`) into the anomaly
             map and score when its metadata has them (``defaults.texture_stats``; the shipped texture
             priors do). Off for ``mse``, the residual-only baseline.
@@ -105,6 +107,7 @@ class InversionConfig:
     map_sigma: float | None = None
     score_topk: float | None = None
     score_sigma: float | None = None
+    residual_map: bool = True
     texture_map: bool = True
     learned_map: bool = True
     triage: bool | None = None
@@ -163,6 +166,8 @@ class InversionConfig:
                 del d[k]
         if self.precision == "fp32":
             del d["precision"]
+        if self.residual_map:  # on, as every config before it could be turned off
+            del d["residual_map"]
         if self.starts == 1:
             del d["n_starts"], d["start_iterations"]
         else:

@@ -42,8 +42,9 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
     observed = p.physics.observed(shape, device=p.device)  # (1|B, 1, H, W)
     phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, lam, kind)))
     restored = ((1.0 - phi) * p.physics.A_dagger(p.y, shape) + phi * x).clamp(0.0, 1.0)
-    maps = {"residual": p.lift(anomaly_map(objective.scored_residual(res, mask), lam, kind, config.map_sigma)),
-            **detector_maps(p.prior, config, p.physics, p.y)}
+    maps = {"residual": p.lift(anomaly_map(objective.scored_residual(res, mask), lam, kind, config.map_sigma))
+            } if config.residual_map else {}
+    maps |= detector_maps(p.prior, config, p.physics, p.y)
     amap, score = fuse_detectors(maps, config, p.prior)
     own, surprise = per_detector(maps, config, p.prior)
     diagnostics = _diagnostics(final, trace, init_loss, config.converge_tol)
@@ -81,15 +82,26 @@ def per_detector(maps: Mapping[str, torch.Tensor], config: InversionConfig,
     return own, {k: surprise(lp[0]) for k, lp in fusion.detector_log_p(maps).items()}
 
 
+def detectors_run(prior: Prior, config: InversionConfig, physics: Physics) -> tuple[str, ...]:
+    """The detectors a solve runs, by name: ``residual`` unless ``config.residual_map`` is off; ``texture`` and
+    ``learned`` where the config asks for them, the prior carries them and the physics is the identity (they read
+    the image itself)."""
+    out = ("residual",) if config.residual_map else ()
+    if isinstance(physics, Identity):
+        if config.texture_map and prior.defaults.get("texture_stats"):
+            out += ("texture",)
+        if config.learned_map and prior.segmenter is not None:
+            out += ("learned",)
+    return out
+
+
 def detector_maps(prior: Prior, config: InversionConfig, physics: Physics,
                   y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Maps (B, 1, H, W) of the prior's other detectors, for defects G reproduces, by name: ``texture``
     (texture statistics), ``learned`` (the segmenter). Only for the identity physics (they read the image itself)."""
-    if not isinstance(physics, Identity):
-        return {}
-    stats = texture_stats_of(prior.defaults) if config.texture_map else None
-    maps = {"texture": stats.anomaly_map(y)} if stats is not None else {}
-    if config.learned_map and prior.segmenter is not None:
+    run = detectors_run(prior, config, physics)
+    maps = {"texture": texture_stats_of(prior.defaults).anomaly_map(y)} if "texture" in run else {}
+    if "learned" in run:
         maps["learned"] = prior.segmenter.anomaly_map(y)
     return maps
 

@@ -28,7 +28,7 @@ from rgi_core.inversion.init import BestOfN, Start
 from rgi_core.inversion.loop import Group, Plateau, SolveControl, Trace, either, run_adam
 from rgi_core.inversion.objectives import Objective, Problem, objective_for
 from rgi_core.inversion.operators import Downsample, Identity, Physics
-from rgi_core.inversion.products import detector_maps, form_products, per_detector
+from rgi_core.inversion.products import detector_maps, detectors_run, form_products, per_detector
 from rgi_core.inversion.results import ImageDiagnostics, InversionResult
 from rgi_core.inversion.triage import triage_of
 from rgi_core.priors.files import Prior
@@ -70,6 +70,10 @@ def invert(
 def _invert(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
             control: SolveControl | None, initialiser: BestOfN | None) -> InversionResult:
     shape = _validate(images, prior, physics)
+    if not detectors_run(prior, config, physics):
+        raise ValueError(f"no detector left to score with: the residual is off and prior {prior.name!r} carries no "
+                         f"other detector that runs with {type(physics).__name__} (and the config's texture_map / "
+                         "learned_map)")
     if images.shape[0] == 0:
         return _empty_result(images, prior, shape)
     triaged = _triage(images, prior, config, physics, control, initialiser)
