@@ -325,3 +325,27 @@ def test_mask_tv_flags_a_corrupted_region_whose_inside_the_prior_explains(tiny_p
     assert metrics.iou(tv.mask, ring).median() > metrics.iou(plain.mask, ring).median()
     # Off: no TV term in the objective; on: a named term.
     assert "mask_tv" not in plain.diagnostics[0].losses and "mask_tv" in tv.diagnostics[0].losses
+
+
+def test_colourisation_keeps_the_grey_input_s_luma_and_takes_the_colour_from_the_prior():
+    """Grayscale physics on a colour prior: the restored image has exactly the observed luma (where nothing is
+    clipped) and the chroma of G(z), as DGP reports colourisation; the pixel-wise fusion alone (observed = 0) would
+    return G(z) with its own luma."""
+    from dataclasses import replace
+
+    from conftest import TINY
+
+    from rgi_core.priors import random_prior
+
+    prior = random_prior(replace(TINY, channels=3), seed=3)
+    colour = generate(prior, 3, seed=4)
+    grey = Grayscale(channels=3)
+    y = grey(colour)
+    r = invert(y, prior, make_config("rgi", iterations=20, n_init=16), physics=grey)
+    inside = ((r.restored > 1e-4) & (r.restored < 1 - 1e-4)).all(1, keepdim=True)
+    luma_error = (grey.A(r.restored) - y).abs()
+    assert float(luma_error[inside].max()) < 1e-5 and inside.float().mean() > 0.9
+    assert float((grey.A(r.generated) - y).abs().mean()) > 10 * float(luma_error.mean())  # G(z) alone is off
+    chroma = r.restored - grey.A(r.restored)  # a common shift of the channels leaves R-Y, G-Y, B-Y unchanged
+    torch.testing.assert_close(chroma[inside.expand_as(chroma)],
+                               (r.generated - grey.A(r.generated))[inside.expand_as(chroma)], atol=1e-5, rtol=0)

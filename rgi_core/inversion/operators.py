@@ -95,6 +95,12 @@ class Physics(nn.Module):
         """Shape ``(C', H', W')`` of ``A(x)`` for an image of shape ``shape = (C, H, W)``."""
         raise NotImplementedError
 
+    def keep_observed(self, x: Tensor, y: Tensor) -> Tensor:
+        """The restored image ``x`` ``(B, C, H, W)`` with what ``y`` observes of it put back where the pixel-wise
+        fusion cannot (:meth:`observed` is 0 there but ``y`` still carries part of the pixel, e.g. the luma of a
+        colourised image). Unchanged by default."""
+        return x
+
     @property
     def batch_size(self) -> int:
         """1 when every image of a batch shares this operator, else B (one operator per image)."""
@@ -303,7 +309,10 @@ class Grayscale(Physics):
     inverse :math:`w\\, y / \\lVert w \\rVert^2` (which would darken it).
 
     ``observed`` is 0 for colour images (the colour is not observed, so fusing ``A_dagger(y)`` would
-    lose it) and 1 for 1-channel images, where ``A`` is the identity.
+    lose it) and 1 for 1-channel images, where ``A`` is the identity. The observed luma is put back instead
+    (:meth:`keep_observed`): :math:`x + A^\\dagger(y - A x)` shifts every channel by the luma error, so the
+    result has exactly the grey input's luma and the prior's chroma (BT.601's Cb and Cr are unchanged by a
+    common shift), as DGP reports colourisation (the observed luminance kept, the colour from G).
 
     Args:
         channels: colour channels of the images this operator degrades (3, or 1 for the identity).
@@ -338,6 +347,11 @@ class Grayscale(Physics):
         shape = _check_image_shape(shape)
         self._check_measurement(y, shape)
         return y.expand(-1, shape[0], -1, -1).contiguous()  # (B, C, H, W)
+
+    def keep_observed(self, x: Tensor, y: Tensor) -> Tensor:
+        if x.shape[1] == 1:
+            return x
+        return x + self.A_dagger(y - self.A(x), tuple(x.shape[1:]))
 
     def observed(self, shape: ImageShape, device: torch.device | str | None = None) -> Tensor:
         c, h, w = _check_image_shape(shape)

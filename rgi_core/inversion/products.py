@@ -41,7 +41,8 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
     m = p.lift(mask.detach() if mask is not None else residual_rule.closed_form_mask(res, lam, kind))
     observed = p.physics.observed(shape, device=p.device)  # (1|B, 1, H, W)
     phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, lam, kind)))
-    restored = ((1.0 - phi) * p.physics.A_dagger(p.y, shape) + phi * x).clamp(0.0, 1.0)
+    fused = (1.0 - phi) * p.physics.A_dagger(p.y, shape) + phi * x
+    restored = p.physics.keep_observed(fused, p.y).clamp(0.0, 1.0)  # colourisation: the grey input's luma
     maps = {"residual": p.lift(anomaly_map(objective.scored_residual(res, mask), lam, kind, config.map_sigma))
             } if config.residual_map else {}
     maps |= detector_maps(p.prior, config, p.physics, p.y)
