@@ -348,6 +348,63 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manipulated(args: argparse.Namespace, sources: list[str]) -> tuple[Any, Any, Any]:
+    """The prior, the images read from ``sources`` at its size, and their reconstruction (DGP by default)."""
+    import fsspec
+    import torch
+
+    from rgi_core.cleaning import network_inputs
+    from rgi_core.inversion.config import config_for_prior
+    from rgi_core.inversion.manipulate import reconstruct
+    from rgi_core.io.images import decode_image
+    from rgi_core.priors import load_prior
+
+    prior = load_prior(args.prior, device=args.device)
+    images = []
+    for src in sources:
+        with fsspec.open(src, "rb") as f:
+            x = torch.from_numpy(decode_image(f.read(), prior.spec.channels, name=src))
+        images.append(network_inputs(x, prior, "resize"))
+    overrides = {k: v for k, v in (("iterations", args.iterations), ("n_init", args.n_init)) if v is not None}
+    cfg = config_for_prior(args.method, prior.defaults, seed=args.seed, device=args.device, **overrides)
+    return prior, torch.cat(images), reconstruct(torch.cat(images), prior, cfg)
+
+
+def _write_strip(out: str, rows: list[Any]) -> None:
+    """Rows of images (each (N, C, H, W) in [0, 1]) as one PNG grid, one row per entry."""
+    import fsspec
+    import torch
+
+    from rgi_core.io.images import encode_png
+
+    width = max(len(r) for r in rows)
+    padded = [torch.cat([r, r.new_ones((width - len(r), *r.shape[1:]))]) if len(r) < width else r for r in rows]
+    grid = torch.cat([torch.cat(list(r), dim=-1) for r in padded], dim=-2)  # (C, rows*H, width*W)
+    with fsspec.open(out, "wb") as f:
+        f.write(encode_png(grid.clamp(0, 1).numpy()))
+
+
+def _cmd_jitter(args: argparse.Namespace) -> int:
+    from rgi_core.inversion.manipulate import jitter
+
+    _, x, rec = _manipulated(args, [args.image])
+    samples = [jitter(rec, 0, args.n, std, args.seed) for std in args.std]
+    _write_strip(args.out, [x.cpu(), rec.result.generated.cpu(), *samples])
+    print(f"wrote {args.out}: input / reconstruction ({args.method}) / {args.n} jitters at std "
+          f"{', '.join(f'{s:g}' for s in args.std)} (one row each)")
+    return 0
+
+
+def _cmd_morph(args: argparse.Namespace) -> int:
+    from rgi_core.inversion.manipulate import morph
+
+    _, x, rec = _manipulated(args, [args.a, args.b])
+    frames = morph(rec, 0, 1, args.steps)
+    _write_strip(args.out, [x.cpu(), frames])
+    print(f"wrote {args.out}: the two inputs / {args.steps} frames from A's reconstruction to B's ({args.method})")
+    return 0
+
+
 def _cmd_setup(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL
 
@@ -651,6 +708,36 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     sh.set_defaults(func=_cmd_show)
 
 
+def _manipulation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior", required=True, help="shipped prior name, path or URL")
+    p.add_argument("--out", required=True, help="PNG to write, local path or fsspec URL")
+    p.add_argument("--method", choices=("dgp", "rrgi", "rgi", "mse"), default="dgp",
+                   help="reconstruction method; dgp and rrgi fine-tune the generator per image, the others move z "
+                        "alone (default dgp)")
+    p.add_argument("--iterations", type=int, help="optimisation steps (default: the method's)")
+    p.add_argument("--n-init", type=int, help="best-of-N latent candidates (default: the method's)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the candidates and the jitter noise")
+    p.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, mps")
+
+
+def _add_manipulate(sub: argparse._SubParsersAction) -> None:
+    j = sub.add_parser("jitter", help="reconstruct an image (DGP) and render variations of it: its latent plus "
+                       "Gaussian noise, through its fine-tuned generator")
+    j.add_argument("image", help="image file or fsspec URL (resized to the prior's size)")
+    j.add_argument("--n", type=int, default=8, help="variations per std (default 8)")
+    j.add_argument("--std", type=float, nargs="+", default=[0.3, 0.5, 0.7],
+                   help="noise scales, one row each (default: DGP's 0.3 0.5 0.7)")
+    _manipulation_flags(j)
+    j.set_defaults(func=_cmd_jitter)
+    m = sub.add_parser("morph", help="reconstruct two images (DGP) and render the frames between them, latents and "
+                       "fine-tuned generator weights interpolated")
+    m.add_argument("a", help="first image (file or fsspec URL)")
+    m.add_argument("b", help="second image")
+    m.add_argument("--steps", type=int, default=8, help="frames, both reconstructions included (default 8)")
+    _manipulation_flags(m)
+    m.set_defaults(func=_cmd_morph)
+
+
 def _add_setup(sub: argparse._SubParsersAction) -> None:
     su = sub.add_parser("setup", help="register rgi's Prefect blocks and create the gpu concurrency limit (idempotent)")
     su.add_argument("--gpu-slots", type=int, default=1, help="gpu-tagged tasks allowed at once (default 1)")
@@ -744,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_dataset(sub)
     _add_watch(sub)
     _add_show(sub)
+    _add_manipulate(sub)
     _add_setup(sub)
     _add_evaluate(sub)
     _add_calibrate(sub)

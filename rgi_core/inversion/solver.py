@@ -79,10 +79,30 @@ def _invert(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
     triaged = _triage(images, prior, config, physics, control, initialiser)
     if triaged is not None:
         return triaged
+    return _solve(images, prior, config, physics, shape, control, initialiser)[0]
+
+
+def _solve(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
+           shape: tuple[int, int, int], control: SolveControl | None, initialiser: BestOfN | None
+           ) -> tuple[InversionResult, GeneratorFn]:
+    """Every image solved: the result, and G as the solve left it (per-image weights for R-RGI and DGP)."""
     objective = objective_for(_problem(images, prior, config, physics, shape))
     start = (initialiser or BestOfN())(objective.problem, objective, control)
     z, mask, trace = _optimise(objective, start, control)
-    return form_products(objective, z, mask, trace, start.init_loss, like=images)
+    return form_products(objective, z, mask, trace, start.init_loss, like=images), objective.problem.gen
+
+
+def invert_keeping_generator(images: torch.Tensor, prior: Prior, config: InversionConfig | None = None,
+                             physics: Physics | None = None) -> tuple[InversionResult, GeneratorFn]:
+    """:func:`invert` with every image solved (no triage), also returning G as the solve left it: with per-image
+    weights (``rrgi``, ``dgp``) each image's fine-tuned generator, for :mod:`rgi_core.inversion.manipulate`."""
+    config = for_prior(config if config is not None else RGIConfig(), prior.defaults).replace(triage=False)
+    physics = physics if physics is not None else Identity()
+    shape = _validate(images, prior, physics)
+    if images.shape[0] == 0:
+        raise ValueError("no images to reconstruct")
+    with tf32(config.tf32 and resolve_device(config.device).type == "cuda"):
+        return _solve(images, prior, config, physics, shape, None, None)
 
 
 def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
