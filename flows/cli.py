@@ -431,6 +431,9 @@ def _clean_tensors(source: str, channels: int) -> list:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+    from dataclasses import asdict
+
     from flows import stopping
     from flows.options import SolveOptions, options_from_args
     from rgi_core.calibration import read_calibration
@@ -439,8 +442,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         evaluate_labelled,
         format_detectors,
         format_families,
+        format_paper,
         format_scores,
         load_labelled,
+        score_paper,
         write_evaluation,
     )
     from rgi_core.priors import load_prior
@@ -478,9 +483,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print("\n" + format_families("per defect family (its folder), against every clean image", report.families))
     if report.detectors:
         print("\n" + format_detectors("per detector: its own image score (what each contributes)", report.detectors))
+    if args.paper_protocol and n_masks:
+        paper = [score_paper(items, r) for r in report.runs]
+        print("\n" + format_paper("the RGI paper's protocol (per image: min-max normalised, best Dice; mean ± std)",
+                                   paper))
+        extra = {"paper_protocol": [asdict(p) for p in paper]}
+    else:
+        extra = {}
     if not n_masks:
         print("\n(no ground-truth masks: pixel metrics, PRO and image AUROC are n/a)")
-    uris = write_evaluation(report, args.out, grid_k=args.grid)
+    uris = write_evaluation(dataclasses.replace(report, meta={**report.meta, **extra}), args.out, grid_k=args.grid)
     print("\n" + "\n".join(f"wrote {u}" for u in uris.values()))
     return 0
 
@@ -755,6 +767,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", default="report", help="report folder (local or URL; default ./report)")
     ev.add_argument("--threshold", help="calibration JSON from `rgi calibrate`: its lam, map and score thresholds")
     ev.add_argument("--grid", type=int, default=4, help="worst and best cases in grid.png (each)")
+    ev.add_argument("--paper-protocol", action="store_true",
+                    help="also score as the RGI paper does (per image: map min-max normalised, Dice at its best "
+                         "threshold, pixel AUROC; mean and std over the defective images), to compare with its tables")
     # --iterations, --n-init, --n-starts, --stop-tol, --triage, --encoder, --detectors, --full-solve, --lambda,
     # --sizing, --batch-size, --precision, --tf32, --seed, --device: as `rgi clean`'s
     add_arguments(ev, SolveOptions, fields=("iterations", "n_init", "n_starts", "stop_tol", "triage", "encoder",

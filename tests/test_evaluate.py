@@ -54,10 +54,16 @@ def test_evaluate_cli_compares_methods_on_labelled_digits(tmp_path):
     _digits_folder(tmp_path / "data")
     out = tmp_path / "report"
     r = rgi("evaluate", str(tmp_path / "data"), "--prior", "digits-32", "--methods", "rgi,mse", "--out", str(out),
-            "--iterations", "200", "--n-init", "16", "--grid", "2")
+            "--iterations", "200", "--n-init", "16", "--grid", "2", "--paper-protocol")
     assert r.returncode == 0, r.stderr
     assert "| rgi |" in r.stdout and "| mse |" in r.stdout and "pixel AUROC" in r.stdout
+    assert "| rgi | residual | 8 |" in r.stdout  # what each detector contributes (digits: the residual alone)
+    assert "the RGI paper's protocol" in r.stdout
     doc = json.loads((out / "metrics.json").read_text())
+    paper = {p["method"]: p for p in doc["paper_protocol"]}
+    assert paper["rgi"]["images"] == 5 and 0 < paper["rgi"]["mask_dice"] <= 1
+    assert paper["rgi"]["map_dice"] > paper["mse"]["map_dice"]  # the robust fit's map finds the flipped pixels
+    assert [d["detector"] for d in doc["detectors"]] == ["residual", "residual"]
     assert (doc["images"], doc["with_masks"], doc["defective"], doc["with_clean"]) == (8, 8, 5, 8)
     rgi_m, mse_m = doc["methods"]["rgi"], doc["methods"]["mse"]
     for m in (rgi_m, mse_m):

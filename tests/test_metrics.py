@@ -314,3 +314,17 @@ def test_pro_curve_matches_brute_force() -> None:
     fpr, pro = metrics.pro_curve(torch.from_numpy(amap)[:, None], torch.from_numpy(gt)[:, None], 17)
     torch.testing.assert_close(fpr, torch.tensor(np.array(fprs)[order]), rtol=0, atol=1e-12)
     torch.testing.assert_close(pro, torch.tensor(np.array(pros)[order]), rtol=0, atol=1e-12)
+
+
+def test_best_dice_per_image_by_hand():
+    """The RGI paper's Dice: each map min-max normalised on its own, the best of 101 thresholds."""
+    from rgi_core.evaluation.metrics import best_dice_per_image
+
+    gt = torch.zeros(2, 1, 2, 2, dtype=torch.bool)
+    gt[:, 0, 0, 0] = True
+    maps = torch.tensor([[[[5.0, 1.0], [1.0, 1.0]]],    # separates perfectly at any t in [0, 1): Dice 1
+                         [[[0.6, 0.8], [0.2, 0.2]]]])   # normalised: 2/3, 1, 0, 0; best: t < 2/3 flags 2 of which 1
+    d = best_dice_per_image(maps, gt)
+    assert d[0] == pytest.approx(1.0, abs=1e-6)
+    assert d[1] == pytest.approx(2 * 1 / (2 + 1), abs=1e-6)  # 2|A∩B| / (|A| + |B|) = 2/3
+    assert best_dice_per_image(maps, torch.zeros_like(gt)).tolist() == [0.0, 0.0]  # no defect: no overlap

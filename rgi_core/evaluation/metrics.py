@@ -205,6 +205,24 @@ def pixel_auroc_per_image(anomaly_map: Tensor, gt_mask: Tensor) -> Tensor:
     return torch.tensor(aurocs, dtype=torch.float64)
 
 
+def best_dice_per_image(anomaly_map: Tensor, gt_mask: Tensor, steps: int = 101) -> Tensor:
+    """The RGI paper's segmentation score: each map min-max normalised on its own (of its absolute values), then
+    the Dice of ``map > t`` with the mask at the best of ``steps`` thresholds t evenly in [0, 1] (the official
+    ``utils/eval.py``, ``diceloss``). ``(B,)`` float64; an image without a defect scores 0 (no overlap is
+    possible), as the official code gives it."""
+    amap, gt = _check_map_and_mask(anomaly_map, gt_mask)
+    out = []
+    for m, g in zip(amap.double().abs(), gt, strict=True):
+        unit = (m - m.min()) / (m.max() - m.min() + 1e-12)
+        t = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+        pred = unit.reshape(1, -1) > t[:, None]  # (steps, N)
+        truth = g.reshape(1, -1)
+        inter = (pred & truth).sum(1).double()
+        dice = 2 * inter / (pred.sum(1) + truth.sum(1) + 1e-6)
+        out.append(float(dice.max()))
+    return torch.tensor(out, dtype=torch.float64)
+
+
 def image_auroc(scores: Tensor, labels: Tensor) -> float:
     """Area under the ROC curve of image scores against image labels (exact); ``nan`` if one class only.
 
