@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -74,3 +75,11 @@ def test_corruption_is_masked_and_restored(tiny_prior):
     assert np.median(ious) >= 0.8, ious
     assert np.median(mask_ious) >= 0.8, mask_ious
     assert np.median(gains) >= 5, gains  # restored error at least 5x below the corrupted input's
+
+
+def test_a_tiled_image_takes_each_detector_s_worst_tile():
+    from rgi_core.cleaning import _worst
+
+    by = {"residual": torch.tensor([1.0, float("nan"), 3.0, 2.0]), "texture": torch.tensor([float("nan")] * 4)}
+    worst = _worst(by, slice(0, 3))  # the image's tiles are rows 0..2
+    assert worst["residual"] == 3.0 and math.isnan(worst["texture"])  # a detector that ran on no tile: NaN
