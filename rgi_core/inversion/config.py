@@ -73,9 +73,10 @@ class InversionConfig:
             batch shrinks, so a step costs less. ``iterations`` stays the cap and each image's steps are in its
             diagnostics. Checked only once the method's schedule has settled (after R-RGI's and DGP's last
             fine-tuning stage starts, after RGI's TV phase), so every image runs every stage. 0 = off. 0.01 over
-            100 steps: on held-out brick crops at the CLI defaults a solve cost 2.2x less (813 steps per image
-            on average instead of 2000) for restored PSNR 0.24 dB lower, image and pixel AUROC no lower and no
-            image flagged differently (``python benchmarks/cost.py``, docs/benchmarks.md).
+            100 steps: on 64 held-out brick crops at the CLI defaults a solve cost 2.2x less (813 steps per image
+            instead of 2000) for restored PSNR 0.24 dB lower and no image flagged differently; on 400 crops of
+            fresh seeds, 2.5x less with image AUROC -0.009 but PSNR -1.04 dB (``python benchmarks/cost.py run``,
+            docs/benchmarks.md, docs/design.md).
         stop_window: the window of ``stop_tol``, in steps.
         precision: ``"fp32"``, or ``"bf16"``: the generator runs under bfloat16 autocast (its convolutions and
             matrix products in bfloat16, the loss and the optimiser in float32). Off by default: on 32 held-out
