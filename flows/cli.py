@@ -348,8 +348,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _manipulated(args: argparse.Namespace, sources: list[str]) -> tuple[Any, Any, Any]:
-    """The prior, the images read from ``sources`` at its size, and their reconstruction (DGP by default)."""
+def _manipulated(args: argparse.Namespace, sources: list[str]) -> tuple[Any, Any]:
+    """The images read from ``sources`` at the prior's size, and their reconstruction (DGP by default)."""
     import fsspec
     import torch
 
@@ -367,7 +367,8 @@ def _manipulated(args: argparse.Namespace, sources: list[str]) -> tuple[Any, Any
         images.append(network_inputs(x, prior, "resize"))
     overrides = {k: v for k, v in (("iterations", args.iterations), ("n_init", args.n_init)) if v is not None}
     cfg = config_for_prior(args.method, prior.defaults, seed=args.seed, device=args.device, **overrides)
-    return prior, torch.cat(images), reconstruct(torch.cat(images), prior, cfg)
+    x = torch.cat(images)
+    return x, reconstruct(x, prior, cfg)
 
 
 def _write_strip(out: str, rows: list[Any]) -> None:
@@ -387,7 +388,7 @@ def _write_strip(out: str, rows: list[Any]) -> None:
 def _cmd_jitter(args: argparse.Namespace) -> int:
     from rgi_core.inversion.manipulate import jitter
 
-    _, x, rec = _manipulated(args, [args.image])
+    x, rec = _manipulated(args, [args.image])
     samples = [jitter(rec, 0, args.n, std, args.seed) for std in args.std]
     _write_strip(args.out, [x.cpu(), rec.result.generated.cpu(), *samples])
     print(f"wrote {args.out}: input / reconstruction ({args.method}) / {args.n} jitters at std "
@@ -398,7 +399,7 @@ def _cmd_jitter(args: argparse.Namespace) -> int:
 def _cmd_morph(args: argparse.Namespace) -> int:
     from rgi_core.inversion.manipulate import morph
 
-    _, x, rec = _manipulated(args, [args.a, args.b])
+    x, rec = _manipulated(args, [args.a, args.b])
     frames = morph(rec, 0, 1, args.steps)
     _write_strip(args.out, [x.cpu(), frames])
     print(f"wrote {args.out}: the two inputs / {args.steps} frames from A's reconstruction to B's ({args.method})")

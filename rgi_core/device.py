@@ -28,10 +28,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 @contextmanager
-def tf32(enabled: bool) -> Iterator[None]:
-    """Within the block, let CUDA float32 matrix products and convolutions use TensorFloat-32 when ``enabled``;
-    the process's own settings are restored after it (they are global, so the block changes nothing else)."""
-    if not enabled:
+def tf32(enabled: bool, device: str | torch.device | None = None) -> Iterator[None]:
+    """Within the block, let CUDA float32 matrix products and convolutions use TensorFloat-32 when ``enabled``
+    (and, given a ``device``, when it resolves to CUDA: elsewhere it means nothing); the process's own settings
+    are restored after it (they are global, so the block changes nothing else)."""
+    if not enabled or (device is not None and resolve_device(device).type != "cuda"):
         yield
         return
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -20,6 +20,7 @@ import torch
 from rgi_core.cleaning import Sizing
 from rgi_core.inversion.config import InversionConfig, config_for_prior
 from rgi_core.inversion.objectives import OBJECTIVES
+from rgi_core.inversion.products import carried_detectors
 from rgi_core.priors.files import Prior
 
 #: Keys of a calibration document (``rgi calibrate``) that settings read.
@@ -129,11 +130,11 @@ def resolve(prior: Prior, method: str = "rgi", *, overrides: Mapping[str, Any] |
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "lam" not in given and cal.get("lam") is not None:
         given["lam"] = cal["lam"]
-    carried = {"texture_map": bool(defaults.get("texture_stats")), "learned_map": prior.segmenter is not None}
-    missing = [k.removesuffix("_map") for k, has in carried.items() if given.get(k) and not has]
+    carried = carried_detectors(prior, defaults)
+    missing = [n for n in ("texture", "learned") if given.get(f"{n}_map") and n not in carried]
     if missing:
-        raise ValueError(f"prior {prior.name!r} carries no {' or '.join(missing)} detector; it can run: residual"
-                         + "".join(f", {k.removesuffix('_map')}" for k, has in carried.items() if has))
+        raise ValueError(f"prior {prior.name!r} carries no {' or '.join(missing)} detector; it can run: "
+                         f"{', '.join(('residual', *carried))}")
     config = config_for_prior(method, defaults, **given)
     return Settings(
         config=config,

@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from rgi_core.detectors import residual as residual_rule
-from rgi_core.detectors.fusion import fuse_maps, fusion_of, surprise
+from rgi_core.detectors.fusion import Fusion, fuse_maps, fusion_of, surprise
 from rgi_core.detectors.residual import anomaly_map, image_score
 from rgi_core.detectors.texture import texture_stats_of
 from rgi_core.inversion.config import InversionConfig
@@ -46,8 +47,9 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
     maps = {"residual": p.lift(anomaly_map(objective.scored_residual(res, mask), lam, kind, config.map_sigma))
             } if config.residual_map else {}
     maps |= detector_maps(p.prior, config, p.physics, p.y)
-    amap, score = fuse_detectors(maps, config, p.prior)
-    own, surprise = per_detector(maps, config, p.prior)
+    fusion = fusion_of(p.prior.defaults)
+    amap, score = fuse_detectors(maps, config, fusion)
+    own, surprise = per_detector(maps, config, fusion)
     diagnostics = _diagnostics(final, trace, init_loss, config.converge_tol)
     out, dtype = like.device, like.dtype
     return InversionResult(
@@ -60,10 +62,9 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
 
 
 def fuse_detectors(maps: Mapping[str, torch.Tensor], config: InversionConfig,
-                   prior: Prior) -> tuple[torch.Tensor, torch.Tensor]:
+                   fusion: Fusion | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The anomaly map (B, 1, H, W) and score (B,) from the detectors' maps by name (``residual`` first): the
     prior's calibrated fusion, or without one the older rule (:func:`rgi_core.detectors.fusion.fuse_maps`)."""
-    fusion = fusion_of(prior.defaults)
     if fusion is not None:
         return fusion.fuse(maps)
     amap, *others = maps.values()
@@ -72,28 +73,31 @@ def fuse_detectors(maps: Mapping[str, torch.Tensor], config: InversionConfig,
 
 
 def per_detector(maps: Mapping[str, torch.Tensor], config: InversionConfig,
-                 prior: Prior) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                 fusion: Fusion | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Each detector's own image score (B,) read from its map as the fused score reads it, and with a calibrated
-    fusion its :math:`-\\log_{10} p` (B,) under its clean tail; both by name."""
-    fusion = fusion_of(prior.defaults)
+    fusion its :math:`-\\log_{10} p` (B,) under its clean image tail; both by name. Image level only: the
+    pixel tails are the fused map's business."""
     topk, sigma = (fusion.topk, fusion.sigma) if fusion is not None else (config.score_topk, config.score_sigma)
     own = {k: image_score(m, topk, sigma) for k, m in maps.items()}
     if fusion is None:
         return own, {}
-    return own, {k: surprise(lp[0]) for k, lp in fusion.detector_log_p(maps).items()}
+    return own, {k: surprise(fusion.tails[k].image.log_p(v)) for k, v in own.items() if k in fusion.tails}
+
+
+def carried_detectors(prior: Prior, defaults: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The detectors a prior carries besides the residual: ``texture`` (``defaults.texture_stats``) and
+    ``learned`` (a segmenter in the file). ``defaults``: the prior's own unless given (e.g. merged with a block's)."""
+    d = prior.defaults if defaults is None else defaults
+    return (("texture",) if d.get("texture_stats") else ()) + (("learned",) if prior.segmenter is not None else ())
 
 
 def detectors_run(prior: Prior, config: InversionConfig, physics: Physics) -> tuple[str, ...]:
     """The detectors a solve runs, by name: ``residual`` unless ``config.residual_map`` is off; ``texture`` and
     ``learned`` where the config asks for them, the prior carries them and the physics is the identity (they read
     the image itself)."""
-    out = ("residual",) if config.residual_map else ()
-    if isinstance(physics, Identity):
-        if config.texture_map and prior.defaults.get("texture_stats"):
-            out += ("texture",)
-        if config.learned_map and prior.segmenter is not None:
-            out += ("learned",)
-    return out
+    asked = {"texture": config.texture_map, "learned": config.learned_map}
+    others = tuple(n for n in carried_detectors(prior) if asked[n]) if isinstance(physics, Identity) else ()
+    return (("residual",) if config.residual_map else ()) + others
 
 
 def detector_maps(prior: Prior, config: InversionConfig, physics: Physics,

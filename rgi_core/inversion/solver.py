@@ -63,7 +63,7 @@ def invert(
         rgi_core.inversion.loop.Cancelled: ``control.cancelled`` asked the solve to stop.
     """
     config = for_prior(config if config is not None else RGIConfig(), prior.defaults)  # unset fields: the prior's
-    with tf32(config.tf32 and resolve_device(config.device).type == "cuda"):
+    with tf32(config.tf32, config.device):
         return _invert(images, prior, config, physics if physics is not None else Identity(), control, initialiser)
 
 
@@ -101,7 +101,7 @@ def invert_keeping_generator(images: torch.Tensor, prior: Prior, config: Inversi
     shape = _validate(images, prior, physics)
     if images.shape[0] == 0:
         raise ValueError("no images to reconstruct")
-    with tf32(config.tf32 and resolve_device(config.device).type == "cuda"):
+    with tf32(config.tf32, config.device):
         return _solve(images, prior, config, physics, shape, None, None)
 
 
@@ -123,8 +123,9 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
         maps = detector_maps(prior, config, physics, y)
         if not set(triage.detectors) <= set(maps):
             return None  # a detector the triage reads is switched off (or missing): every image is solved
-        amap, score = triage.scores(fusion_of(prior.defaults), maps)
-        own, surprise = per_detector(maps, config, prior)
+        fusion = fusion_of(prior.defaults)
+        amap, score = triage.scores(fusion, maps)
+        own, surprise = per_detector(maps, config, fusion)
     suspect = (score > triage.threshold).cpu()
     if bool(suspect.all()):
         return None
