@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+# A hang that the per-test timeout cannot reach (a blocked C call, a session fixture's teardown such as the Prefect
+# harness draining its log and event queues) would otherwise hold the suite until CI's wall clock ends it, with no
+# word of where. Each pytest-xdist worker therefore ends itself after WORKER_LIMIT_S with every thread's stack
+# written to a file; xdist reports the worker as crashed and hands its remaining tests to a fresh one, and the
+# controller prints the stacks in its summary (a worker's own stderr is not shown). The controller itself, as a
+# last resort, dumps and exits after CONTROLLER_LIMIT_S. The whole suite takes ~11 min on 2 cores.
+WORKER_LIMIT_S = int(os.environ.get("RGI_TEST_WORKER_LIMIT_S", 30 * 60))
+CONTROLLER_LIMIT_S = int(os.environ.get("RGI_TEST_CONTROLLER_LIMIT_S", 70 * 60))
+_HANG_DIR_ENV = "RGI_TEST_HANG_DIR"
 
 from rgi_core.evaluation.toy import DEMO_SPEC as TINY  # noqa: E402  the demo's tiny 32x32 grayscale architecture
 from rgi_core.priors import random_prior  # noqa: E402
@@ -140,3 +154,30 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_configure(config):
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker is None:  # the controller, or a run without xdist
+        os.environ[_HANG_DIR_ENV] = tempfile.mkdtemp(prefix="rgi-test-hangs-")  # the workers inherit it
+        faulthandler.dump_traceback_later(CONTROLLER_LIMIT_S, exit=True, file=sys.stderr)
+        return
+    hang_dir = Path(os.environ.get(_HANG_DIR_ENV) or tempfile.mkdtemp(prefix="rgi-test-hangs-"))
+    config._rgi_hang_file = open(hang_dir / f"{worker}-{os.getpid()}.txt", "w")  # open until the process ends
+    faulthandler.dump_traceback_later(WORKER_LIMIT_S, exit=True, file=config._rgi_hang_file)
+
+
+def pytest_unconfigure(config):
+    faulthandler.cancel_dump_traceback_later()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the stacks of any worker that ended itself on WORKER_LIMIT_S."""
+    hang_dir = os.environ.get(_HANG_DIR_ENV)
+    if getattr(config, "workerinput", None) is not None or not hang_dir:
+        return
+    for dump in sorted(Path(hang_dir).glob("*.txt")):
+        text = dump.read_text()
+        if text.strip():
+            terminalreporter.section(f"{dump.stem} hung for {WORKER_LIMIT_S} s; its threads' stacks")
+            terminalreporter.write(text)
