@@ -169,6 +169,8 @@ class InversionConfig:
             del d["precision"]
         if self.residual_map:  # on, as every config before it could be turned off
             del d["residual_map"]
+        if d.get("schedule") == "ours":  # DGP's one table, the only one before the paper's were added
+            del d["schedule"]
         if self.starts == 1:
             del d["n_starts"], d["start_iterations"]
         else:
@@ -266,11 +268,23 @@ class RRGIConfig(RGIConfig):
             raise ValueError(f"finetune_from must be in [0, 1], got {self.finetune_from}")
 
 
+DGPSchedule = Literal["paper", "ours"]
+DGP_SCHEDULES: tuple[str, ...] = ("paper", "ours")
+
+
 @dataclass(frozen=True)
 class DGPConfig(InversionConfig):
     """Deep Generative Prior for known degradations (Pan et al., DGP).
 
     Attributes:
+        schedule: ``"paper"``: the official per-task stages (:mod:`rgi_core.inversion.schedules`: per stage the
+            latent's and the generator's rates, how many generator blocks are fine-tuned, the MSE and feature
+            weights; Adam without momentum, as the official BigGAN optimiser), chosen by the degradation
+            (inpainting, colourisation, super-resolution; reconstruction for the identity and denoising).
+            ``"ours"``: one table for every task: ``lr_z`` throughout, block k of S fine-tuned from step
+            k * T / S at ``lr_theta * stage_lr_decay ** k``, fidelity weight 1, the last ``dfeat_layers``
+            discriminator features. ``lr_z``, ``lr_theta``, ``stage_lr_decay``, ``dfeat_weight`` and
+            ``dfeat_layers`` apply to ``"ours"`` only.
         dfeat_weight: weight of the discriminator-feature L1 distance (DGP: perceptual D loss).
         dfeat_layers: how many of the discriminator's last feature blocks to compare (DGP: the last few).
         lr_theta: Adam lr of the first (shallowest) fine-tuning stage (ours, scaled for small GANs).
@@ -279,9 +293,7 @@ class DGPConfig(InversionConfig):
             BigGAN's truncation, our priors are trained on N(0, I) so we draw from that.
         latent_reg: 0.02 ||z||^2 / 2 (DGP).
 
-    Fine-tuning is progressive: the generator's blocks are unfrozen shallow to deep in equal stages
-    over the iterations (DGP: 5 stages x 200 steps). Adaptive stopping is off (``stop_tol`` 0), as for R-RGI:
-    its last stage fine-tunes slowly by design.
+    Adaptive stopping is off (``stop_tol`` 0), as for R-RGI: the last stage fine-tunes slowly by design.
     """
 
     method: ClassVar[str] = "dgp"
@@ -289,11 +301,17 @@ class DGPConfig(InversionConfig):
     n_init: int = 500
     latent_reg: float = 0.02
     iterations: int = 1000
+    schedule: DGPSchedule = "ours"
     dfeat_weight: float = 1.0
     dfeat_layers: int = 2
     lr_theta: float = 1e-4
     stage_lr_decay: float = 0.5
     stop_tol: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.schedule not in DGP_SCHEDULES:
+            raise ValueError(f"schedule must be one of {DGP_SCHEDULES}, got {self.schedule!r}")
 
 
 CONFIGS: dict[str, type[InversionConfig]] = {

@@ -24,13 +24,22 @@ __all__ = ["Cancelled", "Group", "Plateau", "SolveControl", "Trace", "either", "
 
 @dataclass
 class Group:
-    """A parameter group of the shared Adam optimiser, active for steps in [start, stop)."""
+    """A parameter group of the shared Adam optimiser, active for steps in [start, stop).
+
+    ``rate``: the learning rate at each step when it changes over the solve (DGP's stages), else ``lr`` throughout;
+    ``betas``: Adam's betas for this group (None = torch's (0.9, 0.999))."""
 
     name: str
     params: list[torch.Tensor]
     lr: float
     start: int
     stop: int
+    rate: Callable[[int], float] | None = None
+    betas: tuple[float, float] | None = None
+
+    def options(self) -> dict:
+        """The group as a torch optimiser parameter group."""
+        return {"params": self.params, "lr": self.lr, **({"betas": self.betas} if self.betas is not None else {})}
 
 
 @dataclass
@@ -156,7 +165,7 @@ def run_adam(groups: list[Group], steps: int, loss: Callable[[int, torch.Tensor 
     # One fused kernel per step instead of ~10 elementwise passes: with per-image generator copies the
     # optimiser touches B x |theta| values a step, and the unfused Adam took 28 % of an rrgi solve on CPU.
     fused = True if device.type in ("cpu", "cuda") else None
-    opt = torch.optim.Adam([{"params": g.params, "lr": g.lr} for g in groups], fused=fused)
+    opt = torch.optim.Adam([g.options() for g in groups], fused=fused)
     pins, history = _Pins(), []
     active: torch.Tensor | None = None  # rows still optimising; None = all of them
     used = torch.full((groups[0].params[0].shape[0],), steps, dtype=torch.long)  # every parameter: batch on dim 0
@@ -166,10 +175,13 @@ def run_adam(groups: list[Group], steps: int, loss: Callable[[int, torch.Tensor 
         joined = new_groups(step) if new_groups is not None else []
         for g in joined:
             groups.append(g)
-            opt.add_param_group({"params": g.params, "lr": g.lr})
+            opt.add_param_group(g.options())
             pins.add(g.params)
         if joined:
             pins.restore()  # the join hook may have touched every row (R-RGI's freeze of M)
+        for g, options in zip(groups, opt.param_groups, strict=True):
+            if g.rate is not None:
+                options["lr"] = g.rate(step)
         total = loss(step, active)  # (B,) or (len(active),)
         total.sum().backward()
         for g in groups:

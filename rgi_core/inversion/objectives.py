@@ -28,16 +28,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from rgi_core.detectors import residual as residual_rule
-from rgi_core.inversion import losses
+from rgi_core.inversion import losses, schedules
 from rgi_core.inversion.config import DGPConfig, InversionConfig, RGIConfig, RRGIConfig
 from rgi_core.inversion.generator import GeneratorFn, GeneratorRows
-from rgi_core.inversion.operators import Physics
+from rgi_core.inversion.operators import Downsample, Grayscale, Inpainting, Physics
 from rgi_core.priors.files import Prior
 from rgi_core.priors.nets import from_unit
 
@@ -80,11 +81,13 @@ class Problem:
 
 @dataclass(frozen=True)
 class Stage:
-    """Generator parameters (by name) fine-tuned per image with learning rate ``lr`` from step ``start``."""
+    """Generator parameters (by name) fine-tuned per image with learning rate ``lr`` from step ``start``, or
+    ``rate(step)`` where the rate changes over the solve."""
 
     names: list[str]
     lr: float
     start: int
+    rate: Callable[[int], float] | None = None
 
 
 class Objective:
@@ -111,7 +114,7 @@ class Objective:
         t.update(self.mask_terms(mask, step))
         if self.config.latent_reg > 0:
             t["latent_reg"] = self.config.latent_reg * losses.latent_reg(z)
-        t.update(self.extra_terms(x, ax))
+        t.update(self.extra_terms(x, ax, step))
         return t
 
     def take(self, rows: torch.Tensor) -> Objective:
@@ -124,7 +127,7 @@ class Objective:
     def mask_terms(self, mask: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
         return {}
 
-    def extra_terms(self, x: torch.Tensor, ax: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_terms(self, x: torch.Tensor, ax: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         return {}
 
     def total(self, z: torch.Tensor, mask: torch.Tensor | None, step: int) -> torch.Tensor:
@@ -165,6 +168,14 @@ class Objective:
         """Stages of per-image generator fine-tuning (none: G stays shared and fixed)."""
         return []
 
+    def z_rate(self) -> Callable[[int], float] | None:
+        """The latent's learning rate at each step where it changes over the solve (None: ``config.lr_z``)."""
+        return None
+
+    def adam_betas(self) -> tuple[float, float] | None:
+        """Adam's betas for z and the generator weights (None: torch's)."""
+        return None
+
     def on_personalise(self, z: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Called when per-image generator weights are created, before the step of the first stage."""
 
@@ -192,7 +203,7 @@ class RGIObjective(Objective):
     def reads_discriminator(cls, config: InversionConfig) -> bool:
         return config.adv_weight > 0  # type: ignore[attr-defined]
 
-    def extra_terms(self, x: torch.Tensor, ax: torch.Tensor) -> dict[str, torch.Tensor]:
+    def extra_terms(self, x: torch.Tensor, ax: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         if self.config.adv_weight > 0:
             return {"adv": -self.config.adv_weight * self.problem.prior.discriminator(from_unit(x))}
         return {}
@@ -246,12 +257,19 @@ class RRGIObjective(RGIObjective):
 
 
 class DGPObjective(Objective):
-    """DGP: ``fidelity + dfeat_weight * dfeat + latent_reg``; G fine-tuned per image in progressive stages."""
+    """DGP: ``w_fidelity * fidelity + w_dfeat * dfeat + latent_reg``; G fine-tuned per image in progressive stages.
+
+    With ``schedule="paper"`` the stages, rates and weights are the official script's for the degradation
+    (:mod:`rgi_core.inversion.schedules`); with ``"ours"`` one table for every task (:class:`DGPConfig`)."""
 
     config: DGPConfig
 
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem)
+        groups = len(problem.prior.generator.stages())
+        self.paper = (schedules.translate(schedules.PAPER_SCHEDULES[paper_task(problem.physics)],
+                                          problem.iterations, groups)
+                      if self.config.schedule == "paper" else None)
         with torch.no_grad():
             self.feats_y = self._features(problem.physics.A_dagger(problem.y, problem.shape))
 
@@ -260,13 +278,29 @@ class DGPObjective(Objective):
         return True  # features for the best-of-N cost, and for dfeat when weighted
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The discriminator's last ``dfeat_layers`` feature maps of images x (B, C, H, W) in [0, 1]."""
-        return self.problem.prior.discriminator.features(from_unit(x))[-self.config.dfeat_layers :]
+        """The discriminator feature maps of images x (B, C, H, W) in [0, 1] that the loss compares: every one
+        (the paper's scripts compare all of BigGAN's), or the last ``dfeat_layers``."""
+        feats = self.problem.prior.discriminator.features(from_unit(x))
+        return feats if self.paper is not None else feats[-self.config.dfeat_layers :]
 
-    def extra_terms(self, x: torch.Tensor, ax: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.config.dfeat_weight > 0:
+    def _weights(self, step: int) -> tuple[float, float]:
+        """The weights of the fidelity and dfeat terms at ``step``."""
+        if self.paper is None:
+            return 1.0, self.config.dfeat_weight
+        s = schedules.stage_at(self.paper, step)
+        return s.w_fidelity, s.w_dfeat
+
+    def terms(self, x: torch.Tensor, ax: torch.Tensor, z: torch.Tensor, mask: torch.Tensor | None,
+              step: int) -> dict[str, torch.Tensor]:
+        t = super().terms(x, ax, z, mask, step)
+        t["fidelity"] = self._weights(step)[0] * t["fidelity"]
+        return t
+
+    def extra_terms(self, x: torch.Tensor, ax: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        w = self._weights(step)[1]
+        if w > 0:
             feats = self._features(self.problem.physics.A_dagger(ax, self.problem.shape))
-            return {"dfeat": self.config.dfeat_weight * losses.feature_l1(feats, self.feats_y)}
+            return {"dfeat": w * losses.feature_l1(feats, self.feats_y)}
         return {}
 
     def take(self, rows: torch.Tensor) -> DGPObjective:
@@ -275,16 +309,50 @@ class DGPObjective(Objective):
         return view  # type: ignore[return-value]
 
     def init_cost(self, rows: slice, physics: Physics, xc: torch.Tensor) -> torch.Tensor:
-        """Best of N by discriminator-feature distance (DGP)."""
+        """Best of N by discriminator-feature distance (DGP; the official ``select_z`` compares the last 3)."""
         fc = self._features(physics.A_dagger(physics.A(xc), self.problem.shape))
-        return sum(torch.cdist(fy[rows].flatten(1), f.flatten(1), p=1) / fy[0].numel()
-                   for fy, f in zip(self.feats_y, fc, strict=True))
+        fy = self.feats_y
+        if self.paper is not None:
+            fc, fy = fc[-3:], fy[-3:]
+        return sum(torch.cdist(a[rows].flatten(1), b.flatten(1), p=1) / a[0].numel()
+                   for a, b in zip(fy, fc, strict=True))
 
     def theta_stages(self) -> list[Stage]:
-        """The generator's blocks unfrozen shallow to deep in equal stages, each at a lower lr."""
+        """``"ours"``: the generator's blocks unfrozen shallow to deep in equal stages, each at a lower lr.
+        ``"paper"``: every block from the first step, each at its stage's rate (0 while it is not fine-tuned)."""
         stages, T = self.problem.prior.generator.stages(), self.problem.iterations
-        return [Stage(names, self.config.lr_theta * self.config.stage_lr_decay**k, (k * T) // len(stages))
+        if self.paper is None:
+            return [Stage(names, self.config.lr_theta * self.config.stage_lr_decay**k, (k * T) // len(stages))
+                    for k, names in enumerate(stages)]
+        paper = self.paper
+        return [Stage(names, paper[0].lr_groups[k], 0,
+                      rate=lambda step, k=k: schedules.stage_at(paper, step).lr_groups[k])
                 for k, names in enumerate(stages)]
+
+    def z_rate(self) -> Callable[[int], float] | None:
+        if self.paper is None:
+            return None
+        paper = self.paper
+        return lambda step: schedules.stage_at(paper, step).lr_z
+
+    def adam_betas(self) -> tuple[float, float] | None:
+        return (0.0, 0.999) if self.paper is not None else None  # the official BigGAN optimiser's G_B1, G_B2
+
+    def settled(self) -> int:
+        if self.paper is None:
+            return super().settled()
+        return self.paper[-1].start
+
+
+def paper_task(physics: Physics) -> str:
+    """Which official DGP script's schedule a degradation takes (:data:`schedules.PAPER_SCHEDULES`)."""
+    if isinstance(physics, Inpainting):
+        return "inpainting"
+    if isinstance(physics, Grayscale):
+        return "colorization"
+    if isinstance(physics, Downsample):
+        return "super_resolution"
+    return "reconstruction"  # the identity and denoising
 
 
 #: The objective of each method (``config.method``).

@@ -177,7 +177,8 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
     T = config.iterations
     z = start.z.requires_grad_(True)
     mask = None if start.mask is None else start.mask.requires_grad_(True)  # (B, 1, H', W')
-    groups = [Group("z", [z], config.lr_z, 0, T)]
+    betas = objective.adam_betas()
+    groups = [Group("z", [z], config.lr_z, 0, T, rate=objective.z_rate(), betas=betas)]
     if mask is not None:
         groups.append(Group("mask", [mask], config.lr_mask, 0, objective.mask_stop()))
     stages = objective.theta_stages()
@@ -188,7 +189,8 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
             return []
         theta = p.gen.personalise(p.batch)
         objective.on_personalise(z, mask)
-        return [Group(f"theta{k}", [theta[n] for n in s.names], s.lr, s.start, T) for k, s in enumerate(stages)]
+        return [Group(f"theta{k}", [theta[n] for n in s.names], s.lr, s.start, T, rate=s.rate, betas=betas)
+                for k, s in enumerate(stages)]
 
     view: tuple[torch.Tensor, Objective] | None = None  # the objective of the images still optimising
 
