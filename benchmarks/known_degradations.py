@@ -91,12 +91,14 @@ def cell(prior_name: str, deg: str, variant: str, args: argparse.Namespace, out:
                          encoder=False, **extra)
     t0 = time.perf_counter()
     r = invert(y, prior, config, physics)
+    out.mkdir(parents=True, exist_ok=True)
     seconds = time.perf_counter() - t0
+    # the solve's inputs and outputs, for fusions computed after the fact (a learned phi)
+    torch.save({"x": x, "y": y, "generated": r.generated, "restored": r.restored}, path.with_suffix(".pt"))
     result = {"psnr": psnr(r.restored, x, torch.ones_like(region)).tolist(),
               "psnr_region": psnr(r.restored, x, region).tolist(),
               "psnr_generated": psnr(r.generated, x, torch.ones_like(region)).tolist(),
               "ssim": ssim(r.restored, x).tolist(), "seconds": seconds}
-    out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result))
     print(f"{prior_name} {deg} {variant}: PSNR {np.mean(result['psnr']):.2f} dB ({seconds:.0f} s)", flush=True)
     return result
