@@ -151,9 +151,11 @@ def test_full_solve_turns_every_lever_off():
 
     brick = load_prior("brick-64")
     cfg = CleanOptions(full_solve=True).settings(brick).config
-    assert cfg.triage is False and cfg.stop_tol == 0
-    assert CleanOptions().settings(brick).config.triage is True
-    assert CleanOptions(full_solve=True).config_hash(brick) == CleanOptions(triage=False, stop_tol=0).config_hash(brick)
+    assert cfg.triage is False and cfg.stop_tol == 0 and cfg.encoder is False
+    defaults = CleanOptions().settings(brick).config
+    assert defaults.triage is True and defaults.encoder is True  # brick ships a triage threshold and an encoder
+    levers_off = CleanOptions(triage=False, stop_tol=0, encoder=False)
+    assert CleanOptions(full_solve=True).config_hash(brick) == levers_off.config_hash(brick)
     with pytest.raises(ValueError, match="full_solve"):
         CleanOptions(full_solve=True, triage=True)
     with pytest.raises(ValueError, match="full_solve"):

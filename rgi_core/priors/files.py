@@ -153,7 +153,9 @@ def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, encod
 
     The generator's and discriminator's tensors are kept; with ``segmenter`` the file's segmenter tensors
     are replaced by its weights (its description belongs in ``defaults.segmenter``: ``segmenter.to_dict()``), and
-    likewise with ``encoder`` (described in ``defaults.encoder``).
+    likewise with ``encoder`` (described in ``defaults.encoder``), whose weights are stored in float16: it only
+    proposes a starting latent, and float32 would make it 5x the size of the generator and discriminator together
+    (brick-64: 12 MB against 2.4 MB); loading casts them back to the prior's dtype.
     Written atomically; returns the new metadata document.
     """
     path = Path(path)
@@ -165,7 +167,8 @@ def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, encod
         tensors |= {SEGMENTER_PREFIX + k: v for k, v in plain_state_dict(segmenter.net).items()}
     if encoder is not None:
         tensors = {k: v for k, v in tensors.items() if not k.startswith(ENCODER_PREFIX)}
-        tensors |= {ENCODER_PREFIX + k: v for k, v in plain_state_dict(encoder).items()}
+        tensors |= {ENCODER_PREFIX + k: v.half() if v.is_floating_point() else v
+                    for k, v in plain_state_dict(encoder).items()}
     _write_atomic(path, st_save(tensors, metadata={"rgi": json.dumps(meta, sort_keys=True)}))
     return meta
 
