@@ -167,6 +167,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
         sampler, sampler)
     texture = fit_on.sample(args.texture_stats) if args.texture_stats > 0 else None  # (M, C, R, R)
     segmenter = encoder = None
+    phi_nets: dict = {}
     with stopping.cli_signals() as signalled:
         try:
             if args.segmenter_steps > 0:  # trained on its own crops, thresholded on others it never saw
@@ -179,6 +180,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
             if args.encoder_steps > 0:  # before the calibration, so its solves start as cleaning's will
                 encoder = _train_encoder(prior, fit_on.sample(args.encoder_crops), args, stopping.stop_requested,
                                          _encoder_checkpoint(args.prior))
+            phi_nets = _train_phi_nets(prior, fit_on, args, stopping.stop_requested)
             fusion_clean = held.sample(args.fusion_images) if args.fusion_images > 0 else None
             families = (_family_crops(held, args.fusion_families, args.seed, prior.spec.channels)
                         if fusion_clean is not None else None)
@@ -190,11 +192,31 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                     if _encoder_checkpoint(args.prior).exists() else "")
             return _stopped("calibrate-prior: stopped", "the prior is unchanged" + kept, signalled())
         defaults["calibration"]["source"] = args.images
-        meta = update_metadata(args.prior, segmenter=segmenter, encoder=encoder, defaults=defaults)
+        meta = update_metadata(args.prior, segmenter=segmenter, encoder=encoder, phi_nets=phi_nets, defaults=defaults)
         if encoder is not None:
             _encoder_checkpoint(args.prior).unlink(missing_ok=True)
     print(json.dumps(meta["defaults"], indent=2))
     return 0
+
+
+def _train_phi_nets(prior: Any, sampler: Any, args: argparse.Namespace, stop: Any) -> dict:
+    """``--phi-nets``: one phi-net per degradation, put in ``prior`` (its nets and ``defaults.phi_nets``) as the
+    file will hold them."""
+    from rgi_core.priors.phinet import PhiNetConfig, make_pairs, train_phi_net
+
+    nets = {}
+    for op in args.phi_nets:
+        cfg = PhiNetConfig(images=args.phi_images, method=args.phi_method, steps=args.phi_steps, seed=args.seed)
+        print(f"phi-net {op}: inverting {cfg.images} degraded crops", file=sys.stderr)
+        pairs = make_pairs(prior, sampler.sample(cfg.images), op, cfg, stop)
+        def log(step: int, loss: float, op: str = op) -> None:
+            print(f"phi-net {op} step {step}: loss {loss:.5f}", file=sys.stderr)
+
+        net, record = train_phi_net(pairs, cfg, stop=stop, log=log)
+        nets[op] = net
+        prior.phi_nets[op] = net.to(prior.device)
+        prior.meta.setdefault("defaults", {}).setdefault("phi_nets", {})[op] = record
+    return nets
 
 
 def _encoder_checkpoint(prior_path: str) -> Path:
@@ -653,6 +675,16 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                         "from it too. Resumable from PRIOR.encoder-checkpoint. 0 keeps the prior's")
     c.add_argument("--encoder-crops", type=int, default=1024, metavar="N",
                    help="clean crops the encoder reconstructs (default 1024)")
+    c.add_argument("--phi-nets", type=_phi_operators, default=(), metavar="OPS",
+                   help="train BIGPrior's learned fusion for these known degradations, comma-separated (noise, "
+                        "inpaint, downsample, grayscale; rgi_core.priors.phinet): clean crops are degraded, "
+                        "inverted, and a net learns the phi that takes the fusion back to the clean crop; empty keeps "
+                        "the prior's")
+    c.add_argument("--phi-method", choices=("rgi", "rrgi", "mse", "dgp"), default="dgp",
+                   help="the method whose fits the phi-nets learn to fuse (default dgp; use the one you restore with)")
+    c.add_argument("--phi-images", type=int, default=64, metavar="N",
+                   help="clean crops degraded and inverted (200 steps each) for each phi-net's pairs (default 64)")
+    c.add_argument("--phi-steps", type=int, default=1000, metavar="N", help="Adam steps per phi-net (default 1000)")
     c.add_argument("--triage-keep", type=_fraction, default=0.2, metavar="FRACTION",
                    help="with a fusion, store a triage threshold: `rgi clean` then runs the full solve only for images "
                         "whose detectors' score is above it, a share FRACTION of the fusion's clean images (default "
@@ -661,6 +693,17 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    help="train K segmenter nets (seeds SEED, SEED+1, ...) and average their probabilities; K times "
                         "the training time (default 1; 3 raised the learned map's own image AUROC on the "
                         "validation strip, docs/design.md)")
+
+
+def _phi_operators(text: str) -> tuple[str, ...]:
+    """``--phi-nets``: a comma-separated list of known degradations."""
+    from rgi_core.priors.phinet import PHI_OPERATORS
+
+    ops = tuple(o.strip() for o in text.split(",") if o.strip())
+    bad = [o for o in ops if o not in PHI_OPERATORS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"no phi-net for {', '.join(bad)}; choose from {', '.join(PHI_OPERATORS)}")
+    return ops
 
 
 def _add_clean(sub: argparse._SubParsersAction) -> None:

@@ -67,6 +67,9 @@ class InversionConfig:
             Off for ``mse``, the residual-only baseline.
         encoder: start from the prior's encoder as well (:mod:`rgi_core.priors.encoder`): E(x) joins the best-of-N
             candidates, and is the only one with ``n_init`` 1. ``None`` = on when the prior carries an encoder.
+        learned_phi: for a known degradation, BIGPrior's fusion takes phi from the prior's phi-net for that
+            degradation (:mod:`rgi_core.priors.phinet`) instead of the heuristic of the residual. ``None`` = where the
+            prior carries one; mask-free cleaning (the identity) always keeps the heuristic.
         converge_tol: relative change of the loss over the last 10 % of steps that counts as converged.
         stop_tol: adaptive stopping (ours): an image leaves the batch once its objective improved by less than
             ``stop_tol`` (relative) over the last ``stop_window`` steps, its products frozen there; the
@@ -113,6 +116,7 @@ class InversionConfig:
     learned_map: bool = True
     triage: bool | None = None
     encoder: bool | None = None
+    learned_phi: bool | None = None
     converge_tol: float = 1e-3
     stop_tol: float = 0.01
     stop_window: int = 100
@@ -162,7 +166,7 @@ class InversionConfig:
         d.pop("device")
         if self.stop_tol == 0:
             del d["stop_tol"], d["stop_window"]
-        for k in ("triage", "encoder", "tf32"):  # off (False, or unset before a prior resolved it) changes nothing;
+        for k in ("triage", "encoder", "tf32", "learned_phi"):  # off (False, or unset) changes nothing;
             if not d[k]:  # which threshold or encoder is used is part of the model id
                 del d[k]
         if self.precision == "fp32":

@@ -41,8 +41,13 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
     res = p.residual(ax)  # (B, 1, H', W')
     m = p.lift(mask.detach() if mask is not None else residual_rule.closed_form_mask(res, lam, kind))
     observed = p.physics.observed(shape, device=p.device)  # (1|B, 1, H, W)
-    phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, lam, kind)))
-    fused = (1.0 - phi) * p.physics.A_dagger(p.y, shape) + phi * x
+    degraded = p.physics.A_dagger(p.y, shape)
+    net = p.prior.phi_nets.get(p.physics.name) if config.learned_phi is not False else None
+    if net is not None:  # BIGPrior's learned fusion for this degradation
+        phi = net(degraded, x, observed)
+    else:  # the heuristic: trust an observed pixel as far as the fit explains it
+        phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, lam, kind)))
+    fused = (1.0 - phi) * degraded + phi * x
     restored = p.physics.keep_observed(fused, p.y).clamp(0.0, 1.0)  # colourisation: the grey input's luma
     maps = {"residual": p.lift(anomaly_map(objective.scored_residual(res, mask), lam, kind, config.map_sigma))
             } if config.residual_map else {}

@@ -74,6 +74,9 @@ def _invert(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
         raise ValueError(f"no detector left to score with: the residual is off and prior {prior.name!r} carries no "
                          f"other detector that runs with {type(physics).__name__} (and the config's texture_map / "
                          "learned_map)")
+    if config.learned_phi and physics.name not in prior.phi_nets:
+        raise ValueError(f"learned_phi: prior {prior.name!r} has no phi-net for {physics.name!r} (it has "
+                         f"{sorted(prior.phi_nets) or 'none'}; `rgi calibrate --into-prior --phi-nets` trains one)")
     if images.shape[0] == 0:
         return _empty_result(images, prior, shape)
     triaged = _triage(images, prior, config, physics, control, initialiser)

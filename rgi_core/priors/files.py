@@ -3,7 +3,9 @@
 File layout: one ``.safetensors`` file. Tensors are named ``generator.<param>`` and
 ``discriminator.<param>``, ``segmenter.<param>`` when the prior carries a learned anomaly segmenter
 (:mod:`rgi_core.detectors.segmenter`, described by ``defaults.segmenter``), and ``encoder.<param>`` when it carries
-an encoder (:mod:`rgi_core.priors.encoder`, described by ``defaults.encoder``). The safetensors header's
+an encoder (:mod:`rgi_core.priors.encoder`, described by ``defaults.encoder``), and ``phi_net.<operator>.<param>``
+for each known degradation it has a learned BIGPrior fusion for (:mod:`rgi_core.priors.phinet`, described by
+``defaults.phi_nets.<operator>``). The safetensors header's
 ``__metadata__`` holds one key, ``rgi``, whose value is a JSON document::
 
     {"format": 1, "name": ..., "architecture": {ArchSpec fields}, "training": {data, split, recipe,
@@ -32,11 +34,13 @@ from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.device import resolve_device
 from rgi_core.priors.encoder import Encoder, encoder_from_parts
 from rgi_core.priors.nets import ArchSpec, Discriminator, Generator
+from rgi_core.priors.phinet import PhiNet, phi_net_from_parts
 from rgi_core.version import __version__
 
 FORMAT_VERSION = 1
 SEGMENTER_PREFIX = "segmenter."
 ENCODER_PREFIX = "encoder."
+PHI_NET_PREFIX = "phi_net."
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save zip archives
 
 
@@ -56,6 +60,7 @@ class Prior:
         prior_id: sha256 of the file's bytes (identifies the exact weights in catalogs).
         segmenter: the learned anomaly segmenter stored with the prior, or None.
         encoder: the encoder x -> z stored with the prior (the solver's amortised start), or None.
+        phi_nets: BIGPrior's learned reliance per known degradation (operator name -> :class:`PhiNet`).
     """
 
     name: str
@@ -66,6 +71,7 @@ class Prior:
     prior_id: str = ""
     segmenter: LearnedMap | None = None
     encoder: Encoder | None = None
+    phi_nets: dict[str, PhiNet] = field(default_factory=dict)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -84,6 +90,8 @@ class Prior:
             self.segmenter.net.to(device=device, dtype=dtype)
         if self.encoder is not None:
             self.encoder.to(device=device, dtype=dtype)
+        for net in self.phi_nets.values():
+            net.to(device=device, dtype=dtype)
         return self
 
 
@@ -148,14 +156,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, encoder: Encoder | None = None,
-                    **updates: Any) -> dict[str, Any]:
+                    phi_nets: dict[str, PhiNet] | None = None, **updates: Any) -> dict[str, Any]:
     """Rewrite a local prior file with metadata fields replaced (e.g. ``defaults=...``).
 
     The generator's and discriminator's tensors are kept; with ``segmenter`` the file's segmenter tensors
     are replaced by its weights (its description belongs in ``defaults.segmenter``: ``segmenter.to_dict()``), and
     likewise with ``encoder`` (described in ``defaults.encoder``), whose weights are stored in float16: it only
     proposes a starting latent, and float32 would make it 5x the size of the generator and discriminator together
-    (brick-64: 12 MB against 2.4 MB); loading casts them back to the prior's dtype.
+    (brick-64: 12 MB against 2.4 MB); loading casts them back to the prior's dtype. ``phi_nets`` replaces the
+    phi-nets of the operators it names (each described in ``defaults.phi_nets.<operator>``).
     Written atomically; returns the new metadata document.
     """
     path = Path(path)
@@ -169,6 +178,10 @@ def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, encod
         tensors = {k: v for k, v in tensors.items() if not k.startswith(ENCODER_PREFIX)}
         tensors |= {ENCODER_PREFIX + k: v.half() if v.is_floating_point() else v
                     for k, v in plain_state_dict(encoder).items()}
+    for op, net in (phi_nets or {}).items():
+        prefix = f"{PHI_NET_PREFIX}{op}."
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
+        tensors |= {prefix + k: v for k, v in plain_state_dict(net).items()}
     _write_atomic(path, st_save(tensors, metadata={"rgi": json.dumps(meta, sort_keys=True)}))
     return meta
 
@@ -255,8 +268,9 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
             raise PriorFormatError(f"{name}: tensors do not match the architecture in metadata: {exc}") from exc
     seg = _segmenter(tensors, meta, name)
     enc = _encoder(tensors, meta, spec, name)
+    phi = _phi_nets(tensors, meta, spec, name)
     dev = resolve_device(device)
-    for net in (g, d, *([seg.net] if seg else []), *([enc] if enc else [])):
+    for net in (g, d, *([seg.net] if seg else []), *([enc] if enc else []), *phi.values()):
         net.eval().requires_grad_(False).to(dev)
     return Prior(
         name=meta.get("name") or name,
@@ -267,6 +281,7 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
         prior_id=hashlib.sha256(data).hexdigest(),
         segmenter=seg,
         encoder=enc,
+        phi_nets=phi,
     )
 
 
@@ -304,6 +319,25 @@ def _encoder(tensors: dict[str, torch.Tensor], meta: dict[str, Any], spec: ArchS
         return encoder_from_parts(spec, part[1], part[0])
     except RuntimeError as exc:
         raise PriorFormatError(f"{name}: encoder tensors do not match defaults.encoder: {exc}") from exc
+
+
+def _phi_nets(tensors: dict[str, torch.Tensor], meta: dict[str, Any], spec: ArchSpec,
+              name: str) -> dict[str, PhiNet]:
+    """The phi-nets of a file (``phi_net.<operator>.*`` tensors, ``defaults.phi_nets.<operator>``), by operator."""
+    described = (meta.get("defaults") or {}).get("phi_nets") or {}
+    stored = {k[len(PHI_NET_PREFIX):].split(".", 1)[0] for k in tensors if k.startswith(PHI_NET_PREFIX)}
+    if set(described) != stored:
+        raise PriorFormatError(f"{name}: phi-nets need both their tensors and defaults.phi_nets; tensors for "
+                               f"{sorted(stored)}, metadata for {sorted(described)}")
+    out = {}
+    for op, record in described.items():
+        prefix = f"{PHI_NET_PREFIX}{op}."
+        try:
+            out[op] = phi_net_from_parts(spec.channels, record,
+                                         {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        except RuntimeError as exc:
+            raise PriorFormatError(f"{name}: phi-net {op!r} tensors do not match defaults.phi_nets: {exc}") from exc
+    return out
 
 
 def load_prior(name_or_path: str | Path, device: str | torch.device = "auto",
