@@ -736,8 +736,9 @@ def _add_query(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export_dataset(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("export-dataset", help="write a built-in dataset split (brick, grass, gravel, digits) as PNGs")
-    e.add_argument("name", choices=("brick", "grass", "gravel", "digits"))
+    e = sub.add_parser("export-dataset",
+                       help="write a built-in dataset split (brick, grass, gravel, ihc, digits) as PNGs")
+    e.add_argument("name", choices=("brick", "grass", "gravel", "ihc", "digits"))
     e.add_argument("out_dir")
     e.add_argument("--split", choices=("train", "eval"), default="train")
     e.set_defaults(func=_cmd_export_dataset)

@@ -3,7 +3,9 @@
 # last checkpoint (runs/priors/<name>.train/state.safetensors); raise STEPS_* to train further.
 # brick-64 has a spatial latent grid (32 x 4 x 4); grass-64 and gravel-64 a global latent of 128 (on a
 # validation strip of the training region the global prior detected defects better; docs/design.md).
-# Usage: scripts/train_shipped_priors.sh [brick grass gravel digits]   (default: all four, in parallel)
+# ihc-64 is the colour prior: the same recipe on 3 channels of skimage.data.immunohistochemistry().
+# Each prior's encoder is trained at the end (ENCODER_STEPS, default 2000; 0 skips it).
+# Usage: scripts/train_shipped_priors.sh [brick grass gravel ihc digits]   (default: the four grey priors, in parallel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RGI=${RGI:-.venv/bin/rgi}
@@ -25,10 +27,12 @@ for name in ${names[@]}; do
   else
     [ -d "$OUT/data/$name-train" ] || $RGI export-dataset "$name" "$OUT/data/$name-train" --split train
     latent=(--latent-dim 128 --latent-mode global); [ "$name" = brick ] && latent=(--latent-dim 32 --latent-mode spatial)
-    $RGI train-prior "$OUT/data/$name-train" --out "$OUT/$name-64.safetensors" --resolution 64 --channels 1 \
+    channels=1; source="skimage.data.$name()"
+    [ "$name" = ihc ] && channels=3 && source="skimage.data.immunohistochemistry() (RGB)"
+    $RGI train-prior "$OUT/data/$name-train" --out "$OUT/$name-64.safetensors" --resolution 64 --channels "$channels" \
       "${latent[@]}" --width 16 --max-channels 128 --batch-size 16 \
-      --steps "$STEPS_TEXTURE" --seed 0 --threads "$THREADS" \
-      --data-note "skimage.data.$name() columns x < 384 (left three quarters), random 64x64 crops; x >= 384 held out" \
+      --steps "$STEPS_TEXTURE" --seed 0 --threads "$THREADS" --encoder-steps "${ENCODER_STEPS:-2000}" \
+      --data-note "$source columns x < 384 (left three quarters), random 64x64 crops; x >= 384 held out" \
       >>"$OUT/$name-64.log" 2>&1 &
   fi
 done

@@ -79,6 +79,20 @@ def test_texture_splits_are_disjoint_quarters():
         builtin.texture("brick", "test")
 
 
+def test_the_colour_texture_is_split_the_same_way_and_exports_in_colour(tmp_path):
+    from skimage import data
+
+    train, held = builtin.texture("ihc", "train"), builtin.texture("ihc", "eval")
+    assert train.shape == (3, 512, 384) and held.shape == (3, 512, 128)
+    full = np.asarray(data.immunohistochemistry(), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    np.testing.assert_array_equal(np.concatenate([train, held], axis=2), full)
+    (path,) = builtin.export("ihc", "eval", tmp_path)
+    assert path.name == "ihc-eval.png"
+    np.testing.assert_allclose(decode_image(path.read_bytes(), 3), held, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown texture"):
+        builtin.texture("tissue", "train")
+
+
 def test_digits_split_sizes_and_scaling():
     train, held = builtin.digits("train"), builtin.digits("eval")
     assert train.shape == (1500, 1, 32, 32) and held.shape == (297, 1, 32, 32)

@@ -2,6 +2,8 @@
 
 - Textures (``brick``, ``grass``, ``gravel``): scikit-image's 512x512 grayscale images. ``train`` is the
   left three quarters (columns x < 384), ``eval`` the right quarter (x >= 384). Priors never see ``eval``.
+- ``ihc``: scikit-image's ``immunohistochemistry()``, a 512x512 RGB micrograph of stained tissue, a real colour
+  domain; split like the textures.
 - ``digits``: scikit-learn's ``load_digits`` (1797 8x8 images, values 0..16), scaled to 0..255 and resized to
   32x32 with PIL bicubic. ``train`` is images 0..1499, ``eval`` 1500..1796.
 
@@ -17,8 +19,10 @@ from typing import Literal
 import numpy as np
 
 Split = Literal["train", "eval"]
-TEXTURES = ("brick", "grass", "gravel")
-DATASETS = (*TEXTURES, "digits")
+TEXTURES = ("brick", "grass", "gravel")  # the grey textures
+COLOUR_TEXTURES = ("ihc",)
+DATASETS = (*TEXTURES, *COLOUR_TEXTURES, "digits")
+_SKIMAGE = {"brick": "brick", "grass": "grass", "gravel": "gravel", "ihc": "immunohistochemistry"}
 TEXTURE_SPLIT_X = 384
 DIGITS_SPLIT = 1500
 
@@ -29,15 +33,17 @@ def _check_split(split: str) -> None:
 
 
 def texture(name: str, split: Split) -> np.ndarray:
-    """One texture's split as a float32 (1, 512, W) array in [0, 1]; W = 384 (train) or 128 (eval)."""
+    """One texture's split as a float32 (C, 512, W) array in [0, 1]; W = 384 (train) or 128 (eval); C = 1 for the
+    grey textures, 3 for ``ihc``."""
     from skimage import data
 
     _check_split(split)
-    if name not in TEXTURES:
-        raise ValueError(f"unknown texture {name!r}; choose from {TEXTURES}")
-    img = np.asarray(getattr(data, name)(), dtype=np.float32) / 255.0  # (512, 512)
-    part = img[:, :TEXTURE_SPLIT_X] if split == "train" else img[:, TEXTURE_SPLIT_X:]
-    return np.ascontiguousarray(part[None])
+    if name not in _SKIMAGE:
+        raise ValueError(f"unknown texture {name!r}; choose from {(*TEXTURES, *COLOUR_TEXTURES)}")
+    img = np.asarray(getattr(data, _SKIMAGE[name])(), dtype=np.float32) / 255.0  # (512, 512) or (512, 512, 3)
+    chw = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+    part = chw[..., :TEXTURE_SPLIT_X] if split == "train" else chw[..., TEXTURE_SPLIT_X:]
+    return np.ascontiguousarray(part)
 
 
 def digits(split: Split, size: int = 32) -> np.ndarray:
@@ -56,7 +62,7 @@ def digits(split: Split, size: int = 32) -> np.ndarray:
 
 
 def load(name: str, split: Split) -> np.ndarray:
-    """(N, 1, H, W) float32 images of a built-in dataset split (textures: N = 1, the whole region)."""
+    """(N, C, H, W) float32 images of a built-in dataset split (textures: N = 1, the whole region)."""
     if name == "digits":
         return digits(split)
     return texture(name, split)[None]
