@@ -16,9 +16,32 @@ def crops() -> torch.Tensor:
     return torch.stack([region[:, y : y + 64, x : x + 64] for y, x in ((0, 0), (100, 200), (300, 50), (400, 300))])
 
 
-def test_there_are_at_least_twelve_grey_families_and_one_colour_family():
+def test_there_are_at_least_twelve_grey_families_and_three_colour_families():
     assert len(families_for(1)) >= 12
-    assert set(families_for(3)) - set(families_for(1)) == {"colour_cast"}
+    assert set(families_for(3)) - set(families_for(1)) == {"colour_cast", "hue_shift", "stain_blob"}
+
+
+@pytest.fixture(scope="module")
+def colour_crops() -> torch.Tensor:
+    region = torch.from_numpy(builtin.texture("ihc", "train"))  # (3, 512, 384)
+    return torch.stack([region[:, y : y + 64, x : x + 64] for y, x in ((0, 0), (100, 200), (300, 50), (400, 300))])
+
+
+@pytest.mark.parametrize("family", sorted(set(families_for(3)) - set(families_for(1))))
+def test_every_colour_family_marks_exactly_what_it_changed_and_is_seeded(family, colour_crops):
+    for i, x in enumerate(colour_crops):
+        out, truth = apply_family(x, family, seed=i)
+        assert out.shape == x.shape and 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+        assert torch.equal(truth, changed(x, out)) and int(truth.sum()) >= MIN_PIXELS
+        assert torch.equal(out, apply_family(x, family, seed=i)[0])
+
+
+def test_hue_shift_turns_colour_and_keeps_brightness(colour_crops):
+    x = colour_crops[1]
+    out, truth = apply_family(x, "hue_shift", seed=3)
+    brightness = (out.mean(0) - x.mean(0)).abs()[truth[0]]
+    colour = (out - x).abs().amax(0)[truth[0]]
+    assert float(brightness.median()) < 0.01 < float(colour.median())  # the rotation keeps the channel mean
 
 
 def test_changed_is_the_pixels_that_moved_more_than_the_tolerance():

@@ -29,6 +29,10 @@ family                    what it is (sizes relative to the image side ``s``; in
 ``mosaic``                a rectangle (15-30 % of each side) pixelated in blocks of 3-6 px
 ``liquid_stain``          a value-noise region covering 5-20 %, soft edge, darkened to 50-80 % of its value
 ``colour_cast``           (colour images only) an ellipse (semi-axes 12-25 %) with one channel moved 0.1-0.2
+``hue_shift``             (colour images only) a soft ellipse (semi-axes 12-25 %, edge 2-4 px) whose colours turn
+                          40-120 degrees about the grey axis: hue changes, the channel mean only by clipping
+``stain_blob``            (colour images only) a value-noise blob covering 3-12 %, soft edge, blended 35-70 % toward
+                          a saturated colour (any hue, saturation 0.6-1, value 0.3-0.8): a stray stain
 ========================  ======================================================================================
 """
 
@@ -284,6 +288,29 @@ def colour_cast(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x + region * shift
 
 
+def hue_shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    _, h, w = x.shape
+    region = _soft_ellipse(h, w, gen, 0.12, 0.25, (2.0, 4.0))
+    angle = math.radians(_u(gen, 40.0, 120.0)) * _sign(gen)
+    # Rodrigues' rotation about the grey axis k = (1, 1, 1) / sqrt(3): v' = v cos + (k x v) sin + k (k . v)(1 - cos)
+    k = torch.full((3,), 1 / math.sqrt(3.0))
+    cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    rot = math.cos(angle) * torch.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * torch.outer(k, k)
+    turned = torch.einsum("ij,jhw->ihw", rot, x).clamp(0.0, 1.0)
+    return _blend(x, region, turned)
+
+
+def stain_blob(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    _, h, w = x.shape
+    region = _noise_region(h, w, gen, (0.03, 0.12), soft=0.15)
+    hue, sat, val = _u(gen, 0.0, 1.0), _u(gen, 0.6, 1.0), _u(gen, 0.3, 0.8)
+    # HSV -> RGB of the stain's colour
+    channel = torch.tensor([5.0, 3.0, 1.0])  # R, G, B
+    k = (channel + hue * 6.0) % 6.0
+    rgb = val - val * sat * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+    return _blend(x, region * _u(gen, 0.35, 0.70), rgb[:, None, None].expand_as(x))
+
+
 @dataclass(frozen=True)
 class Family:
     """One defect family: ``make(x, gen)`` draws a defect on x (C, H, W) in [0, 1]; ``colour_only`` families
@@ -310,6 +337,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mosaic", mosaic),
     Family("liquid_stain", liquid_stain),
     Family("colour_cast", colour_cast, colour_only=True),
+    Family("hue_shift", hue_shift, colour_only=True),
+    Family("stain_blob", stain_blob, colour_only=True),
 )}
 
 
