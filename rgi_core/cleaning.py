@@ -81,6 +81,8 @@ class Outcome:
     converged: bool = False
     iterations: int = 0  # solver steps the image ran (tiles: the most any tile ran)
     triaged: bool = False  # the triage judged it clean and no solve ran (tiles: every tile)
+    sizing: str = ""  # how it reached the prior's size: "resize", "tile", or "none" (it was the prior's size)
+    tiles: int = 0  # the network-size inputs it became (1 unless tiled)
     detector_scores: Mapping[str, float] = field(default_factory=dict)  # each detector's own score (Inverted)
     detector_surprise: Mapping[str, float] = field(default_factory=dict)  # and its -log10 p (calibrated priors)
     seconds: float = 0.0
@@ -206,6 +208,17 @@ class Inverted(NamedTuple):
     detector_surprise: Mapping[str, float] = MappingProxyType({})
 
 
+def sizing_of(height: int, width: int, prior: Prior, sizing: Sizing) -> tuple[str, int]:
+    """How an image of ``height`` x ``width`` reaches the prior (``resize``, ``tile`` or ``none``: it is the prior's
+    size) and how many network-size inputs it becomes."""
+    r = prior.spec.resolution
+    if (height, width) == (r, r):
+        return "none", 1
+    if sizing == "resize":
+        return "resize", 1
+    return "tile", len(_starts(max(height, r), r)) * len(_starts(max(width, r), r))
+
+
 def network_inputs(x: torch.Tensor, prior: Prior, sizing: Sizing = "resize") -> torch.Tensor:
     """One image (C, H, W) as the prior sees it: (n, c, r, r), n = 1 (resize) or the number of tiles."""
     r, c = prior.spec.resolution, prior.spec.channels
@@ -313,6 +326,7 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             outcomes[i] = Outcome(uri, key, error=f.error)
             continue
         amap, mask = f.anomaly_map.numpy(), f.mask.numpy()  # numpy from here on: no torch op off the compute thread
+        how, tiles = sizing_of(img.pixels.shape[1], img.pixels.shape[2], prior, sizing)
         outcomes[i] = Outcome(
             uri=uri, image_key=key, width=img.pixels.shape[2], height=img.pixels.shape[1], channels=img.channels,
             score=f.score, anomaly_fraction=float((amap > 0.5).mean()), mask_fraction=float((mask > 0.5).mean()),
@@ -320,6 +334,7 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             converged=all(d.converged for d in f.diagnostics),
             iterations=max(d.iterations for d in f.diagnostics),
             triaged=all(d.triaged for d in f.diagnostics),
+            sizing=how, tiles=tiles,
             detector_scores=dict(f.detector_scores),
             detector_surprise=dict(f.detector_surprise),
             seconds=seconds,

@@ -80,8 +80,10 @@ def test_outputs_keep_size_and_mode(tiny_prior, sizing):
     assert [o.uri for o in out] == [u for u, _ in items]
     assert out[3].error and "junk.png" in out[3].error and out[3].restored_png == b""
     assert out[3].image_key == image_key(items[3][1])
-    for o, (w, h, mode) in zip(out[:3], [(50, 40, "L"), (24, 20, "RGBA"), (31, 33, "I;16")], strict=True):
+    tiles = [4, 1, 2] if sizing == "tile" else [1, 1, 1]  # 40x50: 2x2 tiles of 32 overlapping 4 px; 20x24: padded
+    for o, (w, h, mode), n in zip(out[:3], [(50, 40, "L"), (24, 20, "RGBA"), (31, 33, "I;16")], tiles, strict=True):
         assert not o.error and (o.width, o.height) == (w, h)
+        assert o.sizing == sizing and o.tiles == n  # how it reached the prior, for the catalog
         restored = Image.open(io.BytesIO(o.restored_png))
         assert restored.size == (w, h) and restored.mode == mode
         for png in (o.anomaly_map_png, o.mask_png, o.phi_png):

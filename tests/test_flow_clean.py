@@ -64,6 +64,7 @@ def test_local_folder_all_formats_rerun_force_and_new_config(prefect_api, tiny_p
     _check_catalog(out, images)
     ok = images[images.status == "ok"]
     assert (ok.schema_version == 2).all() and ok.anomaly_fraction.between(0, 1).all()
+    assert (ok.sizing == "none").all() and (ok.tiles == 1).all()  # every image is the prior's 32x32
     for uri in [*ok.anomaly_map_uri, *ok.mask_uri]:
         m = decode_image(open(uri, "rb").read(), 1)
         assert m.shape == (1, 32, 32)

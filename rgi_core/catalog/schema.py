@@ -9,7 +9,7 @@ Schema versions (:data:`SCHEMA_VERSION`, the ``schema_version`` column of both t
   and ``error``; rows carry ``model_id`` (:mod:`rgi_core.catalog.store`, row identity). Columns added since
   (null in rows written before): ``iterations``, ``stage``; the detectors' own scores and tail probabilities
   (``residual_score``, ``texture_score``, ``learned_score``, ``residual_p``, ``texture_p``, ``learned_p``) and
-  ``flagged_by``.
+  ``flagged_by``; ``sizing`` and ``tiles``.
 
 Every column is described in docs/reference/catalog.md. Later versions only add nullable columns.
 """
@@ -50,6 +50,8 @@ IMAGE_SCHEMA = pa.schema([
     ("converged", pa.bool_()),
     ("iterations", pa.int32()),
     ("stage", pa.string()),
+    ("sizing", pa.string()),
+    ("tiles", pa.int32()),
     ("residual_score", pa.float64()),
     ("texture_score", pa.float64()),
     ("learned_score", pa.float64()),

@@ -436,7 +436,7 @@ class Catalog:
                 threshold = context.get("score_threshold")
                 row |= {"anomaly_score": o.score, "anomaly_fraction": o.anomaly_fraction,
                         "mask_fraction": o.mask_fraction, "iterations": o.iterations,
-                        "stage": "triage" if o.triaged else "solve",
+                        "stage": "triage" if o.triaged else "solve", "sizing": o.sizing, "tiles": o.tiles,
                         # no solve ran for a triaged image: no objective to report
                         "final_loss": None if o.triaged else o.final_loss,
                         "converged": None if o.triaged else o.converged,
