@@ -18,8 +18,8 @@ method        terms                                                             
               ``[- adv_weight * D(G(z))]``
 ``rrgi``      RGI, then also per-image generator weights theta                     z, M (frozen or not),
                                                                                    theta (finetune_from)
-``dgp``       ``fidelity + dfeat_weight * dfeat + latent_reg``                     z, theta stage k from
-                                                                                   k * T / S (progressive)
+``dgp``       ``w_fid * fidelity + w_dfeat * dfeat + latent_reg``, weights and     z, theta (blocks per
+              rates per stage (:mod:`rgi_core.inversion.schedules`)                stage, shallow first)
 ============  ===================================================================  =====================
 """
 
