@@ -45,13 +45,15 @@ VARIANTS = {"dgp-ours": ("dgp", {"schedule": "ours"}), "dgp-paper": ("dgp", {"sc
             "mse": ("mse", {"stop_tol": 0.0})}
 
 
-def held_out(prior: str, n: int, seed: int) -> torch.Tensor:
-    """``n`` held-out images the prior never saw (N, C, H, W) in [0, 1]."""
+def images_of(prior: str, split: str, n: int, seed: int) -> torch.Tensor:
+    """``n`` images (N, C, H, W) in [0, 1] of the prior's ``eval`` split (held out: the prior never saw them) or
+    ``train`` split; texture crops of the two splits are drawn with different seeds."""
     if prior.startswith("digits"):
-        x = torch.from_numpy(builtin.digits("eval")).float()
+        x = torch.from_numpy(builtin.digits(split)).float()
         return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
     texture = prior.split("-")[0]
-    return random_crops(torch.from_numpy(builtin.texture(texture, "eval")).float(), n, 64, 50_000 + seed)
+    offset = 50_000 if split == "eval" else 60_000
+    return random_crops(torch.from_numpy(builtin.texture(texture, split)).float(), n, 64, offset + seed)
 
 
 def degradation(name: str, size: int) -> tuple[Physics, torch.Tensor]:
@@ -87,7 +89,7 @@ def cell(prior_name: str, deg: str, variant: str, args: argparse.Namespace, out:
     if path.exists():
         return json.loads(path.read_text())
     prior = load_prior(prior_name)
-    x = held_out(prior_name, args.n, args.seed)
+    x = images_of(prior_name, "eval", args.n, args.seed)
     physics, region = degradation(deg, x.shape[-1])
     y = physics(x).clamp(0, 1)  # the measurement, noise included
     method, extra = VARIANTS[variant]
@@ -109,15 +111,6 @@ def cell(prior_name: str, deg: str, variant: str, args: argparse.Namespace, out:
     return result
 
 
-def training_crops(prior: str, n: int, seed: int) -> torch.Tensor:
-    """``n`` clean images of the prior's training split (N, C, H, W)."""
-    if prior.startswith("digits"):
-        x = torch.from_numpy(builtin.digits("train")).float()
-        return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
-    texture = prior.split("-")[0]
-    return random_crops(torch.from_numpy(builtin.texture(texture, "train")).float(), n, 64, 60_000 + seed)
-
-
 def learned_phi(prior_name: str, deg: str, variant: str, args: argparse.Namespace, out: Path) -> dict:
     """BIGPrior's learned fusion on a solved cell: a phi-net trained on the prior's training crops (degraded and
     inverted by the cell's method with ``--phi-solve-iterations``), applied to the cell's stored solve."""
@@ -129,7 +122,7 @@ def learned_phi(prior_name: str, deg: str, variant: str, args: argparse.Namespac
                        steps=args.phi_steps, seed=args.seed)
     prior = load_prior(prior_name)
     # make_pairs solves with the method's defaults; the cell's schedule is the one variant this runs for
-    pairs = make_pairs(prior, training_crops(prior_name, cfg.images, args.seed), deg, cfg)
+    pairs = make_pairs(prior, images_of(prior_name, "train", cfg.images, args.seed), deg, cfg)
     net, record = train_phi_net(pairs, cfg)
     cached = torch.load(out / f"{prior_name}-{deg}-{variant}.pt")
     x, y, generated = cached["x"], cached["y"], cached["generated"]
