@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
+from rgi_core.calibration import phi_net_pairs
 from rgi_core.evaluation.labelled import random_crops
 from rgi_core.inversion.config import make_config
 from rgi_core.inversion.operators import Downsample, GaussianNoise, Inpainting, Physics
 from rgi_core.inversion.solver import invert
 from rgi_core.io import builtin
 from rgi_core.priors import load_prior
-from rgi_core.priors.phinet import PhiNetConfig, fuse, make_pairs, train_phi_net
+from rgi_core.priors.phinet import PhiNetConfig, fuse, train_phi_net
 
 VARIANTS = {"dgp-ours": ("dgp", {"schedule": "ours"}), "dgp-paper": ("dgp", {"schedule": "paper"}),
             "mse": ("mse", {"stop_tol": 0.0})}
@@ -121,8 +122,8 @@ def learned_phi(prior_name: str, deg: str, variant: str, args: argparse.Namespac
     cfg = PhiNetConfig(images=args.phi_images, solve_iterations=args.phi_solve_iterations, method=method,
                        steps=args.phi_steps, seed=args.seed)
     prior = load_prior(prior_name)
-    # make_pairs solves with the method's defaults; the cell's schedule is the one variant this runs for
-    pairs = make_pairs(prior, images_of(prior_name, "train", cfg.images, args.seed), deg, cfg)
+    # the pairs are solved with the method's defaults; the cell's schedule is the one variant this runs for
+    pairs = phi_net_pairs(prior, images_of(prior_name, "train", cfg.images, args.seed), deg, cfg)
     net, record = train_phi_net(pairs, cfg)
     cached = torch.load(out / f"{prior_name}-{deg}-{variant}.pt")
     x, y, generated = cached["x"], cached["y"], cached["generated"]

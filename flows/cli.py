@@ -202,13 +202,14 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
 def _train_phi_nets(prior: Any, sampler: Any, args: argparse.Namespace, stop: Any) -> dict:
     """``--phi-nets``: one phi-net per degradation, put in ``prior`` (its nets and ``defaults.phi_nets``) as the
     file will hold them."""
-    from rgi_core.priors.phinet import PhiNetConfig, make_pairs, train_phi_net
+    from rgi_core.calibration import phi_net_pairs
+    from rgi_core.priors.phinet import PhiNetConfig, train_phi_net
 
     nets = {}
     for op in args.phi_nets:
         cfg = PhiNetConfig(images=args.phi_images, method=args.phi_method, steps=args.phi_steps, seed=args.seed)
         print(f"phi-net {op}: inverting {cfg.images} degraded crops", file=sys.stderr)
-        pairs = make_pairs(prior, sampler.sample(cfg.images), op, cfg, stop)
+        pairs = phi_net_pairs(prior, sampler.sample(cfg.images), op, cfg, stop)
         def log(step: int, loss: float, op: str = op) -> None:
             print(f"phi-net {op} step {step}: loss {loss:.5f}", file=sys.stderr)
 

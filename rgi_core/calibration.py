@@ -49,13 +49,14 @@ from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.detectors.selection import FamilyCrops, select
 from rgi_core.detectors.texture import TextureStats
 from rgi_core.inversion import losses
-from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior
+from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior, make_config
 from rgi_core.inversion.loop import SolveControl
-from rgi_core.inversion.operators import Identity
+from rgi_core.inversion.operators import Downsample, GaussianNoise, Grayscale, Identity, Inpainting, Physics
 from rgi_core.inversion.products import detector_maps
 from rgi_core.inversion.solver import invert
 from rgi_core.inversion.triage import Triage
 from rgi_core.priors.files import Prior
+from rgi_core.priors.phinet import PHI_OPERATORS, PhiNetConfig
 from rgi_core.stopping import StopCheck, check
 
 
@@ -382,3 +383,46 @@ def read_calibration(uri: str, prior: Prior | None = None) -> dict[str, Any]:
         raise ValueError(f"{uri} was calibrated for prior {doc.get('prior')!r} ({doc.get('prior_id')}), "
                          f"not {prior.name!r} ({prior.prior_id})")
     return doc
+
+
+def phi_net_physics(operator: str, n: int, size: int, generator: torch.Generator) -> Physics:
+    """The degradation ``operator`` with the training parameters of its phi-net (:mod:`rgi_core.priors.phinet`), for
+    ``n`` images of ``size`` x ``size``."""
+    if operator == "noise":
+        return GaussianNoise(0.1, seed=int(torch.randint(2**31, (1,), generator=generator)))
+    if operator == "downsample":
+        return Downsample(4)
+    if operator == "grayscale":
+        return Grayscale()
+    if operator == "inpaint":  # one rectangular hole per image, a quarter to a half of the side each way
+        known = torch.ones(n, 1, size, size)
+        for i in range(n):
+            h, w = (int(v) for v in torch.randint(size // 4, size // 2 + 1, (2,), generator=generator))
+            top, left = (int(torch.randint(size - s + 1, (1,), generator=generator)) for s in (h, w))
+            known[i, :, top : top + h, left : left + w] = 0
+        return Inpainting(known)
+    raise ValueError(f"no phi-net for operator {operator!r}; choose from {PHI_OPERATORS}")
+
+
+def phi_net_pairs(prior: Prior, clean: torch.Tensor, operator: str, config: PhiNetConfig | None = None,
+                  stop: StopCheck | None = None, batch: int = 16) -> dict[str, torch.Tensor]:
+    """Training pairs of a phi-net for ``operator``: each clean crop (N, C, R, R) degraded
+    (:func:`phi_net_physics`), inverted, and the solve's inputs to the fusion kept: ``degraded`` A^dagger(y),
+    ``generated`` G(z), ``observed``, ``clean`` (all (N, ...))."""
+    config = config if config is not None else PhiNetConfig()
+    g = torch.Generator().manual_seed(config.seed)
+    solve = make_config(config.method, iterations=config.solve_iterations, n_init=config.n_init, triage=False,
+                        seed=config.seed, device=str(prior.device))
+    out: dict[str, list[torch.Tensor]] = {"degraded": [], "generated": [], "observed": [], "clean": []}
+    for i in range(0, len(clean), batch):
+        check(stop, f"phi-net pairs stopped at image {i}")
+        x = clean[i : i + batch]
+        physics = phi_net_physics(operator, len(x), x.shape[-1], g)
+        y = physics(x).clamp(0.0, 1.0)
+        r = invert(y, prior, solve, physics)
+        shape = tuple(x.shape[1:])
+        out["degraded"].append(physics.A_dagger(y, shape).cpu())
+        out["generated"].append(r.generated.cpu())
+        out["observed"].append(physics.observed(shape).expand(len(x), 1, *shape[1:]).cpu())
+        out["clean"].append(x.cpu())
+    return {k: torch.cat(v) for k, v in out.items()}

@@ -7,17 +7,18 @@ import torch
 from conftest import generate
 
 from rgi_core import invert, make_config
+from rgi_core.calibration import phi_net_pairs, phi_net_physics
 from rgi_core.inversion.operators import GaussianNoise, Identity, Inpainting
 from rgi_core.priors import load_prior, save_prior, update_metadata
 from rgi_core.priors.files import PriorFormatError
-from rgi_core.priors.phinet import PhiNet, PhiNetConfig, fuse, make_pairs, train_phi_net, training_physics
+from rgi_core.priors.phinet import PhiNet, PhiNetConfig, fuse, train_phi_net
 
 SMALL = PhiNetConfig(images=8, solve_iterations=10, n_init=8, method="mse", steps=150, batch=8, width=8, depth=3)
 
 
 @pytest.fixture(scope="module")
 def noise_net(tiny_prior):
-    pairs = make_pairs(tiny_prior, generate(tiny_prior, 8, seed=5), "noise", SMALL)
+    pairs = phi_net_pairs(tiny_prior, generate(tiny_prior, 8, seed=5), "noise", SMALL)
     return (*train_phi_net(pairs, SMALL), pairs)
 
 
@@ -31,13 +32,13 @@ def test_fusion_and_net_shapes():
         PhiNet(1, depth=1)
 
 
-def test_training_physics_draws_holes_of_a_quarter_to_half_the_side():
+def test_phi_net_physics_draws_holes_of_a_quarter_to_half_the_side():
     g = torch.Generator().manual_seed(0)
-    holes = 1 - training_physics("inpaint", 16, 32, g).mask  # (16, 1, 32, 32)
+    holes = 1 - phi_net_physics("inpaint", 16, 32, g).mask  # (16, 1, 32, 32)
     rows, cols = holes.amax(3).sum((1, 2)), holes.amax(2).sum((1, 2))
     assert ((rows >= 8) & (rows <= 16) & (cols >= 8) & (cols <= 16)).all()
     with pytest.raises(ValueError, match="no phi-net"):
-        training_physics("identity", 1, 32, g)
+        phi_net_physics("identity", 1, 32, g)
 
 
 def test_pairs_and_training_fit_the_fusion_better_than_either_input(noise_net):

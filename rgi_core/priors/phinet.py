@@ -12,10 +12,10 @@ and fit :math:`\phi` so the fusion lands on the clean image. That is this module
   convolutional, so it applies at any image size. One per prior and degradation (the operator's name:
   :data:`PHI_OPERATORS`), stored in the prior file (``phi_net.<operator>.*``, described by
   ``defaults.phi_nets.<operator>``).
-- :func:`make_pairs`: the training pairs: clean crops, degraded by :func:`training_physics` (the operator with
-  its training parameters: noise sigma 0.1, 4x downsampling, random rectangular holes of a quarter to half the
-  side, grey), inverted by the given method for ``solve_iterations`` steps (fewer than a full solve, to bound the
-  cost: the net sees the residual, so it learns how far to trust a fit of that quality).
+- :func:`rgi_core.calibration.phi_net_pairs`: the training pairs: clean crops, degraded by the operator with its
+  training parameters (noise sigma 0.1, 4x downsampling, random rectangular holes of a quarter to half the side,
+  grey), inverted by the given method for ``solve_iterations`` steps (fewer than a full solve, to bound the cost:
+  the net sees the residual, so it learns how far to trust a fit of that quality).
 - :func:`train_phi_net`: Adam on the fusion's MSE against the clean image.
 
 :func:`rgi_core.inversion.products.form_products` uses a prior's phi-net for its degradation when
@@ -97,55 +97,11 @@ class PhiNetConfig:
                 raise ValueError(f"phi-net {name} must be >= 1, got {getattr(self, name)}")
 
 
-def training_physics(operator: str, n: int, size: int, generator: torch.Generator) -> Any:
-    """The degradation ``operator`` with its training parameters, for ``n`` images of ``size`` x ``size``."""
-    from rgi_core.inversion.operators import Downsample, GaussianNoise, Grayscale, Inpainting
-
-    if operator == "noise":
-        return GaussianNoise(0.1, seed=int(torch.randint(2**31, (1,), generator=generator)))
-    if operator == "downsample":
-        return Downsample(4)
-    if operator == "grayscale":
-        return Grayscale()
-    if operator == "inpaint":  # one rectangular hole per image, a quarter to a half of the side each way
-        known = torch.ones(n, 1, size, size)
-        for i in range(n):
-            h, w = (int(v) for v in torch.randint(size // 4, size // 2 + 1, (2,), generator=generator))
-            top, left = (int(torch.randint(size - s + 1, (1,), generator=generator)) for s in (h, w))
-            known[i, :, top : top + h, left : left + w] = 0
-        return Inpainting(known)
-    raise ValueError(f"no phi-net for operator {operator!r}; choose from {PHI_OPERATORS}")
-
-
-def make_pairs(prior: Any, clean: torch.Tensor, operator: str, config: PhiNetConfig = PhiNetConfig(),
-               stop: StopCheck | None = None, batch: int = 16) -> dict[str, torch.Tensor]:
-    """Training pairs for ``operator``: each clean crop (N, C, R, R) degraded, inverted, and the solve's inputs
-    to the fusion kept: ``degraded`` A^dagger(y), ``generated`` G(z), ``observed``, ``clean`` (all (N, ...))."""
-    from rgi_core.inversion.config import make_config
-    from rgi_core.inversion.solver import invert
-
-    g = torch.Generator().manual_seed(config.seed)
-    solve = make_config(config.method, iterations=config.solve_iterations, n_init=config.n_init, triage=False,
-                        seed=config.seed, device=str(prior.device))
-    out: dict[str, list[torch.Tensor]] = {"degraded": [], "generated": [], "observed": [], "clean": []}
-    for i in range(0, len(clean), batch):
-        check(stop, f"phi-net pairs stopped at image {i}")
-        x = clean[i : i + batch]
-        physics = training_physics(operator, len(x), x.shape[-1], g)
-        y = physics(x).clamp(0.0, 1.0)
-        r = invert(y, prior, solve, physics)
-        shape = tuple(x.shape[1:])
-        out["degraded"].append(physics.A_dagger(y, shape).cpu())
-        out["generated"].append(r.generated.cpu())
-        out["observed"].append(physics.observed(shape).expand(len(x), 1, *shape[1:]).cpu())
-        out["clean"].append(x.cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
 def train_phi_net(pairs: dict[str, torch.Tensor], config: PhiNetConfig = PhiNetConfig(),
                   log: Callable[[int, float], None] | None = None, stop: StopCheck | None = None
                   ) -> tuple[PhiNet, dict[str, Any]]:
-    """Fit a :class:`PhiNet` on ``pairs`` (:func:`make_pairs`) by the fusion's MSE against the clean images.
+    """Fit a :class:`PhiNet` on ``pairs`` (:func:`rgi_core.calibration.phi_net_pairs`) by the fusion's MSE against
+    the clean images.
 
     Returns the net (eval mode, CPU) and a record of the training (config, final loss, and the pairs' MSE of the
     fusion with the learned phi, of G(z) alone and of the degraded input, for comparison)."""
