@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Calibrate the trained priors (runs/priors/*.safetensors from scripts/train_shipped_priors.sh) on their
 # training splits and copy them into the package (rgi_core/priors/). See docs/reference/priors.md.
-# Usage: scripts/ship_priors.sh [NAME ...]   (default: brick grass gravel digits)
+# Usage: scripts/ship_priors.sh [NAME ...]   (default: brick grass gravel digits; ihc, the colour prior, on request)
 #   textures: map_sigma=1.0 (inspection defects are regions: the anomaly map pools residuals over ~1 px),
 #             and local texture statistics fitted on 256 training-split crops (rgi_core.detectors.texture),
 #             and a learned anomaly segmenter trained for 1000 steps on 1024 training-split crops with synthetic
@@ -26,7 +26,7 @@ OUT=runs/priors
 mkdir -p "$OUT/ship" rgi_core/priors
 NAMES=" ${*:-brick grass gravel digits} "
 pids=()
-for name in brick grass gravel; do
+for name in brick grass gravel ihc; do
   [[ $NAMES == *" $name "* ]] || continue
   cp "$OUT/$name-64.safetensors" "$OUT/ship/$name-64.safetensors"
   [ -d "$OUT/data/$name-train" ] || $RGI export-dataset "$name" "$OUT/data/$name-train" --split train
