@@ -195,6 +195,8 @@ class Inverted(NamedTuple):
         detector_scores / detector_surprise: each detector's own score and :math:`-\\log_{10} p` by name
             (:class:`rgi_core.inversion.results.InversionResult`; tiles: the max over its tiles; NaN where the
             detector did not run).
+        detector_maps: each detector's own map ``(1, H, W)`` by name, mapped back like the anomaly map (NaN where
+            it did not run).
     """
 
     restored: torch.Tensor
@@ -206,6 +208,7 @@ class Inverted(NamedTuple):
     error: str = ""
     detector_scores: Mapping[str, float] = MappingProxyType({})
     detector_surprise: Mapping[str, float] = MappingProxyType({})
+    detector_maps: Mapping[str, torch.Tensor] = MappingProxyType({})
 
 
 def sizing_of(height: int, width: int, prior: Prior, sizing: Sizing) -> tuple[str, int]:
@@ -262,9 +265,12 @@ def invert_images(images: list[torch.Tensor], prior: Prior, config: InversionCon
                 out[k] = Inverted(empty, empty, empty, empty, float("nan"), diag, f"inversion failed: {errors[0]}")
                 continue
             restored, amap_k, mask_k, phi_k = _map_back(images[k], gen, phi, amap, mask, sizing)
+            h, w = images[k].shape[-2:]
             out[k] = Inverted(restored, amap_k, mask_k, phi_k, float(score.max()), diag,  # tiles: the worst tile
                               detector_scores=_worst(res.detector_scores, sl),
-                              detector_surprise=_worst(res.detector_surprise, sl))
+                              detector_surprise=_worst(res.detector_surprise, sl),
+                              detector_maps={name: _to_size(m[sl], h, w, sizing)
+                                             for name, m in res.detector_maps.items()})
     return out, per_image  # type: ignore[return-value]
 
 
@@ -362,16 +368,21 @@ def _wait_stoppable(compute: Executor, images: list[torch.Tensor], prior: Prior,
     return future.result()
 
 
+def _to_size(t: torch.Tensor, h: int, w: int, sizing: Sizing) -> torch.Tensor:
+    """One image's network-size outputs (n, C, r, r) back at its own size (C, h, w): resized, or its tiles
+    stitched (:func:`_untile`)."""
+    t = t.float().cpu()
+    if sizing == "resize":
+        return _resize(t, (h, w))[0]
+    return _untile(t, _tiles(t.new_empty((1, h, w)), t.shape[-1])[1], h, w)
+
+
 def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor, mask: torch.Tensor,
               sizing: Sizing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Network-size outputs -> (restored (C, H, W), anomaly map, mask M, phi (each (1, H, W))) at x's size,
     fused there."""
     ch, h, w = x.shape
-    if sizing == "resize":
-        gen_f, phi_f, amap_f, mask_f = (_resize(t.float().cpu(), (h, w))[0] for t in (gen, phi, amap, mask))
-    else:
-        layout = _tiles(x[:1], gen.shape[-1])[1]
-        gen_f, phi_f, amap_f, mask_f = (_untile(t.float().cpu(), layout, h, w) for t in (gen, phi, amap, mask))
+    gen_f, phi_f, amap_f, mask_f = (_to_size(t, h, w, sizing) for t in (gen, phi, amap, mask))
     gen_f = _to_channels(gen_f, ch).clamp(0, 1)  # (C, H, W) prior's image in the input's channels
     phi_f, amap_f, mask_f = phi_f.clamp(0, 1), amap_f.clamp(0, 1), mask_f.clamp(0, 1)  # (1, H, W)
     restored = (1.0 - phi_f) * x + phi_f * gen_f

@@ -55,9 +55,10 @@ def test_without_the_residual_the_score_is_the_other_detectors_and_with_none_lef
         invert(x, prior, cfg.replace(residual_map=False, texture_map=False, learned_map=False))
 
 
-def _inverted(score: float, own: dict[str, float], surprise: dict[str, float]) -> Inverted:
+def _inverted(score: float, own: dict[str, float], surprise: dict[str, float],
+              maps: dict[str, torch.Tensor] | None = None) -> Inverted:
     e = torch.zeros(1, 4, 4)
-    return Inverted(e, e, e, e, score, (), detector_scores=own, detector_surprise=surprise)
+    return Inverted(e, e, e, e, score, (), detector_scores=own, detector_surprise=surprise, detector_maps=maps or {})
 
 
 def test_each_detector_s_own_auroc_and_what_it_flags_alone_by_hand():
@@ -66,11 +67,20 @@ def test_each_detector_s_own_auroc_and_what_it_flags_alone_by_hand():
     items = [Labelled(f"i{k}", img, defect if bad else torch.zeros_like(defect))
              for k, bad in enumerate([True, True, False, False])]
     nan = math.nan
+    # maps: the texture puts 1.0 on image 0's defect, 0.5 on image 1's and on one clean pixel of image 1; the
+    # residual (image 1 triaged: NaN) puts 0.1 on image 0's defect under 0.2 on its other pixels, 0 elsewhere
+    zero, tex0, tex1 = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)
+    res0 = torch.full((1, 4, 4), 0.2)
+    tex0[0, 0, 0], tex1[0, 0, 0], tex1[0, 3, 3], res0[0, 0, 0] = 1.0, 0.5, 0.5, 0.1
     outputs = [  # the texture ranks both defective first; the residual one of them (the other was triaged)
-        _inverted(3.0, {"residual": 0.9, "texture": 0.8}, {"residual": 3.0, "texture": 2.5}),
-        _inverted(2.0, {"residual": nan, "texture": 0.7}, {"residual": nan, "texture": 1.5}),
-        _inverted(1.0, {"residual": 0.95, "texture": 0.2}, {"residual": 2.2, "texture": 0.3}),
-        _inverted(0.5, {"residual": 0.1, "texture": 0.1}, {"residual": 0.1, "texture": 0.2}),
+        _inverted(3.0, {"residual": 0.9, "texture": 0.8}, {"residual": 3.0, "texture": 2.5},
+                  {"residual": res0, "texture": tex0}),
+        _inverted(2.0, {"residual": nan, "texture": 0.7}, {"residual": nan, "texture": 1.5},
+                  {"residual": torch.full((1, 4, 4), nan), "texture": tex1}),
+        _inverted(1.0, {"residual": 0.95, "texture": 0.2}, {"residual": 2.2, "texture": 0.3},
+                  {"residual": zero, "texture": zero}),
+        _inverted(0.5, {"residual": 0.1, "texture": 0.1}, {"residual": 0.1, "texture": 0.2},
+                  {"residual": zero, "texture": zero}),
     ]
     run = MethodRun("rgi", config_for_prior("rgi", {}), outputs, 1.0)
     rows = {r.detector: r for r in score_detectors(items, run, Thresholds(score=2.0))}
@@ -79,7 +89,11 @@ def test_each_detector_s_own_auroc_and_what_it_flags_alone_by_hand():
     # the residual over the 3 images it scored: defective 0.9 against clean 0.95 and 0.1 -> 1 of 2 pairs; its one
     # scored defective image is over the threshold alone (3.0 > 2.0)
     assert rows["residual"].images == 3 and rows["residual"].image_auroc == 0.5 and rows["residual"].alone == 1.0
+    # pixel AUROC of each detector's own map: texture, defect pixels 1.0 and 0.5 against 61 clean 0s and one clean
+    # 0.5 -> (62 + 61.5) / 124; residual (3 images), the defect's 0.1 above 32 clean 0s, below 15 clean 0.2s -> 32/47
+    assert rows["texture"].pixel_auroc == pytest.approx(123.5 / 124)
+    assert rows["residual"].pixel_auroc == pytest.approx(32 / 47)
     no_threshold = score_detectors(items, run, Thresholds())
     assert all(math.isnan(r.alone) for r in no_threshold)
     table = format_detectors("t", list(rows.values()))
-    assert "| rgi | texture | 4 | 1.000 | 0.500 |" in table
+    assert "| rgi | texture | 4 | 1.000 | 0.996 | 0.500 |" in table

@@ -353,6 +353,8 @@ class DetectorScores:
         method / detector: whose run, which detector.
         images: labelled images the detector scored (a triaged image has no residual score).
         image_auroc: AUROC of the detector's own score, defective against clean.
+        pixel_auroc: pooled pixel AUROC of the detector's own map over the images it scored that have a mask
+            (``nan`` without masks).
         alone: share of the defective images it scored whose own :math:`-\\log_{10} p` is over the score
             threshold, each flagged by this detector alone (``nan`` without a threshold or a calibrated fusion).
     """
@@ -362,6 +364,7 @@ class DetectorScores:
     images: int
     image_auroc: float
     alone: float
+    pixel_auroc: float = math.nan
 
 
 def score_detectors(items: list[Labelled], run: MethodRun, thresholds: Thresholds = Thresholds()
@@ -379,15 +382,20 @@ def score_detectors(items: list[Labelled], run: MethodRun, thresholds: Threshold
         bad = [o.detector_surprise.get(name, math.nan) for it, o in scored if it.defective]
         alone = (math.nan if thresholds.score is None or not bad or any(math.isnan(v) for v in bad)
                  else _rate([v > thresholds.score for v in bad]))
-        rows.append(DetectorScores(run.method, name, len(scored), auroc, alone))
+        mapped = [(it, o.detector_maps[name]) for it, o in scored if it.mask is not None and name in o.detector_maps]
+        gts = [it.mask for it, _ in mapped]
+        pixel = (metrics.pixel_auroc(_flat([m for _, m in mapped]), _flat(gts))
+                 if mapped and bool(_flat(gts).any()) and not bool(_flat(gts).all()) else math.nan)
+        rows.append(DetectorScores(run.method, name, len(scored), auroc, alone, pixel))
     return rows
 
 
 def format_detectors(title: str, rows: list[DetectorScores]) -> str:
     """A Markdown table with one row per method and detector (:func:`score_detectors`)."""
-    lines = [f"**{title}**", "", "| method | detector | images | image AUROC | defective flagged alone |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r.method} | {r.detector} | {r.images} | {_fmt(r.image_auroc)} | {_fmt(r.alone)} |" for r in rows]
+    lines = [f"**{title}**", "", "| method | detector | images | image AUROC | pixel AUROC | defective flagged alone |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.method} | {r.detector} | {r.images} | {_fmt(r.image_auroc)} | {_fmt(r.pixel_auroc)} | "
+              f"{_fmt(r.alone)} |" for r in rows]
     return "\n".join(lines)
 
 

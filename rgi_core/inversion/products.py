@@ -63,6 +63,7 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
         generated=x.to(out, dtype), latent=z.detach().to(out, dtype), diagnostics=diagnostics,
         detector_scores={k: v.to(out, dtype) for k, v in own.items()},
         detector_surprise={k: v.to(out, dtype) for k, v in surprise.items()},
+        detector_maps={k: v.to(out, dtype) for k, v in maps.items()},
     )
 
 

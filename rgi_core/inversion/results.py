@@ -61,6 +61,8 @@ class InversionResult(NamedTuple):
             detectors that ran (a triaged image has no ``residual``: NaN there).
         detector_surprise: with a prior's calibrated fusion, each detector's :math:`-\\log_{10} p` ``(B,)`` under its
             clean-data tail (:mod:`rgi_core.detectors.fusion`), by name; empty without one.
+        detector_maps: each detector's own map ``(B, 1, H, W)`` by name, as it read the image before the fusion
+            (NaN where it did not run: the residual of a triaged image).
     """
 
     restored: torch.Tensor
@@ -73,6 +75,7 @@ class InversionResult(NamedTuple):
     diagnostics: tuple[ImageDiagnostics, ...]
     detector_scores: Mapping[str, torch.Tensor] = MappingProxyType({})
     detector_surprise: Mapping[str, torch.Tensor] = MappingProxyType({})
+    detector_maps: Mapping[str, torch.Tensor] = MappingProxyType({})
 
     def __len__(self) -> int:  # NamedTuple's len would count fields; a result's length is its batch size.
         return int(self.restored.shape[0])
@@ -91,4 +94,5 @@ class InversionResult(NamedTuple):
             diagnostics=(self.diagnostics[index],),
             detector_scores={k: v[sl] for k, v in self.detector_scores.items()},
             detector_surprise={k: v[sl] for k, v in self.detector_surprise.items()},
+            detector_maps={k: v[sl] for k, v in self.detector_maps.items()},
         )

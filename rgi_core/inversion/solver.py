@@ -140,6 +140,8 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
     nan = images.new_full((images.shape[0],), float("nan"))  # the residual: no solve, no residual
     scores = {"residual": nan, **{k: v.to(images) for k, v in own.items()}}
     surprises = {"residual": nan.clone(), **{k: v.to(images) for k, v in surprise.items()}} if surprise else {}
+    residual = {"residual": zeros.new_full(zeros.shape, float("nan"))} if config.residual_map else {}
+    dmaps = {**residual, **{k: v.to(images) for k, v in maps.items()}}
     diagnostics = [ImageDiagnostics(triaged=True) for _ in range(images.shape[0])]
     if bool(suspect.any()):
         idx = suspect.nonzero().flatten().to(images.device)
@@ -147,13 +149,14 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
                       initialiser=initialiser)
         for name in out:
             out[name][idx] = getattr(full, name)
-        for mine, theirs in ((scores, full.detector_scores), (surprises, full.detector_surprise)):
+        for mine, theirs in ((scores, full.detector_scores), (surprises, full.detector_surprise),
+                             (dmaps, full.detector_maps)):
             for name in mine:
                 mine[name][idx] = theirs[name]
         for k, i in enumerate(idx.tolist()):
             diagnostics[i] = full.diagnostics[k]
     return InversionResult(**out, diagnostics=tuple(diagnostics), detector_scores=scores,
-                           detector_surprise=surprises)
+                           detector_surprise=surprises, detector_maps=dmaps)
 
 
 def _problem(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
