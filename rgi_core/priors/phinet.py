@@ -8,8 +8,9 @@ references. For a known degradation the pairs can be made: degrade the prior's c
 and fit :math:`\phi` so the fusion lands on the clean image. That is this module.
 
 - :class:`PhiNet`: a DnCNN-style stack of 3x3 convolutions (``depth`` layers, ``width`` channels) from
-  :math:`A^\dagger(y)`, :math:`G(z)` and the observed-pixel map to one phi channel in (0, 1) (sigmoid); fully
-  convolutional, so it applies at any image size. One per prior and degradation (the operator's name:
+  :math:`A^\dagger(y)`, :math:`G(z)` and the observed-pixel map to one phi channel in (0, 1) (sigmoid) at the
+  observed pixels, 1 elsewhere (nothing but the prior knows an unobserved pixel; so for operators that observe no
+  pixel as it is, downsampling and grey, phi is 1 as with the heuristic); fully convolutional, any image size. One per prior and degradation (the operator's name:
   :data:`PHI_OPERATORS`), stored in the prior file (``phi_net.<operator>.*``, described by
   ``defaults.phi_nets.<operator>``).
 - :func:`rgi_core.calibration.phi_net_pairs`: the training pairs: clean crops, degraded by the operator with its
@@ -59,7 +60,10 @@ class PhiNet(nn.Module):
     def forward(self, degraded: torch.Tensor, generated: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         seen = observed.to(degraded.dtype).expand(degraded.shape[0], 1, *degraded.shape[-2:])
         h = torch.cat([from_unit(degraded), from_unit(generated), 2 * seen - 1], dim=1)
-        return torch.sigmoid(self.body(h))
+        # learned where the pixel is observed; where it is not (a hole), only the prior knows it: phi = 1, as the
+        # heuristic has it. Left free there, the holes' large errors drove the sigmoid to 1 everywhere, where its
+        # gradient vanishes, and the net never learned the observed pixels (inpainting pairs: phi = 1 throughout).
+        return 1.0 - seen * (1.0 - torch.sigmoid(self.body(h)))
 
 
 def fuse(phi: torch.Tensor, degraded: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
