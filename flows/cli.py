@@ -506,7 +506,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if report.families:
         print("\n" + format_families("per defect family (its folder), against every clean image", report.families))
     if report.detectors:
-        print("\n" + format_detectors("per detector: its own image score and map (what each contributes)", report.detectors))
+        title = "per detector: its own image score and map (what each contributes)"
+        print("\n" + format_detectors(title, report.detectors))
     if args.paper_protocol and n_masks:
         paper = [score_paper(items, r) for r in report.runs]
         print("\n" + format_paper("the RGI paper's protocol (per image: min-max normalised, best Dice; mean ± std)",

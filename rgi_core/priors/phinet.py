@@ -10,9 +10,9 @@ and fit :math:`\phi` so the fusion lands on the clean image. That is this module
 - :class:`PhiNet`: a DnCNN-style stack of 3x3 convolutions (``depth`` layers, ``width`` channels) from
   :math:`A^\dagger(y)`, :math:`G(z)` and the observed-pixel map to one phi channel in (0, 1) (sigmoid) at the
   observed pixels, 1 elsewhere (nothing but the prior knows an unobserved pixel; so for operators that observe no
-  pixel as it is, downsampling and grey, phi is 1 as with the heuristic); fully convolutional, any image size. One per prior and degradation (the operator's name:
-  :data:`PHI_OPERATORS`), stored in the prior file (``phi_net.<operator>.*``, described by
-  ``defaults.phi_nets.<operator>``).
+  pixel as it is, downsampling and grey, phi is 1 as with the heuristic); fully convolutional, any image size.
+  One per prior and degradation (the operator's name: :data:`PHI_OPERATORS`), stored in the prior file
+  (``phi_net.<operator>.*``, described by ``defaults.phi_nets.<operator>``).
 - :func:`rgi_core.calibration.phi_net_pairs`: the training pairs: clean crops, degraded by the operator with its
   training parameters (noise sigma 0.1, 4x downsampling, random rectangular holes of a quarter to half the side,
   grey), inverted by the given method for ``solve_iterations`` steps (fewer than a full solve, to bound the cost:
