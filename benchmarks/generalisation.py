@@ -67,8 +67,8 @@ def family_set(texture: str, split: str, family: str, n: int, size: int = 64) ->
     part, base = SPLITS[split]
     region = torch.from_numpy(builtin.texture(texture, part))
     region = region[:, VAL_ROWS:] if split == "val" else region
-    names = [CLEAN, *families_for(1)]
-    seed = base * 1000 + names.index(family) * 37 + builtin.TEXTURES.index(texture)
+    names = [CLEAN, *families_for(region.shape[0])]  # the grey families first: their seeds are the same for colour
+    seed = base * 1000 + names.index(family) * 37 + (*builtin.TEXTURES, *builtin.COLOUR_TEXTURES).index(texture)
     clean = random_crops(region, n, size, seed)
     if family == CLEAN:
         return clean, torch.zeros((n, 1, size, size), dtype=torch.bool)
@@ -102,6 +102,13 @@ def refresh(path: Path, prior: Prior, texture: str, split: str, family: str) -> 
     print(f"{path.name}: detectors refreshed", flush=True)
 
 
+def prior_of(texture: str, args: argparse.Namespace) -> Prior:
+    """The texture's prior: shipped, or NAME-64.safetensors in ``--prior-dir``."""
+    if getattr(args, "prior_dir", None):
+        return load_prior(str(Path(args.prior_dir) / f"{texture}-64.safetensors"))
+    return load_prior(f"{texture}-64")
+
+
 def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, **arrays)
@@ -112,9 +119,9 @@ def cmd_solve(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for texture in args.only:
-        prior = load_prior(f"{texture}-64")
+        prior = prior_of(texture, args)
         for split in args.splits:
-            for family in [CLEAN, *families_for(1)]:
+            for family in [CLEAN, *families_for(prior.spec.channels)]:
                 path = out / f"{texture}-{split}-{family}.npz"
                 if path.exists():
                     if args.refresh_detectors:
@@ -149,7 +156,10 @@ def main() -> None:
     t = sub.add_parser("triage", help="the triage's misses per held-out family, against the full pipeline's flags")
     t.add_argument("--keep", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     for p in (s, a, t):
-        p.add_argument("--only", nargs="+", default=list(builtin.TEXTURES), choices=builtin.TEXTURES)
+        p.add_argument("--only", nargs="+", default=list(builtin.TEXTURES),
+                       choices=[*builtin.TEXTURES, *builtin.COLOUR_TEXTURES])
+        p.add_argument("--prior-dir", help="load NAME-64.safetensors from this folder instead of the shipped priors "
+                       "(a prior not shipped yet, e.g. ihc-64 from scripts/ship_priors.sh: runs/priors/ship)")
         p.add_argument("--out", default="runs/generalisation")
     args = ap.parse_args()
     print(f"# {platform.machine()}, torch {torch.__version__}, threads={torch.get_num_threads()}", flush=True)
@@ -225,9 +235,9 @@ def _fmt_row(family: str, r: dict[str, object]) -> str:
 def cmd_analyse(args: argparse.Namespace) -> None:
     out = Path(args.out)
     for texture in args.only:
-        prior = load_prior(f"{texture}-64")
+        prior = prior_of(texture, args)
         cfg = config_for_prior("rgi", prior.defaults)
-        names = [f for f in families_for(1) if (out / f"{texture}-val-{f}.npz").exists()
+        names = [f for f in families_for(prior.spec.channels) if (out / f"{texture}-val-{f}.npz").exists()
                  and (out / f"{texture}-test-{f}.npz").exists()]
         val_clean, test_clean = load(out, texture, "val", CLEAN), load(out, texture, "test", CLEAN)
         if val_clean is None or test_clean is None or not names:
@@ -283,7 +293,7 @@ def cmd_triage(args: argparse.Namespace) -> None:
     sends away unsolved; and the share of clean test crops still solved."""
     out = Path(args.out)
     for texture in args.only:
-        prior = load_prior(f"{texture}-64")
+        prior = prior_of(texture, args)
         fusion = fusion_of(prior.defaults)
         if fusion is None:
             continue
