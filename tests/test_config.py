@@ -52,7 +52,7 @@ def test_hash_of_an_unchanged_config_survives_new_fields():
     meta = {"lam": 0.04, "map_sigma": 1.0, "mask_tv": 0.06, "mask_tv_until": 0.75, "score_threshold": 0.5}
     pinned = {"mse": "7cef786f03a1f47a", "rgi": "4757117636345b4f", "rrgi": "33d6657ecbe21803",
               "dgp": "5022bf07c704013a"}
-    # DGP ran rgi's own schedule then, schedule="ours" today (the official per-task schedule is the default since)
+    # those DGP rows ran rgi's own schedule, schedule="ours" (the official per-task schedule is the default)
     assert {m: config_for_prior(m, meta, stop_tol=0.0, **({"schedule": "ours"} if m == "dgp" else {})).config_hash()
             for m in pinned} == pinned
 
