@@ -133,14 +133,24 @@ def test_prefect_block_register_and_rgi_setup(prefect_api):
     assert registered() == set(slugs)
 
     registered(drop=True)
-    for args in (("setup", "--gpu-slots", "2"), ("setup",)):  # twice: idempotent, the second resizes
-        r = rgi(*args)
-        assert r.returncode == 0, r.stderr
-    assert registered() == set(slugs) and "gpu = 1 slot" in r.stdout
-    with get_client(sync_client=True) as client:
-        assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 1
-        schema = client.read_block_type_by_slug("rgi-catalog")
-        assert schema.documentation_url and schema.logo_url and "catalog" in schema.description.lower()
+    try:
+        for args in (("setup", "--gpu-slots", "2"), ("setup",)):  # twice: idempotent, the second resizes
+            r = rgi(*args)
+            assert r.returncode == 0, r.stderr
+        assert registered() == set(slugs) and "gpu = 1 slot" in r.stdout
+        with get_client(sync_client=True) as client:
+            assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 1
+            schema = client.read_block_type_by_slug("rgi-catalog")
+            assert schema.documentation_url and schema.logo_url and "catalog" in schema.description.lower()
+    finally:
+        # The API is shared by every later test of this worker: left in place, the one gpu slot serialises their
+        # flows, and a run killed or cancelled while it holds the slot makes the next flow wait for its lease
+        # (seen: a rerun timed out, then an in-process flow waited on the slot past the per-test timeout).
+        with get_client(sync_client=True) as client:
+            try:
+                client.delete_concurrency_limit_by_tag("gpu")
+            except ObjectNotFound:
+                pass
 
 
 def test_entry_point_and_task_pairs():
