@@ -41,6 +41,20 @@ def prefect_api():
         yield
 
 
+def drop_gpu_limit() -> None:
+    """Delete the ``gpu`` tag concurrency limit that ``rgi setup`` creates on the test API, if any. The API is shared by
+    every later test of the worker: left in place, its one slot serialises their flows, and a run cancelled or killed
+    while it holds the slot makes the next flow wait for the slot's lease."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_concurrency_limit_by_tag("gpu")
+        except ObjectNotFound:
+            pass
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 protocol server (moto) on 127.0.0.1; s3fs reaches it through AWS_ENDPOINT_URL."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import generate
+from conftest import drop_gpu_limit, generate
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from test_cli_clean import rgi
 
@@ -143,14 +143,7 @@ def test_prefect_block_register_and_rgi_setup(prefect_api):
             schema = client.read_block_type_by_slug("rgi-catalog")
             assert schema.documentation_url and schema.logo_url and "catalog" in schema.description.lower()
     finally:
-        # The API is shared by every later test of this worker: left in place, the one gpu slot serialises their
-        # flows, and a run killed or cancelled while it holds the slot makes the next flow wait for its lease
-        # (seen: a rerun timed out, then an in-process flow waited on the slot past the per-test timeout).
-        with get_client(sync_client=True) as client:
-            try:
-                client.delete_concurrency_limit_by_tag("gpu")
-            except ObjectNotFound:
-                pass
+        drop_gpu_limit()  # (conftest) a run that holds the shared API's one gpu slot would stall later tests
 
 
 def test_entry_point_and_task_pairs():

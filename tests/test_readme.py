@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import drop_gpu_limit
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,12 +110,15 @@ def test_every_cli_line_runs(prefect_api, tmp_path):
     commands = {line.split()[1] for line in lines}
     assert {"clean", "query", "show", "train-prior", "calibrate"} <= commands
     outputs = {}
-    for line in lines:
-        args = expand(line, values)
-        r = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=300)
-        assert r.returncode == 0, f"{line}\n-> rgi {shlex.join(args)}\n{r.stdout}\n{r.stderr}"
-        outputs.setdefault(args[0], []).append(r.stdout)
+    try:
+        for line in lines:
+            args = expand(line, values)
+            r = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, f"{line}\n-> rgi {shlex.join(args)}\n{r.stdout}\n{r.stderr}"
+            outputs.setdefault(args[0], []).append(r.stdout)
+    finally:
+        drop_gpu_limit()  # `rgi setup` made it on the worker's shared API; left, it would stall later tests' flows
 
     # What the lines promise.
     images = pd.read_parquet(catalog / "images")
