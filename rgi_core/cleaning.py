@@ -141,13 +141,19 @@ def _starts(length: int, r: int) -> list[int]:
     return [min(i * stride, length - r) for i in range(n)]
 
 
+def _layout(h: int, w: int, r: int) -> TileLayout:
+    """Where the tiles of an image of ``h`` x ``w`` lie (a side shorter than r is padded to r)."""
+    ph, pw = max(h, r), max(w, r)
+    return TileLayout(_starts(ph, r), _starts(pw, r), (ph, pw), r)
+
+
 def _tiles(x: torch.Tensor, r: int) -> tuple[torch.Tensor, TileLayout]:
     """(C, H, W) -> overlapping tiles (n, C, r, r) and their layout; a side shorter than r is padded (reflect)."""
     _, h, w = x.shape
     ph, pw = max(0, r - h), max(0, r - w)
     mode = "reflect" if ph < h and pw < w else "replicate"
     padded = F.pad(x[None], (0, pw, 0, ph), mode=mode)[0] if (ph or pw) else x
-    layout = TileLayout(_starts(padded.shape[1], r), _starts(padded.shape[2], r), tuple(padded.shape[1:]), r)
+    layout = _layout(h, w, r)
     tiles = [padded[:, y : y + r, x0 : x0 + r] for y in layout.ys for x0 in layout.xs]
     return torch.stack(tiles), layout
 
@@ -219,7 +225,8 @@ def sizing_of(height: int, width: int, prior: Prior, sizing: Sizing) -> tuple[st
         return "none", 1
     if sizing == "resize":
         return "resize", 1
-    return "tile", len(_starts(max(height, r), r)) * len(_starts(max(width, r), r))
+    layout = _layout(height, width, r)
+    return "tile", len(layout.ys) * len(layout.xs)
 
 
 def network_inputs(x: torch.Tensor, prior: Prior, sizing: Sizing = "resize") -> torch.Tensor:
@@ -374,7 +381,7 @@ def _to_size(t: torch.Tensor, h: int, w: int, sizing: Sizing) -> torch.Tensor:
     t = t.float().cpu()
     if sizing == "resize":
         return _resize(t, (h, w))[0]
-    return _untile(t, _tiles(t.new_empty((1, h, w)), t.shape[-1])[1], h, w)
+    return _untile(t, _layout(h, w, t.shape[-1]), h, w)
 
 
 def _map_back(x: torch.Tensor, gen: torch.Tensor, phi: torch.Tensor, amap: torch.Tensor, mask: torch.Tensor,
