@@ -20,7 +20,7 @@ once per held-out family on the ``val`` crops of the other families, and the fam
 then once on all families (what is shipped). Prints per-family tables.
 
 Usage:
-    python benchmarks/generalisation.py solve [--only brick grass gravel] [--n 48] [--iterations 2000]
+    python benchmarks/generalisation.py solve [--only brick grass gravel] [--n 48] [--val-n 24] [--iterations 2000]
                                               [--n-init 1000] [--out runs/generalisation]
     python benchmarks/generalisation.py analyse [--only ...] [--out ...]
     python benchmarks/generalisation.py triage [--keep 0.1 0.2 0.3] [--only ...] [--out ...]
@@ -127,7 +127,7 @@ def cmd_solve(args: argparse.Namespace) -> None:
                     if args.refresh_detectors:
                         refresh(path, prior, texture, split, family)
                     continue
-                n = args.clean_n if family == CLEAN else args.n
+                n = args.clean_n if family == CLEAN else args.val_n if split == "val" and args.val_n else args.n
                 t0 = time.perf_counter()
                 images, truth = family_set(texture, split, family, n)
                 arrays = {"truth": truth.numpy()}
@@ -144,6 +144,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("solve", help="solve every family's crops (resumable)")
     s.add_argument("--n", type=int, default=48, help="defective crops per family and split")
+    s.add_argument("--val-n", type=int, help="defective crops per family on val, where only the selection reads them "
+                   "(default: --n)")
     s.add_argument("--clean-n", type=int, default=64, help="clean crops per split")
     s.add_argument("--iterations", type=int, default=2000)
     s.add_argument("--n-init", type=int, default=1000)

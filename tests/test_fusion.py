@@ -38,6 +38,13 @@ def test_rules_match_the_hand_computed_values():
     assert float(surprise(torch.tensor(math.log(1e-3)))) == pytest.approx(3.0)
     tiny = [torch.tensor([-200.0]), torch.tensor([0.0])]  # far below float precision of 1 - (1 - p)^k
     assert float(combine(tiny, "min_p")) == pytest.approx(-200.0 + math.log(2))
+    # Cauchy: T = (cot(0.01 pi) + cot(0.5 pi)) / 2 = 31.8205 / 2, p = arctan(1 / T) / pi
+    assert math.exp(float(combine(lp, "cauchy"))) == pytest.approx(math.atan(2 / 31.820516) / math.pi, rel=1e-5)
+    # tiny p: T = (1 / (pi e^-200) + 0) / 2, p = 1 / (pi T) = 2 e^-200; p near 1 on both: T < 0, p > 1/2
+    assert float(combine(tiny, "cauchy")) == pytest.approx(-200.0 + math.log(2), rel=1e-6)
+    high = [torch.tensor([math.log(0.9)]), torch.tensor([math.log(0.8)])]
+    t = (1 / math.tan(0.9 * math.pi) + 1 / math.tan(0.8 * math.pi)) / 2
+    assert math.exp(float(combine(high, "cauchy"))) == pytest.approx(0.5 + math.atan(-t) / math.pi, rel=1e-6)
 
 
 def _maps(n: int, defective: bool, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -59,7 +66,7 @@ def test_fused_score_ranks_within_001_of_the_best_detector_when_the_others_are_b
     blind = image_auroc(torch.cat([image_score(clean["texture"]), image_score(bad["texture"])]), labels)
     older = image_auroc(torch.cat([sum(image_score(m) for m in clean.values()),
                                    sum(image_score(m) for m in bad.values())]), labels)
-    for rule in ("min_p", "fisher"):
+    for rule in ("min_p", "fisher", "cauchy"):
         fused = image_auroc(torch.cat([fusion.fuse(clean, rule)[1], fusion.fuse(bad, rule)[1]]), labels)
         assert fused >= best - 0.01, (rule, fused, best)
     assert abs(blind - 0.5) < 0.1 and older < best - 0.02  # a case where the mean of the scores loses
@@ -103,7 +110,7 @@ def test_selection_picks_a_threshold_near_the_best_on_the_families_it_is_given()
         truth[:, :, 4:8, 4:8] = True
         fams[name] = FamilyCrops({k: v.clamp(0, 0.99) for k, v in maps.items()}, truth)
     chosen, record = select(fusion, clean, fams)
-    assert chosen.rule in ("min_p", "fisher") and record["rule"] == chosen.rule
+    assert chosen.rule in ("min_p", "fisher", "cauchy") and record["rule"] == chosen.rule
     maps = torch.cat([chosen.fuse(f.maps)[0] for f in fams.values()])
     truth = torch.cat([f.truth for f in fams.values()])
     level = maps / (1 - maps)

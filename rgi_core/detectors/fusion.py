@@ -15,7 +15,8 @@ on one scale, *how rare is this value on clean data*:
   clean distribution (:class:`Tail`, fitted on clean images only, stored in the prior);
 - the :math:`p` of the detectors are joined by a rule that needs no anomaly examples (:func:`combine`):
   ``min_p``, Šidák's correction of the smallest, :math:`1 - (1 - p_{min})^k` (one confident detector is enough),
-  or ``fisher``, :math:`-2\sum \ln p_i \sim \chi^2_{2k}` (weak evidence from several adds up);
+  ``fisher``, :math:`-2\sum \ln p_i \sim \chi^2_{2k}` (weak evidence from several adds up), or ``cauchy``, the
+  Cauchy combination (between the two: led by the smallest :math:`p`, helped by other small ones);
 - the image score is :math:`-\log_{10} p` of the joined image :math:`p` (3 means: one clean image in a thousand
   scores this high); the anomaly map is :math:`L / (L + t)` with :math:`L = -\log_{10} p` of the joined pixel
   :math:`p`, so it reads 0.5 at the map threshold :math:`t` (``map_threshold``).
@@ -37,8 +38,8 @@ import torch
 from rgi_core.detectors import DETECTORS
 from rgi_core.detectors.residual import image_score
 
-Rule = Literal["min_p", "fisher"]
-RULES: tuple[Rule, ...] = ("min_p", "fisher")
+Rule = Literal["min_p", "fisher", "cauchy"]
+RULES: tuple[Rule, ...] = ("min_p", "fisher", "cauchy")
 _EPS = 1e-6
 _LN10 = math.log(10.0)
 
@@ -121,6 +122,11 @@ def combine(log_ps: Sequence[torch.Tensor], rule: Rule) -> torch.Tensor:
     ``min_p``: :math:`1 - (1 - p_{min})^k` (Šidák); ``fisher``: the :math:`\chi^2_{2k}` tail of
     :math:`X = -2\sum\ln p_i`, :math:`e^{-X/2}\sum_{j<k}(X/2)^j/j!`. Both are exact for independent detectors;
     for dependent ones the score still ranks, and the score threshold is measured on clean data anyway.
+    ``cauchy``: :math:`T = \frac1k\sum_i \cot(\pi p_i)`, :math:`p = \tfrac12 - \arctan(T)/\pi` (Liu & Xie
+    2020, "Cauchy combination test"): its tail stays exact under any dependence between the detectors, and for
+    small :math:`p` it is the harmonic mean of the :math:`p_i`, :math:`p \approx k / \sum_i p_i^{-1}`:
+    :math:`k\,p_{min}` when one detector is sure, smaller when several are. A :math:`p` above
+    :math:`1 - 10^{-6}` is read as :math:`1 - 10^{-6}` (a value of 1 would give :math:`\cot(\pi) = -\infty`).
     """
     if not log_ps:
         raise ValueError("nothing to combine")
@@ -130,6 +136,8 @@ def combine(log_ps: Sequence[torch.Tensor], rule: Rule) -> torch.Tensor:
         lmin = stacked.amin(0).clamp_max(0.0)
         exact = torch.log(-torch.expm1(k * torch.log1p(-torch.exp(lmin).clamp_max(1.0 - 1e-16))))
         out = torch.where(lmin < -20.0, lmin + math.log(k), exact)  # 1 - (1-p)^k = k p for tiny p
+    elif rule == "cauchy":
+        out = _cauchy(stacked)
     elif rule == "fisher":
         half = -stacked.sum(0)  # X / 2
         j = torch.arange(k, dtype=torch.float64, device=half.device)
@@ -138,6 +146,27 @@ def combine(log_ps: Sequence[torch.Tensor], rule: Rule) -> torch.Tensor:
     else:
         raise ValueError(f"unknown fusion rule {rule!r}; choose from {RULES}")
     return out.clamp_max(0.0).to(log_ps[0].dtype)
+
+
+def _cauchy(log_p: torch.Tensor) -> torch.Tensor:
+    """The Cauchy combination of stacked ln p (k, ...) -> ln p (...), in float64, stable for tiny p.
+
+    :math:`T = e^{-l}\,S` with :math:`l = \min_i \ln p_i` and :math:`S = \frac1k\sum_i e^{l}\cot(\pi p_i)`, where
+    :math:`e^{l}\cot(\pi p_i)` is taken as :math:`e^{l - \ln p_i}/\pi` for :math:`p_i < 10^{-8}`
+    (:math:`\cot x = 1/x - x/3 - \dots`); then :math:`p = \arctan(1/T)/\pi` for :math:`T > 0` and
+    :math:`\tfrac12 + \arctan(-T)/\pi` otherwise, with :math:`\ln p = -\ln T - \ln\pi` once :math:`T > e^{20}`.
+    """
+    lp = log_p.clamp_max(math.log1p(-1e-6))
+    lmin = lp.amin(0)
+    small = lp < math.log(1e-8)
+    scaled = torch.where(small, torch.exp(lmin - lp) / math.pi,
+                         torch.exp(lmin) / torch.tan(math.pi * torch.exp(lp).clamp_min(1e-8)))
+    s = scaled.mean(0)  # T = exp(-lmin) * s
+    log_t = -lmin + torch.log(s.abs().clamp_min(1e-300))
+    t = torch.exp(log_t.clamp_max(700.0)) * torch.sign(s)
+    positive = torch.log(torch.atan(1.0 / t.clamp_min(1e-300))) - math.log(math.pi)
+    non_positive = torch.log(0.5 + torch.atan(-t) / math.pi)
+    return torch.where(s <= 0, non_positive, torch.where(log_t > 20.0, -log_t - math.log(math.pi), positive))
 
 
 def surprise(log_p: torch.Tensor) -> torch.Tensor:

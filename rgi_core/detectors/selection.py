@@ -5,9 +5,9 @@ data): clean crops and, per defect family (:mod:`rgi_core.evaluation.families`),
 ground truth.
 
 1. **Tails**, from the clean crops only: :meth:`rgi_core.detectors.fusion.Fusion.fit`.
-2. **Rule** (``min_p`` or ``fisher``): the one whose *worst* family has the higher image AUROC (clean crops
-   against that family's crops); a tie (within 0.001) goes to ``min_p``, whose guarantee (one confident
-   detector suffices) needs no assumption about the others.
+2. **Rule** (``min_p``, ``fisher`` or ``cauchy``): the one whose *worst* family has the highest image AUROC
+   (clean crops against that family's crops); a tie (within 0.001) goes to the first in that order: ``min_p``,
+   whose guarantee (one confident detector suffices) needs no assumption about the others, then ``fisher``.
 3. **Map threshold** :math:`t` (in :math:`-\log_{10} p`): the one maximising the pooled IoU of ``L > t`` over
    all crops of the families (clean crops included, so false alarms on them count), on a grid of 0.25 steps.
 
@@ -75,7 +75,8 @@ def select(fusion: Fusion, clean: Maps, families: Mapping[str, FamilyCrops]) -> 
             a = float(roc_auc_score(labels, torch.cat([clean_scores[r], score]).double().numpy()))
             per_family.setdefault(name, {})[r] = a
             worst[r] = min(worst.get(r, 1.0), a)
-    rule: Rule = "min_p" if worst["min_p"] >= worst["fisher"] - TIE else "fisher"
+    best_worst = max(worst.values())
+    rule: Rule = next(r for r in RULES if worst[r] >= best_worst - TIE)  # ties: the first in RULES
     levels = [fusion.surprises(clean, rule)[1]] + [fusion.surprises(f.maps, rule)[1] for f in families.values()]
     truth = [torch.zeros_like(levels[0], dtype=torch.bool)] + [f.truth for f in families.values()]
     curve = pooled_iou_curve(torch.cat(levels), torch.cat(truth))
