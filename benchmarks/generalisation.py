@@ -32,6 +32,7 @@ import argparse
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,20 @@ def family_row(fusion: Fusion, clean: dict[str, torch.Tensor], fam: dict[str, to
     return row
 
 
+def target_counts(rows: dict[str, dict[str, object]]) -> str:
+    """How many held-out families meet each of the issue's per-family targets (one line)."""
+    def count(ok: Callable[[dict[str, object]], bool]) -> int:
+        return sum(bool(ok(r)) for r in rows.values())
+
+    n = len(rows)
+    return (f"families (of {n}) with image AUROC >= 0.97: {count(lambda r: r['image'][0] >= 0.97)}, pixel: "
+            f"{count(lambda r: r['pixel'] >= 0.97)}; fused >= best single - 0.01, image: "
+            f"{count(lambda r: r['image'][0] >= r['best_image'][1] - 0.01)}, pixel: "
+            f"{count(lambda r: r['pixel'] >= r['best_pixel'][1] - 0.01)}; fused >= mse, image: "
+            f"{count(lambda r: r['image'][0] >= r['mse_image'])}, "
+            f"pixel: {count(lambda r: r['pixel'] >= r['mse_pixel'])}")
+
+
 def _fmt_row(family: str, r: dict[str, object]) -> str:
     img, lo, hi = r["image"]  # type: ignore[misc]
     bi, bp = r["best_image"], r["best_pixel"]
@@ -277,6 +292,7 @@ def cmd_analyse(args: argparse.Namespace) -> None:
         mean_px = np.mean([r["pixel"] for r in rows.values()])
         shipped, record = select(base, detectors(val_clean), crops)
         print(f"\nmean over families: image AUROC {mean_img:.3f}, pixel AUROC {mean_px:.3f}")
+        print(target_counts(rows))
         inter = sum(r["counts"][0][0] for r in rows.values())
         union = sum(r["counts"][1][0] for r in rows.values())
         grid = sum(r["grid_counts"][0] for r in rows.values()) / np.maximum(
