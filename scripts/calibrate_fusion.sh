@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Recalibrate the shipped texture priors' detectors in place (rgi_core.detectors.fusion), keeping lam and the
-# generator: the texture statistics (256 crops) and the segmenter (1000 steps) are refitted on rows y < 384 of the
+# generator: the texture statistics (256 crops) and the segmenter (three nets of 1000 steps, averaged) are refitted on rows y < 384 of the
 # training split, and each detector's clean tails on 64 crops of rows y >= 384, which neither detector saw (the
 # default --holdout 0.25); the fusion's rule and map threshold are picked on 24 crops of those rows per synthetic
 # defect family (rgi_core.detectors.selection). The same recipe as scripts/ship_priors.sh, without retraining
-# anything else. About 20 minutes per texture on one CPU core; the textures run in parallel.
+# anything else. About 35 minutes per texture on one CPU core; the textures run in parallel.
 # Usage: scripts/calibrate_fusion.sh [NAME ...]   (default: brick grass gravel)
 set -euo pipefail
 export OMP_NUM_THREADS=1
@@ -17,7 +17,7 @@ for name in ${*:-brick grass gravel}; do
   [ -d "$OUT/data/$name-train" ] || $RGI export-dataset "$name" "$OUT/data/$name-train" --split train
   cp "rgi_core/priors/$name-64.safetensors" "$OUT/ship/$name-64.safetensors"
   $RGI calibrate "$OUT/data/$name-train" --prior "$OUT/ship/$name-64.safetensors" --into-prior --images-n 32 \
-    --iterations 300 --rounds 0 --texture-stats 256 --segmenter-steps 1000 --fusion-images 64 \
+    --iterations 300 --rounds 0 --texture-stats 256 --segmenter-steps 1000 --segmenter-members 3 --fusion-images 64 \
     --fusion-families 24 >"$OUT/ship/$name-64.fusion.json" &
   pids+=($!)
 done

@@ -3,7 +3,9 @@
 The cases cover each method, multi-start, R-RGI's frozen and free mask, DGP's progressive stages, known
 degradations and a shipped prior with the texture and learned detectors, each at most 50 steps (longer solves
 may drift by float reordering; the quality tests pin those with metrics). They run in a subprocess with one
-OpenMP thread, as the reference was written, whatever threads this test process has.
+OpenMP thread, as the reference was written, whatever threads this test process has. On a machine whose float
+arithmetic differs from the reference's (its canary differs: ``solver_cases.canary``) the comparison is skipped
+with that reason; ``OMP_NUM_THREADS=1 python tests/solver_cases.py`` there writes a reference for it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from solver_cases import FIELDS, GOLDEN
+from solver_cases import CANARY, FIELDS, GOLDEN
 
 pytestmark = pytest.mark.integration  # a subprocess running twelve solves
 
@@ -36,7 +38,14 @@ def test_every_case_has_a_reference(outputs):
 
 def test_invert_reproduces_the_reference(outputs):
     got_all, want_all = outputs
+    gap = float((got_all[CANARY] - want_all[CANARY]).abs().max())
+    if gap > 0:
+        pytest.skip(f"the reference was written on a machine whose float arithmetic differs from this one's (a plain "
+                    f"torch computation differs by {gap:.2g}); `OMP_NUM_THREADS=1 python tests/solver_cases.py` writes "
+                    f"one for this machine")
     for name, want in want_all.items():
+        if name == CANARY:
+            continue
         got = got_all[name]
         for f in FIELDS:
             assert got[f].shape == want[f].shape, (name, f)
