@@ -69,9 +69,11 @@ def test_an_image_that_leaves_the_batch_keeps_its_state(tiny_prior, corrupted, m
     stopped = invert(corrupted, tiny_prior, make_config(method, iterations=40, **SMALL, **extra),
                      control=SolveControl(image_done=image_done))
     if method != "dgp":  # DGP's stages start at k * T / S: a 10-step solve has another schedule
-        short = invert(corrupted[:1], tiny_prior, make_config("rgi", iterations=stop_at + 1, **SMALL))
+        # the same three images for 10 steps: a batch of one takes the generator's plain upsampling kernel
+        # (rgi_core/priors/nets.py, FUSED_MIN_BATCH), whose rounding Adam amplifies past 1e-6 on some CPUs
+        short = invert(corrupted, tiny_prior, make_config("rgi", iterations=stop_at + 1, **SMALL))
         for f in ("latent", "mask", "generated"):
-            torch.testing.assert_close(getattr(stopped, f)[:1], getattr(short, f), atol=1e-6, rtol=0)
+            torch.testing.assert_close(getattr(stopped, f)[:1], getattr(short, f)[:1], atol=1e-6, rtol=0)
     for f in ("latent", "generated", "restored"):
         torch.testing.assert_close(getattr(stopped, f)[1:], getattr(full, f)[1:], atol=1e-6, rtol=0)
     assert not torch.allclose(stopped.latent[0], full.latent[0])
