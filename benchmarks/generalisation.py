@@ -105,7 +105,7 @@ def refresh(path: Path, prior: Prior, texture: str, split: str, family: str) -> 
 
 def prior_of(texture: str, args: argparse.Namespace) -> Prior:
     """The texture's prior: shipped, or NAME-64.safetensors in ``--prior-dir``."""
-    if getattr(args, "prior_dir", None):
+    if args.prior_dir:  # every subcommand has --prior-dir
         return load_prior(str(Path(args.prior_dir) / f"{texture}-64.safetensors"))
     return load_prior(f"{texture}-64")
 
