@@ -9,7 +9,9 @@ Schema versions (:data:`SCHEMA_VERSION`, the ``schema_version`` column of both t
   and ``error``; rows carry ``model_id`` (:mod:`rgi_core.catalog.store`, row identity). Columns added since
   (null in rows written before): ``iterations``, ``stage``; the detectors' own scores and tail probabilities
   (``residual_score``, ``texture_score``, ``learned_score``, ``residual_p``, ``texture_p``, ``learned_p``) and
-  ``flagged_by``; ``sizing`` and ``tiles``.
+  ``flagged_by``; ``sizing`` and ``tiles``; the input's thumbnail (``thumbnail_uri``) and the dataset checks
+  (``pixel_hash``, ``phash``, ``blur``, ``brightness``, ``entropy`` and the ``is_*`` flags,
+  :mod:`rgi_core.checks`); the run's ``score_threshold``.
 
 Every column is described in docs/reference/catalog.md. Later versions only add nullable columns.
 """
@@ -59,6 +61,17 @@ IMAGE_SCHEMA = pa.schema([
     ("texture_p", pa.float64()),
     ("learned_p", pa.float64()),
     ("flagged_by", pa.list_(pa.string())),
+    ("thumbnail_uri", pa.string()),
+    ("pixel_hash", pa.string()),
+    ("phash", pa.int64()),
+    ("blur", pa.float64()),
+    ("brightness", pa.float64()),
+    ("entropy", pa.float64()),
+    ("is_blurry", pa.bool_()),
+    ("is_dark", pa.bool_()),
+    ("is_bright", pa.bool_()),
+    ("is_low_information", pa.bool_()),
+    ("is_odd_aspect", pa.bool_()),
     ("seconds", pa.float64()),
     ("device", pa.string()),
     ("meta_json", pa.string()),
@@ -82,6 +95,7 @@ RUN_SCHEMA = pa.schema([
     ("shards", pa.int64()),
     ("shard_errors_json", pa.string()),
     ("images_per_second", pa.float64()),
+    ("score_threshold", pa.float64()),
     ("seconds", pa.float64()),
     ("device", pa.string()),
     ("versions_json", pa.string()),
