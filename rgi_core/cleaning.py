@@ -38,12 +38,13 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rgi_core.checks import image_checks, thumbnail_png
 from rgi_core.inversion.config import InversionConfig
 from rgi_core.inversion.loop import SolveControl
 from rgi_core.inversion.results import InversionResult
@@ -85,6 +86,8 @@ class Outcome:
     tiles: int = 0  # the network-size inputs it became (1 unless tiled)
     detector_scores: Mapping[str, float] = field(default_factory=dict)  # each detector's own score (Inverted)
     detector_surprise: Mapping[str, float] = field(default_factory=dict)  # and its -log10 p (calibrated priors)
+    checks: Mapping[str, Any] = field(default_factory=dict)  # rgi_core.checks columns (any decoded image)
+    thumbnail_png: bytes = b""  # the input, small (any decoded image)
     seconds: float = 0.0
     restored_png: bytes = b""
     anomaly_map_png: bytes = b""
@@ -311,7 +314,8 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
     """Clean ``(uri, bytes)`` items in one inversion batch; returns one :class:`Outcome` per item, in order.
 
     Images outside ``limits`` (over ``max_pixels``: refused from the header; under ``min_side``), that do
-    not decode, or whose float pixels are NaN/Inf, get an error outcome and never reach the solver.
+    not decode, or whose float pixels are NaN/Inf, get an error outcome and never reach the solver. Every decoded
+    image gets its dataset checks (:func:`rgi_core.checks.image_checks`) and a thumbnail, also when its solve fails.
     ``compute``: an executor (in the pipeline, one thread per process) that runs :func:`invert_images`, every
     torch operation of the batch; decoding and PNG encoding (numpy/PIL) stay on the calling thread. With
     libgomp, a second thread that ever ran a parallel torch op makes every later op of the solver thread
@@ -335,8 +339,10 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
                          else invert_images(images, prior, config, sizing, stop))
     for (i, key, img), f in zip(decoded, inverted, strict=True):
         uri = items[i][0]
+        seen = {"checks": image_checks(img), "thumbnail_png": thumbnail_png(img)}
         if f.error:
-            outcomes[i] = Outcome(uri, key, error=f.error)
+            outcomes[i] = Outcome(uri, key, width=img.pixels.shape[2], height=img.pixels.shape[1],
+                                  channels=img.channels, error=f.error, **seen)
             continue
         amap, mask = f.anomaly_map.numpy(), f.mask.numpy()  # numpy from here on: no torch op off the compute thread
         how, tiles = sizing_of(img.pixels.shape[1], img.pixels.shape[2], prior, sizing)
@@ -351,6 +357,7 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             detector_scores=dict(f.detector_scores),
             detector_surprise=dict(f.detector_surprise),
             seconds=seconds,
+            **seen,
             restored_png=encode_png_native(f.restored.numpy(), img),
             anomaly_map_png=_png8(amap),
             mask_png=_png8(mask),

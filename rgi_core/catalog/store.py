@@ -4,7 +4,7 @@ Layout under a catalog root (local path or any fsspec URL)::
 
     images/method=<method>/part-<run_id>-<seq>.parquet   one row per input image per config
     runs/part-<run_id>.parquet                           one row per run
-    outputs/<config_hash>/<image_key>/{restored,anomaly_map,mask,phi}.png
+    outputs/<config_hash>/<image_key>/{restored,anomaly_map,mask,phi,thumbnail}.png
     _claims/<config_hash>/<identity>.<generation>.json   commit markers (see below; not Parquet)
     _catalog.json                                        {"schema_version": N} once every part is at N
 
@@ -427,7 +427,10 @@ class Catalog:
             row = {**context, "image_key": o.image_key, "source_uri": item.uri, "shard_uri": item.shard_uri,
                    "width": o.width, "height": o.height, "channels": o.channels,
                    "status": "error" if o.error else "ok", "error": redact_text(o.error), "seconds": o.seconds,
-                   "meta_json": json.dumps(item.meta, default=str), "created_at": utcnow()}
+                   "meta_json": json.dumps(item.meta, default=str), "created_at": utcnow(), **o.checks}
+            if o.thumbnail_png:  # any decoded image, also one whose solve failed
+                row["thumbnail_uri"] = self.write_output(
+                    self.output_path(context["config_hash"], o.image_key, "thumbnail"), o.thumbnail_png)
             if not o.error:
                 pngs = {"restored": o.restored_png, "anomaly_map": o.anomaly_map_png, "mask": o.mask_png,
                         "phi": o.phi_png}

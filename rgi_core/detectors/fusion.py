@@ -149,7 +149,7 @@ def combine(log_ps: Sequence[torch.Tensor], rule: Rule) -> torch.Tensor:
 
 
 def _cauchy(log_p: torch.Tensor) -> torch.Tensor:
-    """The Cauchy combination of stacked ln p (k, ...) -> ln p (...), in float64, stable for tiny p.
+    r"""The Cauchy combination of stacked ln p (k, ...) -> ln p (...), in float64, stable for tiny p.
 
     :math:`T = e^{-l}\,S` with :math:`l = \min_i \ln p_i` and :math:`S = \frac1k\sum_i e^{l}\cot(\pi p_i)`, where
     :math:`e^{l}\cot(\pi p_i)` is taken as :math:`e^{l - \ln p_i}/\pi` for :math:`p_i < 10^{-8}`
