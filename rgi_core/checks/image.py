@@ -9,9 +9,9 @@ Each decoded input gets, in the same pass as its solve (numpy only, on the decod
   frequencies against their median), stored as a signed int64. Near duplicates are hashes at most
   :data:`NEAR_DUPLICATE_BITS` apart (:mod:`rgi_core.checks.duplicates`).
 - ``blur``: the variance of the Laplacian of the 8-bit luminance; ``is_blurry`` below :data:`BLUR_THRESHOLD`.
-- ``brightness``: the mean luminance in [0, 1]; ``is_dark`` when even the 99th percentile (nearest rank) of the luminance is below
-  :data:`DARK_P99`, ``is_bright`` when even the 1st percentile is above :data:`BRIGHT_P1` (an image with a few
-  bright pixels on black, a digit, is not dark).
+- ``brightness``: the mean luminance in [0, 1]; ``is_dark`` when even the 99th percentile (nearest rank) of the
+  luminance is below :data:`DARK_P99`, ``is_bright`` when even the 1st percentile is above :data:`BRIGHT_P1` (an
+  image with a few bright pixels on black, a digit, is not dark).
 - ``entropy``: Shannon entropy (bits) of the 8-bit luminance; ``is_low_information`` below :data:`LOW_ENTROPY_BITS`.
 - ``is_odd_aspect``: the longer side over the shorter is more than :data:`ODD_ASPECT`.
 
