@@ -3,6 +3,7 @@ docs/howto/querying.md, all on a catalog written by a real clean-dataset run."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -27,7 +28,8 @@ FAST = dict(iterations=20, n_init=8, batch_size=4)
 
 @pytest.fixture(scope="module")
 def cleaned(prefect_api, tiny_prior, tmp_path_factory):
-    """Two runs (two configs) over 3 loose PNGs + 1 broken file, a 2-member tar and a 2-row Parquet shard."""
+    """Two runs (two configs) over 3 loose PNGs, a TIFF copy of one, a black PNG and a broken file, a 2-member tar
+    and a 2-row Parquet shard."""
     from conftest import generate, gross_flip
 
     from flows.clean import CleanOptions, clean_dataset
@@ -41,6 +43,10 @@ def cleaned(prefect_api, tiny_prior, tmp_path_factory):
     for i in range(3):
         (src / "loose" / f"{i}.png").write_bytes(imgs[i])
     (src / "loose" / "broken.png").write_bytes(b"not an image")
+    copy = io.BytesIO()  # the picture of 0.png stored again as TIFF: a duplicate by its pixels, not its bytes
+    Image.open(io.BytesIO(imgs[0])).save(copy, format="TIFF")
+    (src / "loose" / "copy-of-0.tif").write_bytes(copy.getvalue())
+    (src / "loose" / "black.png").write_bytes(encode_png(np.zeros((1, 32, 32), np.float32)))  # dark, no information
     (src / "s-000.tar").write_bytes(tar_bytes([("k/a.png", imgs[3]), ("k/b.png", imgs[4])]))
     (src / "p-000.parquet").write_bytes(parquet_bytes({"id": [10, 11], "image": [imgs[5], imgs[6]]}))
     prior = save_prior(root / "tiny.safetensors", tiny_prior.generator, tiny_prior.discriminator,
