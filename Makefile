@@ -12,9 +12,14 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# One pip command installs everything (torch pinned, moto[server] resolved together with s3fs).
+# One pip command installs everything (torch pinned, moto[server] resolved together with s3fs). The report's browser
+# tests (tests/test_report.py) need Chromium: installed here when missing and this is root with apt-get (Debian's
+# package works offline, browser downloads do not); without it those tests skip and say so.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e ".[test]"
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -q && apt-get install -y -q chromium; } || \
+		echo "chromium not installed: the browser tests of tests/test_report.py will skip"
 	touch $(STAMP)
 
 demo: $(STAMP)

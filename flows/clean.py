@@ -25,7 +25,16 @@ from flows.blocks import RgiCatalog, RgiPrior, resolve, storage_options
 from flows.options import CleanOptions
 from flows.redact import redacting_flow
 from flows.scale import PriorRef, dask_client, dask_task_runner, on_dask
-from flows.tasks import invert_batch, list_shards, read_done, run_context, write_report, write_rows, write_run
+from flows.tasks import (
+    invert_batch,
+    list_shards,
+    read_done,
+    run_context,
+    write_html_report,
+    write_report,
+    write_rows,
+    write_run,
+)
 from rgi_core.catalog import utcnow
 from rgi_core.io.fs import redact_text, redact_uri, require_no_credentials
 from rgi_core.io.shards import batched, read_items
@@ -93,6 +102,7 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
             summary = run.row("completed")
             write_run.with_options(**io)(catalog, summary)
             report_uri = write_report.with_options(**io)(catalog, run.run_id, run.top)
+            html_uri = _html_report(catalog, run.run_id, io)
         except Cancelled as exc:
             if not stop.requested():
                 _record_end(catalog, run.row("failed", exc))
@@ -104,9 +114,9 @@ def clean_dataset(source: str, catalog: str = "", prior: str = "brick-64", optio
         except BaseException as exc:  # KeyboardInterrupt, Prefect's TerminationSignal
             _record_end(catalog, run.row("cancelled", exc))
             raise
-    _artifacts(summary, run.top, run.errors, report_uri)
+    _artifacts(summary, run.top, run.errors, report_uri, html_uri)
     top = [{k: v for k, v in r.items() if k != "input_png"} for r in run.top]
-    return {**summary, "top": top, "report_uri": report_uri}
+    return {**summary, "top": top, "report_uri": report_uri, "html_report_uri": html_uri}
 
 
 class _Run:
@@ -118,7 +128,8 @@ class _Run:
         self.started, self.t0 = utcnow(), time.perf_counter()
         self.fixed = {"run_id": self.run_id, "source": source, "method": options.method, "prior": p.name,
                       "prior_id": p.prior_id, "model_id": context["model_id"], "config_hash": context["config_hash"],
-                      "parameters_json": options.model_dump_json(), "device": str(p.device)}
+                      "parameters_json": options.model_dump_json(), "device": str(p.device),
+                      "score_threshold": context["score_threshold"]}
         self.counts = {"ok": 0, "error": 0, "skipped": 0}  # skipped: committed meanwhile by a concurrent run
         self.errors: list[dict] = []
         self.top: list[dict] = []
@@ -242,6 +253,16 @@ def _one_line(exc: BaseException, limit: int = 1000) -> str:
     return " ".join(redact_text(text).split())[:limit]
 
 
+def _html_report(catalog: str | RgiCatalog, run_id: str, io: dict[str, Any]) -> str | None:
+    """Write the run's HTML report (:data:`flows.tasks.write_html_report`); returns its URI, or None when it could
+    not be written: the report is a view of rows already committed, so its failure is logged and the run goes on."""
+    try:
+        return write_html_report.with_options(**io)(catalog, run_id)
+    except Exception as exc:  # noqa: BLE001  any failure of the report's reads or writes
+        get_run_logger().warning("the HTML report of run %s was not written: %s", run_id, _one_line(exc))
+        return None
+
+
 def _record_end(catalog: str | RgiCatalog, row: dict[str, Any]) -> None:
     """Write the row of a run that ended early, once and without retries; a failure to do so is logged,
     never raised (the run's own exception is the one to report)."""
@@ -284,15 +305,21 @@ def _versions() -> dict[str, str]:
     return {"rgi": __version__, "torch": torch.__version__, "prefect": prefect.__version__}
 
 
-def _artifacts(summary: dict, top: list[dict], errors: list[dict], report_uri: str | None) -> None:
+def _artifacts(summary: dict, top: list[dict], errors: list[dict], report_uri: str | None,
+               html_uri: str | None = None) -> None:
     rows = [{"what": k, "value": str(summary[k])} for k in
             ("images_ok", "images_error", "images_skipped", "shards", "images_per_second", "seconds", "config_hash")]
     rows += [{"what": f"top anomaly {i + 1}", "value": f"{r['anomaly_score']:.3f}  {r['source_uri']}"}
              for i, r in enumerate(top)]
     rows += [{"what": "error", "value": f"{r['source_uri']}: {r['error']}"} for r in errors]
     create_table_artifact(rows, key="rgi-clean-summary", description=f"rgi cleaning run {summary['run_id']}")
+    lines = []
+    if html_uri:
+        lines.append(f"Browse this run's {summary['images_ok'] + summary['images_error']} images (runs, score "
+                     f"histogram, a sortable and filterable table with the maps, the errors; open it in a browser, "
+                     f"offline): [{html_uri}]({html_uri})")
     if report_uri:
-        create_markdown_artifact(
-            f"# rgi report\n\nTop {len(top)} anomalies (input / restored / anomaly map / mask M): "
-            f"[{report_uri}]({report_uri})\n",
-            key="rgi-clean-report")
+        lines.append(f"Top {len(top)} anomalies (input / restored / anomaly map / mask M): "
+                     f"[{report_uri}]({report_uri})")
+    if lines:
+        create_markdown_artifact("# rgi report\n\n" + "\n\n".join(lines) + "\n", key="rgi-clean-report")

@@ -281,6 +281,8 @@ def _cmd_clean(args: argparse.Namespace) -> int:
             print(f"{r['anomaly_score']:8.3f}  {r['source_uri']}")
     if out["report_uri"]:
         print(f"\nreport: {out['report_uri']}")
+    if out.get("html_report_uri"):
+        print(f"HTML report (open it in a browser): {out['html_report_uri']}")
     return 1 if out["images_ok"] == 0 and out["images_error"] > 0 else 0
 
 
@@ -323,6 +325,23 @@ def _cmd_query(args: argparse.Namespace) -> int:
         print(df.to_json(orient="records", date_format="iso"))
     else:
         print(df.to_string(index=False) if len(df) else "(no rows)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import fsspec
+
+    from rgi_core.report import build_report
+
+    fs, path = fsspec.core.url_to_fs(args.catalog)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such catalog: {args.catalog}")
+    report = build_report(args.catalog, args.out, runs=args.run, limit=args.limit)
+    rows = f"{report.rows} of {report.total_rows}" if report.rows < report.total_rows else f"{report.rows}"
+    unreadable = f"; {report.missing} unreadable, shown as placeholders" if report.missing else ""
+    print(f"rgi report: {rows} image rows, {report.images} image files{unreadable}")
+    where = Path(report.index_uri).resolve().as_uri() if "://" not in report.index_uri else report.index_uri
+    print(f"report: {where}")
     return 0
 
 
@@ -737,6 +756,25 @@ def _add_query(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_cmd_query)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("report", help="a static HTML report of a catalog (index.html and thumbnails), browsable "
+                       "offline")
+    r.add_argument("catalog", help="catalog root (local path or fsspec URL)")
+    r.add_argument("--out", required=True, help="folder to write index.html and img/ to (local path or fsspec URL)")
+    r.add_argument("--run", action="append", metavar="RUN_ID",
+                   help="only this run's images and run row (repeat for several; default: every run)")
+    r.add_argument("--limit", type=_positive, metavar="N",
+                   help="at most N image rows, the highest scores first (default: all)")
+    r.set_defaults(func=_cmd_report)
+
+
 def _add_export_dataset(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export-dataset",
                        help="write a built-in dataset split (brick, grass, gravel, ihc, digits) as PNGs")
@@ -890,6 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate_prior(sub)
     _add_clean(sub)
     _add_query(sub)
+    _add_report(sub)
     _add_export_dataset(sub)
     _add_watch(sub)
     _add_show(sub)

@@ -11,7 +11,7 @@ A cleaning flow is these steps in order (``clean_dataset`` is exactly this, stre
     items   = load_batch(shard, skip=done)                   # Item(uri, bytes, meta) or Item(error=...)
     outcome = invert_batch(items, prior, options)            # gpu
     rows    = write_rows(outcome, items, catalog, context, seq)
-    write_run(catalog, summary); write_report(catalog, run_id, top_rows)
+    write_run(catalog, summary); write_report(catalog, run_id, top_rows); write_html_report(catalog, run_id)
 
 ``catalog`` is a URL or an :class:`flows.blocks.RgiCatalog` block (which carries credentials); ``storage``
 for sources is either block, or None for the default credential chain. Pass blocks, not their
@@ -41,6 +41,7 @@ from rgi_core.evaluation.grids import report_grid, thumbnail_png
 from rgi_core.io import shards as core_shards
 from rgi_core.io.shards import Item, Shard
 from rgi_core.priors import Prior
+from rgi_core.report import build_report
 from rgi_core.stopping import Cancelled
 
 if TYPE_CHECKING:
@@ -137,12 +138,22 @@ def _write_report(catalog: str | RgiCatalog, run_id: str, top: list[dict[str, An
     return cat.write_output(cat.path("reports", f"{run_id}.png"), png)
 
 
+def _write_html_report(catalog: str | RgiCatalog, run_id: str) -> str:
+    """The browsable HTML report of one run's rows (:func:`rgi_core.report.build_report`) at
+    ``<catalog>/reports/<run_id>/index.html``, written through the catalog's filesystem; returns its URI."""
+    cat = open_catalog(catalog)
+    url, options = (catalog.url, catalog.storage_options()) if isinstance(catalog, RgiCatalog) else (catalog, None)
+    return build_report(url, cat.uri(cat.path("reports", run_id)), runs=[run_id], storage_options=options,
+                        out_storage_options=options).index_uri
+
+
 list_shards, alist_shards = _io_tasks(_list_shards, "list-shards")
 read_done, aread_done = _io_tasks(_read_done, "read-done")
 load_batch, aload_batch = _io_tasks(_load_batch, "load-batch")
 write_rows, awrite_rows = _io_tasks(_write_rows, "write-batch")
 write_run, awrite_run = _io_tasks(_write_run, "write-run")
 write_report, awrite_report = _io_tasks(_write_report, "write-report")
+write_html_report, awrite_html_report = _io_tasks(_write_html_report, "write-html-report")
 
 
 @task(name="invert-batch", tags=["gpu"], cache_policy=NONE)
