@@ -347,7 +347,7 @@ def _report_artifact(run_id: str) -> str:
 
 
 @pytest.mark.integration
-def test_every_clean_run_writes_its_report_and_links_it(prefect_api, tiny_prior, tmp_path, monkeypatch):
+def test_every_clean_run_writes_its_report_and_links_it(prefect_api, tiny_prior, tmp_path, monkeypatch, caplog):
     import flows.tasks
     from flows.clean import CleanOptions, clean_dataset
     from flows.cli import main
@@ -367,23 +367,6 @@ def test_every_clean_run_writes_its_report_and_links_it(prefect_api, tiny_prior,
     pictures = [names for row, names in zip(data["rows"], data["images"], strict=True) if row[status] == "ok"]
     assert len(pictures) == out["images_ok"] and all(all(names[1:]) for names in pictures)  # restored, map, mask
 
-    from browser import MISSING, Browser, find_chromium
-
-    if find_chromium() is None:
-        pytest.skip(MISSING)
-    with Browser(height=1500 if os.environ.get("RGI_UPDATE_DOCS") == "1" else 1000) as browser:
-        page = _open(browser, index)
-        assert _table(page)["total"] == len(data["rows"]) and page.errors == []
-        assert _leaving(page, index.parent) == []
-        page.wait_for("[...document.querySelectorAll('#images tbody img')].every((i) => i.complete)")
-        shots = [page.screenshot(tmp_path / "report.png")]
-        page.click("#images tbody tr[data-row]")
-        page.wait_for("[...document.querySelectorAll('#detail img')].every((i) => i.complete)")
-        shots.append(page.screenshot(tmp_path / "report-detail.png"))
-    if os.environ.get("RGI_UPDATE_DOCS") == "1":
-        for shot in shots:
-            (ROOT / "docs" / shot.name).write_bytes(shot.read_bytes())
-
     # `rgi report` on the same catalog: one run chosen, the top rows only.
     assert main(["report", str(cat), "--out", str(tmp_path / "top"), "--run", run_id, "--limit", "2"]) == 0
     assert len(_data_block(tmp_path / "top" / "index.html")["rows"]) == 2
@@ -398,3 +381,26 @@ def test_every_clean_run_writes_its_report_and_links_it(prefect_api, tiny_prior,
                           options=CleanOptions(**opts, force=True, io_retry_delays=(0.0,)))
     assert again["status"] == "completed" and again["html_report_uri"] is None
     assert again["images_ok"] == out["images_ok"]
+    assert f"the HTML report of run {again['run_id']} was not written: OSError: the report's storage is down" in \
+        caplog.text
+
+    # The run's report in the browser (screenshots; with RGI_UPDATE_DOCS=1 they become docs/report*.png).
+    from browser import MISSING, Browser, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip(MISSING)
+    with Browser(height=1500 if os.environ.get("RGI_UPDATE_DOCS") == "1" else 1000) as browser:
+        page = _open(browser, index)
+        assert _table(page)["total"] == len(data["rows"]) and page.errors == []
+        assert _leaving(page, index.parent) == []
+        if os.environ.get("RGI_UPDATE_DOCS") != "1":  # the undecodable file named like markup: an error row, as text
+            assert page.evaluate("document.body.innerText").count(XSS) >= 2  # in the table and the errors section
+            assert page.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
+        page.wait_for("[...document.querySelectorAll('#images tbody img')].every((i) => i.complete)")
+        shots = [page.screenshot(tmp_path / "report.png")]
+        page.click("#images tbody tr[data-row]")
+        page.wait_for("[...document.querySelectorAll('#detail img')].every((i) => i.complete)")
+        shots.append(page.screenshot(tmp_path / "report-detail.png"))
+    if os.environ.get("RGI_UPDATE_DOCS") == "1":
+        for shot in shots:
+            (ROOT / "docs" / shot.name).write_bytes(shot.read_bytes())
