@@ -5,6 +5,7 @@ Layout under a catalog root (local path or any fsspec URL)::
     images/method=<method>/part-<run_id>-<seq>.parquet   one row per input image per config
     runs/part-<run_id>.parquet                           one row per run
     outputs/<config_hash>/<image_key>/{restored,anomaly_map,mask,phi,thumbnail}.png
+    reports/<run_id>.png, reports/<run_id>/index.html    a run's reports (flows/tasks.py, rgi_core.report)
     _claims/<config_hash>/<identity>.<generation>.json   commit markers (see below; not Parquet)
     _catalog.json                                        {"schema_version": N} once every part is at N
 
