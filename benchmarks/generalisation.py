@@ -9,6 +9,7 @@ and clean crops, in two places:
   out from the texture statistics and the segmenter (``--holdout 0.25``). The selection procedure may look at these
   (fusion rule, map threshold) and the clean ones fit the detectors' clean-score distributions, as
   ``rgi calibrate`` does.
+- ``val2``: more crops of the same rows, other seeds; ``analyse`` reads ``val`` and ``val2`` together.
 - ``test``: the held-out quarter (x >= 384), fresh seeds. Only scored, never used to choose anything.
 
 Every crop is solved once with ``rgi`` (every detector's map kept apart) and, on ``test``, once with ``mse``
@@ -58,7 +59,8 @@ from rgi_core.inversion.products import detector_maps
 from rgi_core.io import builtin
 from rgi_core.priors import Prior, load_prior
 
-SPLITS = {"val": ("train", 100), "test": ("eval", 200)}  # split -> (builtin split, seed base)
+# split -> (builtin split, seed base); val2: more crops of the val rows, other seeds (read together with val)
+SPLITS = {"val": ("train", 100), "val2": ("train", 150), "test": ("eval", 200)}
 VAL_ROWS = 384  # val crops come from rows y >= VAL_ROWS of the training split
 CLEAN = "clean"
 
@@ -67,7 +69,7 @@ def family_set(texture: str, split: str, family: str, n: int, size: int = 64) ->
     """(images (n, 1, size, size), truth (n, 1, size, size) bool) of one family (or clean crops) on one split."""
     part, base = SPLITS[split]
     region = torch.from_numpy(builtin.texture(texture, part))
-    region = region[:, VAL_ROWS:] if split == "val" else region
+    region = region[:, VAL_ROWS:] if split.startswith("val") else region
     names = [CLEAN, *families_for(region.shape[0])]  # the grey families first: their seeds are the same for colour
     seed = base * 1000 + names.index(family) * 37 + (*builtin.TEXTURES, *builtin.COLOUR_TEXTURES).index(texture)
     clean = random_crops(region, n, size, seed)
@@ -128,7 +130,8 @@ def cmd_solve(args: argparse.Namespace) -> None:
                     if args.refresh_detectors:
                         refresh(path, prior, texture, split, family)
                     continue
-                n = args.clean_n if family == CLEAN else args.val_n if split == "val" and args.val_n else args.n
+                on_val = split.startswith("val") and args.val_n
+                n = args.clean_n if family == CLEAN else args.val_n if on_val else args.n
                 t0 = time.perf_counter()
                 images, truth = family_set(texture, split, family, n)
                 arrays = {"truth": truth.numpy()}
@@ -180,6 +183,15 @@ def load(out: Path, texture: str, split: str, family: str) -> dict[str, torch.Te
         return None
     with np.load(path) as z:
         return {k: torch.from_numpy(z[k].astype(np.float32) if k != "truth" else z[k]) for k in z.files}
+
+
+def load_val(out: Path, texture: str, family: str) -> dict[str, torch.Tensor] | None:
+    """A family's validation crops: ``val`` and, where solved, ``val2`` (more crops of the same rows) together."""
+    parts = [a for a in (load(out, texture, s, family) for s in SPLITS if s.startswith("val")) if a is not None]
+    if not parts:
+        return None
+    keys = set.intersection(*(set(a) for a in parts))
+    return {k: torch.cat([a[k] for a in parts]) for k in keys}
 
 
 def detectors(arrays: dict[str, torch.Tensor], method: str = "rgi") -> dict[str, torch.Tensor]:
@@ -256,14 +268,15 @@ def cmd_analyse(args: argparse.Namespace) -> None:
         cfg = config_for_prior("rgi", prior.defaults)
         names = [f for f in families_for(prior.spec.channels) if (out / f"{texture}-val-{f}.npz").exists()
                  and (out / f"{texture}-test-{f}.npz").exists()]
-        val_clean, test_clean = load(out, texture, "val", CLEAN), load(out, texture, "test", CLEAN)
+        val_clean, test_clean = load_val(out, texture, CLEAN), load(out, texture, "test", CLEAN)
         if val_clean is None or test_clean is None or not names:
             print(f"{texture}: nothing solved yet")
             continue
         base = Fusion.fit(detectors(val_clean), topk=cfg.score_topk, sigma=cfg.score_sigma)
-        val = {f: load(out, texture, "val", f) for f in names}
+        val = {f: load_val(out, texture, f) for f in names}
         crops = {f: FamilyCrops(detectors(a), a["truth"]) for f, a in val.items() if a is not None}
-        print(f"\n## {texture}-64: leave-one-family-out, {len(names)} families, test clean crops "
+        print(f"\n## {texture}-64: leave-one-family-out, {len(names)} families, validation crops per family "
+              f"{min(len(a['truth']) for a in val.values())}, clean {len(val_clean['truth'])}; test clean crops "
               f"{len(test_clean['truth'])}\n")
         print("| held-out family | image AUROC [95 % CI] | best single detector | older fusion | mse | "
               "pixel AUROC | best single | older fusion | mse | IoU at chosen t | best IoU | older IoU@0.5 |")
@@ -300,7 +313,9 @@ def cmd_analyse(args: argparse.Namespace) -> None:
         print(f"IoU pooled over the held-out families, each at the threshold picked without it: {inter / union:.3f}; "
               f"best single threshold on them: {grid.max():.3f} (t = {THRESHOLDS[int(np.argmax(grid))]})")
         print(f"picked on all families: rule {shipped.rule}, map threshold {shipped.map_threshold}, "
-              f"pooled validation IoU {record['pooled_iou']:.3f}")
+              f"pooled validation IoU {record['pooled_iou']:.3f}; families seen on validation "
+              f"{len(record['seen'])} of {len(record['families'])} (unseen: "
+              f"{', '.join(sorted(set(record['families']) - set(record['seen']))) or 'none'})")
 
 
 

@@ -11,7 +11,7 @@ import torch
 
 from rgi_core.detectors.fusion import Fusion, Tail, combine, fusion_of, surprise
 from rgi_core.detectors.residual import image_score
-from rgi_core.detectors.selection import FamilyCrops, bootstrap_auroc, pooled_iou_curve, select
+from rgi_core.detectors.selection import SEEN, FamilyCrops, bootstrap_auroc, pooled_iou_curve, select
 from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
 
 
@@ -117,6 +117,29 @@ def test_selection_picks_a_threshold_near_the_best_on_the_families_it_is_given()
     best = pooled_iou_curve(level * chosen.map_threshold, truth).max()
     assert record["pooled_iou"] >= best - 0.05 and record["pooled_iou"] > 0.7
     assert pixel_auroc(maps, truth) > 0.95
+
+
+def test_the_rule_is_chosen_on_the_families_some_detector_sees():
+    """A family that no detector ranks (its crops are clean crops) is left out of the rule's criterion, the mean
+    image AUROC over the seen families; with no family seen, all of them count."""
+    g = torch.Generator().manual_seed(5)
+    clean = _maps(60, False, g)
+    fusion = Fusion.fit(clean)
+    truth = torch.zeros((30, 1, 16, 16), dtype=torch.bool)
+    truth[:, :, 4:8, 4:8] = True
+    visible = _maps(30, False, g)
+    visible["residual"][:, :, 4:8, 4:8] += 0.3
+    fams = {"visible": FamilyCrops({k: v.clamp(0, 0.99) for k, v in visible.items()}, truth),
+            "invisible": FamilyCrops(_maps(30, False, g), truth)}
+    _, record = select(fusion, clean, fams)
+    assert max(record["single_image_auroc"]["visible"].values()) >= SEEN > max(
+        record["single_image_auroc"]["invisible"].values())
+    assert record["seen"] == ["visible"]
+    assert record["mean_image_auroc"] == pytest.approx(record["image_auroc"]["visible"])
+    best = max(record["mean_image_auroc"].values())
+    assert record["mean_image_auroc"][record["rule"]] >= best - 1e-3
+    _, alone = select(fusion, clean, {"invisible": fams["invisible"]})
+    assert alone["seen"] == ["invisible"]  # nothing seen: every family counts
 
 
 def test_bootstrap_interval_brackets_the_estimate():
