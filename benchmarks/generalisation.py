@@ -161,6 +161,9 @@ def main() -> None:
                    "then use their detectors, to compare with what was shipped before")
     t = sub.add_parser("triage", help="the triage's misses per held-out family, against the full pipeline's flags")
     t.add_argument("--keep", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    t.add_argument("--miss", type=float, nargs="*", default=[],
+                   help="also set the threshold from defective validation crops, left one family out: at most this "
+                        "share of the flagged ones sent away (and no higher than the keep threshold)")
     for p in (s, a, t):
         p.add_argument("--only", nargs="+", default=list(builtin.TEXTURES),
                        choices=[*builtin.TEXTURES, *builtin.COLOUR_TEXTURES])
@@ -359,6 +362,38 @@ def cmd_triage(args: argparse.Namespace) -> None:
             solved = float((score(test_clean, False) > t).double().mean())
             print(f"| {keep:g} | {t:.3f} | {solved:.2f} | {flagged} | {lost} ({lost / max(flagged, 1):.3f}) | "
                   f"{worst[0] or '-'} ({worst[1]}) |")
+        if args.miss:
+            _triage_by_misses(args, out, texture, score, threshold, val_clean, test_clean, families)
+
+
+def _triage_by_misses(args: argparse.Namespace, out: Path, texture: str, score: Callable, threshold: float,
+                      val_clean: dict[str, torch.Tensor], test_clean: dict[str, torch.Tensor],
+                      families: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
+    """The triage threshold set from defective validation crops, left one family out: the largest t that sends
+    away at most ``miss`` of the validation crops of the other families that the full pipeline flags, and no
+    higher than the ``keep`` threshold; the held-out family is scored on ``test``."""
+    val = {f: load_val(out, texture, f) for f, _ in families}
+    flagged_triage = {f: score(a, False)[score(a, True) > threshold] for f, a in val.items() if a is not None}
+    clean_val = score(val_clean, False).double()
+    print("\n| keep | miss target (validation) | held out: mean threshold | clean test crops solved (mean) | "
+          "flagged defective test crops | of them triaged away | worst family |")
+    print("|---|---|---|---|---|---|---|")
+    for keep in args.keep:
+        cap = float(torch.quantile(clean_val, 1.0 - keep))
+        for miss in args.miss:
+            flagged = lost = 0
+            worst, ts, solved = ("", 0), [], []
+            for family, arrays in families:
+                others = torch.cat([v for f, v in flagged_triage.items() if f != family]).double()
+                t = min(cap, float(torch.quantile(others, miss))) if others.numel() else cap
+                flags, sent = score(arrays, True) > threshold, score(arrays, False) > t
+                n_lost = int((flags & ~sent).sum())
+                flagged, lost = flagged + int(flags.sum()), lost + n_lost
+                worst = max(worst, (family, n_lost), key=lambda w: w[1])
+                ts.append(t)
+                solved.append(float((score(test_clean, False) > t).double().mean()))
+            print(f"| {keep:g} | {miss:g} | {np.mean(ts):.3f} | {np.mean(solved):.2f} | {flagged} | {lost} "
+                  f"({lost / max(flagged, 1):.3f}) | {worst[0] or '-'} ({worst[1]}) |")
 
 
 if __name__ == "__main__":
