@@ -5,8 +5,8 @@
 2. Serve them from a local S3 protocol server (moto on 127.0.0.1) as a WebDataset tar shard (with JSON
    side files) and an image-prefix shard.
 3. Run the ``clean-dataset`` flow through Prefect into an S3 Parquet catalog.
-4. Query the top anomalies with SQL (DuckDB), score the ranking against the known defects, and copy the
-   report PNG next to the catalog's.
+4. Query the top anomalies with SQL (DuckDB), score the ranking against the known defects, copy the
+   report PNG next to the catalog's and build the browsable HTML report of the catalog (``rgi report``).
 """
 
 from __future__ import annotations
@@ -119,6 +119,11 @@ def run(out_dir: str = "demo-output", texture: str = "brick", n: int = 24, itera
             local = Path(out_dir) / "report.png"
             local.write_bytes(fs.cat_file(out["report_uri"]))
             print(f"report (input / restored / anomaly map / mask M of the top anomalies): {local}")
+        from rgi_core.report import build_report
+
+        html = build_report(catalog, str(Path(out_dir) / "report"))  # the catalog's own files only
+        print(f"browsable report of every row ({html.rows} images; open it in a browser, offline): "
+              f"{Path(out_dir).resolve() / 'report' / 'index.html'}")
         return 0
     finally:
         server.stop()

@@ -152,6 +152,8 @@ def test_pipeline_demo_end_to_end(prefect_api, tmp_path, capsys):
     before = os.environ.get("AWS_ENDPOINT_URL")
     assert run(out_dir=str(tmp_path / "demo"), n=6, iterations=30, compare=True) == 0
     assert (tmp_path / "demo" / "report.png").stat().st_size > 0
+    page = (tmp_path / "demo" / "report" / "index.html").read_text()  # built from the S3 catalog's own files
+    assert 'id="rows"' in page and len(list((tmp_path / "demo" / "report" / "img").glob("*.png"))) >= 6 * 4
     out = capsys.readouterr().out  # the defaults' rate beside the full solve's (make demo's --compare)
     assert "| --full-solve |" in out and "x the full solve's images/s" in out
     assert os.environ.get("AWS_ENDPOINT_URL") == before  # the demo's S3 endpoint does not leak

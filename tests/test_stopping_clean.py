@@ -187,7 +187,8 @@ def test_prefect_api_cancellation_then_rerun(prefect_api, tiny_prior, tmp_path):
     rows = _images(cat)
     assert sorted(r["source_uri"] for r in rows) == sorted(str(p) for p in src.iterdir())
     assert sorted(r["status"] for r in _runs(cat)) == ["cancelled", "completed"]
-    referenced = {r[k] for r in rows for k in ("restored_uri", "anomaly_map_uri", "mask_uri", "phi_uri")}
+    outputs = ("restored_uri", "anomaly_map_uri", "mask_uri", "phi_uri", "thumbnail_uri")
+    referenced = {r[k] for r in rows for k in outputs}
     assert {str(p) for p in (cat / "outputs").rglob("*.png")} == referenced  # no orphan output files
 
 
