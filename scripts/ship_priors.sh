@@ -6,7 +6,7 @@
 #             and local texture statistics fitted on 256 training-split crops (rgi_core.detectors.texture),
 #             and a learned anomaly segmenter (three nets trained for 1000 steps on 1024 training-split crops with
 #             synthetic anomalies, their probabilities averaged), thresholded on 256 others (rgi_core.detectors.segmenter); the three detectors joined by a
-#             fusion calibrated on 64 clean crops, its rule and map threshold picked on 24 crops per synthetic
+#             fusion calibrated on 64 clean crops, its rule and map threshold picked on 48 crops per synthetic
 #             defect family (rgi_core.detectors.fusion, rgi_core.detectors.selection), and a triage threshold
 #             that sends 20 % of those clean crops to the full solve (--triage-keep, default 0.2;
 #             rgi_core.inversion.triage)
@@ -32,7 +32,7 @@ for name in brick grass gravel ihc; do
   [ -d "$OUT/data/$name-train" ] || $RGI export-dataset "$name" "$OUT/data/$name-train" --split train
   $RGI calibrate "$OUT/data/$name-train" --prior "$OUT/ship/$name-64.safetensors" --into-prior --images-n 32 --iterations 300 --rounds 6 \
     --set map_sigma=1.0 --set sizing=\"tile\" --texture-stats 256 --segmenter-steps 1000 --segmenter-members 3 \
-    --fusion-images 64 --fusion-families 24 \
+    --fusion-images 64 --fusion-families 48 \
     >"$OUT/ship/$name-64.calibration.json" &
   pids+=($!)
 done
