@@ -138,13 +138,18 @@ def _write_report(catalog: str | RgiCatalog, run_id: str, top: list[dict[str, An
     return cat.write_output(cat.path("reports", f"{run_id}.png"), png)
 
 
-def _write_html_report(catalog: str | RgiCatalog, run_id: str) -> str:
-    """The browsable HTML report of one run's rows (:func:`rgi_core.report.build_report`) at
-    ``<catalog>/reports/<run_id>/index.html``, written through the catalog's filesystem; returns its URI."""
+#: A run's HTML report holds at most this many image rows, the highest scores first (its pictures are copied:
+#: four reads and writes a row); ``rgi report --run RUN_ID`` builds one of any size.
+HTML_REPORT_ROWS = 10_000
+
+
+def _write_html_report(catalog: str | RgiCatalog, run_id: str, limit: int | None = HTML_REPORT_ROWS) -> str:
+    """The browsable HTML report of one run's rows (:func:`rgi_core.report.build_report`, at most ``limit`` rows)
+    at ``<catalog>/reports/<run_id>/index.html``, written through the catalog's filesystem; returns its URI."""
     cat = open_catalog(catalog)
     url, options = (catalog.url, catalog.storage_options()) if isinstance(catalog, RgiCatalog) else (catalog, None)
-    return build_report(url, cat.uri(cat.path("reports", run_id)), runs=[run_id], storage_options=options,
-                        out_storage_options=options).index_uri
+    return build_report(url, cat.uri(cat.path("reports", run_id)), runs=[run_id], limit=limit,
+                        storage_options=options, out_storage_options=options).index_uri
 
 
 list_shards, alist_shards = _io_tasks(_list_shards, "list-shards")
