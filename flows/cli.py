@@ -152,6 +152,9 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     from rgi_core.priors.training import ImageSampler
     from rgi_core.stopping import Cancelled
 
+    if args.triage_miss is not None and (args.fusion_families <= 0 or args.fusion_images <= 0):
+        raise ValueError("--triage-miss is read on the fusion's defect families: give --fusion-families N (and "
+                         "--fusion-images)")
     prior = load_prior(args.prior, device=args.device)
     for kv in args.set:
         key, _, value = kv.partition("=")
@@ -186,7 +189,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                         if fusion_clean is not None else None)
             defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter,
                                  stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families,
-                                 triage_keep=args.triage_keep or None)
+                                 triage_keep=args.triage_keep or None, triage_miss=args.triage_miss)
         except Cancelled:
             kept = ("; the encoder goes on from its checkpoint when the same command runs again"
                     if _encoder_checkpoint(args.prior).exists() else "")
@@ -710,6 +713,9 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    help="with a fusion, store a triage threshold: `rgi clean` then runs the full solve only for images "
                         "whose detectors' score is above it, a share FRACTION of the fusion's clean images (default "
                         "0.2; rgi_core.inversion.triage). 0 stores none: every image is solved")
+    c.add_argument("--triage-miss", type=_fraction, default=None, metavar="FRACTION",
+                   help="with --fusion-families, lower the triage threshold until at most FRACTION of the families' "
+                        "crops that the full score flags would be sent away unsolved (costs solves; default: off)")
     c.add_argument("--segmenter-members", type=int, default=1, metavar="K",
                    help="train K segmenter nets (seeds SEED, SEED+1, ...) and average their probabilities; K times "
                         "the training time (default 1; the shipped texture priors use 3, which made the learned map "

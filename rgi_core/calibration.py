@@ -155,30 +155,31 @@ def detector_maps_of(prior: Prior, images: torch.Tensor, config: InversionConfig
 
 def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
                families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-               stop: StopCheck | None = None) -> tuple[Fusion, dict[str, torch.Tensor]]:
+               stop: StopCheck | None = None) -> tuple[Fusion, dict[str, torch.Tensor], dict[str, FamilyCrops]]:
     """A calibrated :class:`rgi_core.detectors.fusion.Fusion` for ``prior``: every detector's tails on the
     maps of clean images (N, C, H, W) solved with ``config``; with ``families`` (name -> (defective images,
     truth (N, 1, H, W) bool)), the rule and map threshold picked by :func:`rgi_core.detectors.selection.select`,
-    else ``min_p`` and the default threshold. Returns the fusion (its ``record`` says how it was obtained) and
-    the clean images' maps by detector."""
+    else ``min_p`` and the default threshold. Returns the fusion (its ``record`` says how it was obtained), the
+    clean images' maps by detector, and the families' solved crops (empty without ``families``)."""
     maps = detector_maps_of(prior, clean, config, stop)
     record: dict[str, Any] = {"images": int(clean.shape[0]), "iterations": config.iterations,
                               "n_init": config.n_init, "detectors": sorted(maps)}
     fusion = Fusion.fit(maps, topk=config.score_topk, sigma=config.score_sigma)
+    crops: dict[str, FamilyCrops] = {}
     if families:
         crops = {name: FamilyCrops(detector_maps_of(prior, x, config, stop), truth.cpu())
                  for name, (x, truth) in families.items()}
         fusion, chosen = select(fusion, maps, crops)
         record["selection"] = chosen
         record["family_images"] = {name: int(x.shape[0]) for name, (x, _) in families.items()}
-    return dataclasses.replace(fusion, record=record), maps
+    return dataclasses.replace(fusion, record=record), maps, crops
 
 
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None,
               texture_clean: torch.Tensor | None = None, segmenter: LearnedMap | None = None,
               stop: StopCheck | None = None, fusion_clean: torch.Tensor | None = None,
               fusion_families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-              triage_keep: float | None = None) -> dict[str, Any]:
+              triage_keep: float | None = None, triage_miss: float | None = None) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
     With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
@@ -192,7 +193,9 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     ``defaults.fusion``; the score threshold is then measured with it. Without it the prior's fusion (if any) is
     dropped, its tails being those of the old ``lam``: the detectors are joined by the older max/mean rule.
     With a fusion and ``triage_keep``, the triage threshold that sends that share of the fusion's clean images to
-    the full solve (:class:`rgi_core.inversion.triage.Triage`) is stored as ``defaults.triage``; an older one is
+    the full solve (:class:`rgi_core.inversion.triage.Triage`) is stored as ``defaults.triage``, with
+    ``triage_miss`` (and ``fusion_families``) lowered to miss at most that share of the families' flagged crops; an
+    older one is
     dropped with the fusion it was read on.
 
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
@@ -219,11 +222,16 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     final = invert(clean, prior, _rgi(prior, lam, cfg), control=SolveControl(cancelled=stop))
     scores = final.score.double()
     if fusion_clean is not None:  # the score threshold on the fusion's clean images, scored by the fusion
-        fusion, clean_maps = fit_fusion(prior, fusion_clean, _rgi(prior, lam, cfg), fusion_families, stop)
+        fusion, clean_maps, crops = fit_fusion(prior, fusion_clean, _rgi(prior, lam, cfg), fusion_families, stop)
         kept["fusion"] = fusion.to_dict()
         scores = fusion.fuse(clean_maps)[1].double()
         if triage_keep and set(fusion.tails) - {"residual"}:  # it needs a detector that reads the image
-            kept["triage"] = Triage.fit(fusion, clean_maps, triage_keep).to_dict()
+            if triage_miss is not None and not crops:
+                raise ValueError("a triage miss target is read on the fusion's defect families: give fusion_families")
+            defective = ({k: torch.cat([c.maps[k] for c in crops.values()]) for k in clean_maps}
+                         if triage_miss is not None else None)
+            kept["triage"] = Triage.fit(fusion, clean_maps, triage_keep, defective,
+                                        float(torch.quantile(scores, cfg.score_quantile)), triage_miss).to_dict()
     return {
         **kept,
         "lam": lam,

@@ -232,6 +232,7 @@ def test_cli_calibrate_into_prior_calibrates_the_fusion_on_clean_crops_and_picks
     clean = write_generated(tiny_prior, tmp_path / "clean", 6, seed=2)
     into = ["calibrate", str(clean), "--prior", str(path), "--into-prior", "--images-n", "4", "--iterations", "20",
             "--rounds", "1", "--n-init", "8"]
+    assert main([*into, "--triage-miss", "0.01"]) == 2  # a miss target needs the defect families: refused up front
     assert main([*into, "--fusion-images", "12", "--fusion-families", "3"]) == 0
     defaults = read_metadata(path.read_bytes())["defaults"]
     fusion = fusion_of(defaults)

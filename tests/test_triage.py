@@ -49,6 +49,30 @@ def test_threshold_sends_the_keep_share_of_the_clean_images_to_the_full_solve():
     assert triage_of({"triage": triage.to_dict(), "fusion": fusion.to_dict()}) == triage
 
 
+def test_a_miss_target_lowers_the_threshold_to_that_quantile_of_the_flagged_defects():
+    """Defective crops: the residual is sure of all 40 (the full score flags them), the triage detectors of only
+    some. With miss 0.1 the threshold is the 0.1 quantile of the flagged crops' triage scores, so 4 of 40 fall
+    at or below it; crops the full score does not flag play no part; the keep threshold caps it."""
+    g = torch.Generator().manual_seed(1)
+    clean = _clean_maps(50, g)
+    fusion = Fusion.fit(clean, rule="fisher")
+    keep = Triage.fit(fusion, clean, keep=0.2)
+    bad = _clean_maps(60, g)
+    bad["residual"][:40] = 0.999  # flagged by the full score; the last 20 are clean-like and not flagged
+    bad["texture"][:40] = torch.linspace(0.2, 0.999, 40)[:, None, None, None].expand(40, 1, 8, 8)
+    threshold = 5.0  # the full score: the 40 sure crops are far over it, the clean-like ones under it
+    full = fusion.surprises(bad)[0]
+    assert bool((full[:40] > threshold).all()) and not bool((full[40:] > threshold).any())
+    missed = Triage.fit(fusion, clean, 0.2, bad, threshold, miss=0.1)
+    triage = fusion.surprises({k: bad[k] for k in ("learned", "texture")})[0].double()
+    assert missed.threshold == pytest.approx(float(torch.quantile(triage[:40], 0.1)))
+    assert missed.threshold < keep.threshold and int((triage[:40] <= missed.threshold).sum()) == 4
+    assert missed.record["flagged"] == 40 and missed.record["keep_threshold"] == keep.threshold
+    assert Triage.fit(fusion, clean, 0.2, bad, threshold, miss=0.99).threshold == keep.threshold  # the cap
+    with pytest.raises(ValueError, match="miss target"):
+        Triage.fit(fusion, clean, 0.2, None, threshold, miss=0.1)
+
+
 def test_triage_is_on_where_the_prior_calibrated_it():
     brick, digits = load_prior("brick-64"), load_prior("digits-32")
     assert triage_of(brick.defaults) is not None and triage_of(digits.defaults) is None
@@ -160,3 +184,24 @@ def test_full_solve_turns_every_lever_off():
         CleanOptions(full_solve=True, triage=True)
     with pytest.raises(ValueError, match="full_solve"):
         CleanOptions(full_solve=True, stop_tol=0.01)
+
+
+@pytest.mark.integration  # short solves of 24 brick crops
+def test_calibrate_lowers_the_triage_threshold_for_a_miss_target_on_the_fusion_families():
+    from rgi_core.calibration import CalibrationConfig, calibrate
+
+    prior = load_prior("brick-64", device="cpu")
+    region = torch.from_numpy(builtin.texture("brick", "train"))[:, 384:]
+    clean = random_crops(region, 12, 64, seed=3)
+    bad, truth = apply_family_batch(random_crops(region, 8, 64, seed=4), "hole", seed=5)
+    cfg = CalibrationConfig(rounds=0, iterations=5, n_init=4)
+    common = dict(fusion_clean=clean, fusion_families={"hole": (bad, truth)}, triage_keep=0.2)
+    plain = calibrate(prior, clean[:4], cfg, **common)["triage"]
+    missed = calibrate(prior, clean[:4], cfg, **common, triage_miss=0.0)["triage"]
+    assert "miss" not in plain["record"] and missed["record"]["miss"] == 0.0
+    assert missed["record"]["keep_threshold"] == pytest.approx(plain["threshold"])
+    assert missed["threshold"] <= plain["threshold"]
+    if missed["record"]["flagged"]:  # miss 0: at the lowest triage score of the flagged holes
+        assert missed["threshold"] == pytest.approx(min(plain["threshold"], missed["record"]["miss_threshold"]))
+    with pytest.raises(ValueError, match="fusion_families"):
+        calibrate(prior, clean[:4], cfg, fusion_clean=clean, triage_keep=0.2, triage_miss=0.1)
