@@ -37,7 +37,7 @@ from flows.scale import PriorRef, compute_executor, on_compute
 from flows.stopping import StopRef
 from rgi_core.catalog import Catalog, utcnow
 from rgi_core.cleaning import Outcome, clean_items
-from rgi_core.evaluation.grids import report_grid, thumbnail_png
+from rgi_core.evaluation.grids import report_grid
 from rgi_core.io import shards as core_shards
 from rgi_core.io.shards import Item, Shard
 from rgi_core.priors import Prior
@@ -117,10 +117,11 @@ def _load_batch(shard: Shard, start: int = 0, stop: int | None = None, skip: Col
 def _write_rows(outcomes: list[Outcome], items: list[Item], catalog: str | RgiCatalog, context: dict[str, Any],
                 seq: int) -> list[dict[str, Any]]:
     """Write a batch's outputs and catalog rows (part file ``seq`` of the run); returns :data:`ROW_SUMMARY` rows,
-    with a thumbnail ``input_png`` on ok rows for the report."""
+    with the input's thumbnail (made while cleaning, :func:`rgi_core.checks.thumbnail_png`) as ``input_png`` on ok
+    rows for the report."""
     rows = open_catalog(catalog).write_outcomes(outcomes, items, context, seq)
-    return [{k: r.get(k) for k in ROW_SUMMARY} | ({"input_png": thumbnail_png(i.data)} if r["status"] == "ok" else {})
-            for r, i in zip(rows, items, strict=True)]
+    return [{k: r.get(k) for k in ROW_SUMMARY} | ({"input_png": o.thumbnail_png} if r["status"] == "ok" else {})
+            for r, o in zip(rows, outcomes, strict=True)]
 
 
 def _write_run(catalog: str | RgiCatalog, row: dict[str, Any]) -> str:

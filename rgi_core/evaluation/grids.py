@@ -10,21 +10,6 @@ import fsspec
 THUMB = 128
 
 
-def thumbnail_png(data: bytes, size: int = THUMB) -> bytes:
-    """A small gray/RGB PNG of an image (longest side ``size``), for reports; b"" if it cannot be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
-    except (OSError, ValueError):
-        return b""
-    im.thumbnail((size, size))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _cell(data: bytes, size: int):  # noqa: ANN202  PIL.Image.Image
     """An image fitted to a ``size`` cell, small images enlarged (nearest: pixels stay visible)."""
     from PIL import Image
