@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from rgi_core.catalog.schema import IMAGE_SCHEMA
 from rgi_core.catalog.store import Catalog
 from rgi_core.checks import NEAR_DUPLICATE_BITS, near_groups
 
@@ -21,14 +22,11 @@ from rgi_core.checks import NEAR_DUPLICATE_BITS, near_groups
 #: median side, or less than its inverse.
 ODD_SIZE = 4.0
 
+# ``_side``: an image's side (null for rows without a size, e.g. undecodable inputs); dropped from the view.
 _READ_TIME_COLUMNS = f"""
     CASE WHEN pixel_hash IS NOT NULL
          THEN nullif(min(source_uri) OVER (PARTITION BY pixel_hash), source_uri) END AS duplicate_of,
-    CASE WHEN width > 0 AND height > 0
-         THEN greatest(sqrt(width * height) / median(CASE WHEN width > 0 AND height > 0
-                                                          THEN sqrt(width * height) END) OVER (),
-                       median(CASE WHEN width > 0 AND height > 0 THEN sqrt(width * height) END) OVER ()
-                           / sqrt(width * height)) > {ODD_SIZE} END AS is_odd_size"""
+    greatest(_side / median(_side) OVER (), median(_side) OVER () / _side) > {ODD_SIZE} AS is_odd_size"""
 
 
 def connect(catalog: str, storage_options: dict[str, Any] | None = None) -> Any:
@@ -64,13 +62,16 @@ def connect(catalog: str, storage_options: dict[str, Any] | None = None) -> Any:
         else:
             con.register(f"_{view}_empty", empty.empty_table())
             con.execute(f"CREATE VIEW {stored} AS SELECT * FROM _{view}_empty")
-    # Part files written before a column existed lack it (union_by_name fills the others): read it as null.
+    # A column that no part file has yet (every part was written before it existed) is read as null, as
+    # Catalog.read_images does; union_by_name already fills a column that some parts have.
+    con.register("_images_schema", IMAGE_SCHEMA.empty_table())
     have = {r[0] for r in con.execute("DESCRIBE _images_stored").fetchall()}
-    missing = ", ".join(f"NULL::{'VARCHAR' if n == 'pixel_hash' else 'BIGINT'} AS {n}"
-                        for n in ("pixel_hash", "phash") if n not in have)
-    con.execute(f"CREATE VIEW _images_checked AS SELECT *{', ' + missing if missing else ''} FROM _images_stored")
+    missing = "".join(f", NULL::{kind} AS {name}" for name, kind, *_ in con.execute("DESCRIBE _images_schema")
+                      .fetchall() if name not in have)
+    con.execute(f"CREATE VIEW _images_checked AS SELECT *{missing}, "
+                "CASE WHEN width > 0 AND height > 0 THEN sqrt(width * height) END AS _side FROM _images_stored")
     con.register("_near_duplicates", _near_duplicate_groups(con))
-    con.execute(f"CREATE VIEW images AS SELECT i.*, {_READ_TIME_COLUMNS}, g.near_duplicate_group "
+    con.execute(f"CREATE VIEW images AS SELECT i.* EXCLUDE (_side), {_READ_TIME_COLUMNS}, g.near_duplicate_group "
                 "FROM _images_checked i LEFT JOIN _near_duplicates g ON i.phash = g.phash")
     return con
 
