@@ -375,6 +375,8 @@ def _triage_by_misses(args: argparse.Namespace, out: Path, texture: str, score: 
     val = {f: load_val(out, texture, f) for f, _ in families}
     flagged_triage = {f: score(a, False)[score(a, True) > threshold] for f, a in val.items() if a is not None}
     clean_val = score(val_clean, False).double()
+    clean_test = score(test_clean, False)
+    test = {f: (score(a, True) > threshold, score(a, False)) for f, a in families}  # (flagged, triage score)
     print("\n| keep | miss target (validation) | held out: mean threshold | clean test crops solved (mean) | "
           "flagged defective test crops | of them triaged away | worst family |")
     print("|---|---|---|---|---|---|---|")
@@ -383,15 +385,14 @@ def _triage_by_misses(args: argparse.Namespace, out: Path, texture: str, score: 
         for miss in args.miss:
             flagged = lost = 0
             worst, ts, solved = ("", 0), [], []
-            for family, arrays in families:
+            for family, (flags, triage) in test.items():
                 others = torch.cat([v for f, v in flagged_triage.items() if f != family]).double()
                 t = min(cap, float(torch.quantile(others, miss))) if others.numel() else cap
-                flags, sent = score(arrays, True) > threshold, score(arrays, False) > t
-                n_lost = int((flags & ~sent).sum())
+                n_lost = int((flags & ~(triage > t)).sum())
                 flagged, lost = flagged + int(flags.sum()), lost + n_lost
                 worst = max(worst, (family, n_lost), key=lambda w: w[1])
                 ts.append(t)
-                solved.append(float((score(test_clean, False) > t).double().mean()))
+                solved.append(float((clean_test > t).double().mean()))
             print(f"| {keep:g} | {miss:g} | {np.mean(ts):.3f} | {np.mean(solved):.2f} | {flagged} | {lost} "
                   f"({lost / max(flagged, 1):.3f}) | {worst[0] or '-'} ({worst[1]}) |")
 
