@@ -82,6 +82,7 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
     from rgi_core.io.images import read_clean_images
     from rgi_core.priors.nets import ArchSpec
     from rgi_core.priors.training import TrainConfig, TrainingStopped, train_prior
+    from rgi_core.stopping import Cancelled
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,17 +116,26 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
                   f"g {losses['g']:.3f}  {losses['seconds']:.0f}s", file=sys.stderr, flush=True)
 
         try:
-            path = train_prior([r.pixels for r in records], cfg, work, out=out, name=args.name or out.stem,
-                               data_description=data, progress=progress, log_every=args.log_every,
-                               stop=stopping.stop_requested)
+            exclude = None
+            if args.robust:
+                from rgi_core.robust_training import RobustConfig, train_prior_robust
+
+                path, exclude = train_prior_robust(
+                    [r.pixels for r in records], cfg, work, out=out,
+                    robust=RobustConfig(warmup=args.robust_warmup, k=args.robust_k), name=args.name or out.stem,
+                    data_description=data, progress=progress, log_every=args.log_every,
+                    stop=stopping.stop_requested, note=lambda line: print(line, file=sys.stderr, flush=True))
+            else:
+                path = train_prior([r.pixels for r in records], cfg, work, out=out, name=args.name or out.stem,
+                                   data_description=data, progress=progress, log_every=args.log_every,
+                                   stop=stopping.stop_requested)
             if args.encoder_steps > 0:  # the prior's encoder, on crops of the same images
                 from rgi_core.priors import load_prior, update_metadata
                 from rgi_core.priors.training import ImageSampler
-                from rgi_core.stopping import Cancelled
 
                 prior = load_prior(path, device=args.device)
                 crops = ImageSampler([r.pixels for r in records], arch.resolution, args.crop, args.flip,
-                                     args.seed).sample(args.encoder_crops)
+                                     args.seed, exclude).sample(args.encoder_crops)
                 try:
                     encoder = _train_encoder(prior, crops, args, stopping.stop_requested,
                                              _encoder_checkpoint(str(path)))
@@ -136,6 +146,9 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
                 _encoder_checkpoint(str(path)).unlink(missing_ok=True)
         except TrainingStopped as exc:
             return _stopped(f"train-prior: stopped at step {exc.step}",
+                            f"checkpoint in {work}; run the same command to resume", signalled())
+        except Cancelled:  # --robust, while scoring its images: the warm state is in the work dir
+            return _stopped("train-prior: stopped while flagging the training images",
                             f"checkpoint in {work}; run the same command to resume", signalled())
     print(f"wrote {path}")
     return 0
@@ -164,7 +177,8 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     records, _ = read_clean_images(args.images, prior.spec.channels, _warn)
     sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, args.seed)
     clean = sampler.sample(args.images_n)  # (N, C, R, R)
-    cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, rounds=args.rounds, seed=args.seed)
+    cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, rounds=args.rounds, seed=args.seed,
+                            trim=args.trim)
     # the fusion's clean tails come from images the texture statistics and the segmenter never saw
     fit_on, held = sampler.split(args.holdout, args.seed) if args.fusion_images > 0 and args.holdout > 0 else (
         sampler, sampler)
@@ -650,6 +664,14 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
                         "starts from it too); resumable from OUT.encoder-checkpoint; 0: no encoder (default 2000)")
     t.add_argument("--encoder-crops", type=int, default=1024, metavar="N",
                    help="clean crops the encoder reconstructs (default 1024)")
+    t.add_argument("--robust", action="store_true",
+                   help="the images may hold defects: after --robust-warmup of the steps, flag the tiles the warm "
+                        "prior cannot explain and train on the rest (rgi_core.robust_training); recalibrate after")
+    t.add_argument("--robust-warmup", type=float, default=0.5, metavar="FRACTION",
+                   help="with --robust, the share of the steps trained on every image before flagging (default 0.5)")
+    t.add_argument("--robust-k", type=float, default=3.5, metavar="K",
+                   help="with --robust, flag a tile whose residual score is above median + K robust standard "
+                        "deviations of all tiles' scores (default 3.5)")
     t.set_defaults(func=_cmd_train_prior)
 
 
@@ -669,6 +691,10 @@ def _add_calibrate_prior(sub: argparse._SubParsersAction) -> None:
 def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The flags of a calibration stored in the prior file: the clean crops, extra defaults, the detectors."""
     c.add_argument("--images-n", type=int, default=32, help="clean crops/images to calibrate on (default 32)")
+    c.add_argument("--trim", type=float, default=3.5, metavar="K",
+                   help="leave out of lam, the score threshold and the fusion's tails the calibration images whose "
+                        "score is above median + K robust standard deviations (1.4826 MAD), so a few defective "
+                        "images among the clean ones do not raise them (default 3.5; 0 keeps every image)")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="also store this default (JSON value), e.g. map_sigma=1.0; applied before calibrating")
     c.add_argument("--texture-stats", type=int, default=0, metavar="N",

@@ -120,27 +120,43 @@ class TrainConfig:
 class ImageSampler:
     """Draws seeded training batches (B, C, R, R) in [0, 1] from decoded images of any sizes."""
 
-    def __init__(self, images: list[np.ndarray], resolution: int, crop: CropMode, flip: bool, seed: int) -> None:
+    def __init__(self, images: list[np.ndarray], resolution: int, crop: CropMode, flip: bool, seed: int,
+                 exclude: list[np.ndarray | None] | None = None) -> None:
+        """``exclude`` (optional, one entry per image): a bool (H, W) map of pixels no training crop may touch
+        (:mod:`rgi_core.robust_training` flags them); an image used whole is left out when any of its pixels is
+        flagged, a cropped one keeps only the crop positions clear of them (left out when none is)."""
         if not images:
             raise ValueError("no training images")
+        if exclude is not None and len(exclude) != len(images):
+            raise ValueError(f"exclude has {len(exclude)} entries for {len(images)} images")
         self.resolution = resolution
         self.flip = flip
         self.gen = torch.Generator().manual_seed(seed + 1)
         self.crops: list[torch.Tensor] = []  # images sampled by random crop, (C, H, W)
+        self.valid: list[torch.Tensor | None] = []  # per crop image: allowed top-left corners (flat), None: all
         fixed: list[torch.Tensor] = []  # images used whole, resized to (C, R, R)
-        for arr in images:
+        for k, arr in enumerate(images):
             t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            flagged = None if exclude is None or exclude[k] is None else torch.as_tensor(exclude[k], dtype=torch.bool)
             use_crop = crop == "random" or (crop == "auto" and min(t.shape[1:]) >= 2 * resolution)
             if use_crop:
                 if min(t.shape[1:]) < resolution:
                     raise ValueError(f"image of size {tuple(t.shape[1:])} is smaller than a {resolution}px crop")
+                valid = None if flagged is None or not flagged.any() else _clear_corners(flagged, resolution)
+                if valid is not None and len(valid) == 0:
+                    continue
                 self.crops.append(t)
+                self.valid.append(valid)
+            elif flagged is not None and flagged.any():
+                continue
             else:
                 if t.shape[1:] != (resolution, resolution):
                     t = F.interpolate(t[None], size=(resolution, resolution), mode="bicubic", align_corners=False)[0]
                 fixed.append(t.clamp(0.0, 1.0))
         self.fixed = torch.stack(fixed) if fixed else None  # (N, C, R, R)
         self.n_fixed = 0 if self.fixed is None else len(self.fixed)
+        if not len(self):
+            raise ValueError("every training image is excluded")
 
     def __len__(self) -> int:
         return self.n_fixed + len(self.crops)
@@ -154,9 +170,13 @@ class ImageSampler:
                 assert self.fixed is not None
                 out.append(self.fixed[i])
             else:
-                img = self.crops[i - self.n_fixed]
-                y = int(torch.randint(img.shape[1] - r + 1, (1,), generator=self.gen))
-                x = int(torch.randint(img.shape[2] - r + 1, (1,), generator=self.gen))
+                img, valid = self.crops[i - self.n_fixed], self.valid[i - self.n_fixed]
+                if valid is None:
+                    y = int(torch.randint(img.shape[1] - r + 1, (1,), generator=self.gen))
+                    x = int(torch.randint(img.shape[2] - r + 1, (1,), generator=self.gen))
+                else:
+                    y, x = divmod(int(valid[int(torch.randint(len(valid), (1,), generator=self.gen))]),
+                                  img.shape[2] - r + 1)
                 out.append(img[:, y : y + r, x : x + r])
         x = torch.stack(out)  # (B, C, R, R)
         if self.flip:
@@ -196,10 +216,19 @@ class ImageSampler:
             sampler.resolution, sampler.flip = r, self.flip
             sampler.gen = torch.Generator().manual_seed(seed + 1 + k)
             sampler.crops = crops[k]
+            sampler.valid = [None] * len(crops[k])  # the detectors' hold-out: no exclusions (training only)
             sampler.fixed = torch.stack(parts[k]) if parts[k] else None
             sampler.n_fixed = len(parts[k])
             out.append(sampler)
         return out[0], out[1]
+
+
+def _clear_corners(flagged: torch.Tensor, r: int) -> torch.Tensor:
+    """Flat indices (row-major over the (H - r + 1) x (W - r + 1) corners) of the r x r windows of ``flagged``
+    (H, W) that hold no flagged pixel: a 2-D running sum over the window."""
+    c = F.pad(flagged.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+    window = c[r:, r:] - c[:-r, r:] - c[r:, :-r] + c[:-r, :-r]  # (H - r + 1, W - r + 1) flagged pixels per window
+    return torch.nonzero(window.flatten() == 0).flatten()
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
@@ -334,6 +363,7 @@ def train_prior(
     progress: ProgressFn | None = None,
     log_every: int = 50,
     stop: StopCheck | None = None,
+    exclude: list[np.ndarray | None] | None = None,
 ) -> Path:
     """Train (or resume) a prior and write it to ``out`` (default ``<work_dir>/prior.safetensors``).
 
@@ -347,6 +377,7 @@ def train_prior(
         progress: called as ``progress(step, total, losses)`` every ``log_every`` steps.
         stop: asked before every step; when it says so the state of the step reached is written and
             :class:`TrainingStopped` raised, so the same call resumes from that step.
+        exclude: per image, pixels no training crop may touch (:class:`ImageSampler`; the robust mode's flags).
 
     Returns:
         The path of the written prior file.
@@ -361,7 +392,7 @@ def train_prior(
     work.mkdir(parents=True, exist_ok=True)
     out_path = Path(out) if out is not None else work / "prior.safetensors"
     device = resolve_device(cfg.device)
-    sampler = ImageSampler(images, cfg.arch.resolution, cfg.crop, cfg.flip, cfg.seed)
+    sampler = ImageSampler(images, cfg.arch.resolution, cfg.crop, cfg.flip, cfg.seed, exclude)
     z_rng = torch.Generator().manual_seed(cfg.seed + 2)
     st = _new_state(cfg, device)
     state_path = work / STATE_FILE

@@ -1,0 +1,155 @@
+"""Priors trained on data that is not clean: the table "clean / dirty / dirty + --robust" in docs/quality.md.
+
+A fixed set of brick training crops (``--n`` 64x64 crops of the training split, x < 384) is written twice: as it
+is (``clean/``) and with one synthetic defect on ``--dirty`` of them (``dirty/``). The defects come from
+:mod:`rgi_core.evaluation.defects` (``scratch``, ``blob``, ``stain``, ``dead_pixels``, ``patch`` of grass), kinds
+reserved for this experiment: the evaluation uses the families of :mod:`rgi_core.evaluation.families` on the
+held-out quarter. ``scripts/dirty_data.sh`` trains a prior on each set (the dirty one twice: plainly and with
+``rgi train-prior --robust``) with the same recipe and steps, calibrates each on its own training crops (the
+dirty ones on dirty crops: that is what a user has), and runs ``evaluate``.
+
+``evaluate``: every prior inverts the same held-out crops (``generalisation.family_set(brick, "test", ...)``:
+``--n`` crops of every grey family and ``--clean-n`` clean ones) with ``rgi`` at ``--iterations`` steps; its
+residual map (the only detector these priors carry) gives the image score and the pixel map. Image AUROC and
+pixel AUROC pooled over the families, with 95 % bootstrap intervals over crops. Each prior's maps are cached in
+``<out>/eval-<name>.npz``, so a rerun only scores.
+
+Usage:
+    python benchmarks/dirty_data.py data [--out runs/dirty] [--n 2048] [--dirty 0.1]
+    python benchmarks/dirty_data.py evaluate [--out runs/dirty] [--priors clean dirty robust] [--n 16]
+                                             [--clean-n 64] [--iterations 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generalisation import CLEAN, family_set  # noqa: E402
+
+from rgi_core.calibration import detector_maps_of  # noqa: E402
+from rgi_core.detectors.residual import image_score  # noqa: E402
+from rgi_core.detectors.selection import bootstrap_auroc  # noqa: E402
+from rgi_core.evaluation.defects import TEXTURE_DEFECTS, apply_defect  # noqa: E402
+from rgi_core.evaluation.families import families_for  # noqa: E402
+from rgi_core.evaluation.labelled import random_crops  # noqa: E402
+from rgi_core.evaluation.metrics import pixel_auroc  # noqa: E402
+from rgi_core.inversion.config import config_for_prior  # noqa: E402
+from rgi_core.io import builtin  # noqa: E402
+from rgi_core.io.images import encode_png  # noqa: E402
+from rgi_core.priors import load_prior  # noqa: E402
+
+SEED = 4242  # crops and defects of this experiment (not a seed the evaluation or the calibration uses)
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    region = torch.from_numpy(builtin.texture("brick", "train"))
+    donor = torch.from_numpy(builtin.texture("grass", "train"))
+    crops = random_crops(region, args.n, 64, SEED)
+    gen = torch.Generator().manual_seed(SEED + 1)
+    n_dirty = round(args.dirty * args.n)
+    dirty_idx = sorted(torch.randperm(args.n, generator=gen)[:n_dirty].tolist())
+    dirty = crops.clone()
+    kinds = {}
+    for j, i in enumerate(dirty_idx):
+        kind = TEXTURE_DEFECTS[j % len(TEXTURE_DEFECTS)]
+        extra = {"donor": random_crops(donor, 1, 64, SEED + 10 + i)[0]} if kind == "patch" else {}
+        dirty[i], _ = apply_defect(crops[i], kind, seed=SEED * 100 + i, **extra)
+        kinds[i] = kind
+    for name, images in (("clean", crops), ("dirty", dirty)):
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, x in enumerate(images):
+            (folder / f"crop-{i:04d}.png").write_bytes(encode_png(x.numpy()))
+    (out / "dirty.json").write_text(json.dumps({"n": args.n, "dirty": {f"crop-{i:04d}.png": k
+                                                                         for i, k in kinds.items()}}, indent=1))
+    print(f"{args.n} crops in {out}/clean and {out}/dirty ({n_dirty} with a defect: {out}/dirty.json)")
+
+
+def eval_maps(out: Path, name: str, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """The prior's residual maps and scores of every held-out crop (cached in ``eval-<name>.npz``)."""
+    path = out / f"eval-{name}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    prior = load_prior(str(out / f"{name}-64.safetensors"))
+    cfg = config_for_prior("rgi", prior.defaults, iterations=args.iterations, n_init=args.n_init, seed=0)
+    maps, scores, truth, labels = [], [], [], []
+    t0 = time.perf_counter()
+    for family in [CLEAN, *families_for(1)]:
+        images, t = family_set("brick", "test", family, args.clean_n if family == CLEAN else args.n)
+        m = detector_maps_of(prior, images, cfg)["residual"]
+        maps.append(m.numpy().astype(np.float16))
+        scores.append(image_score(m, prior.defaults.get("score_topk", 0.01)).numpy())
+        truth.append(t.numpy())
+        labels += [family] * len(images)
+    arrays = {"maps": np.concatenate(maps), "scores": np.concatenate(scores), "truth": np.concatenate(truth),
+              "family": np.array(labels)}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    print(f"{name}: {len(labels)} crops, {time.perf_counter() - t0:.0f} s", flush=True)
+    return arrays
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    print(f"brick held-out quarter: {args.n} crops of each of {len(families_for(1))} families, {args.clean_n} clean; "
+          f"rgi, {args.iterations} steps; residual map; 95 % bootstrap intervals ({args.boot} draws)\n")
+    print("| prior | lam | image AUROC | pixel AUROC |")
+    print("|---|---|---|---|")
+    for name in args.priors:
+        a = eval_maps(out, name, args)
+        defective = torch.from_numpy(a["family"] != CLEAN)
+        scores = torch.from_numpy(a["scores"]).float()
+        maps = torch.from_numpy(a["maps"]).float()
+        truth = torch.from_numpy(a["truth"])
+        img, lo, hi = bootstrap_auroc(scores[~defective], scores[defective], reps=args.boot)
+        pix = pixel_auroc(maps[defective], truth[defective])
+        plo, phi = _pixel_interval(maps[defective], truth[defective], args.boot)
+        lam = load_prior(str(out / f"{name}-64.safetensors")).defaults.get("lam")
+        print(f"| {name} | {lam:.4g} | {img:.3f} [{lo:.3f}, {hi:.3f}] | {pix:.3f} [{plo:.3f}, {phi:.3f}] |")
+
+
+def _pixel_interval(maps: torch.Tensor, truth: torch.Tensor, draws: int) -> tuple[float, float]:
+    """95 % interval of the pooled pixel AUROC over crops drawn with replacement."""
+    gen = torch.Generator().manual_seed(0)
+    vals = []
+    for _ in range(draws):
+        idx = torch.randint(len(maps), (len(maps),), generator=gen)
+        vals.append(pixel_auroc(maps[idx], truth[idx]))
+    lo, hi = np.quantile(vals, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data", help="write the clean and the dirty training crops")
+    d.add_argument("--n", type=int, default=2048)
+    d.add_argument("--dirty", type=float, default=0.1, help="share of the crops that get a defect")
+    e = sub.add_parser("evaluate", help="held-out image and pixel AUROC of each prior")
+    e.add_argument("--priors", nargs="+", default=["clean", "dirty", "robust"])
+    e.add_argument("--n", type=int, default=16, help="defective crops per family")
+    e.add_argument("--clean-n", type=int, default=64)
+    e.add_argument("--iterations", type=int, default=300)
+    e.add_argument("--n-init", type=int, default=1000)
+    e.add_argument("--boot", type=int, default=200)
+    for p in (d, e):
+        p.add_argument("--out", default="runs/dirty")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    {"data": cmd_data, "evaluate": cmd_evaluate}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
