@@ -22,7 +22,9 @@ from flows.redact import redacting_flow
 from rgi_core.io.fs import require_no_credentials
 from rgi_core.io.images import read_clean_images
 from rgi_core.priors.nets import ArchSpec
-from rgi_core.priors.training import TrainConfig, TrainingStopped, train_prior
+from rgi_core.priors.training import TrainConfig, train_prior
+from rgi_core.robust_training import train_prior_robust
+from rgi_core.stopping import Cancelled as RgiCancelled
 
 
 @task(name="load-training-images", cache_policy=NONE)
@@ -36,9 +38,10 @@ def load_training_images(source: str, channels: int) -> list:
 
 @task(name="train-gan", tags=["gpu"], cache_policy=NONE)
 def train_gan(images: list, cfg: TrainConfig, work_dir: str, out: str, data: dict,
-              stop: stopping.StopRef | None = None) -> str | State:
+              stop: stopping.StopRef | None = None, robust: bool = False) -> str | State:
     """Train (or resume) and write the prior; ``out`` may be an fsspec URL (uploaded after training).
-    Stopped (``stop``), it ends Cancelled with the state saved in ``work_dir`` and no prior written."""
+    Stopped (``stop``), it ends Cancelled with the state saved in ``work_dir`` and no prior written.
+    ``robust``: the images may hold defects (:mod:`rgi_core.robust_training`)."""
     logger = get_run_logger()
 
     def progress(step: int, total: int, losses: dict[str, float]) -> None:
@@ -47,11 +50,14 @@ def train_gan(images: list, cfg: TrainConfig, work_dir: str, out: str, data: dic
 
     remote = "://" in out and not out.startswith("file://")
     local = Path(tempfile.mkdtemp()) / Path(out.split("?")[0]).name if remote else Path(out)
+    common = dict(out=local, name=local.stem, data_description=data, progress=progress,
+                  log_every=max(1, cfg.steps // 20), stop=stop.check() if stop is not None else None)
     try:
-        path = train_prior(images, cfg, work_dir, out=local, name=local.stem, data_description=data,
-                           progress=progress, log_every=max(1, cfg.steps // 20),
-                           stop=stop.check() if stop is not None else None)
-    except TrainingStopped as exc:
+        if robust:
+            path, _ = train_prior_robust(images, cfg, work_dir, note=logger.info, **common)  # type: ignore[arg-type]
+        else:
+            path = train_prior(images, cfg, work_dir, **common)  # type: ignore[arg-type]
+    except RgiCancelled as exc:  # TrainingStopped, or a stop while the robust mode scores its images
         return Cancelled(message=str(exc))
     if remote:
         with fsspec.open(out, "wb") as f:
@@ -73,8 +79,11 @@ def train_prior_flow(
     max_channels: int = 256,
     batch_size: int = 32,
     seed: int = 0,
+    robust: bool = False,
 ) -> str | State:
-    """Train a prior on the clean images under ``images`` and write it to ``out``; returns ``out``."""
+    """Train a prior on the images under ``images`` and write it to ``out``; returns ``out``. ``robust``: the
+    images may hold defects; flag and leave out what the half-trained prior cannot explain
+    (:mod:`rgi_core.robust_training`, as ``rgi train-prior --robust``), then recalibrate."""
     for what, uri in (("images", images), ("out", out)):
         require_no_credentials(uri, what)
     arch = ArchSpec(resolution=resolution, channels=channels, latent_dim=latent_dim,
@@ -86,7 +95,7 @@ def train_prior_flow(
     run_id = str(flow_run.get_id() or work_dir)
     with stopping.run_stop(run_id, flow_run.get_id()) as stop:
         state = train_gan(pixels, cfg, work_dir, out, {"source": images, "images": len(pixels)}, stop.ref,
-                          return_state=True)
+                          robust, return_state=True)
     if state.is_cancelled():
         return Cancelled(message=state.message)
     return state.result()

@@ -73,3 +73,39 @@ def test_train_prior_flow_stops_and_resumes(prefect_api, tmp_path):
     state = train_prior_flow(**(kwargs | {"steps": stopped_at + 2}), return_state=True)
     assert state.is_completed()
     assert load_prior(tmp_path / "p.safetensors", device="cpu").meta["training"]["steps"] == stopped_at + 2
+
+
+def test_a_128px_prior_trains_robustly_and_cleans_through_the_flows(prefect_api, tmp_path):
+    """A tiny 128 x 128 prior, trained by the train-prior flow in its robust mode, cleans through clean-dataset:
+    an image of the prior's size is used as it is, a larger one is cut into tiles, and the catalog says which."""
+    import pandas as pd
+
+    from flows.clean import CleanOptions, clean_dataset
+    from flows.train import train_prior_flow
+
+    rng = np.random.default_rng(2)
+    train = tmp_path / "train"
+    train.mkdir()
+    for i in range(3):
+        (train / f"{i}.png").write_bytes(encode_png(rng.random((1, 256, 256)) * 0.3 + 0.35))
+    out = tmp_path / "p128.safetensors"
+    state = train_prior_flow(images=str(train), out=str(out), work_dir=str(tmp_path / "work"), resolution=128,
+                             latent_dim=8, width=4, max_channels=16, batch_size=2, steps=2, robust=True,
+                             return_state=True)
+    assert state.is_completed()
+    prior = load_prior(out, device="cpu")
+    assert prior.spec.resolution == 128
+    assert prior.meta["training"]["data"]["robust"]["tiles"] == 3 * 4  # 256 px, cropped: tiles at 0 and 128 on each side
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "same.png").write_bytes(encode_png(rng.random((1, 128, 128))))
+    (src / "large.png").write_bytes(encode_png(rng.random((1, 200, 160))))
+    result = clean_dataset(source=str(src), catalog=str(tmp_path / "cat"), prior=str(out),
+                           options=CleanOptions(iterations=3, n_init=2, batch_size=2, sizing="tile"))
+    assert result["images_ok"] == 2 and result["images_error"] == 0
+    rows = pd.read_parquet(tmp_path / "cat" / "images").set_index("source_uri")
+    same = rows[rows.index.str.endswith("same.png")].iloc[0]
+    large = rows[rows.index.str.endswith("large.png")].iloc[0]
+    assert (same.sizing, same.tiles) == ("none", 1)
+    assert large.sizing == "tile" and large.tiles > 1 and (large.width, large.height) == (160, 200)
