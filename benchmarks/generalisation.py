@@ -25,6 +25,7 @@ Usage:
                                               [--n-init 1000] [--out runs/generalisation]
     python benchmarks/generalisation.py analyse [--only ...] [--out ...]
     python benchmarks/generalisation.py triage [--keep 0.1 0.2 0.3] [--only ...] [--out ...]
+    python benchmarks/generalisation.py shipped [--only ...] [--out ...]   (the prior's own fusion, test crops only)
 """
 
 from __future__ import annotations
@@ -159,12 +160,13 @@ def main() -> None:
     a = sub.add_parser("analyse", help="leave-one-family-out tables from the solved crops")
     a.add_argument("--before", help="a folder of earlier prior files (NAME-64.safetensors): the older-fusion columns "
                    "then use their detectors, to compare with what was shipped before")
+    h = sub.add_parser("shipped", help="the prior as shipped on the test crops: per family and pooled")
     t = sub.add_parser("triage", help="the triage's misses per held-out family, against the full pipeline's flags")
     t.add_argument("--keep", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     t.add_argument("--miss", type=float, nargs="*", default=[],
                    help="also set the threshold from defective validation crops, left one family out: at most this "
                         "share of the flagged ones sent away (and no higher than the keep threshold)")
-    for p in (s, a, t):
+    for p in (s, a, h, t):
         p.add_argument("--only", nargs="+", default=list(builtin.TEXTURES),
                        choices=[*builtin.TEXTURES, *builtin.COLOUR_TEXTURES])
         p.add_argument("--prior-dir", help="load NAME-64.safetensors from this folder instead of the shipped priors "
@@ -176,6 +178,8 @@ def main() -> None:
         cmd_solve(args)
     elif args.cmd == "triage":
         cmd_triage(args)
+    elif args.cmd == "shipped":
+        cmd_shipped(args)
     else:
         cmd_analyse(args)
 
@@ -320,6 +324,48 @@ def cmd_analyse(args: argparse.Namespace) -> None:
               f"{len(record['seen'])} of {len(record['families'])} (unseen: "
               f"{', '.join(sorted(set(record['families']) - set(record['seen']))) or 'none'})")
 
+
+
+def cmd_shipped(args: argparse.Namespace) -> None:
+    """The prior as shipped (its own fusion, rule and map threshold) on the ``test`` crops: a row per family and the
+    families pooled, the fused score beside RGI's residual map alone and the mse baseline. Needs only ``test``."""
+    out = Path(args.out)
+    for texture in args.only:
+        prior = prior_of(texture, args)
+        fusion = fusion_of(prior.defaults)
+        clean = load(out, texture, "test", CLEAN)
+        names = [f for f in families_for(prior.spec.channels) if (out / f"{texture}-test-{f}.npz").exists()]
+        if fusion is None or clean is None or not names:
+            print(f"{texture}: no fusion in the prior or nothing solved on test yet")
+            continue
+        fams = {f: load(out, texture, "test", f) for f in names}
+        print(f"\n## {texture}-64 as shipped ({fusion.rule}, map threshold {fusion.map_threshold}): {len(names)} "
+              f"families, {min(len(a['truth']) for a in fams.values())} test crops each, {len(clean['truth'])} clean\n")
+        print("| family | image AUROC [95 % CI] | best single detector | residual alone | mse | pixel AUROC | "
+              "best single | residual alone | mse | IoU at t | best IoU |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for f, a in fams.items():
+            r = family_row(fusion, clean, a)
+            img, lo, hi = r["image"]  # type: ignore[misc]
+            alone = family_row(fusion, {"truth": clean["truth"], "rgi.residual": clean["rgi.residual"],
+                                        "mse.residual": clean["mse.residual"]},
+                               {"truth": a["truth"], "rgi.residual": a["rgi.residual"],
+                                "mse.residual": a["mse.residual"]})
+            print(f"| {f} | {img:.3f} [{lo:.3f}, {hi:.3f}] | {r['best_image'][1]:.3f} ({r['best_image'][0]}) | "
+                  f"{alone['best_image'][1]:.3f} | {r['mse_image']:.3f} | {r['pixel']:.3f} | "
+                  f"{r['best_pixel'][1]:.3f} ({r['best_pixel'][0]}) | {alone['best_pixel'][1]:.3f} | "
+                  f"{r['mse_pixel']:.3f} | {r['iou']:.3f} | {r['best_iou']:.3f} |", flush=True)
+        pooled = {k: torch.cat([a[k] for a in fams.values()]) for k in clean}
+        r = family_row(fusion, clean, pooled)
+        img, lo, hi = r["image"]  # type: ignore[misc]
+        res = {k: image_auroc(torch.cat([image_score(clean[f"{m}.residual"]), image_score(pooled[f"{m}.residual"])]),
+                              torch.cat([torch.zeros(len(clean["truth"])), torch.ones(len(pooled["truth"]))]).bool())
+               for k, m in (("rgi", "rgi"), ("mse", "mse"))}
+        px = {m: pixel_auroc(pooled[f"{m}.residual"], pooled["truth"]) for m in ("rgi", "mse")}
+        print(f"\npooled over the families: image AUROC {img:.3f} [{lo:.3f}, {hi:.3f}], pixel AUROC "
+              f"{r['pixel']:.3f} (defective crops' pixels); RGI's residual map alone: image {res['rgi']:.3f}, "
+              f"pixel {px['rgi']:.3f}; mse: image {res['mse']:.3f}, pixel {px['mse']:.3f}; IoU at the shipped "
+              f"threshold {r['iou']:.3f}, at the best one {r['best_iou']:.3f}")
 
 
 def cmd_triage(args: argparse.Namespace) -> None:

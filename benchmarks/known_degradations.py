@@ -1,8 +1,10 @@
 """Known degradations on held-out images: restored PSNR/SSIM per method and schedule, per degradation.
 
-For each shipped grey prior (digits-32: held-out digits; brick-64: crops of the held-out quarter) and each
+For each shipped prior (digits-32: held-out digits; brick-64 and ihc-64: crops of the held-out quarter) and each
 degradation with a known operator (a centre hole of a third of the side, as DGP's inpainting; 4x box
-downsampling, as DGP's super-resolution; Gaussian noise sigma 0.1), the same held-out images are solved by:
+downsampling, as DGP's super-resolution; Gaussian noise sigma 0.1; ``grayscale``, colourisation, colour priors
+only: the grey image in, scored also by the restored image's luma error against the grey input), the same
+held-out images are solved by:
 
 - ``dgp-ours``: DGP with rgi's one table (``schedule="ours"``);
 - ``dgp-paper``: DGP with the official script's stages for the task (``schedule="paper"``,
@@ -36,7 +38,7 @@ from skimage.metrics import structural_similarity
 from rgi_core.calibration import phi_net_pairs
 from rgi_core.evaluation.labelled import random_crops
 from rgi_core.inversion.config import make_config
-from rgi_core.inversion.operators import Downsample, GaussianNoise, Inpainting, Physics
+from rgi_core.inversion.operators import Downsample, GaussianNoise, Grayscale, Inpainting, Physics
 from rgi_core.inversion.solver import invert
 from rgi_core.io import builtin
 from rgi_core.priors import load_prior
@@ -69,7 +71,14 @@ def degradation(name: str, size: int) -> tuple[Physics, torch.Tensor]:
         return Downsample(4), every
     if name == "noise":
         return GaussianNoise(0.1, seed=0), every
+    if name == "grayscale":  # colourisation: the grey image in, colour out (colour priors only)
+        return Grayscale(3), every
     raise ValueError(name)
+
+
+def luma_error(restored: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Mean absolute difference per image between the restored image's BT.601 luma and the grey input y."""
+    return (Grayscale(restored.shape[1]).A(restored) - y).abs().flatten(1).mean(1).numpy()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, region: torch.Tensor) -> np.ndarray:
@@ -80,9 +89,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor, region: torch.Tensor) -> np.ndarray:
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    """SSIM per grey image (N, 1, H, W), images in [0, 1] (scikit-image)."""
+    """SSIM per image (N, C, H, W), images in [0, 1] (scikit-image; colour: the mean over channels)."""
     pairs = zip(a, b, strict=True)
-    return np.array([structural_similarity(x[0].numpy(), y[0].numpy(), data_range=1.0) for x, y in pairs])
+    return np.array([structural_similarity(x.permute(1, 2, 0).numpy(), y.permute(1, 2, 0).numpy(), data_range=1.0,
+                                           channel_axis=2) for x, y in pairs])
 
 
 def cell(prior_name: str, deg: str, variant: str, args: argparse.Namespace, out: Path) -> dict:
@@ -107,6 +117,9 @@ def cell(prior_name: str, deg: str, variant: str, args: argparse.Namespace, out:
               "psnr_region": psnr(r.restored, x, region).tolist(),
               "psnr_generated": psnr(r.generated, x, torch.ones_like(region)).tolist(),
               "ssim": ssim(r.restored, x).tolist(), "seconds": seconds}
+    if deg == "grayscale":
+        result |= {"luma_error": luma_error(r.restored, y).tolist(),
+                   "luma_error_generated": luma_error(r.generated, y).tolist()}
     path.write_text(json.dumps(result))
     print(f"{prior_name} {deg} {variant}: PSNR {np.mean(result['psnr']):.2f} dB ({seconds:.0f} s)", flush=True)
     return result
@@ -186,6 +199,14 @@ def main() -> None:
             print(f"| {p} | {d} | {v} | {np.mean(h['psnr']):.2f} | {np.mean(r['psnr']):.2f} | "
                   f"{np.mean(h['psnr_generated']):.2f} | {m:+.2f} dB [{lo:+.2f}, {hi:+.2f}] | "
                   f"{np.mean(h['ssim']):.3f} / {np.mean(r['ssim']):.3f} |")
+    colour = {k: r for k, r in results.items() if "luma_error" in r}
+    if colour:
+        print("\n| prior | colourisation | restored PSNR | G(z) PSNR | luma error: restored / G(z) alone | SSIM |")
+        print("|---|---|---|---|---|---|")
+        for (p, _, v), r in colour.items():
+            print(f"| {p} | {v} | {np.mean(r['psnr']):.2f} | {np.mean(r['psnr_generated']):.2f} | "
+                  f"{np.mean(r['luma_error']):.4f} / {np.mean(r['luma_error_generated']):.4f} | "
+                  f"{np.mean(r['ssim']):.3f} |")
     if {"dgp-ours", "dgp-paper"} <= set(args.variants):
         print("\n| prior | degradation | restored PSNR, paper − ours (95 % CI) |")
         print("|---|---|---|")
