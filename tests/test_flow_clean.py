@@ -196,3 +196,36 @@ def test_a_prior_update_recomputes_rows_only_when_it_changes_a_result(prefect_ap
     images = pd.read_parquet(tmp_path / "catalog" / "images")
     assert len(images) == 6 and images.groupby("model_id").source_uri.nunique().tolist() == [3, 3]
     assert images[images.model_id == third["model_id"]].is_anomalous.notna().all()
+
+
+def test_colour_images_stay_in_colour_through_the_flow_and_the_report(prefect_api, tiny_prior, tmp_path):
+    """A 3-channel prior: restored images and thumbnails of colour inputs are written in colour (a grey input's in
+    grey: outputs keep the input's mode), the mask and the anomaly map as one grey channel, and the HTML report
+    copies the colour pictures."""
+    from dataclasses import replace
+
+    from conftest import generate
+    from PIL import Image
+
+    from rgi_core.priors import random_prior
+    from rgi_core.report import build_report
+
+    rgb = random_prior(replace(tiny_prior.spec, channels=3), seed=4)
+    prior = str(save_prior(tmp_path / "rgb.safetensors", rgb.generator, rgb.discriminator))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, x in enumerate(generate(rgb, 2, seed=6)):
+        (src / f"{i}.png").write_bytes(encode_png(x.numpy()))
+    (src / "grey.png").write_bytes(encode_png(generate(tiny_prior, 1, seed=7)[0].numpy()))  # read as RGB
+    result = _run(str(src), str(tmp_path / "cat"), prior)
+    assert result["images_ok"] == 3 and result["images_error"] == 0
+    rows = pd.read_parquet(tmp_path / "cat" / "images")
+    for _, row in rows.iterrows():
+        modes = {col: Image.open(row[col].removeprefix("file://")).mode
+                 for col in ("restored_uri", "thumbnail_uri", "mask_uri", "anomaly_map_uri")}
+        own = "L" if row.source_uri.endswith("grey.png") else "RGB"  # outputs keep the input's own mode
+        assert modes["restored_uri"] == own and modes["thumbnail_uri"] == own, modes
+        assert modes["mask_uri"] == "L" and modes["anomaly_map_uri"] == "L", modes
+    page = build_report(str(tmp_path / "cat"), str(tmp_path / "report"))
+    copied = [Image.open(p).mode for p in (tmp_path / "report" / "img").iterdir()]
+    assert page.images == 12 and copied.count("RGB") == 2 * 2  # restored and thumbnail of each colour input
