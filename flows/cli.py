@@ -122,7 +122,7 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
 
                 path, exclude = train_prior_robust(
                     [r.pixels for r in records], cfg, work, out=out,
-                    robust=RobustConfig(warmup=args.robust_warmup, k=args.robust_k), name=args.name or out.stem,
+                    robust=RobustConfig(warmup=args.robust_warmup, drop=args.robust_drop, k=args.robust_k), name=args.name or out.stem,
                     data_description=data, progress=progress, log_every=args.log_every,
                     stop=stopping.stop_requested, note=lambda line: print(line, file=sys.stderr, flush=True))
             else:
@@ -669,9 +669,12 @@ def _add_train_prior(sub: argparse._SubParsersAction) -> None:
                         "prior cannot explain and train on the rest (rgi_core.robust_training); recalibrate after")
     t.add_argument("--robust-warmup", type=float, default=0.5, metavar="FRACTION",
                    help="with --robust, the share of the steps trained on every image before flagging (default 0.5)")
+    t.add_argument("--robust-drop", type=float, default=0.1, metavar="FRACTION",
+                   help="with --robust, flag this share of the tiles, those the warm prior explains worst (default "
+                        "0.1; set it to the share of defective images you expect, or a little above)")
     t.add_argument("--robust-k", type=float, default=3.5, metavar="K",
-                   help="with --robust, flag a tile whose residual score is above median + K robust standard "
-                        "deviations of all tiles' scores (default 3.5)")
+                   help="with --robust, also flag a tile whose log residual score is above median + K robust "
+                        "standard deviations of all tiles' (default 3.5)")
     t.set_defaults(func=_cmd_train_prior)
 
 

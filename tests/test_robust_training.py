@@ -87,6 +87,9 @@ def test_scores_flag_the_corrupted_tiles(tiny_prior):
     exclude, record = flags_from_scores(scores, [(k, -1, -1) for k in range(len(tiles))], images, 32, 3.5)
     flagged = [k for k, e in enumerate(exclude) if e is not None]
     assert flagged[:3] == [0, 1, 2] and record["flagged_tiles"] == len(flagged) and record["tiles"] == 30
+    # a share: the tenth with the highest scores (3 of 30), and the outliers above it
+    exclude, record = flags_from_scores(scores, [(k, -1, -1) for k in range(len(tiles))], images, 32, 100.0, 0.1)
+    assert [k for k, e in enumerate(exclude) if e is not None] == [0, 1, 2] and record["drop"] == 0.1
     # the random toy generator leaves a few clean images in poor local fits; those are flagged too, no more
     assert len(flagged) <= 3 + 0.2 * 27
 
@@ -103,7 +106,7 @@ def test_robust_training_flags_records_and_resumes(tmp_path):
     images = [rng.random((1, 48, 48), dtype=np.float32) * 0.2 + 0.4 for _ in range(3)]
     images[1][0, 16:32, 16:32] = 1.0  # a bright square no other tile has
     cfg = TrainConfig(arch=ARCH, steps=6, batch_size=4, sample_every=3, checkpoint_every=3)
-    rc = RobustConfig(iterations=20, n_init=8, batch=8)
+    rc = RobustConfig(iterations=20, n_init=8, batch=8, drop=0.0)  # the outlier rule alone
     path, exclude = train_prior_robust(images, cfg, tmp_path / "w", out=tmp_path / "p.safetensors", robust=rc)
     saved = json.loads((tmp_path / "w" / FLAGS_FILE).read_text())
     assert saved["n_images"] == 3 and len(saved["scores"]) == 3 * 3 * 3
@@ -120,6 +123,15 @@ def test_robust_training_flags_records_and_resumes(tmp_path):
     assert load_prior(str(path)).meta["training"]["steps"] == 8
     with pytest.raises(ValueError, match="flags 3 images, but 2"):
         train_prior_robust(images[:2], cfg, tmp_path / "w", robust=rc)
+    # another share flags the same scores anew and trains the second stage again from the warm state (step 3)
+    seen = []
+    path, exclude = train_prior_robust(images, cfg, tmp_path / "w", out=tmp_path / "q.safetensors",
+                                       robust=dataclasses.replace(rc, drop=0.5),
+                                       progress=lambda step, total, losses: seen.append(step), log_every=1)
+    assert seen == [4, 5, 6]
+    record = load_prior(str(path)).meta["training"]["data"]["robust"]
+    assert record["drop"] == 0.5 and record["flagged_tiles"] >= 13 and record["warmup_steps"] == 3
+    assert json.loads((tmp_path / "w" / FLAGS_FILE).read_text())["scores"] == saved["scores"]
 
 
 def test_cli_train_prior_robust(tmp_path, capsys):
