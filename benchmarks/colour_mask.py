@@ -9,8 +9,8 @@ its channels is masked, so its map is ``max_c e_c``; both maps get the prior's m
 prior's held-out quarter: ``--n`` crops of every defect family (colour ones included) and ``--clean-n`` clean ones
 (``generalisation.family_set``).
 
-Usage: python benchmarks/colour_mask.py [--prior runs/priors/ship/ihc-64.safetensors] [--n 12] [--clean-n 48]
-                                        [--steps 300]
+Usage: python benchmarks/colour_mask.py [--prior ihc-64] [--n 12] [--clean-n 48] [--steps 300] [--boot 200]
+(the solved maps are cached under ``--out``, so a rerun only scores)
 """
 
 from __future__ import annotations
@@ -59,49 +59,82 @@ def fit(prior: Prior, x: torch.Tensor, z0: torch.Tensor, lam: float, shared: boo
         return e.amax(1, keepdim=True), mask
 
 
+def solve_all(prior: Prior, args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Both variants' maps and masks of every crop, with the truth and the family labels (cached in ``--out``)."""
+    path = Path(args.out) / f"{Path(args.prior).stem}-n{args.n}-c{args.clean_n}-s{args.steps}.pt"
+    if path.exists():
+        return torch.load(path)
+    lam, sigma = float(prior.defaults["lam"]), float(prior.defaults.get("map_sigma", 0.0))
+    lr = config_for_prior("rgi", prior.defaults).lr_z
+    start = config_for_prior("rgi", prior.defaults, iterations=1, n_init=args.n_init, seed=0, triage=False,
+                             stop_tol=0.0, texture_map=False, learned_map=False)
+    parts: dict[str, list[torch.Tensor]] = {"shared": [], "shared_mask": [], "per channel": [],
+                                            "per channel_mask": [], "truth": []}
+    labels: list[str] = []
+    for family in [CLEAN, *families_for(prior.spec.channels)]:
+        x, t = family_set(args.texture, "test", family, args.clean_n if family == CLEAN else args.n)
+        z0 = invert(x, prior, start).latent.detach()
+        for variant in ("shared", "per channel"):
+            m, mask = fit(prior, x, z0, lam, variant == "shared", args.steps, lr)
+            parts[variant].append(gaussian_blur(m, sigma))
+            parts[f"{variant}_mask"].append(mask)
+        parts["truth"].append(t)
+        labels += [family] * len(x)
+    out = {k: torch.cat(v) for k, v in parts.items()}
+    out["defective"] = torch.tensor([f != CLEAN for f in labels])
+    out["colour"] = torch.tensor([f in ("colour_cast", "hue_shift", "stain_blob") for f in labels])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, path)
+    return out
+
+
+def measures(a: dict[str, torch.Tensor], variant: str, idx: torch.Tensor) -> tuple[float, float, float]:
+    """Image AUROC, pixel AUROC, and pixel AUROC on the colour families, of the crops ``idx``."""
+    amap, fam, gt, colour = a[variant][idx], a["defective"][idx], a["truth"][idx], a["colour"][idx]
+    return (image_auroc(image_score(amap), fam), pixel_auroc(amap[fam], gt[fam]),
+            pixel_auroc(amap[colour], gt[colour]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prior", default="runs/priors/ship/ihc-64.safetensors")
+    ap.add_argument("--prior", default="ihc-64")
     ap.add_argument("--texture", default="ihc")
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--clean-n", type=int, default=48)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--n-init", type=int, default=200)
+    ap.add_argument("--boot", type=int, default=200)
+    ap.add_argument("--out", default="runs/colour_mask")
     args = ap.parse_args()
     torch.manual_seed(0)
     prior = load_prior(args.prior)
-    lam, sigma = float(prior.defaults["lam"]), float(prior.defaults.get("map_sigma", 0.0))
-    lr = config_for_prior("rgi", prior.defaults).lr_z
-    start = config_for_prior("rgi", prior.defaults, iterations=1, n_init=args.n_init, seed=0, triage=False,
-                             stop_tol=0.0, texture_map=False, learned_map=False)
-    families = [CLEAN, *families_for(prior.spec.channels)]
-    rows: dict[str, dict[str, list[torch.Tensor]]] = {v: {"map": [], "mask": []} for v in ("shared", "per channel")}
-    truth, family_of = [], []
     t0 = time.perf_counter()
-    for family in families:
-        x, t = family_set(args.texture, "test", family, args.clean_n if family == CLEAN else args.n)
-        z0 = invert(x, prior, start).latent.detach()
-        for variant in rows:
-            m, mask = fit(prior, x, z0, lam, variant == "shared", args.steps, lr)
-            rows[variant]["map"].append(gaussian_blur(m, sigma))
-            rows[variant]["mask"].append(mask)
-        truth.append(t)
-        family_of += [family] * len(x)
-    print(f"{args.texture}: {prior.name}, lam {lam:.4g}, {args.steps} steps from best of {args.n_init}; "
-          f"{args.n} crops x {len(families) - 1} families + {args.clean_n} clean, held-out quarter; "
+    a = solve_all(prior, args)
+    print(f"{args.texture}: {prior.name}, lam {float(prior.defaults['lam']):.4g}, {args.steps} steps from best of "
+          f"{args.n_init}; {args.n} crops of each family + {args.clean_n} clean, held-out quarter; "
           f"{time.perf_counter() - t0:.0f} s on {platform.processor() or platform.machine()}\n")
-    gt = torch.cat(truth)
-    fam = torch.tensor([f != CLEAN for f in family_of])
-    colour = torch.tensor([f in ("colour_cast", "hue_shift", "stain_blob") for f in family_of])
-    print("| mask | image AUROC | pixel AUROC | mask IoU (pooled) | colour families: image / pixel AUROC |")
+    everything = torch.arange(len(a["truth"]))
+    print("| mask | image AUROC | pixel AUROC | colour families' pixel AUROC | mask IoU (pooled) |")
     print("|---|---|---|---|---|")
-    for variant, r in rows.items():
-        amap, mask = torch.cat(r["map"]), torch.cat(r["mask"])
-        score = image_score(amap)
+    for variant in ("shared", "per channel"):
+        img, px, cpx = measures(a, variant, everything)
+        mask, gt, fam = a[f"{variant}_mask"], a["truth"], a["defective"]
         iou = float((mask & gt)[fam].sum() / (mask | gt)[fam].sum())
-        cmask = colour | ~fam
-        print(f"| {variant} | {image_auroc(score, fam):.3f} | {pixel_auroc(amap[fam], gt[fam]):.3f} | {iou:.3f} | "
-              f"{image_auroc(score[cmask], fam[cmask]):.3f} / {pixel_auroc(amap[colour], gt[colour]):.3f} |")
+        print(f"| {variant} | {img:.3f} | {px:.3f} | {cpx:.3f} | {iou:.3f} |")
+    gen = torch.Generator().manual_seed(0)
+    diffs = []
+    for _ in range(args.boot):  # crops drawn with replacement, the same draw for both variants
+        idx = torch.randint(len(everything), (len(everything),), generator=gen)
+        diffs.append([p - s for p, s in zip(measures(a, "per channel", idx), measures(a, "shared", idx),
+                                            strict=True)])
+    d = torch.tensor(diffs)
+    point = [p - s for p, s in zip(measures(a, "per channel", everything), measures(a, "shared", everything),
+                                   strict=True)]
+    lo, hi = torch.quantile(d, 0.025, dim=0), torch.quantile(d, 0.975, dim=0)
+    print("\nper channel - shared, 95 % paired bootstrap over crops: " + "; ".join(
+        f"{name} {p:+.3f} [{lo[k]:+.3f}, {hi[k]:+.3f}]"
+        for k, (name, p) in enumerate(zip(("image AUROC", "pixel AUROC", "colour families' pixel AUROC"), point,
+                                          strict=True))))
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def learned_phi(prior_name: str, deg: str, variant: str, args: argparse.Namespac
     degraded = physics.A_dagger(y, tuple(x.shape[1:]))
     with torch.no_grad():
         restored = fuse(net(degraded, generated, physics.observed(tuple(x.shape[1:]))), degraded, generated)
-    restored = restored.clamp(0, 1)
+    restored = physics.keep_observed(restored, y).clamp(0, 1)  # as the solver's products: colourisation's luma
     result = {"psnr": psnr(restored, x, torch.ones_like(region)).tolist(),
               "psnr_region": psnr(restored, x, region).tolist(), "ssim": ssim(restored, x).tolist(),
               "training": record}
