@@ -344,9 +344,11 @@ def cmd_shipped(args: argparse.Namespace) -> None:
         print("| family | image AUROC [95 % CI] | best single detector | residual alone | mse | pixel AUROC | "
               "best single | residual alone | mse | IoU at t | best IoU |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
+        means = []
         for f, a in fams.items():
             r = family_row(fusion, clean, a)
             img, lo, hi = r["image"]  # type: ignore[misc]
+            means.append((img, r["pixel"]))
             alone = family_row(fusion, {"truth": clean["truth"], "rgi.residual": clean["rgi.residual"],
                                         "mse.residual": clean["mse.residual"]},
                                {"truth": a["truth"], "rgi.residual": a["rgi.residual"],
@@ -355,6 +357,8 @@ def cmd_shipped(args: argparse.Namespace) -> None:
                   f"{alone['best_image'][1]:.3f} | {r['mse_image']:.3f} | {r['pixel']:.3f} | "
                   f"{r['best_pixel'][1]:.3f} ({r['best_pixel'][0]}) | {alone['best_pixel'][1]:.3f} | "
                   f"{r['mse_pixel']:.3f} | {r['iou']:.3f} | {r['best_iou']:.3f} |", flush=True)
+        print(f"\nmean over the families: image AUROC {np.mean([m[0] for m in means]):.3f}, pixel AUROC "
+              f"{np.mean([m[1] for m in means]):.3f}")
         pooled = {k: torch.cat([a[k] for a in fams.values()]) for k in clean}
         r = family_row(fusion, clean, pooled)
         img, lo, hi = r["image"]  # type: ignore[misc]
@@ -362,7 +366,7 @@ def cmd_shipped(args: argparse.Namespace) -> None:
                               torch.cat([torch.zeros(len(clean["truth"])), torch.ones(len(pooled["truth"]))]).bool())
                for k, m in (("rgi", "rgi"), ("mse", "mse"))}
         px = {m: pixel_auroc(pooled[f"{m}.residual"], pooled["truth"]) for m in ("rgi", "mse")}
-        print(f"\npooled over the families: image AUROC {img:.3f} [{lo:.3f}, {hi:.3f}], pixel AUROC "
+        print(f"pooled over the families: image AUROC {img:.3f} [{lo:.3f}, {hi:.3f}], pixel AUROC "
               f"{r['pixel']:.3f} (defective crops' pixels); RGI's residual map alone: image {res['rgi']:.3f}, "
               f"pixel {px['rgi']:.3f}; mse: image {res['mse']:.3f}, pixel {px['mse']:.3f}; IoU at the shipped "
               f"threshold {r['iou']:.3f}, at the best one {r['best_iou']:.3f}")
