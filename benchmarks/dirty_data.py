@@ -12,7 +12,7 @@ dirty ones on dirty crops: that is what a user has), and runs ``evaluate``.
 ``--n`` crops of every grey family and ``--clean-n`` clean ones) with ``rgi`` at ``--iterations`` steps; its
 residual map (the only detector these priors carry) gives the image score and the pixel map. Image AUROC and
 pixel AUROC pooled over the families, with 95 % bootstrap intervals over crops. Each prior's maps are cached in
-``<out>/eval-<name>.npz``, so a rerun only scores.
+``<out>/eval-<name>-n<n>-c<clean-n>-it<iterations>.npz``, so a rerun only scores.
 
 Usage:
     python benchmarks/dirty_data.py data [--out runs/dirty] [--n 2048] [--dirty 0.1]
@@ -76,8 +76,8 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def eval_maps(out: Path, name: str, args: argparse.Namespace) -> dict[str, np.ndarray]:
-    """The prior's residual maps and scores of every held-out crop (cached in ``eval-<name>.npz``)."""
-    path = out / f"eval-{name}.npz"
+    """The prior's residual maps and scores of every held-out crop (cached under ``out``)."""
+    path = out / f"eval-{name}-n{args.n}-c{args.clean_n}-it{args.iterations}.npz"
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}

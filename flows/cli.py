@@ -122,7 +122,8 @@ def _cmd_train_prior(args: argparse.Namespace) -> int:
 
                 path, exclude = train_prior_robust(
                     [r.pixels for r in records], cfg, work, out=out,
-                    robust=RobustConfig(warmup=args.robust_warmup, drop=args.robust_drop, k=args.robust_k), name=args.name or out.stem,
+                    robust=RobustConfig(warmup=args.robust_warmup, drop=args.robust_drop, k=args.robust_k),
+                    name=args.name or out.stem,
                     data_description=data, progress=progress, log_every=args.log_every,
                     stop=stopping.stop_requested, note=lambda line: print(line, file=sys.stderr, flush=True))
             else:
@@ -696,7 +697,7 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
     c.add_argument("--images-n", type=int, default=32, help="clean crops/images to calibrate on (default 32)")
     c.add_argument("--trim", type=float, default=3.5, metavar="K",
                    help="leave out of lam, the score threshold and the fusion's tails the calibration images whose "
-                        "score is above median + K robust standard deviations (1.4826 MAD), so a few defective "
+                        "log score is above median + K robust standard deviations (1.4826 MAD), so a few defective "
                         "images among the clean ones do not raise them (default 3.5; 0 keeps every image)")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="also store this default (JSON value), e.g. map_sigma=1.0; applied before calibrating")

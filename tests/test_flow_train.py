@@ -95,7 +95,8 @@ def test_a_128px_prior_trains_robustly_and_cleans_through_the_flows(prefect_api,
     assert state.is_completed()
     prior = load_prior(out, device="cpu")
     assert prior.spec.resolution == 128
-    assert prior.meta["training"]["data"]["robust"]["tiles"] == 3 * 4  # 256 px, cropped: tiles at 0 and 128 on each side
+    # 256 px, cropped: tiles at 0 and 128 on each side
+    assert prior.meta["training"]["data"]["robust"]["tiles"] == 3 * 4
 
     src = tmp_path / "src"
     src.mkdir()
