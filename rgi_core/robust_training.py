@@ -23,8 +23,9 @@ to draw what it is shown. The robust mode cleans its own training set once, part
 Recalibrate afterwards as always (``rgi calibrate IMAGES --prior P --into-prior``). Its ``lam`` and score
 threshold leave out outlier images by the same rule, so the dirty images do not set the thresholds either.
 
-The cost is the warm-up's share of nothing (the steps are the same) plus one short MSE solve per tile: 2048
-64 x 64 tiles take about five minutes at the defaults on one CPU core (docs/reference/priors.md).
+The cost is the steps of plain training plus one short MSE solve per tile: the 2048 64 x 64 tiles of the dirty-data
+experiment took 16.5 minutes on one CPU thread while four other jobs shared the development machine's two cores
+(benchmarks/dirty_data.py).
 Resumable: both stages are one training run (one work dir, one state file). The scores and flags go to
 ``<work_dir>/robust.json`` and the warm state to ``<work_dir>/warm-state.safetensors``; a rerun reads them back and
 resumes the second stage, and a rerun with another ``drop`` or ``k`` flags the same scores anew and trains the
