@@ -16,8 +16,8 @@ pixel AUROC pooled over the families, with 95 % bootstrap intervals over crops. 
 
 Usage:
     python benchmarks/dirty_data.py data [--out runs/dirty] [--n 2048] [--dirty 0.1]
-    python benchmarks/dirty_data.py evaluate [--out runs/dirty] [--priors clean dirty robust] [--n 16]
-                                             [--clean-n 64] [--iterations 300]
+    python benchmarks/dirty_data.py evaluate [--out runs/dirty] [--priors clean dirty robust] [--n 48]
+                                             [--clean-n 128] [--iterations 300]
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ def main() -> None:
     d.add_argument("--dirty", type=float, default=0.1, help="share of the crops that get a defect")
     e = sub.add_parser("evaluate", help="held-out image and pixel AUROC of each prior")
     e.add_argument("--priors", nargs="+", default=["clean", "dirty", "robust"])
-    e.add_argument("--n", type=int, default=16, help="defective crops per family")
-    e.add_argument("--clean-n", type=int, default=64)
+    e.add_argument("--n", type=int, default=48, help="defective crops per family")
+    e.add_argument("--clean-n", type=int, default=128)
     e.add_argument("--iterations", type=int, default=300)
     e.add_argument("--n-init", type=int, default=1000)
     e.add_argument("--boot", type=int, default=200)
