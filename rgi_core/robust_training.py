@@ -181,6 +181,9 @@ def load_flags(work_dir: str | Path, images: list[np.ndarray], cfg: TrainConfig,
                                         cfg.arch.resolution, rc.k, rc.drop)
     first = saved["record"]
     if (first.get("k"), first.get("drop", 0.0)) != (rc.k, rc.drop):
+        if not (work / WARM_STATE).exists():
+            raise ValueError(f"{path} was flagged with k={first.get('k')}, drop={first.get('drop', 0.0)} and {work} "
+                             "keeps no warm state to train again from: use those values or another work dir")
         shutil.copyfile(work / WARM_STATE, work / STATE_FILE)  # the second stage again, on the new flags
         saved["record"] = {**first, **record}
         _save_flags(path, torch.tensor(saved["scores"]), where, len(images), saved["record"])  # type: ignore[arg-type]
