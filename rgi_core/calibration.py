@@ -271,17 +271,18 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
         kept["fusion"] = fusion.to_dict()
         scores = fusion.fuse(clean_maps)[1].double()
         keep = torch.ones(len(scores), dtype=torch.bool)  # fit_fusion left the outlier images out already
-        if triage_keep and set(fusion.tails) - {"residual"}:  # it needs a detector that reads the image
-            if triage_miss is not None and not crops:
-                raise ValueError("a triage miss target is read on the fusion's defect families: give fusion_families")
-            defective = ({k: torch.cat([c.maps[k] for c in crops.values()]) for k in clean_maps}
-                         if triage_miss is not None else None)
-            kept["triage"] = Triage.fit(fusion, clean_maps, triage_keep, defective,
-                                        float(torch.quantile(scores, cfg.score_quantile)), triage_miss).to_dict()
+    threshold = float(torch.quantile(scores[keep], cfg.score_quantile))
+    # the triage needs a detector that reads the image
+    if fusion_clean is not None and triage_keep and set(fusion.tails) - {"residual"}:
+        if triage_miss is not None and not crops:
+            raise ValueError("a triage miss target is read on the fusion's defect families: give fusion_families")
+        defective = ({k: torch.cat([c.maps[k] for c in crops.values()]) for k in clean_maps}
+                     if triage_miss is not None else None)
+        kept["triage"] = Triage.fit(fusion, clean_maps, triage_keep, defective, threshold, triage_miss).to_dict()
     return {
         **kept,
         "lam": lam,
-        "score_threshold": float(torch.quantile(scores[keep], cfg.score_quantile)),
+        "score_threshold": threshold,
         "calibration": {
             "images": int(clean.shape[0]),
             "trim": cfg.trim,

@@ -124,8 +124,8 @@ def score_tiles(prior: Prior, tiles: torch.Tensor, rc: RobustConfig, stop: StopC
         check(stop, "robust training stopped while scoring its images")
         x = tiles[i : i + rc.batch]
         result = invert(x, prior, cfg, control=SolveControl(cancelled=stop))
-        residual = losses.pixel_residual(x.to(result.generated), result.generated)
-        out.append(image_score(residual.reshape(len(x), 1, *x.shape[-2:]).cpu(), topk=0.01, sigma=1.0))
+        residual = losses.pixel_residual(x.to(result.generated), result.generated)  # (B, 1, R, R)
+        out.append(image_score(residual.cpu(), topk=0.01, sigma=1.0))
     return torch.cat(out)
 
 
@@ -177,8 +177,9 @@ def load_flags(work_dir: str | Path, images: list[np.ndarray], cfg: TrainConfig,
         raise ValueError(f"{path} flags {saved['n_images']} images, but {len(images)} were given: use the same "
                          "images or another work dir")
     where = [tuple(w) for w in saved["where"]]
-    exclude, record = flags_from_scores(torch.tensor(saved["scores"]), where, images,  # type: ignore[arg-type]
-                                        cfg.arch.resolution, rc.k, rc.drop)
+    scores = torch.tensor(saved["scores"])
+    exclude, record = flags_from_scores(scores, where, images, cfg.arch.resolution, rc.k,  # type: ignore[arg-type]
+                                        rc.drop)
     first = saved["record"]
     if (first.get("k"), first.get("drop", 0.0)) != (rc.k, rc.drop):
         if not (work / WARM_STATE).exists():
@@ -186,7 +187,7 @@ def load_flags(work_dir: str | Path, images: list[np.ndarray], cfg: TrainConfig,
                              "keeps no warm state to train again from: use those values or another work dir")
         shutil.copyfile(work / WARM_STATE, work / STATE_FILE)  # the second stage again, on the new flags
         saved["record"] = {**first, **record}
-        _save_flags(path, torch.tensor(saved["scores"]), where, len(images), saved["record"])  # type: ignore[arg-type]
+        _save_flags(path, scores, where, len(images), saved["record"])  # type: ignore[arg-type]
     return exclude, {**first, **record}
 
 
