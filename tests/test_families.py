@@ -107,3 +107,41 @@ def test_bad_requests_get_clear_errors(crops):
 def test_foreign_fill_comes_from_an_unrelated_photograph():
     assert set(fam.FOREIGN_IMAGES).isdisjoint(builtin.DATASETS)
     assert set(FAMILIES) >= {"foreign_texture", "cutpaste_scar", "local_blur", "warp", "thin_lines", "points"}
+
+
+@pytest.fixture(scope="module")
+def digit_images() -> torch.Tensor:
+    return torch.from_numpy(builtin.digits("train")[:6])
+
+
+@pytest.mark.parametrize("family", sorted(fam.GROSS_FAMILIES))
+def test_every_gross_family_marks_what_it_changed_is_seeded_and_stays_out_of_the_validation_families(
+        family, digit_images):
+    assert family not in FAMILIES and family not in families_for(3)  # the generalisation protocol never draws them
+    for i, x in enumerate(digit_images):
+        out, truth = apply_family(x, family, seed=i)
+        assert out.shape == x.shape and truth.shape == (1, 32, 32)
+        assert torch.equal(truth, changed(x, out)) and int(truth.sum()) >= MIN_PIXELS
+        assert torch.equal(out, apply_family(x, family, seed=i)[0])
+
+
+def test_a_block_on_a_blank_image_is_one_rectangle_of_its_documented_size():
+    blank = torch.zeros(1, 40, 40)
+    for seed in range(10):
+        out, truth = apply_family(blank, "block_ink", seed=seed)
+        rows, cols = truth[0].any(1).nonzero(), truth[0].any(0).nonzero()
+        h, w = int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1
+        assert int(truth.sum()) == h * w  # a filled rectangle
+        assert 0.10 * 1600 * 0.85 <= h * w <= 0.25 * 1600 * 1.15  # 10-25 % of the image, up to rounding
+        assert bool((out[truth] == 1.0).all())
+    # a fill equal to what is underneath is no defect: the block's truth keeps only the pixels that moved
+    half = torch.zeros(1, 40, 40)
+    half[:, :, :20] = 1.0
+    out, truth = apply_family(half, "block_ink", seed=4)
+    assert not bool(truth[half.bool()].any())
+
+
+def test_scattered_families_cover_their_documented_share():
+    grey = torch.full((1, 64, 64), 0.5)
+    shares = [float(apply_family(grey, "salt_pepper_any", seed=s)[1].float().mean()) for s in range(20)]
+    assert 0.08 <= min(shares) and max(shares) <= 0.27  # 10-25 % drawn, every pixel moved by 0.5

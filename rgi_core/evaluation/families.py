@@ -34,6 +34,21 @@ family                    what it is (sizes relative to the image side ``s``; in
 ``stain_blob``            (colour images only) a value-noise blob covering 3-12 %, soft edge, blended 35-70 % toward
                           a saturated colour (any hue, saturation 0.6-1, value 0.3-0.8): a stray stain
 ========================  ======================================================================================
+
+**Gross corruptions** (:data:`GROSS_FAMILIES`) are the restoration side: pixels overwritten outright, with fills
+of every kind, the cases RGI's mask is for (the digits' targets are measured on them, ``benchmarks/gross.py``):
+
+========================  ======================================================================================
+``scatter``               10-25 % of the pixels, each set to its own value drawn from [0, 1]
+``salt_pepper_any``       10-25 % of the pixels, each set to 0 or 1 at random (whatever was there)
+``block_fill``            one rectangle covering 10-25 % of the image (aspect 0.6-1.6) of one constant value
+                          drawn from [0, 1]
+``block_ink``             the same rectangle filled with 1, the digits' ink: a patch G can partly explain
+``block_noise``           the same rectangle filled with uniform noise
+``block_inverted``        the same rectangle with every pixel pushed to the far end (1 if <= 0.5, else 0)
+``bar``                   a straight bar 6-12 % of the side wide and 40-80 % long at any angle, filled with
+                          1: contiguous corruption that looks like a stroke
+========================  ======================================================================================
 """
 
 from __future__ import annotations
@@ -311,6 +326,65 @@ def stain_blob(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return _blend(x, region * _u(gen, 0.35, 0.70), rgb[:, None, None].expand_as(x))
 
 
+def _scattered(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(1, H, W) float: 10-25 % of the pixels, independently."""
+    _, h, w = x.shape
+    return (torch.rand((1, h, w), generator=gen) < _u(gen, 0.10, 0.25)).float()
+
+
+def scatter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    where = _scattered(x, gen)
+    return _blend(x, where, torch.rand(x.shape[1:], generator=gen)[None].expand_as(x))
+
+
+def salt_pepper_any(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    where = _scattered(x, gen)
+    return _blend(x, where, (torch.rand(x.shape[1:], generator=gen) < 0.5).float()[None].expand_as(x))
+
+
+def _block(x: torch.Tensor, gen: torch.Generator) -> Region:
+    """One rectangle covering 10-25 % of the image, aspect 0.6-1.6: (1, H, W)."""
+    _, h, w = x.shape
+    frac, aspect = _u(gen, 0.10, 0.25), _u(gen, 0.6, 1.6)
+    bh = min(h, max(2, round(math.sqrt(frac * h * w * aspect))))
+    bw = min(w, max(2, round(frac * h * w / bh)))
+    y0, x0 = int(torch.randint(h - bh + 1, (), generator=gen)), int(torch.randint(w - bw + 1, (), generator=gen))
+    out = torch.zeros((1, h, w))
+    out[:, y0 : y0 + bh, x0 : x0 + bw] = 1.0
+    return out
+
+
+def block_fill(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    region = _block(x, gen)
+    return _blend(x, region, torch.full_like(x, _u(gen, 0.0, 1.0)))
+
+
+def block_ink(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return _blend(x, _block(x, gen), torch.ones_like(x))
+
+
+def block_noise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    region = _block(x, gen)
+    return _blend(x, region, torch.rand(x.shape[1:], generator=gen)[None].expand_as(x))
+
+
+def block_inverted(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    region = _block(x, gen)
+    return _blend(x, region, (x.mean(0, keepdim=True) <= 0.5).float().expand_as(x))
+
+
+def bar(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    _, h, w = x.shape
+    s = min(h, w)
+    yy, xx = _grid(h, w)
+    width, length, angle = _u(gen, 0.06, 0.12) * s, _u(gen, 0.4, 0.8) * s, _u(gen, 0.0, math.pi)
+    cy, cx = _u(gen, 0.25 * h, 0.75 * h), _u(gen, 0.25 * w, 0.75 * w)
+    along = (yy - cy) * math.sin(angle) + (xx - cx) * math.cos(angle)
+    across = (yy - cy) * math.cos(angle) - (xx - cx) * math.sin(angle)
+    region = ((across.abs() <= width / 2) & (along.abs() <= length / 2)).float()[None]
+    return _blend(x, region, torch.ones_like(x))
+
+
 @dataclass(frozen=True)
 class Family:
     """One defect family: ``make(x, gen)`` draws a defect on x (C, H, W) in [0, 1]; ``colour_only`` families
@@ -341,6 +415,17 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("stain_blob", stain_blob, colour_only=True),
 )}
 
+#: Gross corruptions (module docstring): the restoration side, measured on digits by ``benchmarks/gross.py``.
+GROSS_FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("scatter", scatter),
+    Family("salt_pepper_any", salt_pepper_any),
+    Family("block_fill", block_fill),
+    Family("block_ink", block_ink),
+    Family("block_noise", block_noise),
+    Family("block_inverted", block_inverted),
+    Family("bar", bar),
+)}
+
 
 def families_for(channels: int) -> tuple[str, ...]:
     """The family names that apply to images with ``channels`` channels."""
@@ -359,11 +444,12 @@ def apply_family(x: torch.Tensor, family: str, seed: int) -> tuple[torch.Tensor,
     :data:`MIN_PIXELS` pixels (e.g. a fill equal to what was underneath) is redrawn with the next seed
     ``seed + k * 7919``; after :data:`REDRAWS` draws a ``ValueError`` says the image cannot carry this family.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown defect family {family!r}; choose from {sorted(FAMILIES)}")
+    known = FAMILIES | GROSS_FAMILIES
+    if family not in known:
+        raise ValueError(f"unknown defect family {family!r}; choose from {sorted(known)}")
     if x.ndim != 3 or x.shape[0] not in (1, 3):
         raise ValueError(f"expected one image (C, H, W) with C = 1 or 3, got shape {tuple(x.shape)}")
-    fam = FAMILIES[family]
+    fam = known[family]
     if fam.colour_only and x.shape[0] != 3:
         raise ValueError(f"{family} needs a colour image (3 channels), got {x.shape[0]}")
     clean = x.float()
