@@ -55,6 +55,16 @@ def drop_gpu_limit() -> None:
             pass
 
 
+@pytest.fixture(autouse=True)
+def _no_gpu_limit_left_behind(request):
+    """After every test on the shared API: no ``gpu`` limit left, whichever test or subprocess made it. A limit
+    left with a slot leased by a run that was killed or timed out made a later test's flow wait for the lease
+    (seen as a hang of ``test_task_timeout_stops_the_solve``: its solve waited for a slot an earlier run held)."""
+    yield
+    if "prefect_api" in request.fixturenames:
+        drop_gpu_limit()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 protocol server (moto) on 127.0.0.1; s3fs reaches it through AWS_ENDPOINT_URL."""
