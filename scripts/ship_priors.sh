@@ -14,7 +14,9 @@
 #             scattered gross corruption: keep maps pixel-exact), and
 #             mask_tv = 1.5 lam for the first 75 % of the steps (chosen on training-split digits with
 #             synthetic corruption, docs/design.md): lam is fitted first (with TV off, as always), then a
-#             second call stores mask_tv and measures the score threshold with it. The image score is the
+#             second call stores mask_tv and the restoration stage (restore_lam = lam / 4 for the last 25 % of
+#             the steps, picked on gross corruption with benchmarks/gross.py, docs/design.md) and measures the
+#             score threshold with them. The image score is the
 #             mean of the top 25 % of the map (score_topk=0.25, chosen on a digits validation
 #             prior, docs/design.md): the digit corruption covers 10-25 % of the pixels.
 # lam is the fixed point of the calibration rule, 6 damped steps from lam = 0.05 (rgi_core.calibration).
@@ -44,9 +46,12 @@ if [[ $NAMES == *" digits "* ]]; then
       --fusion-images 0 --set map_sigma=0.0 --set mask_tv=0.0 >"$OUT/ship/digits-32.lam.json"
     tv=$(python3 -c "import json,sys; print(round(1.5 * json.load(open(sys.argv[1]))['lam'], 4))" \
       "$OUT/ship/digits-32.lam.json")
-    # starts at the fixed point: one round keeps lam there and records the score threshold with TV on
+    restore=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['lam'] / 4, 4))" \
+      "$OUT/ship/digits-32.lam.json")
+    # starts at the fixed point: one round keeps lam there and records the score threshold with TV and the stage on
     $RGI calibrate "$OUT/data/digits-train" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 1 \
-      --fusion-images 0 --set mask_tv="$tv" --set mask_tv_until=0.75 --set score_topk=0.25 >"$OUT/ship/digits-32.calibration.json"
+      --fusion-images 0 --set mask_tv="$tv" --set mask_tv_until=0.75 --set restore_lam="$restore" \
+      --set score_topk=0.25 >"$OUT/ship/digits-32.calibration.json"
   ) &
   pids+=($!)
 fi

@@ -351,3 +351,29 @@ def test_colourisation_keeps_the_grey_input_s_luma_and_takes_the_colour_from_the
     chroma = r.restored - grey.A(r.restored)  # a common shift of the channels leaves R-Y, G-Y, B-Y unchanged
     torch.testing.assert_close(chroma[inside.expand_as(chroma)],
                                (r.generated - grey.A(r.generated))[inside.expand_as(chroma)], atol=1e-5, rtol=0)
+
+
+def test_a_restoration_stage_keeps_the_score_of_the_solve_before_it_and_masks_more(tiny_prior, scattered):
+    """With ``restore_lam`` the steps from ``restore_from`` on run at that lam: the map and the score are the fit's
+    at the switch, exactly those of a single-stage solve that long; the mask and the restored image come from the
+    end, where the smaller lam has masked more."""
+    _, y, _ = scattered
+    common = dict(n_init=50, lam=LAM, stop_tol=0.0, mask_tv=0.0)
+    short = invert(y, tiny_prior, make_config("rgi", iterations=30, **common))
+    staged = invert(y, tiny_prior, make_config("rgi", iterations=60, restore_lam=LAM / 4, restore_from=0.5, **common))
+    plain = invert(y, tiny_prior, make_config("rgi", iterations=60, **common))
+    torch.testing.assert_close(staged.score, short.score, rtol=0, atol=0)
+    torch.testing.assert_close(staged.anomaly_map, short.anomaly_map, rtol=0, atol=0)
+    assert bool((staged.mask.flatten(1).sum(1) > plain.mask.flatten(1).sum(1)).all())
+    # the last step's terms are weighted by the stage's lam
+    assert staged.diagnostics[0].losses["mask_l1"] == pytest.approx(LAM / 4 * float(staged.mask[0].mean()), rel=1e-5)
+
+
+def test_a_restoration_stage_is_rgi_s_and_off_by_default():
+    assert make_config("rgi").restore_lam is None
+    assert make_config("rgi").config_hash() == make_config("rgi", restore_from=0.5).config_hash()  # inert when off
+    assert make_config("rgi", restore_lam=0.01).config_hash() != make_config("rgi").config_hash()
+    with pytest.raises(ValueError, match="R-RGI"):
+        make_config("rrgi", restore_lam=0.01)
+    with pytest.raises(ValueError, match="restore_from"):
+        make_config("rgi", restore_lam=0.01, restore_from=1.0)

@@ -91,8 +91,8 @@ class InversionConfig:
         device: ``"auto"`` (cuda, then mps, then cpu) or any torch device string.
 
     Fields a prior calibrates (:data:`PRIOR_DEFAULT_FIELDS`: ``lam``, ``map_sigma``, ``score_topk``,
-    ``score_sigma``, RGI's ``mask_tv`` and ``mask_tv_until``) default to ``None``: the prior's value from its
-    metadata, else :data:`FALLBACKS` (``lam``: :data:`DEFAULT_LAMBDA`).
+    ``score_sigma``, RGI's ``mask_tv``, ``mask_tv_until`` and ``restore_lam``) default to ``None``: the prior's
+    value from its metadata, else :data:`FALLBACKS` (``lam``: :data:`DEFAULT_LAMBDA`).
     :func:`rgi_core.inversion.solver.invert` resolves them with :func:`for_prior`, so a config built by hand
     gets the same defaults as the CLI and the flows.
     """
@@ -171,6 +171,8 @@ class InversionConfig:
                 del d[k]
         if self.precision == "fp32":
             del d["precision"]
+        if d.get("restore_lam", 0) is None:  # no restoration stage, as before the fields existed
+            del d["restore_lam"], d["restore_from"]
         if self.residual_map:  # on, as every config before it could be turned off
             del d["residual_map"]
         if d.get("schedule") == "ours":  # DGP's one table, the only one before the paper's were added
@@ -222,6 +224,11 @@ class RGIConfig(InversionConfig):
             groups the mask into regions while z settles, then M relaxes to the per-pixel rule). The
             mask's steps are all ``iterations``, or those before fine-tuning when R-RGI freezes M.
             Both ``None`` = the prior's default (digits-32 stores TV), else 0 and 1.
+        restore_lam: a restoration stage (ours; ``None`` = off): from ``restore_from`` of the steps on, z and M
+            go on under this lam (smaller than ``lam``: the mask takes more, G restores more), with the TV term
+            scaled alike and on again for the first ``mask_tv_until`` of the stage. The anomaly map and the image
+            score stay those of the fit at the switch, so detection is the single-stage solve's of that length.
+        restore_from: fraction of the steps after which the restoration stage starts.
     """
 
     method: ClassVar[str] = "rgi"
@@ -230,6 +237,8 @@ class RGIConfig(InversionConfig):
     adv_weight: float = 0.0
     mask_tv: float | None = None
     mask_tv_until: float | None = None
+    restore_lam: float | None = None
+    restore_from: float = 0.75
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -237,6 +246,10 @@ class RGIConfig(InversionConfig):
             raise ValueError(f"mask_tv must be >= 0, got {self.mask_tv}")
         if self.mask_tv_until is not None and not 0.0 <= self.mask_tv_until <= 1.0:
             raise ValueError(f"mask_tv_until must be in [0, 1], got {self.mask_tv_until}")
+        if self.restore_lam is not None and self.restore_lam <= 0:
+            raise ValueError(f"restore_lam must be > 0, got {self.restore_lam}")
+        if not 0.0 < self.restore_from < 1.0:
+            raise ValueError(f"restore_from must be in (0, 1), got {self.restore_from}")
 
 
 @dataclass(frozen=True)
@@ -270,6 +283,8 @@ class RRGIConfig(RGIConfig):
         super().__post_init__()
         if not 0.0 <= self.finetune_from <= 1.0:
             raise ValueError(f"finetune_from must be in [0, 1], got {self.finetune_from}")
+        if self.restore_lam is not None:
+            raise ValueError("restore_lam is RGI's restoration stage; R-RGI restores by fine-tuning G instead")
 
 
 DGPSchedule = Literal["paper", "ours"]
@@ -344,10 +359,10 @@ def make_config(method: str, **overrides: Any) -> InversionConfig:
 
 
 #: Prior-metadata ``defaults`` that a config takes over when the caller leaves them unset.
-PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "mask_tv", "mask_tv_until")
+PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "mask_tv", "mask_tv_until", "restore_lam")
 
-#: What an unset field of :data:`PRIOR_DEFAULT_FIELDS` (``lam`` apart) is when the prior's metadata has no value
-#: either: the paper's element-wise mask (no TV) and our pixel-exact map and top-1 % score.
+#: What an unset field of :data:`PRIOR_DEFAULT_FIELDS` (``lam`` and ``restore_lam`` apart) is when the prior's
+#: metadata has no value either: the paper's element-wise mask (no TV) and our pixel-exact map and top-1 % score.
 FALLBACKS: dict[str, float] = {"map_sigma": 0.0, "score_topk": 0.01, "score_sigma": 1.0, "mask_tv": 0.0,
                                "mask_tv_until": 1.0}
 
@@ -363,6 +378,8 @@ def for_prior(config: InversionConfig, prior_defaults: dict[str, Any]) -> Invers
     if config.encoder is None:  # on where the prior carries one
         fill["encoder"] = bool(prior_defaults.get("encoder"))
     for k in PRIOR_DEFAULT_FIELDS:
+        if k == "restore_lam" and config.method == "rrgi":  # R-RGI restores by fine-tuning G, not by a stage
+            continue
         if k in fields and getattr(config, k) is None:
             v = prior_defaults.get(k)
             if v is None:

@@ -179,6 +179,14 @@ class Objective:
     def on_personalise(self, z: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Called when per-image generator weights are created, before the step of the first stage."""
 
+    def on_step(self, step: int, z: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Called before every step with the whole batch's z and M (every image still optimises up to
+        :meth:`settled`)."""
+
+    def final_lam(self) -> float:
+        """The lam of the last step: what the restored image's reliance map reads the final residual with."""
+        return self.problem.lam
+
     # -- products ----------------------------------------------------------------------------------
     def scored_residual(self, res: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The residual (B, 1, H', W') the anomaly map scores: that of the final fit."""
@@ -191,13 +199,47 @@ class RGIObjective(Objective):
     optimises_mask = True
     config: RGIConfig
 
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem)
+        # the restoration stage's first step (None: one stage), and the residual the map scores from then on
+        r = self.config.restore_lam
+        self.switch = None if r is None else int(round(self.config.restore_from * self.mask_stop()))
+        self.res_at_switch: torch.Tensor | None = None
+
+    def lam_at(self, step: int) -> float:
+        """The mask's lam at ``step``: ``restore_lam`` in the restoration stage, else the problem's."""
+        if self.switch is not None and step >= self.switch:
+            return float(self.config.restore_lam)
+        return self.problem.lam
+
+    def final_lam(self) -> float:
+        return self.lam_at(self.problem.iterations - 1)
+
     def mask_terms(self, mask: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
         if mask is None:
             return {}
-        t = {"mask_l1": self.problem.lam * losses.mask_l1(mask)}
-        if self.tv_on(step) and self.config.mask_tv > 0:
-            t["mask_tv"] = self.config.mask_tv * losses.mask_tv(mask)
+        lam = self.lam_at(step)
+        t = {"mask_l1": lam * losses.mask_l1(mask)}
+        if self.tv_on(step) and self.config.mask_tv > 0:  # TV scales with lam: mu / lam stays the prior's
+            t["mask_tv"] = self.config.mask_tv * (lam / self.problem.lam) * losses.mask_tv(mask)
         return t
+
+    def on_step(self, step: int, z: torch.Tensor, mask: torch.Tensor | None) -> None:
+        if step == self.switch:
+            with torch.no_grad():
+                p = self.problem
+                self.res_at_switch = p.residual(p.physics.A(p.gen(z)))  # (B, 1, H', W')
+
+    def settled(self) -> int:
+        if self.switch is None:
+            return super().settled()
+        tv = self.switch + math.ceil(self.config.mask_tv_until * (self.mask_stop() - self.switch))
+        return max(super().settled(), self.switch + 1, tv if self.config.mask_tv else 0)
+
+    def scored_residual(self, res: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The fit at the switch with a restoration stage (the detection of a single-stage solve that long), else
+        the final fit."""
+        return res if self.res_at_switch is None else self.res_at_switch
 
     @classmethod
     def reads_discriminator(cls, config: InversionConfig) -> bool:
@@ -214,8 +256,12 @@ class RGIObjective(Objective):
         return e.flatten(2).mean(2)
 
     def tv_on(self, step: int) -> bool:
-        # M relaxes to the per-pixel rule before it stops or freezes
-        return step < self.config.mask_tv_until * self.mask_stop()
+        # M relaxes to the per-pixel rule before it stops, freezes or the restoration stage starts; that stage
+        # runs the same continuation over its own steps
+        if self.switch is not None and step >= self.switch:
+            return step - self.switch < self.config.mask_tv_until * (self.mask_stop() - self.switch)
+        end = self.mask_stop() if self.switch is None else self.switch
+        return step < self.config.mask_tv_until * end
 
 
 class RRGIObjective(RGIObjective):

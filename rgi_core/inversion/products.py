@@ -46,7 +46,7 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
     if net is not None:  # BIGPrior's learned fusion for this degradation
         phi = net(degraded, x, observed)
     else:  # the heuristic: trust an observed pixel as far as the fit explains it
-        phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, lam, kind)))
+        phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, objective.final_lam(), kind)))
     fused = (1.0 - phi) * degraded + phi * x
     restored = p.physics.keep_observed(fused, p.y).clamp(0.0, 1.0)  # colourisation: the grey input's luma
     maps = {"residual": p.lift(anomaly_map(objective.scored_residual(res, mask), lam, kind, config.map_sigma))

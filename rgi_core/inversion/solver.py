@@ -191,6 +191,7 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
     theta_start = min(s.start for s in stages) if stages else None
 
     def join(step: int) -> list[Group]:
+        objective.on_step(step, z, mask)
         if step != theta_start:
             return []
         theta = p.gen.personalise(p.batch)
