@@ -52,6 +52,9 @@ class SolveOptions(BaseModel):
                              "before they existed, for comparison).")
     mask_tv: float | None = Field(None, ge=0, title="Mask TV", description="rgi/rrgi: weight of the mask's total "
                                   "variation (unset: the prior's; 0 = the paper's element-wise mask).")
+    restore_lam: float | None = Field(None, ge=0, description="rgi: the mask weight of the restoration stage, the "
+                                      "last quarter of the steps (unset: the prior's, digits-32 stores one; 0 = off, "
+                                      "one lam throughout).")
     sizing: Literal["auto", "resize", "tile"] = Field(
         "auto", description="Images not of the prior's size: resize, or cut into tiles; auto = the prior's "
         "default (tile for the texture priors, else resize).")
@@ -104,7 +107,7 @@ class SolveOptions(BaseModel):
         detectors = {f"{n}_map": None if chosen is None else n in chosen for n in DETECTORS}
         return {**detectors, "iterations": self.iterations, "lam": self.lam, "n_init": self.n_init,
                 "n_starts": self.n_starts, "stop_tol": self.stop_tol, "triage": self.triage, "encoder": self.encoder,
-                "mask_tv": self.mask_tv, "precision": self.precision, "tf32": self.tf32, "seed": self.seed,
+                "mask_tv": self.mask_tv, "restore_lam": self.restore_lam, "precision": self.precision, "tf32": self.tf32, "seed": self.seed,
                 "device": self.device}
 
 

@@ -377,3 +377,23 @@ def test_a_restoration_stage_is_rgi_s_and_off_by_default():
         make_config("rrgi", restore_lam=0.01)
     with pytest.raises(ValueError, match="restore_from"):
         make_config("rgi", restore_lam=0.01, restore_from=1.0)
+
+
+def test_restore_lam_0_turns_a_prior_s_stage_off(tiny_prior):
+    """A prior that stores ``restore_lam`` gets the stage by default; ``restore_lam=0`` is one lam throughout: the
+    single-stage solve's results and config hash (``rgi clean --restore-lam 0``)."""
+    from flows.options import CleanOptions
+    from rgi_core.inversion.config import config_for_prior
+
+    staged_prior = copy.copy(tiny_prior)
+    staged_prior.meta = {**tiny_prior.meta, "defaults": {**tiny_prior.defaults, "restore_lam": LAM / 4}}
+    assert config_for_prior("rgi", staged_prior.defaults).restore_lam == LAM / 4
+    assert config_for_prior("rrgi", staged_prior.defaults).restore_lam is None  # R-RGI does not take it
+    off = config_for_prior("rgi", staged_prior.defaults, restore_lam=0.0)
+    assert off.config_hash() == config_for_prior("rgi", tiny_prior.defaults).config_hash()
+    y = generate(tiny_prior, 2, seed=4)
+    common = dict(iterations=20, n_init=20, lam=LAM, stop_tol=0.0)
+    a = invert(y, staged_prior, make_config("rgi", restore_lam=0.0, **common))
+    b = invert(y, tiny_prior, make_config("rgi", **common))
+    torch.testing.assert_close(a.mask, b.mask, rtol=0, atol=0)
+    assert CleanOptions(restore_lam=0.0).solver_overrides()["restore_lam"] == 0.0

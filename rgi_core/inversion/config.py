@@ -171,7 +171,7 @@ class InversionConfig:
                 del d[k]
         if self.precision == "fp32":
             del d["precision"]
-        if d.get("restore_lam", 0) is None:  # no restoration stage, as before the fields existed
+        if "restore_lam" in d and not d["restore_lam"]:  # no restoration stage (None or 0), as before the fields
             del d["restore_lam"], d["restore_from"]
         if self.residual_map:  # on, as every config before it could be turned off
             del d["residual_map"]
@@ -224,10 +224,11 @@ class RGIConfig(InversionConfig):
             groups the mask into regions while z settles, then M relaxes to the per-pixel rule). The
             mask's steps are all ``iterations``, or those before fine-tuning when R-RGI freezes M.
             Both ``None`` = the prior's default (digits-32 stores TV), else 0 and 1.
-        restore_lam: a restoration stage (ours; ``None`` = off): from ``restore_from`` of the steps on, z and M
+        restore_lam: a restoration stage (ours): from ``restore_from`` of the steps on, z and M
             go on under this lam (smaller than ``lam``: the mask takes more, G restores more), with the TV term
             scaled alike and on again for the first ``mask_tv_until`` of the stage. The anomaly map and the image
             score stay those of the fit at the switch, so detection is the single-stage solve's of that length.
+            ``None`` = the prior's (digits-32 stores one), else off; 0 = off.
         restore_from: fraction of the steps after which the restoration stage starts.
     """
 
@@ -246,8 +247,8 @@ class RGIConfig(InversionConfig):
             raise ValueError(f"mask_tv must be >= 0, got {self.mask_tv}")
         if self.mask_tv_until is not None and not 0.0 <= self.mask_tv_until <= 1.0:
             raise ValueError(f"mask_tv_until must be in [0, 1], got {self.mask_tv_until}")
-        if self.restore_lam is not None and self.restore_lam <= 0:
-            raise ValueError(f"restore_lam must be > 0, got {self.restore_lam}")
+        if self.restore_lam is not None and self.restore_lam < 0:
+            raise ValueError(f"restore_lam must be >= 0 (0 = off), got {self.restore_lam}")
         if not 0.0 < self.restore_from < 1.0:
             raise ValueError(f"restore_from must be in (0, 1), got {self.restore_from}")
 
@@ -283,7 +284,7 @@ class RRGIConfig(RGIConfig):
         super().__post_init__()
         if not 0.0 <= self.finetune_from <= 1.0:
             raise ValueError(f"finetune_from must be in [0, 1], got {self.finetune_from}")
-        if self.restore_lam is not None:
+        if self.restore_lam:
             raise ValueError("restore_lam is RGI's restoration stage; R-RGI restores by fine-tuning G instead")
 
 

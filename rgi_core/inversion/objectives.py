@@ -203,7 +203,7 @@ class RGIObjective(Objective):
         super().__init__(problem)
         # the restoration stage's first step (None: one stage), and the residual the map scores from then on
         r = self.config.restore_lam
-        self.switch = None if r is None else int(round(self.config.restore_from * self.mask_stop()))
+        self.switch = int(round(self.config.restore_from * self.mask_stop())) if r else None
         self.res_at_switch: torch.Tensor | None = None
 
     def lam_at(self, step: int) -> float:
