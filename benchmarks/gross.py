@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from rgi_core.evaluation import metrics
-from rgi_core.evaluation.families import GROSS_FAMILIES, apply_family
+from rgi_core.evaluation.families import GROSS_FAMILIES, apply_family_batch
 from rgi_core.evaluation.labelled import run_methods
 from rgi_core.inversion.config import MSEConfig
 from rgi_core.inversion.solver import invert
@@ -58,8 +58,8 @@ def digits(split: str, n: int) -> torch.Tensor:
 def corrupt(clean: torch.Tensor, family: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One corruption of ``family`` per digit; the splits' seeds differ. (n, 1, H, W) each; truth as float."""
     base = list(GROSS_FAMILIES).index(family) * 10_000 + (500_000 if split == "val" else 0)
-    pairs = [apply_family(x, family, seed=base + i) for i, x in enumerate(clean)]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]).float()
+    bad, truth = apply_family_batch(clean, family, seed=base)  # digit i gets seed base + i
+    return bad, truth.float()
 
 
 def _value(text: str) -> object:

@@ -107,8 +107,8 @@ class SolveOptions(BaseModel):
         detectors = {f"{n}_map": None if chosen is None else n in chosen for n in DETECTORS}
         return {**detectors, "iterations": self.iterations, "lam": self.lam, "n_init": self.n_init,
                 "n_starts": self.n_starts, "stop_tol": self.stop_tol, "triage": self.triage, "encoder": self.encoder,
-                "mask_tv": self.mask_tv, "restore_lam": self.restore_lam, "precision": self.precision, "tf32": self.tf32, "seed": self.seed,
-                "device": self.device}
+                "mask_tv": self.mask_tv, "restore_lam": self.restore_lam, "precision": self.precision,
+                "tf32": self.tf32, "seed": self.seed, "device": self.device}
 
 
 class CleanOptions(SolveOptions):

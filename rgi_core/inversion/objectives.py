@@ -68,6 +68,12 @@ class Problem:
         """Per-pixel residual of a fit seen through the physics, ``A(G(z))`` (B, C', H', W') -> (B, 1, H', W')."""
         return losses.pixel_residual(self.y, ax, self.config.fidelity)
 
+    def fit_residual(self, z: torch.Tensor) -> torch.Tensor:
+        """The per-pixel residual of G(z) seen through the physics (B, 1, H', W'), without gradients: what a
+        frozen or switched stage keeps to score."""
+        with torch.no_grad():
+            return self.residual(self.physics.A(self.gen(z)))
+
     def lift(self, m: torch.Tensor) -> torch.Tensor:
         """A measurement-space map (B, 1, H', W') in image space (B, 1, H, W)."""
         return self.physics.A_dagger(m, (1, *self.shape[1:]))
@@ -226,9 +232,7 @@ class RGIObjective(Objective):
 
     def on_step(self, step: int, z: torch.Tensor, mask: torch.Tensor | None) -> None:
         if step == self.switch:
-            with torch.no_grad():
-                p = self.problem
-                self.res_at_switch = p.residual(p.physics.A(p.gen(z)))  # (B, 1, H', W')
+            self.res_at_switch = self.problem.fit_residual(z)
 
     def settled(self) -> int:
         if self.switch is None:
@@ -290,7 +294,7 @@ class RRGIObjective(RGIObjective):
         if mask is None or not self.config.freeze_mask:
             return
         p = self.problem
-        self.res_at_freeze = p.residual(p.physics.A(p.gen(z)))  # (B, 1, H', W')
+        self.res_at_freeze = p.fit_residual(z)
         rule = residual_rule.closed_form_mask(self.res_at_freeze, p.lam, self.config.fidelity)
         mask.copy_(((mask > 0.5) | (rule > 0.5)).to(mask.dtype))
 
