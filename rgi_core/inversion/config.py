@@ -98,6 +98,8 @@ class InversionConfig:
     """
 
     method: ClassVar[str] = "base"
+    #: prior-calibrated fields (:data:`PRIOR_DEFAULT_FIELDS`) this method has but does not take from a prior
+    declines_prior_fields: ClassVar[frozenset[str]] = frozenset()
 
     iterations: int = 2000
     lr_z: float = 0.1
@@ -274,6 +276,7 @@ class RRGIConfig(RGIConfig):
     """
 
     method: ClassVar[str] = "rrgi"
+    declines_prior_fields: ClassVar[frozenset[str]] = frozenset({"restore_lam"})  # it restores by fine-tuning G
 
     lr_theta: float = 1e-5
     finetune_from: float = 0.5
@@ -379,9 +382,7 @@ def for_prior(config: InversionConfig, prior_defaults: dict[str, Any]) -> Invers
     if config.encoder is None:  # on where the prior carries one
         fill["encoder"] = bool(prior_defaults.get("encoder"))
     for k in PRIOR_DEFAULT_FIELDS:
-        if k == "restore_lam" and config.method == "rrgi":  # R-RGI restores by fine-tuning G, not by a stage
-            continue
-        if k in fields and getattr(config, k) is None:
+        if k in fields and k not in config.declines_prior_fields and getattr(config, k) is None:
             v = prior_defaults.get(k)
             if v is None:
                 v = FALLBACKS.get(k)
