@@ -10,7 +10,8 @@ the families in turn), shuffled together as a dataset is. Every variant solves t
 - ``stop``: ``full`` with adaptive stopping (``stop_tol``);
 - ``triage``: the triage pass on every image; the suspects' products are ``full``'s (a start does not depend on
   the batch, so a suspect's solve is the one ``full`` ran), the others keep the triage pass's;
-- ``all``: the defaults, every lever the prior supports, solved for real.
+- ``all``: the defaults, every lever the prior supports, solved for real;
+- ``short``: ``all`` with at most ``--short`` steps per image (the cap ``iterations`` lowered).
 
 Each batch's results are stored under ``--out`` as they finish, so ``run`` resumes where it stopped and
 several ``run`` processes can take different variants at once. ``report`` (run at the end of ``run``) then forms
@@ -30,7 +31,7 @@ variant:
 Usage:
     python benchmarks/cost.py run [--prior brick-64] [--out runs/cost] [--variants full stop triage all]
                                   [--clean 380] [--defective 300] [--iterations 2000] [--n-init 1000]
-                                  [--batch 16] [--device cpu] [--shard I/N]
+                                  [--batch 16] [--device cpu] [--shard I/N] [--short 500]
     python benchmarks/cost.py report [--prior brick-64] [--out runs/cost] [--rates 0.05 0.5] [--size 400]
 """
 
@@ -57,8 +58,8 @@ from rgi_core.inversion.triage import triage_of
 from rgi_core.io import builtin
 from rgi_core.priors import Prior, load_prior
 
-VARIANTS = ("full", "encoder", "stop", "triage", "all")
-SOLVED = ("full", "encoder", "stop", "all")  # variants that run the solver (triage reads full's solves)
+VARIANTS = ("full", "encoder", "stop", "triage", "all", "short")
+SOLVED = ("full", "encoder", "stop", "all", "short")  # variants that run the solver (triage reads full's solves)
 SEED = 91_000  # the pool's seeds: used by no calibration, selection or test
 BINS = 4096  # pixel-AUROC histograms for the bootstrap
 
@@ -118,10 +119,11 @@ def make_pool(prior: Prior, prior_name: str, clean: int, defective: int) -> dict
             "family": torch.cat([torch.arange(defective) % len(fams), torch.full((clean,), -1)])[order]}
 
 
-def configs(prior: Prior, iterations: int, n_init: int, device: str) -> dict[str, InversionConfig]:
+def configs(prior: Prior, iterations: int, n_init: int, device: str, short: int = 500) -> dict[str, InversionConfig]:
     base = config_for_prior("rgi", prior.defaults, iterations=iterations, n_init=n_init, device=device)
     full = base.replace(triage=False, stop_tol=0.0, encoder=False)
-    out = {"full": full, "stop": full.replace(stop_tol=base.stop_tol or 0.01), "all": base}
+    out = {"full": full, "stop": full.replace(stop_tol=base.stop_tol or 0.01), "all": base,
+           "short": base.replace(iterations=short)}
     if prior.encoder is not None:
         out["encoder"] = full.replace(encoder=True)
     return out
@@ -170,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     else:
         pool = make_pool(prior, args.prior, args.clean, args.defective)
         torch.save(pool, pool_file)
-    cfgs = configs(prior, args.iterations, args.n_init, args.device)
+    cfgs = configs(prior, args.iterations, args.n_init, args.device, args.short)
     passes = PassCounter()
     invert(pool["x"][:2], prior, cfgs["full"].replace(iterations=2, n_init=8))  # warm-up, untimed
     n = len(pool["x"])
@@ -416,6 +418,7 @@ def main() -> None:
         if name == "run":
             p.add_argument("--variants", nargs="+", default=["full", "encoder", "stop", "triage", "all"])
             p.add_argument("--clean", type=int, default=380)
+            p.add_argument("--short", type=int, default=500, help="the step cap of the short variant")
             p.add_argument("--defective", type=int, default=300)
             p.add_argument("--threads", type=int, default=1)
             p.add_argument("--shard", default="0/1", metavar="I/N",
