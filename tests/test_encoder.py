@@ -42,6 +42,13 @@ def test_training_resumes_from_its_checkpoint_to_the_same_weights(tiny_prior, tm
         train_encoder(tiny_prior.generator, clean, dataclasses.replace(cfg, lr=0.1), checkpoint=ckpt)
 
 
+def test_gradient_clipping_is_recorded_and_checked(trained):
+    _, record = trained
+    assert record["clip"] == 1.0  # the default, stored with the encoder's record in the prior's metadata
+    with pytest.raises(ValueError, match="clip"):
+        EncoderConfig(clip=-1.0)
+
+
 @pytest.mark.integration  # trains a net for ~30 s
 def test_a_corrupted_image_starts_closer_to_its_clean_latent_than_a_random_start():
     """digits-32 (a trained generator), 150 steps on training digits (~40 s): on 32 of its samples with 10 % of the
