@@ -349,8 +349,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     if "triage" in res:
         tri = _triage_variant(res["full"], res.pop("triage"), pool, args.batch)
         tri["_per"] = _per_image(tri, args.n_init, args.batch, n)
-        res = {k: res[k] if k != "triage" else tri for k in ("full", "encoder", "stop", "triage", "all")
-               if k in res or k == "triage"}
+        res = {k: res[k] if k != "triage" else tri for k in VARIANTS if k in res or k == "triage"}
     threshold = float(prior.defaults["score_threshold"])
     full_flags = res["full"]["score"] > threshold
     defective = pool["label"]
