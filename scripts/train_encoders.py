@@ -6,7 +6,7 @@ before the encoder existed; this script adds what ``train-prior`` would have add
 the prior's own training images (``--crops`` of them, seed 0, the held-out rows y >= 384 excluded as the
 calibration's sampler excludes them) and on the generator's samples. It resumes from
 ``runs/priors/NAME.encoder-checkpoint``; at the end it writes the encoder and ``defaults.encoder`` into the prior
-file and removes the checkpoint. About 1 s a step on one CPU thread for the 64-px priors (2000 steps: ~35 min).
+file and removes the checkpoint. About 1-2 s a step on one CPU thread for the 64-px priors (2000 steps: 35-75 min).
 
 Usage: python scripts/train_encoders.py [--steps 2000] [--crops 1024] [--threads 1] [NAME ...]
        (default: brick grass gravel digits; the training images are exported to runs/priors/data/NAME-train)
