@@ -127,3 +127,24 @@ def test_full_solve_and_no_encoder_turn_the_encoder_start_off():
     assert CleanOptions().solver_overrides()["encoder"] is None  # unset: the prior decides
     with pytest.raises(ValidationError, match="full_solve turns"):
         CleanOptions(full_solve=True, encoder=True)
+
+
+def test_a_prior_stored_step_cap_applies_only_to_solves_that_start_from_the_encoder(tiny_prior, trained, tmp_path):
+    enc, record = trained
+    path = save_prior(tmp_path / "capped.safetensors", tiny_prior.generator, tiny_prior.discriminator)
+    update_metadata(path, encoder=enc, defaults={"encoder": record, "encoder_iterations": 7})
+    prior = load_prior(str(path), device="cpu")
+    y = generate(tiny_prior, 3, seed=47)
+    cfg = make_config("rgi", iterations=12, n_init=8, lam=0.1, stop_tol=0.0, device="cpu")
+    steps = lambda r: [d.iterations for d in r.diagnostics]  # noqa: E731
+    assert steps(invert(y, prior, cfg)) == [7, 7, 7]  # the encoder start: the prior's cap
+    assert steps(invert(y, prior, cfg.replace(encoder=False))) == [12, 12, 12]  # best-of-N alone: no cap
+    assert steps(invert(y, prior, cfg.replace(encoder_iterations=0))) == [12, 12, 12]  # 0: no cap for this run
+    assert steps(invert(y, prior, make_config("rrgi", iterations=12, n_init=8, lam=0.1, device="cpu"))) == [12] * 3
+    # the cap is part of the results' identity only where it applies
+    from rgi_core.inversion.config import config_for_prior
+    on, off = config_for_prior("rgi", prior.defaults), config_for_prior("rgi", prior.defaults, encoder=False)
+    assert on.encoder_iterations == 7 and on.config_hash() != on.replace(encoder_iterations=None).config_hash()
+    assert off.config_hash() == off.replace(encoder_iterations=None).config_hash()
+    with pytest.raises(ValueError, match="encoder_iterations"):
+        make_config("rgi", encoder_iterations=-1)

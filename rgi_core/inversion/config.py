@@ -175,6 +175,8 @@ class InversionConfig:
             del d["precision"]
         if "restore_lam" in d and not d["restore_lam"]:  # no restoration stage (None or 0), as before the fields
             del d["restore_lam"], d["restore_from"]
+        if "encoder_iterations" in d and not (d["encoder_iterations"] and self.encoder):  # no cap applies
+            del d["encoder_iterations"]
         if self.residual_map:  # on, as every config before it could be turned off
             del d["residual_map"]
         if d.get("schedule") == "ours":  # DGP's one table, the only one before the paper's were added
@@ -232,6 +234,10 @@ class RGIConfig(InversionConfig):
             score stay those of the fit at the switch, so detection is the single-stage solve's of that length.
             ``None`` = the prior's (digits-32 stores one), else off; 0 = off.
         restore_from: fraction of the steps after which the restoration stage starts.
+        encoder_iterations: the step cap of a solve that starts from the prior's encoder (``encoder`` on, images
+            observed whole): ``min(iterations, encoder_iterations)`` steps. ``None`` = the prior's (brick-64
+            stores 300: on its validation rows the smallest cap within 0.5 dB restored PSNR and 0.01 image AUROC
+            of the full solve, ``python benchmarks/step_cap.py``; docs/benchmarks.md), else no cap; 0 = no cap.
     """
 
     method: ClassVar[str] = "rgi"
@@ -242,6 +248,7 @@ class RGIConfig(InversionConfig):
     mask_tv_until: float | None = None
     restore_lam: float | None = None
     restore_from: float = 0.75
+    encoder_iterations: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -253,6 +260,8 @@ class RGIConfig(InversionConfig):
             raise ValueError(f"restore_lam must be >= 0 (0 = off), got {self.restore_lam}")
         if not 0.0 < self.restore_from < 1.0:
             raise ValueError(f"restore_from must be in (0, 1), got {self.restore_from}")
+        if self.encoder_iterations is not None and self.encoder_iterations < 0:
+            raise ValueError(f"encoder_iterations must be >= 0 (0 = no cap), got {self.encoder_iterations}")
 
 
 @dataclass(frozen=True)
@@ -276,7 +285,8 @@ class RRGIConfig(RGIConfig):
     """
 
     method: ClassVar[str] = "rrgi"
-    declines_prior_fields: ClassVar[frozenset[str]] = frozenset({"restore_lam"})  # it restores by fine-tuning G
+    # it restores by fine-tuning G, and its fine-tuning schedule was not measured under a cap
+    declines_prior_fields: ClassVar[frozenset[str]] = frozenset({"restore_lam", "encoder_iterations"})
 
     lr_theta: float = 1e-5
     finetune_from: float = 0.5
@@ -363,7 +373,8 @@ def make_config(method: str, **overrides: Any) -> InversionConfig:
 
 
 #: Prior-metadata ``defaults`` that a config takes over when the caller leaves them unset.
-PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "mask_tv", "mask_tv_until", "restore_lam")
+PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "mask_tv", "mask_tv_until", "restore_lam",
+                        "encoder_iterations")
 
 #: What an unset field of :data:`PRIOR_DEFAULT_FIELDS` (``lam`` and ``restore_lam`` apart) is when the prior's
 #: metadata has no value either: the paper's element-wise mask (no TV) and our pixel-exact map and top-1 % score.

@@ -79,10 +79,19 @@ def _invert(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
                          f"{sorted(prior.phi_nets) or 'none'}; `rgi calibrate --into-prior --phi-nets` trains one)")
     if images.shape[0] == 0:
         return _empty_result(images, prior, shape)
+    config = _encoder_cap(config, prior, physics)
     triaged = _triage(images, prior, config, physics, control, initialiser)
     if triaged is not None:
         return triaged
     return _solve(images, prior, config, physics, shape, control, initialiser)[0]
+
+
+def _encoder_cap(config: InversionConfig, prior: Prior, physics: Physics) -> InversionConfig:
+    """``config`` with at most ``encoder_iterations`` steps when the solve starts from the prior's encoder."""
+    cap = getattr(config, "encoder_iterations", None)
+    if cap and config.encoder and prior.encoder is not None and isinstance(physics, Identity):
+        return config.replace(iterations=min(config.iterations, cap))
+    return config
 
 
 def _solve(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
