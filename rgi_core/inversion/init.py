@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from rgi_core.inversion.config import InversionConfig
 from rgi_core.inversion.loop import Group, SolveControl, run_adam
 from rgi_core.inversion.objectives import Objective, Problem
-from rgi_core.inversion.operators import Identity
+from rgi_core.inversion.operators import Identity, Physics
+from rgi_core.priors.files import Prior
 
 # Candidate latents scored at once in the best-of-N search; bounded so B x chunk x H x W stays small.
 INIT_ELEMENTS = 1 << 24
@@ -91,6 +93,12 @@ def multi_start(problem: Problem, objective: Objective, z: torch.Tensor, mask: t
     return z.detach()[rows], None if mask is None else mask.detach()[rows], pick
 
 
+def starts_from_encoder(config: InversionConfig, prior: Prior, physics: Physics) -> bool:
+    """Whether a solve with ``config`` takes the prior's encoder start: the config uses it, the prior carries one and
+    the images are observed whole (identity physics)."""
+    return bool(config.encoder) and prior.encoder is not None and isinstance(physics, Identity)
+
+
 def encoder_start(problem: Problem) -> torch.Tensor | None:
     """The prior's encoder applied to the observations, ``E(y)`` (B, *latent), when the config uses it and the images
     are observed whole (identity physics); else None.
@@ -98,10 +106,9 @@ def encoder_start(problem: Problem) -> torch.Tensor | None:
     One image at a time: the convolution kernels differ with the batch size in the last bit (on a CPU, from 16
     images up), and a solve from a start that differs in the last bit ends elsewhere (brick crops: scores 0.03
     apart after 300 steps), so an image must start from the same E(y) in any batch, as its candidates do."""
-    enc = problem.prior.encoder
-    if not problem.config.encoder or enc is None or not isinstance(problem.physics, Identity):
+    if not starts_from_encoder(problem.config, problem.prior, problem.physics):
         return None
-    enc = enc.to(problem.y.device, problem.y.dtype)
+    enc = problem.prior.encoder.to(problem.y.device, problem.y.dtype)
     with torch.no_grad():
         return torch.cat([enc(problem.y[i : i + 1]) for i in range(problem.batch)])
 

@@ -24,7 +24,7 @@ from rgi_core.detectors.fusion import fusion_of
 from rgi_core.device import resolve_device, tf32
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, RGIConfig, for_prior
 from rgi_core.inversion.generator import GeneratorFn
-from rgi_core.inversion.init import BestOfN, Start
+from rgi_core.inversion.init import BestOfN, Start, starts_from_encoder
 from rgi_core.inversion.loop import Group, Plateau, SolveControl, Trace, either, run_adam
 from rgi_core.inversion.objectives import Objective, Problem, objective_for
 from rgi_core.inversion.operators import Downsample, Identity, Physics
@@ -79,7 +79,6 @@ def _invert(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
                          f"{sorted(prior.phi_nets) or 'none'}; `rgi calibrate --into-prior --phi-nets` trains one)")
     if images.shape[0] == 0:
         return _empty_result(images, prior, shape)
-    config = _encoder_cap(config, prior, physics)
     triaged = _triage(images, prior, config, physics, control, initialiser)
     if triaged is not None:
         return triaged
@@ -89,7 +88,7 @@ def _invert(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
 def _encoder_cap(config: InversionConfig, prior: Prior, physics: Physics) -> InversionConfig:
     """``config`` with at most ``encoder_iterations`` steps when the solve starts from the prior's encoder."""
     cap = getattr(config, "encoder_iterations", None)
-    if cap and config.encoder and prior.encoder is not None and isinstance(physics, Identity):
+    if cap and starts_from_encoder(config, prior, physics):
         return config.replace(iterations=min(config.iterations, cap))
     return config
 
@@ -98,6 +97,7 @@ def _solve(images: torch.Tensor, prior: Prior, config: InversionConfig, physics:
            shape: tuple[int, int, int], control: SolveControl | None, initialiser: BestOfN | None
            ) -> tuple[InversionResult, GeneratorFn]:
     """Every image solved: the result, and G as the solve left it (per-image weights for R-RGI and DGP)."""
+    config = _encoder_cap(config, prior, physics)  # here, so every path to a solve is capped alike
     objective = objective_for(_problem(images, prior, config, physics, shape))
     start = (initialiser or BestOfN())(objective.problem, objective, control)
     z, mask, trace = _optimise(objective, start, control)
