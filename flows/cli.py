@@ -624,8 +624,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--images", type=int, default=24, help="images in the demo dataset")
     d.add_argument("--out-dir", default="demo-output", help="where the report PNG is copied")
     d.add_argument("--compare", action="store_true",
-                   help="clean the shards again on the full-solve path (no triage, no adaptive stopping) and print "
-                        "both images/s and AUROCs (make demo does)")
+                   help="clean the shards again on the full-solve path (no encoder start, no adaptive stopping, no "
+                        "triage) and print both images/s and AUROCs (make demo does)")
     d.add_argument("--core", action="store_true", help="instead: the inversion core alone on a random generator")
     d.set_defaults(func=_cmd_demo)
 
