@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 
 from rgi_core.detectors.residual import gaussian_blur
-from rgi_core.evaluation.families import random_ellipse
+from rgi_core.evaluation.families import random_block, random_ellipse
 
 DefectFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 TEXTURE_DEFECTS = ("scratch", "blob", "stain", "dead_pixels", "patch")
@@ -148,13 +148,7 @@ def block(x: torch.Tensor, gen: torch.Generator, fraction: float | None = None) 
     whole block is grossly corrupted (a constant fill would leave pixels that already had that value intact).
     """
     c, h, w = x.shape
-    frac = _u(gen, 0.10, 0.25) if fraction is None else fraction
-    aspect = _u(gen, 0.6, 1.6)
-    bh = min(h, max(1, round(math.sqrt(frac * h * w * aspect))))
-    bw = min(w, max(1, round(frac * h * w / bh)))
-    y0, x0 = int(torch.randint(h - bh + 1, (), generator=gen)), int(torch.randint(w - bw + 1, (), generator=gen))
-    mask = torch.zeros((1, h, w), dtype=torch.bool)
-    mask[:, y0 : y0 + bh, x0 : x0 + bw] = True
+    mask = random_block(h, w, gen, fraction)
     far = (x.mean(0, keepdim=True) <= 0.5).to(x.dtype).expand(c, h, w)
     return torch.where(mask, far, x), mask
 

@@ -100,6 +100,20 @@ def random_ellipse(h: int, w: int, gen: torch.Generator, lo: float, hi: float,
     return torch.sqrt((u / a) ** 2 + (v / b) ** 2), (a + b) / 2
 
 
+def random_block(h: int, w: int, gen: torch.Generator, fraction: float | None = None,
+                 min_side: int = 1) -> torch.Tensor:
+    """A random rectangle covering ``fraction`` (default 10-25 %) of an (H, W) image, aspect 0.6-1.6, sides at
+    least ``min_side``: a bool mask (1, H, W)."""
+    frac = _u(gen, 0.10, 0.25) if fraction is None else fraction
+    aspect = _u(gen, 0.6, 1.6)
+    bh = min(h, max(min_side, round(math.sqrt(frac * h * w * aspect))))
+    bw = min(w, max(min_side, round(frac * h * w / bh)))
+    y0, x0 = int(torch.randint(h - bh + 1, (), generator=gen)), int(torch.randint(w - bw + 1, (), generator=gen))
+    mask = torch.zeros((1, h, w), dtype=torch.bool)
+    mask[:, y0 : y0 + bh, x0 : x0 + bw] = True
+    return mask
+
+
 def _soft_ellipse(h: int, w: int, gen: torch.Generator, lo: float, hi: float, edge: tuple[float, float]) -> Region:
     """A random ellipse with a linear ramp of ``edge`` px (drawn from the range) at its border: (1, H, W)."""
     r, axis = random_ellipse(h, w, gen, lo, hi)
@@ -344,14 +358,7 @@ def salt_pepper_any(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def _block(x: torch.Tensor, gen: torch.Generator) -> Region:
     """One rectangle covering 10-25 % of the image, aspect 0.6-1.6: (1, H, W)."""
-    _, h, w = x.shape
-    frac, aspect = _u(gen, 0.10, 0.25), _u(gen, 0.6, 1.6)
-    bh = min(h, max(2, round(math.sqrt(frac * h * w * aspect))))
-    bw = min(w, max(2, round(frac * h * w / bh)))
-    y0, x0 = int(torch.randint(h - bh + 1, (), generator=gen)), int(torch.randint(w - bw + 1, (), generator=gen))
-    out = torch.zeros((1, h, w))
-    out[:, y0 : y0 + bh, x0 : x0 + bw] = 1.0
-    return out
+    return random_block(*x.shape[1:], gen, min_side=2).float()
 
 
 def block_fill(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
