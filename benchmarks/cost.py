@@ -11,7 +11,8 @@ the families in turn), shuffled together as a dataset is. Every variant solves t
 - ``triage``: the triage pass on every image; the suspects' products are ``full``'s (a start does not depend on
   the batch, so a suspect's solve is the one ``full`` ran), the others keep the triage pass's;
 - ``all``: the defaults, every lever the prior supports, solved for real;
-- ``short``: ``all`` with at most ``--short`` steps per image (the cap ``iterations`` lowered).
+- ``short``: ``all`` with at most ``--short`` steps per image (the cap ``iterations`` lowered);
+- ``alone``: ``all`` with the encoder start alone (``encoder_n_init`` 1: no random candidates beside it).
 
 Each batch's results are stored under ``--out`` as they finish, so ``run`` resumes where it stopped and
 several ``run`` processes can take different variants at once. ``report`` (run at the end of ``run``) then forms
@@ -58,8 +59,8 @@ from rgi_core.inversion.triage import triage_of
 from rgi_core.io import builtin
 from rgi_core.priors import Prior, load_prior
 
-VARIANTS = ("full", "encoder", "stop", "triage", "all", "short")
-SOLVED = ("full", "encoder", "stop", "all", "short")  # variants that run the solver (triage reads full's solves)
+VARIANTS = ("full", "encoder", "stop", "triage", "all", "short", "alone")
+SOLVED = ("full", "encoder", "stop", "all", "short", "alone")  # run the solver (triage reads full's solves)
 SEED = 91_000  # the pool's seeds: used by no calibration, selection or test
 BINS = 4096  # pixel-AUROC histograms for the bootstrap
 
@@ -126,7 +127,14 @@ def configs(prior: Prior, iterations: int, n_init: int, device: str, short: int 
            "short": base.replace(iterations=short)}
     if prior.encoder is not None:
         out["encoder"] = full.replace(encoder=True)
+        out["alone"] = base.replace(encoder_n_init=1)
     return out
+
+
+def candidates(cfg: InversionConfig, prior: Prior) -> int:
+    """The random best-of-N candidates a solve with ``cfg`` decodes per batch (fewer from the encoder start)."""
+    budget = getattr(cfg, "encoder_n_init", None)
+    return min(cfg.n_init, budget) if budget and cfg.encoder and prior.encoder is not None else cfg.n_init
 
 
 def _solve_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: str,
@@ -141,7 +149,8 @@ def _solve_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: st
     return {"score": r.score.float(), "amap": r.anomaly_map.half(), "restored": r.restored.half(),
             "steps": torch.tensor([d.iterations for d in r.diagnostics]),
             "triaged": torch.tensor([bool(d.triaged) for d in r.diagnostics]),
-            "seconds": torch.tensor(seconds), "forward": torch.tensor(fwd), "backward": torch.tensor(bwd)}
+            "seconds": torch.tensor(seconds), "forward": torch.tensor(fwd), "backward": torch.tensor(bwd),
+            "n_init": torch.tensor(candidates(cfg, prior))}
 
 
 def _triage_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: str) -> dict[str, torch.Tensor]:
@@ -223,7 +232,7 @@ def _batch_of(n: int, batch: int) -> torch.Tensor:
     return torch.arange(n) // batch
 
 
-def _per_image(res: dict[str, torch.Tensor], n_init: int, batch: int, n: int) -> dict[str, torch.Tensor]:
+def _per_image(res: dict[str, torch.Tensor], batch: int, n: int) -> dict[str, torch.Tensor]:
     """Each image's generator forwards and backwards (its steps; its share of the best-of-N search), and its
     seconds: the batch's time shared in proportion to the images' cost."""
     steps = res["steps"].double()
@@ -344,11 +353,12 @@ def cmd_report(args: argparse.Namespace) -> None:
         return
     for v in SOLVED:
         if v in res:
-            res[v]["_per"] = _per_image(res[v], args.n_init, args.batch, n)
+            res[v]["_per"] = _per_image(res[v], args.batch, n)
             res[v]["_seconds_image"] = res[v]["_per"]["seconds"]
+    triage_pass = res.get("triage")
     if "triage" in res:
         tri = _triage_variant(res["full"], res.pop("triage"), pool, args.batch)
-        tri["_per"] = _per_image(tri, args.n_init, args.batch, n)
+        tri["_per"] = _per_image(tri, args.batch, n)
         res = {k: res[k] if k != "triage" else tri for k in VARIANTS if k in res or k == "triage"}
     threshold = float(prior.defaults["score_threshold"])
     full_flags = res["full"]["score"] > threshold
@@ -357,10 +367,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"\n# {args.prior}: pool of {int(defective.sum())} defective + {int((~defective).sum())} clean held-out "
           f"crops (seeds {SEED}+), {args.iterations} steps, best of {args.n_init}, batches of {args.batch}; "
           f"{platform.node()}, torch {torch.__version__}, {args.device}")
+    # the random candidates each variant decodes per batch (results stored before it was recorded: --n-init)
+    cands = {v: int(r["n_init"][0]) if "n_init" in r else args.n_init for v, r in res.items()}
     for variant, r in res.items():
         if "forward" in r:  # the cost model against the passes counted on the pool
             model = float(r["_per"]["forward"].sum()) + _init_forwards(r["_per"]["solved"], torch.arange(n),
-                                                                       args.n_init, args.batch)
+                                                                       cands[variant], args.batch)
             print(f"- {variant}: generator forwards on the pool counted {int(r['forward'].sum())}, modelled "
                   f"{model:.0f}; backwards counted {int(r['backward'].sum())}, modelled "
                   f"{float(r['_per']['backward'].sum()):.0f}")
@@ -380,7 +392,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         base = None
         for variant, r in res.items():
             per = r["_per"]
-            fwd = float(per["forward"][idx].sum()) + _init_forwards(per["solved"], idx, args.n_init, args.batch)
+            fwd = float(per["forward"][idx].sum()) + _init_forwards(per["solved"], idx, cands[variant], args.batch)
             bwd = float(per["backward"][idx].sum())
             cost = (fwd + 2 * bwd) / len(idx)
             sec = float(per["seconds"][idx].sum()) / len(idx)
@@ -398,6 +410,46 @@ def cmd_report(args: argparse.Namespace) -> None:
                   f"{base[1] / sec:.1f}x | {float(r['steps'][idx].double().mean()):.0f} | "
                   f"{float(per['solved'][idx].double().mean()):.2f} | {cell('image_auroc')} | {cell('pixel_auroc')} | "
                   f"{m['pro']:.3f} | {cell('psnr', 2)} |", flush=True)
+    if triage_pass is not None:
+        _tradeoff(res, triage_pass, pool, flagged, cands, args)
+
+
+def _tradeoff(res: dict[str, dict[str, torch.Tensor]], triage_pass: dict[str, torch.Tensor],
+              pool: dict[str, torch.Tensor], flagged: torch.Tensor, cands: dict[str, int], args: argparse.Namespace
+              ) -> None:
+    """What a lower triage threshold would cost: for thresholds sending a share ``keep`` of the pool's clean crops to
+    the solve, the flagged defective crops sent away and the cost ratio at each rate, modelled from the solved
+    images of the cheapest solving variant: their mean passes, and the search's candidates for each batch that
+    solves an image (a batch of ``--batch`` holds one with probability ``1 - (1 - solved share) ** batch``)."""
+    solving = [v for v in ("alone", "short", "all") if v in res]
+    if not solving:
+        return
+    v = solving[0]
+    per, clean = res[v]["_per"], ~pool["label"]
+    solved = per["solved"]
+    c_solve = float((per["forward"] + 2 * per["backward"])[solved].mean())
+    full = res["full"]["_per"]
+    c_full = float((full["forward"] + 2 * full["backward"]).mean()) + cands["full"] / args.batch
+    score = triage_pass["score"].double()
+    print(f"\n## The triage threshold against its misses (modelled on `{v}`: a solved image {c_solve:.0f} passes and "
+          f"{cands[v]} candidates per batch that solves one; the full solve {c_full:.0f} per image; shares over the "
+          f"pool)\n")
+    print("| clean crops solved (keep) | flagged defective sent away | "
+          + " | ".join(f"solved at {r:.0%} | cost ratio at {r:.0%}" for r in args.rates) + " |")
+    print("|---|---|" + "---|---|" * len(args.rates))
+    shipped = round(float(triage_pass["suspect"][clean].double().mean()), 3)  # the prior's threshold on this pool
+    keeps = sorted({0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0, shipped})
+    for keep in keeps:
+        t = float(torch.quantile(score[clean], 1.0 - keep)) if keep < 1.0 else float("-inf")
+        sent = (score[flagged] <= t).double().mean().item()
+        caught = float((score[pool["label"]] > t).double().mean())
+        cells = []
+        for r in args.rates:
+            share = r * caught + (1 - r) * keep
+            cost = share * c_solve + cands[v] / args.batch * (1 - (1 - share) ** args.batch)
+            cells.append(f"{share:.2f} | {c_full / max(cost, 1e-9):.1f}x")
+        mark = " (the prior's threshold)" if keep == shipped else ""
+        print(f"| {keep:.3f}{mark} | {sent:.1%} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:

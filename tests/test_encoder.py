@@ -148,3 +148,34 @@ def test_a_prior_stored_step_cap_applies_only_to_solves_that_start_from_the_enco
     assert off.config_hash() == off.replace(encoder_iterations=None).config_hash()
     with pytest.raises(ValueError, match="encoder_iterations"):
         make_config("rgi", encoder_iterations=-1)
+
+
+def test_a_prior_stored_candidate_count_applies_only_to_solves_that_start_from_the_encoder(tiny_prior, trained,
+                                                                                           tmp_path):
+    enc, record = trained
+    path = save_prior(tmp_path / "one-start.safetensors", tiny_prior.generator, tiny_prior.discriminator)
+    update_metadata(path, encoder=enc, defaults={"encoder": record, "encoder_n_init": 1})
+    prior = load_prior(str(path), device="cpu")
+    y = generate(tiny_prior, 3, seed=48)
+    cfg = make_config("rgi", iterations=5, n_init=8, lam=0.1, stop_tol=0.0, device="cpu")
+    rows: list[int] = []
+    hook = prior.generator.register_forward_hook(lambda m, i, out: rows.append(out.shape[0]))
+
+    def generated(config):  # latents G decodes in the solve: candidates, the encoder start, the steps
+        rows.clear()
+        result = invert(y, prior, config)
+        return sum(rows), result
+
+    (alone, r1), (searched, r8) = generated(cfg), generated(cfg.replace(encoder_n_init=0))  # 0: n_init for this run
+    assert searched - alone == 7  # the 8 random candidates became 1 (the encoder start alone; the code keeps one)
+    explicit = generated(cfg.replace(encoder_n_init=0, n_init=1))[1]
+    torch.testing.assert_close(r1.score, explicit.score, atol=0, rtol=0)  # the same solve as n_init 1
+    assert generated(cfg.replace(encoder=False))[0] == searched - 3  # no encoder: all 8, no encoder start
+    hook.remove()
+    from rgi_core.inversion.config import config_for_prior
+    on, off = config_for_prior("rgi", prior.defaults), config_for_prior("rgi", prior.defaults, encoder=False)
+    assert on.encoder_n_init == 1 and on.config_hash() != on.replace(encoder_n_init=None).config_hash()
+    assert off.config_hash() == off.replace(encoder_n_init=None).config_hash()
+    assert config_for_prior("rrgi", prior.defaults).encoder_n_init is None  # R-RGI declines it
+    with pytest.raises(ValueError, match="encoder_n_init"):
+        make_config("rgi", encoder_n_init=-1)

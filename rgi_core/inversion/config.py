@@ -175,8 +175,9 @@ class InversionConfig:
             del d["precision"]
         if "restore_lam" in d and not d["restore_lam"]:  # no restoration stage (None or 0), as before the fields
             del d["restore_lam"], d["restore_from"]
-        if "encoder_iterations" in d and not (d["encoder_iterations"] and self.encoder):  # no cap applies
-            del d["encoder_iterations"]
+        for k in ("encoder_iterations", "encoder_n_init"):  # the encoder's budget, where it applies
+            if k in d and not (d[k] and self.encoder):
+                del d[k]
         if self.residual_map:  # on, as every config before it could be turned off
             del d["residual_map"]
         if d.get("schedule") == "ours":  # DGP's one table, the only one before the paper's were added
@@ -238,6 +239,11 @@ class RGIConfig(InversionConfig):
             observed whole): ``min(iterations, encoder_iterations)`` steps. ``None`` = the prior's (brick-64
             stores 300: on its validation rows the smallest cap within 0.5 dB restored PSNR and 0.01 image AUROC
             of the full solve, ``python benchmarks/step_cap.py``; docs/benchmarks.md), else no cap; 0 = no cap.
+        encoder_n_init: the random candidates beside the encoder start in such a solve: ``min(n_init,
+            encoder_n_init)``, 1 = the encoder start alone. The search's candidates are shared by a batch, so they
+            cost every batch the same however few of its images the triage sends to the solve. ``None`` = the
+            prior's (brick-64 stores 1: on its validation rows the smallest count within 0.5 dB and 0.01 image
+            AUROC of the full solve, ``python benchmarks/step_cap.py --n-inits``), else ``n_init``; 0 = ``n_init``.
     """
 
     method: ClassVar[str] = "rgi"
@@ -249,6 +255,7 @@ class RGIConfig(InversionConfig):
     restore_lam: float | None = None
     restore_from: float = 0.75
     encoder_iterations: int | None = None
+    encoder_n_init: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -262,6 +269,8 @@ class RGIConfig(InversionConfig):
             raise ValueError(f"restore_from must be in (0, 1), got {self.restore_from}")
         if self.encoder_iterations is not None and self.encoder_iterations < 0:
             raise ValueError(f"encoder_iterations must be >= 0 (0 = no cap), got {self.encoder_iterations}")
+        if self.encoder_n_init is not None and self.encoder_n_init < 0:
+            raise ValueError(f"encoder_n_init must be >= 0 (0 = n_init), got {self.encoder_n_init}")
 
 
 @dataclass(frozen=True)
@@ -286,7 +295,8 @@ class RRGIConfig(RGIConfig):
 
     method: ClassVar[str] = "rrgi"
     # it restores by fine-tuning G, and its fine-tuning schedule was not measured under a cap
-    declines_prior_fields: ClassVar[frozenset[str]] = frozenset({"restore_lam", "encoder_iterations"})
+    declines_prior_fields: ClassVar[frozenset[str]] = frozenset({"restore_lam", "encoder_iterations",
+                                                                 "encoder_n_init"})
 
     lr_theta: float = 1e-5
     finetune_from: float = 0.5
@@ -374,7 +384,7 @@ def make_config(method: str, **overrides: Any) -> InversionConfig:
 
 #: Prior-metadata ``defaults`` that a config takes over when the caller leaves them unset.
 PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "mask_tv", "mask_tv_until", "restore_lam",
-                        "encoder_iterations")
+                        "encoder_iterations", "encoder_n_init")
 
 #: What an unset field of :data:`PRIOR_DEFAULT_FIELDS` (``lam`` and ``restore_lam`` apart) is when the prior's
 #: metadata has no value either: the paper's element-wise mask (no TV) and our pixel-exact map and top-1 % score.
