@@ -19,7 +19,8 @@
 #             score threshold with them. The image score is the
 #             mean of the top 25 % of the map (score_topk=0.25, chosen on a digits validation
 #             prior, docs/design.md): the issue's digit corruption covers 10-25 % of the pixels.
-#   brick:    also the step cap of a solve from its encoder (encoder_iterations 300, benchmarks/step_cap.py).
+#   brick:    also the budget of a solve from its encoder: a step cap (encoder_iterations 300) and the
+#             encoder start alone, no random candidates (encoder_n_init 1); both from benchmarks/step_cap.py.
 # lam is the fixed point of the calibration rule, 6 damped steps from lam = 0.05 (rgi_core.calibration).
 set -euo pipefail
 export OMP_NUM_THREADS=1
@@ -60,10 +61,10 @@ for p in "${pids[@]}"; do wait "$p"; done
 for name in $NAMES; do
   cp "$OUT"/ship/"$name"-*.safetensors rgi_core/priors/
 done
-# brick's step cap after its encoder start (encoder_iterations 300, picked on validation crops by
-# benchmarks/step_cap.py; docs/design.md)
+# brick's budget after its encoder start (encoder_iterations 300, encoder_n_init 1, picked on validation crops
+# by benchmarks/step_cap.py; docs/design.md)
 if [[ $NAMES == *" brick "* ]]; then
   .venv/bin/python -c "from rgi_core.priors import load_prior, update_metadata as u; f='rgi_core/priors/brick-64.safetensors'; \
-u(f, defaults={**load_prior(f).defaults, 'encoder_iterations': 300})"
+u(f, defaults={**load_prior(f).defaults, 'encoder_iterations': 300, 'encoder_n_init': 1})"
 fi
 ls -la rgi_core/priors/
