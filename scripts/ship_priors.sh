@@ -19,8 +19,9 @@
 #             score threshold with them. The image score is the
 #             mean of the top 25 % of the map (score_topk=0.25, chosen on a digits validation
 #             prior, docs/design.md): the issue's digit corruption covers 10-25 % of the pixels.
-#   brick:    also the budget of a solve from its encoder: a step cap (encoder_iterations 300) and the
-#             encoder start alone, no random candidates (encoder_n_init 1); both from benchmarks/step_cap.py.
+#   brick, grass, gravel: also the budget of a solve from their encoders: a step cap (encoder_iterations:
+#             brick 300, grass and gravel 200) and the encoder start alone, no random candidates
+#             (encoder_n_init 1); both picked on validation crops by benchmarks/step_cap.py.
 # lam is the fixed point of the calibration rule, 6 damped steps from lam = 0.05 (rgi_core.calibration).
 set -euo pipefail
 export OMP_NUM_THREADS=1
@@ -61,10 +62,11 @@ for p in "${pids[@]}"; do wait "$p"; done
 for name in $NAMES; do
   cp "$OUT"/ship/"$name"-*.safetensors rgi_core/priors/
 done
-# brick's budget after its encoder start (encoder_iterations 300, encoder_n_init 1, picked on validation crops
-# by benchmarks/step_cap.py; docs/design.md)
-if [[ $NAMES == *" brick "* ]]; then
-  .venv/bin/python -c "from rgi_core.priors import load_prior, update_metadata as u; f='rgi_core/priors/brick-64.safetensors'; \
-u(f, defaults={**load_prior(f).defaults, 'encoder_iterations': 300, 'encoder_n_init': 1})"
-fi
+# the budget of a solve from the encoder (picked on validation crops by benchmarks/step_cap.py; docs/design.md)
+for name in brick grass gravel; do
+  [[ $NAMES == *" $name "* ]] || continue
+  cap=$([[ $name == brick ]] && echo 300 || echo 200)
+  .venv/bin/python -c "from rgi_core.priors import load_prior, update_metadata as u; f='rgi_core/priors/$name-64.safetensors'; \
+u(f, defaults={**load_prior(f).defaults, 'encoder_iterations': $cap, 'encoder_n_init': 1})"
+done
 ls -la rgi_core/priors/
