@@ -237,13 +237,15 @@ class RGIConfig(InversionConfig):
         restore_from: fraction of the steps after which the restoration stage starts.
         encoder_iterations: the step cap of a solve that starts from the prior's encoder (``encoder`` on, images
             observed whole): ``min(iterations, encoder_iterations)`` steps. ``None`` = the prior's (brick-64
-            stores 300: on its validation rows the smallest cap within 0.5 dB restored PSNR and 0.01 image AUROC
-            of the full solve, ``python benchmarks/step_cap.py``; docs/benchmarks.md), else no cap; 0 = no cap.
+            stores 300, grass-64 and gravel-64 200: on their validation rows the smallest cap within 0.5 dB
+            restored PSNR and 0.01 image AUROC of the full solve, ``python benchmarks/step_cap.py``;
+            docs/design.md), else no cap; 0 = no cap.
         encoder_n_init: the random candidates beside the encoder start in such a solve: ``min(n_init,
             encoder_n_init)``, 1 = the encoder start alone. The search's candidates are shared by a batch, so they
             cost every batch the same however few of its images the triage sends to the solve. ``None`` = the
-            prior's (brick-64 stores 1: on its validation rows the smallest count within 0.5 dB and 0.01 image
-            AUROC of the full solve, ``python benchmarks/step_cap.py --n-inits``), else ``n_init``; 0 = ``n_init``.
+            prior's (the three texture priors store 1: on their validation rows the smallest count within 0.5 dB
+            and 0.01 image AUROC of the full solve, ``python benchmarks/step_cap.py --n-inits``), else ``n_init``;
+            0 = ``n_init``.
     """
 
     method: ClassVar[str] = "rgi"
