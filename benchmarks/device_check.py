@@ -84,7 +84,8 @@ def script(args: list[str]) -> str:
     if r.returncode:
         raise RuntimeError(f"{args[0]} exited {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
     shown = ("P1", "P3", "## ", "| all |", "| bf16", "| tf32")
-    return " | ".join(line for line in r.stdout.splitlines() if line.startswith(shown))
+    lines = [line for line in r.stdout.splitlines() if line.startswith(shown) and "triage threshold" not in line]
+    return " | ".join(lines)
 
 
 def kernel(device: str, quick: bool) -> str:
