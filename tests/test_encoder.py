@@ -129,11 +129,16 @@ def test_full_solve_and_no_encoder_turn_the_encoder_start_off():
         CleanOptions(full_solve=True, encoder=True)
 
 
-def test_a_prior_stored_step_cap_applies_only_to_solves_that_start_from_the_encoder(tiny_prior, trained, tmp_path):
+def _with_encoder(tiny_prior, trained, tmp_path, **defaults):
+    """The tiny prior with the trained encoder and ``defaults`` stored in its file, loaded back."""
     enc, record = trained
-    path = save_prior(tmp_path / "capped.safetensors", tiny_prior.generator, tiny_prior.discriminator)
-    update_metadata(path, encoder=enc, defaults={"encoder": record, "encoder_iterations": 7})
-    prior = load_prior(str(path), device="cpu")
+    path = save_prior(tmp_path / "with-encoder.safetensors", tiny_prior.generator, tiny_prior.discriminator)
+    update_metadata(path, encoder=enc, defaults={"encoder": record, **defaults})
+    return load_prior(str(path), device="cpu")
+
+
+def test_a_prior_stored_step_cap_applies_only_to_solves_that_start_from_the_encoder(tiny_prior, trained, tmp_path):
+    prior = _with_encoder(tiny_prior, trained, tmp_path, encoder_iterations=7)
     y = generate(tiny_prior, 3, seed=47)
     cfg = make_config("rgi", iterations=12, n_init=8, lam=0.1, stop_tol=0.0, device="cpu")
     steps = lambda r: [d.iterations for d in r.diagnostics]  # noqa: E731
@@ -152,10 +157,7 @@ def test_a_prior_stored_step_cap_applies_only_to_solves_that_start_from_the_enco
 
 def test_a_prior_stored_candidate_count_applies_only_to_solves_that_start_from_the_encoder(tiny_prior, trained,
                                                                                            tmp_path):
-    enc, record = trained
-    path = save_prior(tmp_path / "one-start.safetensors", tiny_prior.generator, tiny_prior.discriminator)
-    update_metadata(path, encoder=enc, defaults={"encoder": record, "encoder_n_init": 1})
-    prior = load_prior(str(path), device="cpu")
+    prior = _with_encoder(tiny_prior, trained, tmp_path, encoder_n_init=1)
     y = generate(tiny_prior, 3, seed=48)
     cfg = make_config("rgi", iterations=5, n_init=8, lam=0.1, stop_tol=0.0, device="cpu")
     rows: list[int] = []
@@ -166,7 +168,7 @@ def test_a_prior_stored_candidate_count_applies_only_to_solves_that_start_from_t
         result = invert(y, prior, config)
         return sum(rows), result
 
-    (alone, r1), (searched, r8) = generated(cfg), generated(cfg.replace(encoder_n_init=0))  # 0: n_init for this run
+    (alone, r1), (searched, _) = generated(cfg), generated(cfg.replace(encoder_n_init=0))  # 0: n_init for this run
     assert searched - alone == 7  # the 8 random candidates became 1 (the encoder start alone; the code keeps one)
     explicit = generated(cfg.replace(encoder_n_init=0, n_init=1))[1]
     torch.testing.assert_close(r1.score, explicit.score, atol=0, rtol=0)  # the same solve as n_init 1
