@@ -12,7 +12,7 @@ the families in turn), shuffled together as a dataset is. Every variant solves t
   the batch, so a suspect's solve is the one ``full`` ran), the others keep the triage pass's;
 - ``all``: the defaults, every lever the prior supports, solved for real;
 - ``short``: ``all`` with at most ``--short`` steps per image (the cap ``iterations`` lowered);
-- ``alone``: ``all`` with the encoder start alone (``encoder_n_init`` 1: no random candidates beside it).
+- ``single``: ``all`` with E(x) as the single start (``encoder_n_init`` 1: no random candidates beside it).
 
 Each batch's results are stored under ``--out`` as they finish, so ``run`` resumes where it stopped and
 several ``run`` processes can take different variants at once. ``report`` (run at the end of ``run``) then forms
@@ -59,8 +59,8 @@ from rgi_core.inversion.triage import triage_of
 from rgi_core.io import builtin
 from rgi_core.priors import Prior, load_prior
 
-VARIANTS = ("full", "encoder", "stop", "triage", "all", "short", "alone")
-SOLVED = ("full", "encoder", "stop", "all", "short", "alone")  # run the solver (triage reads full's solves)
+VARIANTS = ("full", "encoder", "stop", "triage", "all", "short", "single")
+SOLVED = ("full", "encoder", "stop", "all", "short", "single")  # run the solver (triage reads full's solves)
 SEED = 91_000  # the pool's seeds: used by no calibration, selection or test
 BINS = 4096  # pixel-AUROC histograms for the bootstrap
 
@@ -127,7 +127,7 @@ def configs(prior: Prior, iterations: int, n_init: int, device: str, short: int 
            "short": base.replace(iterations=short)}
     if prior.encoder is not None:
         out["encoder"] = full.replace(encoder=True)
-        out["alone"] = base.replace(encoder_n_init=1)
+        out["single"] = base.replace(encoder_n_init=1)
     return out
 
 
@@ -421,7 +421,7 @@ def _tradeoff(res: dict[str, dict[str, torch.Tensor]], triage_pass: dict[str, to
     the solve, the flagged defective crops sent away and the cost ratio at each rate, modelled from the solved
     images of the cheapest solving variant: their mean passes, and the search's candidates for each batch that
     solves an image (a batch of ``--batch`` holds one with probability ``1 - (1 - solved share) ** batch``)."""
-    solving = [v for v in ("alone", "short", "all") if v in res]
+    solving = [v for v in ("single", "short", "all") if v in res]
     if not solving:
         return
     v = solving[0]
