@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from rgi_core.evaluation.metrics import image_auroc
 from rgi_core.io.images import encode_png
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,17 @@ def speed(catalog: Path) -> tuple[int, float]:
     return int(runs.images_ok.sum() + runs.images_error.sum()), float(runs.seconds.sum())
 
 
+def detection(catalog: Path) -> tuple[float, float, float]:
+    """Image AUROC of the catalog's anomaly score against the planted defects (the file names say which), the share
+    of rows the full solve produced (``stage``), and the share flagged (``is_anomalous``)."""
+    rows = pd.read_parquet(catalog / "images", columns=["source_uri", "status", "anomaly_score", "is_anomalous",
+                                                        "stage"])
+    rows = rows[rows.status == "ok"]
+    bad = rows.source_uri.str.rsplit("/", n=1).str[-1].str.startswith("bad-").to_numpy()
+    auroc = image_auroc(torch.tensor(rows.anomaly_score.to_numpy()), torch.tensor(bad))
+    return auroc, float((rows.stage == "solve").mean()), float(rows.is_anomalous.mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", default="brick-64")
@@ -64,7 +76,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/cost-e2e")
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
+    ap.add_argument("--paths", nargs="*", choices=list(PATHS), default=list(PATHS), help="none: the table only")
     args = ap.parse_args()
     pool = torch.load(Path(args.pool) / args.prior / "pool.pt")
     idx = _set_indices(pool, args.rate, args.size)
@@ -76,10 +88,13 @@ def main() -> None:
           f"{args.iterations} steps, {args.threads} thread(s); {platform.node()}, torch {torch.__version__}")
     measured = {name: speed(out / name) for name in PATHS if (out / name / "runs").exists()}
     full = measured["full-solve"][0] / measured["full-solve"][1] if "full-solve" in measured else None
-    print("| path | images | flow seconds | images/s | speed-up |\n|---|---|---|---|---|")
+    print("| path | images | flow seconds | images/s | speed-up | solved | flagged | image AUROC |\n"
+          "|---|---|---|---|---|---|---|---|")
     for name, (n, seconds) in measured.items():
         ratio = f"{n / seconds / full:.1f}x" if full else "-"
-        print(f"| {name} | {n} | {seconds:.0f} | {n / seconds:.3f} | {ratio} |")
+        auroc, solved, flagged = detection(out / name)
+        print(f"| {name} | {n} | {seconds:.0f} | {n / seconds:.3f} | {ratio} | {solved:.2f} | {flagged:.3f} | "
+              f"{auroc:.3f} |")
 
 if __name__ == "__main__":
     main()
