@@ -243,7 +243,7 @@ class RGIConfig(InversionConfig):
         encoder_n_init: the random candidates beside the encoder start in such a solve: ``min(n_init,
             encoder_n_init)``, 1 = the encoder start alone (one start, whatever ``n_starts``). The search's
             candidates are shared by a batch, so they cost every batch the same however few of its images the
-            triage sends to the solve. ``None`` = the prior's (the three texture priors store 1: on their
+            triage sends to the solve. ``None`` = the prior's (grass-64 and gravel-64 store 1: on their
             validation rows the smallest count within 0.5 dB and 0.01 image AUROC of the full solve,
             ``python benchmarks/step_cap.py --n-inits``), else ``n_init``; 0 = ``n_init``.
     """
