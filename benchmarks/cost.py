@@ -53,6 +53,7 @@ from rgi_core.evaluation.labelled import random_crops
 from rgi_core.evaluation.metrics import image_auroc, pixel_auroc, pro_auc, psnr
 from rgi_core.inversion.config import InversionConfig, config_for_prior
 from rgi_core.inversion.generator import GeneratorFn
+from rgi_core.inversion.init import encoder_budget
 from rgi_core.inversion.operators import Identity
 from rgi_core.inversion.products import detector_maps
 from rgi_core.inversion.triage import triage_of
@@ -131,12 +132,6 @@ def configs(prior: Prior, iterations: int, n_init: int, device: str, short: int 
     return out
 
 
-def candidates(cfg: InversionConfig, prior: Prior) -> int:
-    """The random best-of-N candidates a solve with ``cfg`` decodes per batch (fewer from the encoder start)."""
-    budget = getattr(cfg, "encoder_n_init", None)
-    return min(cfg.n_init, budget) if budget and cfg.encoder and prior.encoder is not None else cfg.n_init
-
-
 def _solve_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: str,
                  passes: PassCounter) -> dict[str, torch.Tensor]:
     passes.take()
@@ -150,7 +145,7 @@ def _solve_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: st
             "steps": torch.tensor([d.iterations for d in r.diagnostics]),
             "triaged": torch.tensor([bool(d.triaged) for d in r.diagnostics]),
             "seconds": torch.tensor(seconds), "forward": torch.tensor(fwd), "backward": torch.tensor(bwd),
-            "n_init": torch.tensor(candidates(cfg, prior))}
+            "n_init": torch.tensor(encoder_budget(cfg, prior, Identity()).n_init)}  # candidates per batch
 
 
 def _triage_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: str) -> dict[str, torch.Tensor]:
@@ -355,9 +350,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         if v in res:
             res[v]["_per"] = _per_image(res[v], args.batch, n)
             res[v]["_seconds_image"] = res[v]["_per"]["seconds"]
-    triage_pass = res.get("triage")
-    if "triage" in res:
-        tri = _triage_variant(res["full"], res.pop("triage"), pool, args.batch)
+    triage_pass = res.pop("triage", None)
+    if triage_pass is not None:
+        tri = _triage_variant(res["full"], triage_pass, pool, args.batch)
         tri["_per"] = _per_image(tri, args.batch, n)
         res = {k: res[k] if k != "triage" else tri for k in VARIANTS if k in res or k == "triage"}
     threshold = float(prior.defaults["score_threshold"])

@@ -99,6 +99,16 @@ def starts_from_encoder(config: InversionConfig, prior: Prior, physics: Physics)
     return bool(config.encoder) and prior.encoder is not None and isinstance(physics, Identity)
 
 
+def encoder_budget(config: InversionConfig, prior: Prior, physics: Physics) -> InversionConfig:
+    """``config`` with at most ``encoder_iterations`` steps and ``encoder_n_init`` random candidates when the solve
+    starts from the prior's encoder (:func:`starts_from_encoder`); else ``config`` as it is."""
+    if not starts_from_encoder(config, prior, physics):
+        return config
+    budget = {k: min(getattr(config, k), cap) for k, cap in (("iterations", getattr(config, "encoder_iterations", 0)),
+                                                             ("n_init", getattr(config, "encoder_n_init", 0))) if cap}
+    return config.replace(**budget) if budget else config
+
+
 def encoder_start(problem: Problem) -> torch.Tensor | None:
     """The prior's encoder applied to the observations, ``E(y)`` (B, *latent), when the config uses it and the images
     are observed whole (identity physics); else None.

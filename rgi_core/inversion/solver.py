@@ -24,7 +24,7 @@ from rgi_core.detectors.fusion import fusion_of
 from rgi_core.device import resolve_device, tf32
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, RGIConfig, for_prior
 from rgi_core.inversion.generator import GeneratorFn
-from rgi_core.inversion.init import BestOfN, Start, starts_from_encoder
+from rgi_core.inversion.init import BestOfN, Start, encoder_budget
 from rgi_core.inversion.loop import Group, Plateau, SolveControl, Trace, either, run_adam
 from rgi_core.inversion.objectives import Objective, Problem, objective_for
 from rgi_core.inversion.operators import Downsample, Identity, Physics
@@ -85,21 +85,11 @@ def _invert(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
     return _solve(images, prior, config, physics, shape, control, initialiser)[0]
 
 
-def _encoder_budget(config: InversionConfig, prior: Prior, physics: Physics) -> InversionConfig:
-    """``config`` with at most ``encoder_iterations`` steps and ``encoder_n_init`` random candidates when the solve
-    starts from the prior's encoder."""
-    if not starts_from_encoder(config, prior, physics):
-        return config
-    budget = {k: min(getattr(config, k), cap) for k, cap in (("iterations", getattr(config, "encoder_iterations", 0)),
-                                                             ("n_init", getattr(config, "encoder_n_init", 0))) if cap}
-    return config.replace(**budget) if budget else config
-
-
 def _solve(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
            shape: tuple[int, int, int], control: SolveControl | None, initialiser: BestOfN | None
            ) -> tuple[InversionResult, GeneratorFn]:
     """Every image solved: the result, and G as the solve left it (per-image weights for R-RGI and DGP)."""
-    config = _encoder_budget(config, prior, physics)  # here, so every path to a solve is capped alike
+    config = encoder_budget(config, prior, physics)  # here, so every path to a solve is capped alike
     objective = objective_for(_problem(images, prior, config, physics, shape))
     start = (initialiser or BestOfN())(objective.problem, objective, control)
     z, mask, trace = _optimise(objective, start, control)
