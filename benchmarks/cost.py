@@ -20,8 +20,9 @@ the sets: for each defect rate, ``--size`` images of the pool (``rate`` of them 
 variant:
 
 - the generator's passes per image, its cost (forwards + 2 x backwards, machine-independent) and the ratio to
-  ``full``: the steps are each image's own, the best-of-N candidates are counted once per batch of the set that
-  solves at least one image, as ``rgi clean`` would run that set;
+  ``full``: the steps are each image's own, the best-of-N candidates are counted once for a set that solves at
+  least one image (the solver decodes them once per generator and keeps them:
+  :func:`rgi_core.inversion.init.candidate_images`), as ``rgi clean`` would run that set in one process;
 - seconds per image (each batch's measured time shared by its images in proportion to their generator cost);
 - image AUROC, pixel AUROC and AU-PRO (30 % FPR) over the scores and maps as written, triaged and solved rows
   together; PSNR of the restored defective images against their clean originals; the difference of each to
@@ -324,10 +325,10 @@ def _boot(full: dict[str, torch.Tensor], v: dict[str, torch.Tensor], pool: dict[
     return {k: (float(np.percentile(s, 2.5)), float(np.percentile(s, 97.5))) for k, s in out.items()}
 
 
-def _init_forwards(solved: torch.Tensor, idx: torch.Tensor, n_init: int, batch: int) -> float:
-    """Best-of-N forwards for a set laid out in batches: ``n_init`` for each batch that solves an image."""
-    s = solved[idx]
-    return float(sum(n_init for k in range(0, len(s), batch) if bool(s[k : k + batch].any())))
+def _init_forwards(solved: torch.Tensor, idx: torch.Tensor, n_init: int) -> float:
+    """Best-of-N forwards for a set: ``n_init`` once if any of its images is solved (the decoded candidates are
+    kept for the run's later batches)."""
+    return float(n_init) if bool(solved[idx].any()) else 0.0
 
 
 def _cell(value: float, full: float, ci: tuple[float, float] | None, digits: int) -> str:
@@ -367,7 +368,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     for variant, r in res.items():
         if "forward" in r:  # the cost model against the passes counted on the pool
             model = float(r["_per"]["forward"].sum()) + _init_forwards(r["_per"]["solved"], torch.arange(n),
-                                                                       cands[variant], args.batch)
+                                                                       cands[variant])
+            # counted: as the run decoded the candidates (once per process; once per batch before they were kept)
             print(f"- {variant}: generator forwards on the pool counted {int(r['forward'].sum())}, modelled "
                   f"{model:.0f}; backwards counted {int(r['backward'].sum())}, modelled "
                   f"{float(r['_per']['backward'].sum()):.0f}")
@@ -387,7 +389,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         base = None
         for variant, r in res.items():
             per = r["_per"]
-            fwd = float(per["forward"][idx].sum()) + _init_forwards(per["solved"], idx, cands[variant], args.batch)
+            fwd = float(per["forward"][idx].sum()) + _init_forwards(per["solved"], idx, cands[variant])
             bwd = float(per["backward"][idx].sum())
             cost = (fwd + 2 * bwd) / len(idx)
             sec = float(per["seconds"][idx].sum()) / len(idx)
@@ -414,8 +416,8 @@ def _tradeoff(res: dict[str, dict[str, torch.Tensor]], triage_pass: dict[str, to
               ) -> None:
     """What a lower triage threshold would cost: for thresholds sending a share ``keep`` of the pool's clean crops to
     the solve, the flagged defective crops sent away and the cost ratio at each rate, modelled from the solved
-    images of the cheapest solving variant: their mean passes, and the search's candidates for each batch that
-    solves an image (a batch of ``--batch`` holds one with probability ``1 - (1 - solved share) ** batch``)."""
+    images of the cheapest solving variant: their mean passes, and the search's candidates once for the set of
+    ``--size`` images."""
     solving = [v for v in ("single", "short", "all") if v in res]
     if not solving:
         return
@@ -424,10 +426,10 @@ def _tradeoff(res: dict[str, dict[str, torch.Tensor]], triage_pass: dict[str, to
     solved = per["solved"]
     c_solve = float((per["forward"] + 2 * per["backward"])[solved].mean())
     full = res["full"]["_per"]
-    c_full = float((full["forward"] + 2 * full["backward"]).mean()) + cands["full"] / args.batch
+    c_full = float((full["forward"] + 2 * full["backward"]).mean()) + cands["full"] / args.size
     score = triage_pass["score"].double()
     print(f"\n## The triage threshold against its misses (modelled on `{v}`: a solved image {c_solve:.0f} passes and "
-          f"{cands[v]} candidates per batch that solves one; the full solve {c_full:.0f} per image; shares over the "
+          f"{cands[v]} candidates once per set; the full solve {c_full:.0f} per image; shares over the "
           f"pool)\n")
     print("| clean crops solved (keep) | flagged defective sent away | "
           + " | ".join(f"solved at {r:.0%} | cost ratio at {r:.0%}" for r in args.rates) + " |")
@@ -441,7 +443,7 @@ def _tradeoff(res: dict[str, dict[str, torch.Tensor]], triage_pass: dict[str, to
         cells = []
         for r in args.rates:
             share = r * caught + (1 - r) * keep
-            cost = share * c_solve + cands[v] / args.batch * (1 - (1 - share) ** args.batch)
+            cost = share * c_solve + cands[v] / args.size
             cells.append(f"{share:.2f} | {c_full / max(cost, 1e-9):.1f}x")
         mark = " (the prior's threshold)" if keep == shipped else ""
         print(f"| {keep:.3f}{mark} | {sent:.1%} | " + " | ".join(cells) + " |")

@@ -70,6 +70,45 @@ def test_best_of_n_picks_the_candidate_that_generates_the_image(tiny_prior, meth
     assert max(d.init_loss for d in out.diagnostics) < 1e-6
 
 
+def test_best_of_n_decodes_its_candidates_once_per_generator(monkeypatch):
+    """The seeded candidates are the same for every batch, so G(cand) is decoded by the first batch and kept: a
+    second batch runs G only for its steps, and its solve equals, bit for bit, one that decodes the candidates
+    itself. Weights changed in place (as in training) are decoded again."""
+    from conftest import TINY, random_prior
+
+    from rgi_core.inversion import init
+    from rgi_core.inversion.generator import GeneratorFn
+
+    prior = random_prior(TINY, seed=0)  # its own generator: nothing decoded for it yet
+    calls = []
+    real = GeneratorFn.__call__
+
+    def counted(fn, z, rows=None):
+        calls.append(z.shape[0])
+        return real(fn, z, rows)
+
+    monkeypatch.setattr(GeneratorFn, "__call__", counted)
+    cfg = make_config("rgi", iterations=3, n_init=40, lam=LAM, stop_tol=0.0)
+    y1, y2 = generate(prior, 2, seed=5), generate(prior, 3, seed=6)
+    invert(y1, prior, cfg)
+    assert sum(calls) >= 40  # the first batch decodes the candidates
+    calls.clear()
+    kept = invert(y2, prior, cfg)
+    assert sum(calls) == 3 * (3 + 1), calls  # each of the 3 images: its 3 steps and its products
+    monkeypatch.setattr(init, "CANDIDATE_CACHE_BYTES", 0)  # nothing kept: every batch decodes its own
+    calls.clear()
+    own = invert(y2, prior, cfg)
+    assert sum(calls) >= 40 + 3 * 3
+    torch.testing.assert_close(own.latent, kept.latent, rtol=0, atol=0)
+    torch.testing.assert_close(own.score, kept.score, rtol=0, atol=0)
+    monkeypatch.setattr(init, "CANDIDATE_CACHE_BYTES", 1 << 28)
+    with torch.no_grad():
+        next(prior.generator.parameters()).mul_(1.5)  # in place: the kept images are stale
+    calls.clear()
+    invert(y2, prior, cfg)
+    assert sum(calls) >= 40 + 3 * 3
+
+
 def test_pixel_residual_pools_channels_not_candidates():
     y = torch.rand(2, 1, 3, 4, 5)  # (B, 1, C, H, W) images
     x = torch.rand(1, 6, 3, 4, 5)  # (1, n, C, H, W) candidates

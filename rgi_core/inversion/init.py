@@ -1,17 +1,22 @@
 """Where a solve starts: best-of-N latent candidates, then optionally a few steps from several of them.
 
 One set of seeded candidates is shared by every image, so an image's start does not depend on the batch it
-is in. An initialiser is any callable ``(problem, objective, control) -> Start``; :class:`BestOfN` is the
-default (the RGI paper's best of ~1000; DGP's best of 500 by discriminator features).
+is in, and their images G(z) are decoded once per generator and kept (:func:`candidate_images`): a run pays the
+search's generator passes once, not once per batch. An initialiser is any callable
+``(problem, objective, control) -> Start``; :class:`BestOfN` is the default (the RGI paper's best of ~1000;
+DGP's best of 500 by discriminator features).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from rgi_core.inversion.config import InversionConfig
+from rgi_core.inversion.generator import GeneratorFn
 from rgi_core.inversion.loop import Group, SolveControl, run_adam
 from rgi_core.inversion.objectives import Objective, Problem
 from rgi_core.inversion.operators import Identity, Physics
@@ -19,6 +24,47 @@ from rgi_core.priors.files import Prior
 
 # Candidate latents scored at once in the best-of-N search; bounded so B x chunk x H x W stays small.
 INIT_ELEMENTS = 1 << 24
+# The decoded candidates are kept when they take at most this many bytes (1000 grey 64 px images: 16 MiB;
+# 1000 RGB 128 px images: 188 MiB); larger sets are decoded again for every batch.
+CANDIDATE_CACHE_BYTES = 1 << 28
+
+# generator module -> (key, decoded candidates): one entry per generator, dropped with it
+_decoded: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
+def candidate_images(problem: Problem, cand: torch.Tensor, control: SolveControl | None = None
+                     ) -> torch.Tensor | None:
+    """G(cand) (n, C, H, W) for the seeded candidates ``cand`` (n, *latent), decoded on the first call and kept
+    with the generator for later batches; None when the set is over :data:`CANDIDATE_CACHE_BYTES` or G is not the
+    prior's shared one (e.g. per-image weights), and the caller decodes chunk by chunk as before.
+
+    The key holds everything the images depend on: the config's seed, count and spread, the latent shape, device,
+    dtype, G's precision and slicing, and the version counters of G's weights (so weights changed in place, as in
+    training, are decoded again). G is called in slices of images whatever the batch (on a CPU,
+    :data:`rgi_core.inversion.generator.CPU_SLICE_PIXELS`), so the kept images equal those a batch decodes itself.
+    """
+    gen = problem.gen
+    if not isinstance(gen, GeneratorFn) or gen.theta is not None:
+        return None
+    c, h, w = problem.shape
+    if cand.shape[0] * c * h * w * cand.element_size() > CANDIDATE_CACHE_BYTES:
+        return None
+    cfg = problem.config
+    key = (cfg.seed, cfg.n_init, cfg.init_std, tuple(cand.shape), cand.device, cand.dtype, gen.autocast,
+           gen.slice_images, tuple(p._version for p in gen.module.parameters()))  # _version: bumped in place
+    hit = _decoded.get(gen.module)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    chunk = max(1, INIT_ELEMENTS // (c * h * w))
+    with torch.no_grad():
+        parts = []
+        for s in range(0, cand.shape[0], chunk):
+            if control is not None:
+                control.check()
+            parts.append(gen(cand[s : s + chunk]))
+    images = torch.cat(parts)
+    _decoded[gen.module] = (key, images)
+    return images
 
 
 @dataclass
@@ -37,8 +83,9 @@ def best_of_n(problem: Problem, objective: Objective, control: SolveControl | No
     each image's k-th best, and their costs ``(K, B)``. ``own`` (B, *latent): one more candidate per image (the
     encoder's; with an operator every image shares); with ``n_init`` 1 it is the only one.
 
-    G runs once per chunk of candidates; an operator with one instance per image (e.g. per-image inpainting
-    masks) is applied image by image. ``control`` is asked before every chunk, as the loop asks before a step.
+    G(cand) comes from :func:`candidate_images` (decoded once per generator), else G runs once per chunk of
+    candidates; an operator with one instance per image (e.g. per-image inpainting masks) is applied image by
+    image. ``control`` is asked before every chunk, as the loop asks before a step.
     """
     y, config, physics = problem.y, problem.config, problem.physics
     latent_shape = problem.prior.generator.latent_shape(*problem.shape[1:])
@@ -52,11 +99,12 @@ def best_of_n(problem: Problem, objective: Objective, control: SolveControl | No
     best_idx = torch.zeros((B, K), dtype=torch.long, device=y.device)
     parts = [(slice(None), physics)] if physics.batch_size == 1 else [
         (slice(b, b + 1), physics.select(b)) for b in range(B)]
+    decoded = candidate_images(problem, cand, control)
     with torch.no_grad():
         for s in range(0, config.n_init, chunk):
             if control is not None:
                 control.check()
-            xc = problem.gen(cand[s : s + chunk])  # (n, C, H, W)
+            xc = decoded[s : s + chunk] if decoded is not None else problem.gen(cand[s : s + chunk])  # (n, C, H, W)
             c = torch.cat([objective.init_cost(rows, ph, xc) for rows, ph in parts])  # (B, n)
             idx = torch.arange(s, s + c.shape[1], device=y.device).expand(B, -1)
             # stable: among equal costs the earlier candidate wins, as with a plain running minimum
