@@ -11,13 +11,15 @@ dirty ones on dirty crops: that is what a user has), and runs ``evaluate``.
 ``evaluate``: every prior inverts the same held-out crops (``generalisation.family_set(brick, "test", ...)``:
 ``--n`` crops of every grey family and ``--clean-n`` clean ones) with ``rgi`` at ``--iterations`` steps; its
 residual map (the only detector these priors carry) gives the image score and the pixel map. Image AUROC and
-pixel AUROC pooled over the families, with 95 % bootstrap intervals over crops. Each prior's maps are cached in
+pixel AUROC pooled over the families, with 95 % bootstrap intervals over crops. ``--kinds reserved`` scores the
+kinds the dirty crops carry instead (on held-out crops, with seeds the training crops never used): what a prior
+trained on them may have learnt to draw, the most direct measure of the contamination. Each prior's maps are cached in
 ``<out>/eval-<name>-n<n>-c<clean-n>-it<iterations>.npz``, so a rerun only scores.
 
 Usage:
     python benchmarks/dirty_data.py data [--out runs/dirty] [--n 2048] [--dirty 0.1]
     python benchmarks/dirty_data.py evaluate [--out runs/dirty] [--priors clean dirty robust] [--n 48]
-                                             [--clean-n 128] [--iterations 300]
+                                             [--clean-n 128] [--iterations 300] [--kinds families|reserved]
 """
 
 from __future__ import annotations
@@ -75,9 +77,24 @@ def cmd_data(args: argparse.Namespace) -> None:
     print(f"{args.n} crops in {out}/clean and {out}/dirty ({n_dirty} with a defect: {out}/dirty.json)")
 
 
+def reserved_set(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` held-out crops (brick's evaluation quarter) with one defect of a kind reserved for the dirty training
+    crops (``patch``: from grass's evaluation quarter), and where it is; seeds the training crops never used."""
+    k = TEXTURE_DEFECTS.index(kind)
+    crops = random_crops(torch.from_numpy(builtin.texture("brick", "eval")), n, 64, SEED + 500 + k)
+    donor = torch.from_numpy(builtin.texture("grass", "eval"))
+    images, truth = crops.clone(), torch.zeros((n, 1, 64, 64), dtype=torch.bool)
+    for i in range(n):
+        extra = {"donor": random_crops(donor, 1, 64, SEED + 700 + 100 * k + i)[0]} if kind == "patch" else {}
+        images[i], truth[i] = apply_defect(crops[i], kind, seed=SEED * 1000 + 100 * k + i, **extra)
+    return images, truth
+
+
 def eval_maps(out: Path, name: str, args: argparse.Namespace) -> dict[str, np.ndarray]:
-    """The prior's residual maps and scores of every held-out crop (cached under ``out``)."""
-    path = out / f"eval-{name}-n{args.n}-c{args.clean_n}-it{args.iterations}.npz"
+    """The prior's residual maps and scores of every held-out crop (cached under ``out``): the evaluation's
+    families, or with ``--kinds reserved`` the kinds the dirty training crops carry."""
+    tag = "-reserved" if args.kinds == "reserved" else ""
+    path = out / f"eval-{name}{tag}-n{args.n}-c{args.clean_n}-it{args.iterations}.npz"
     if path.exists():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
@@ -85,8 +102,11 @@ def eval_maps(out: Path, name: str, args: argparse.Namespace) -> dict[str, np.nd
     cfg = config_for_prior("rgi", prior.defaults, iterations=args.iterations, n_init=args.n_init, seed=0)
     maps, scores, truth, labels = [], [], [], []
     t0 = time.perf_counter()
-    for family in [CLEAN, *families_for(1)]:
-        images, t = family_set("brick", "test", family, args.clean_n if family == CLEAN else args.n)
+    kinds = TEXTURE_DEFECTS if args.kinds == "reserved" else families_for(1)
+    for family in [CLEAN, *kinds]:
+        images, t = (family_set("brick", "test", family, args.clean_n) if family == CLEAN
+                     else reserved_set(family, args.n) if args.kinds == "reserved"
+                     else family_set("brick", "test", family, args.n))
         m = detector_maps_of(prior, images, cfg)["residual"]
         maps.append(m.numpy().astype(np.float16))
         scores.append(image_score(m, prior.defaults.get("score_topk", 0.01)).numpy())
@@ -103,7 +123,9 @@ def eval_maps(out: Path, name: str, args: argparse.Namespace) -> dict[str, np.nd
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    print(f"brick held-out quarter: {args.n} crops of each of {len(families_for(1))} families, {args.clean_n} clean; "
+    kinds = (f"the {len(TEXTURE_DEFECTS)} kinds the dirty crops carry" if args.kinds == "reserved"
+             else f"{len(families_for(1))} families")
+    print(f"brick held-out quarter: {args.n} crops of each of {kinds}, {args.clean_n} clean; "
           f"rgi, {args.iterations} steps; residual map; 95 % bootstrap intervals ({args.boot} draws)\n")
     print("| prior | lam | image AUROC | pixel AUROC |")
     print("|---|---|---|---|")
@@ -170,6 +192,9 @@ def main() -> None:
     e.add_argument("--iterations", type=int, default=300)
     e.add_argument("--n-init", type=int, default=1000)
     e.add_argument("--boot", type=int, default=200)
+    e.add_argument("--kinds", choices=["families", "reserved"], default="families",
+                   help="defects of the held-out crops: the evaluation's families, or the kinds reserved for the "
+                        "dirty training crops (what a prior trained on them may have learnt to draw)")
     for p in (d, e):
         p.add_argument("--out", default="runs/dirty")
     args = ap.parse_args()
