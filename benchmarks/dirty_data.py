@@ -17,7 +17,7 @@ trained on them may have learnt to draw, the most direct measure of the contamin
 ``<out>/eval-<name>-n<n>-c<clean-n>-it<iterations>.npz``, so a rerun only scores.
 
 Usage:
-    python benchmarks/dirty_data.py data [--out runs/dirty] [--n 2048] [--dirty 0.1]
+    python benchmarks/dirty_data.py data [--out runs/dirty] [--n 2048] [--dirty 0.1] [--kinds blob ...]
     python benchmarks/dirty_data.py evaluate [--out runs/dirty] [--priors clean dirty robust] [--n 48]
                                              [--clean-n 128] [--iterations 300] [--kinds families|reserved]
 """
@@ -63,7 +63,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     dirty = crops.clone()
     kinds = {}
     for j, i in enumerate(dirty_idx):
-        kind = TEXTURE_DEFECTS[j % len(TEXTURE_DEFECTS)]
+        kind = args.kinds[j % len(args.kinds)]
         extra = {"donor": random_crops(donor, 1, 64, SEED + 10 + i)[0]} if kind == "patch" else {}
         dirty[i], _ = apply_defect(crops[i], kind, seed=SEED * 100 + i, **extra)
         kinds[i] = kind
@@ -72,9 +72,14 @@ def cmd_data(args: argparse.Namespace) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for i, x in enumerate(images):
             (folder / f"crop-{i:04d}.png").write_bytes(encode_png(x.numpy()))
-    (out / "dirty.json").write_text(json.dumps({"n": args.n, "dirty": {f"crop-{i:04d}.png": k
+    (out / "dirty.json").write_text(json.dumps({"n": args.n, "kinds": list(args.kinds), "dirty": {f"crop-{i:04d}.png": k
                                                                          for i, k in kinds.items()}}, indent=1))
     print(f"{args.n} crops in {out}/clean and {out}/dirty ({n_dirty} with a defect: {out}/dirty.json)")
+
+
+def reserved_kinds(out: Path) -> list[str]:
+    """The defect kinds the experiment's dirty crops carry (``data --kinds``; files written before: all five)."""
+    return json.loads((out / "dirty.json").read_text()).get("kinds", list(TEXTURE_DEFECTS))
 
 
 def reserved_set(kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +107,7 @@ def eval_maps(out: Path, name: str, args: argparse.Namespace) -> dict[str, np.nd
     cfg = config_for_prior("rgi", prior.defaults, iterations=args.iterations, n_init=args.n_init, seed=0)
     maps, scores, truth, labels = [], [], [], []
     t0 = time.perf_counter()
-    kinds = TEXTURE_DEFECTS if args.kinds == "reserved" else families_for(1)
+    kinds = reserved_kinds(out) if args.kinds == "reserved" else families_for(1)
     for family in [CLEAN, *kinds]:
         images, t = (family_set("brick", "test", family, args.clean_n) if family == CLEAN
                      else reserved_set(family, args.n) if args.kinds == "reserved"
@@ -123,7 +128,7 @@ def eval_maps(out: Path, name: str, args: argparse.Namespace) -> dict[str, np.nd
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    kinds = (f"the {len(TEXTURE_DEFECTS)} kinds the dirty crops carry" if args.kinds == "reserved"
+    kinds = (f"the kinds the dirty crops carry ({', '.join(reserved_kinds(out))})" if args.kinds == "reserved"
              else f"{len(families_for(1))} families")
     print(f"brick held-out quarter: {args.n} crops of each of {kinds}, {args.clean_n} clean; "
           f"rgi, {args.iterations} steps; residual map; 95 % bootstrap intervals ({args.boot} draws)\n")
@@ -185,6 +190,8 @@ def main() -> None:
     d = sub.add_parser("data", help="write the clean and the dirty training crops")
     d.add_argument("--n", type=int, default=2048)
     d.add_argument("--dirty", type=float, default=0.1, help="share of the crops that get a defect")
+    d.add_argument("--kinds", nargs="+", default=list(TEXTURE_DEFECTS), choices=TEXTURE_DEFECTS,
+                   help="the defect kinds of the dirty crops, in turn")
     e = sub.add_parser("evaluate", help="held-out image and pixel AUROC of each prior")
     e.add_argument("--priors", nargs="+", default=["clean", "dirty", "robust"])
     e.add_argument("--n", type=int, default=48, help="defective crops per family")

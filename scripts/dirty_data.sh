@@ -6,14 +6,17 @@
 # the held-out quarter (benchmarks/dirty_data.py evaluate). Rerunning resumes: a trained prior is not retrained,
 # an interrupted training resumes from its checkpoint, an evaluated prior's maps are cached.
 # Usage: scripts/dirty_data.sh [clean dirty robust]   (default: all three, then the table)
+#        OUT=runs/dirty-blob KINDS=blob scripts/dirty_data.sh dirty robust   (one kind on the dirty crops)
 set -euo pipefail
 export OMP_NUM_THREADS=1
 cd "$(dirname "$0")/.."
 RGI=${RGI:-.venv/bin/rgi}
 PY=${PY:-.venv/bin/python}
-OUT=runs/dirty
+OUT=${OUT:-runs/dirty}
 STEPS=${STEPS:-6000}
-[ -f "$OUT/dirty.json" ] || $PY benchmarks/dirty_data.py data --out "$OUT"
+# KINDS: the dirty crops' defect kinds (default: all five reserved kinds in turn)
+# shellcheck disable=SC2086
+[ -f "$OUT/dirty.json" ] || $PY benchmarks/dirty_data.py data --out "$OUT" ${KINDS:+--kinds $KINDS}
 names=("${@:-clean dirty robust}")
 pids=()
 # shellcheck disable=SC2068
