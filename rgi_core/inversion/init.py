@@ -39,8 +39,8 @@ def candidate_images(problem: Problem, cand: torch.Tensor, control: SolveControl
     prior's shared one (e.g. per-image weights), and the caller decodes chunk by chunk as before.
 
     The key holds everything the images depend on: the config's seed, count and spread, the latent shape, device,
-    dtype, G's precision and slicing, and the version counters of G's weights (so weights changed in place, as in
-    training, are decoded again). G is called in slices of images whatever the batch (on a CPU,
+    dtype, G's precision and slicing, and the version counters of G's weights and buffers (so weights changed in
+    place, as in training, are decoded again). G is called in slices of images whatever the batch (on a CPU,
     :data:`rgi_core.inversion.generator.CPU_SLICE_PIXELS`), so the kept images equal those a batch decodes itself.
     """
     gen = problem.gen
@@ -50,8 +50,9 @@ def candidate_images(problem: Problem, cand: torch.Tensor, control: SolveControl
     if cand.shape[0] * c * h * w * cand.element_size() > CANDIDATE_CACHE_BYTES:
         return None
     cfg = problem.config
+    # a tensor's _version is bumped by every in-place change of it
     key = (cfg.seed, cfg.n_init, cfg.init_std, tuple(cand.shape), cand.device, cand.dtype, gen.autocast,
-           gen.slice_images, tuple(p._version for p in gen.module.parameters()))  # _version: bumped in place
+           gen.slice_images, tuple(t._version for t in (*gen.module.parameters(), *gen.module.buffers())))
     hit = _decoded.get(gen.module)
     if hit is not None and hit[0] == key:
         return hit[1]
