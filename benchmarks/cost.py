@@ -146,7 +146,7 @@ def _solve_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: st
             "steps": torch.tensor([d.iterations for d in r.diagnostics]),
             "triaged": torch.tensor([bool(d.triaged) for d in r.diagnostics]),
             "seconds": torch.tensor(seconds), "forward": torch.tensor(fwd), "backward": torch.tensor(bwd),
-            "n_init": torch.tensor(encoder_budget(cfg, prior, Identity()).n_init)}  # candidates per batch
+            "n_init": torch.tensor(encoder_budget(cfg, prior, Identity()).n_init)}  # the search's candidates
 
 
 def _triage_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: str) -> dict[str, torch.Tensor]:
@@ -363,7 +363,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"\n# {args.prior}: pool of {int(defective.sum())} defective + {int((~defective).sum())} clean held-out "
           f"crops (seeds {SEED}+), {args.iterations} steps, best of {args.n_init}, batches of {args.batch}; "
           f"{platform.node()}, torch {torch.__version__}, {args.device}")
-    # the random candidates each variant decodes per batch (results stored before it was recorded: --n-init)
+    # the random candidates each variant's search decodes (results stored before it was recorded: --n-init)
     cands = {v: int(r["n_init"][0]) if "n_init" in r else args.n_init for v, r in res.items()}
     for variant, r in res.items():
         if "forward" in r:  # the cost model against the passes counted on the pool

@@ -80,6 +80,7 @@ def test_best_of_n_decodes_its_candidates_once_per_generator(monkeypatch):
     from rgi_core.inversion.generator import GeneratorFn
 
     prior = random_prior(TINY, seed=0)  # its own generator: nothing decoded for it yet
+    cache_bytes = init.CANDIDATE_CACHE_BYTES
     calls = []
     real = GeneratorFn.__call__
 
@@ -101,7 +102,7 @@ def test_best_of_n_decodes_its_candidates_once_per_generator(monkeypatch):
     assert sum(calls) >= 40 + 3 * 3
     torch.testing.assert_close(own.latent, kept.latent, rtol=0, atol=0)
     torch.testing.assert_close(own.score, kept.score, rtol=0, atol=0)
-    monkeypatch.setattr(init, "CANDIDATE_CACHE_BYTES", 1 << 28)
+    monkeypatch.setattr(init, "CANDIDATE_CACHE_BYTES", cache_bytes)
     with torch.no_grad():
         next(prior.generator.parameters()).mul_(1.5)  # in place: the kept images are stale
     calls.clear()

@@ -242,8 +242,8 @@ class RGIConfig(InversionConfig):
             docs/design.md), else no cap; 0 = no cap.
         encoder_n_init: the random candidates beside the encoder start in such a solve: ``min(n_init,
             encoder_n_init)``, 1 = the encoder start alone (one start, whatever ``n_starts``). The search's
-            candidates are shared by a batch, so they cost every batch the same however few of its images the
-            triage sends to the solve. ``None`` = the prior's (grass-64 and gravel-64 store 1: on their
+            candidates are decoded once per run and kept, so they cost a run the same however few of its images
+            the triage sends to the solve. ``None`` = the prior's (grass-64 and gravel-64 store 1: on their
             validation rows the smallest count within 0.5 dB and 0.01 image AUROC of the full solve,
             ``python benchmarks/step_cap.py --n-inits``), else ``n_init``; 0 = ``n_init``.
     """
