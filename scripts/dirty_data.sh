@@ -7,6 +7,7 @@
 # an interrupted training resumes from its checkpoint, an evaluated prior's maps are cached.
 # Usage: scripts/dirty_data.sh [clean dirty robust]   (default: all three, then the table)
 #        OUT=runs/dirty-blob KINDS=blob scripts/dirty_data.sh dirty robust   (one kind on the dirty crops)
+#        OUT=runs/dirty-blob30 KINDS=blob DIRTY=0.3 scripts/dirty_data.sh   (30 % of the crops; --robust-drop 0.3)
 set -euo pipefail
 export OMP_NUM_THREADS=1
 cd "$(dirname "$0")/.."
@@ -14,16 +15,18 @@ RGI=${RGI:-.venv/bin/rgi}
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/dirty}
 STEPS=${STEPS:-6000}
-# KINDS: the dirty crops' defect kinds (default: all five reserved kinds in turn)
+# KINDS: the dirty crops' defect kinds (default: all five reserved kinds in turn); DIRTY: their share (default 0.1),
+# which is also what the robust mode is told to drop (--robust-drop: "the share of defective images you expect")
+DIRTY=${DIRTY:-0.1}
 # shellcheck disable=SC2086
-[ -f "$OUT/dirty.json" ] || $PY benchmarks/dirty_data.py data --out "$OUT" ${KINDS:+--kinds $KINDS}
+[ -f "$OUT/dirty.json" ] || $PY benchmarks/dirty_data.py data --out "$OUT" --dirty "$DIRTY" ${KINDS:+--kinds $KINDS}
 names=("${@:-clean dirty robust}")
 pids=()
 # shellcheck disable=SC2068
 for name in ${names[@]}; do
   (
     data=$OUT/$name; robust=()
-    [ "$name" = robust ] && data=$OUT/dirty && robust=(--robust)
+    [ "$name" = robust ] && data=$OUT/dirty && robust=(--robust --robust-drop "$DIRTY")
     prior=$OUT/$name-64.safetensors
     if [ ! -f "$prior" ]; then
       $RGI train-prior "$data" --out "$prior" --resolution 64 --channels 1 --latent-dim 32 --latent-mode spatial \
