@@ -11,7 +11,7 @@ import torch
 
 from rgi_core.detectors.fusion import Fusion, Tail, combine, fusion_of, surprise
 from rgi_core.detectors.residual import image_score
-from rgi_core.detectors.selection import SEEN, FamilyCrops, bootstrap_auroc, pooled_iou_curve, select
+from rgi_core.detectors.selection import SEEN, VOTES, FamilyCrops, bootstrap_auroc, pooled_iou_curve, select
 from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
 
 
@@ -147,3 +147,45 @@ def test_bootstrap_interval_brackets_the_estimate():
     auc, lo, hi = bootstrap_auroc(torch.randn(48, generator=g), torch.randn(48, generator=g) + 1.0, reps=300)
     assert lo <= auc <= hi and 0.6 < auc < 0.9 and hi - lo < 0.3
     assert bootstrap_auroc(torch.zeros(5), torch.ones(5), reps=50)[:2] == (1.0, 1.0)
+
+
+def test_rule_votes_count_the_resamples_each_rule_wins():
+    """Each row's AUROC is sklearn's (ties count half); the votes sum to the draws and repeat with the seed; a rule
+    that ranks every family perfectly wins every resample, and of two rules with equal scores the first wins."""
+    from sklearn.metrics import roc_auc_score
+
+    from rgi_core.detectors.selection import _auroc_rows, rule_votes
+
+    rng = np.random.default_rng(0)
+    clean, bad = rng.integers(0, 5, (3, 20)).astype(float), rng.integers(2, 8, (3, 12)).astype(float)
+    for c, b in zip(clean, bad, strict=True):
+        want = roc_auc_score(np.r_[np.zeros(20), np.ones(12)], np.r_[c, b])
+        assert _auroc_rows(c[None], b[None])[0] == pytest.approx(want)
+    noisy_c, noisy_f = rng.normal(size=40), rng.normal(size=30) + 0.5
+    clean_scores = {"min_p": noisy_c, "fisher": np.linspace(0, 1, 40), "cauchy": noisy_c}
+    family = {"min_p": noisy_f, "fisher": np.linspace(2, 3, 30), "cauchy": noisy_f}
+    votes = rule_votes(clean_scores, [family], draws=50)
+    assert votes == {"min_p": 0, "fisher": 50, "cauchy": 0}
+    same = rule_votes({"min_p": noisy_c, "fisher": noisy_c, "cauchy": noisy_c},
+                      [{"min_p": noisy_f, "fisher": noisy_f, "cauchy": noisy_f}], draws=50)
+    assert same == {"min_p": 50, "fisher": 0, "cauchy": 0}  # equal means: the first in RULES
+    close = clean_scores | {"fisher": noisy_c + 0.3 * rng.normal(size=40)}
+    a = rule_votes(close, [family | {"fisher": noisy_f}], draws=60, seed=3)
+    assert sum(a.values()) == 60 and a == rule_votes(close, [family | {"fisher": noisy_f}], draws=60, seed=3)
+    assert a["cauchy"] == 0 and 0 < a["fisher"] < 60  # cauchy ties min_p in every draw; fisher wins some
+
+
+def test_the_selection_picks_the_rule_with_the_most_votes():
+    g = torch.Generator().manual_seed(6)
+    clean = _maps(60, False, g)
+    fusion = Fusion.fit(clean)
+    truth = torch.zeros((30, 1, 16, 16), dtype=torch.bool)
+    truth[:, :, 4:8, 4:8] = True
+    fams = {}
+    for name, shift in (("residual", 0.2), ("texture", 0.2)):
+        maps = _maps(30, False, g)
+        maps[name][:, :, 4:8, 4:8] += shift
+        fams[name] = FamilyCrops({k: v.clamp(0, 0.99) for k, v in maps.items()}, truth)
+    chosen, record = select(fusion, clean, fams)
+    assert sum(record["votes"].values()) == VOTES
+    assert chosen.rule == max(record["votes"], key=lambda r: (record["votes"][r], -list(record["votes"]).index(r)))
