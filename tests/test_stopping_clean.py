@@ -167,7 +167,7 @@ def test_prefect_api_cancellation_then_rerun(prefect_api, tiny_prior, tmp_path):
     cat, log = tmp_path / "cat", tmp_path / "stderr.txt"
     env = _env(tmp_path, api=True)
     proc = _start(["clean", str(src), "--catalog", str(cat), "--prior", str(prior), *FOREVER], env, log)
-    _wait_for(log, "Beginning flow run", proc)
+    _wait_for(log, "/runs/flow-run/", proc)  # Prefect's "View at" line can follow "Beginning flow run"
     run_id = _running_flow_run(log)
     time.sleep(2)
     _cancel_through_the_api(run_id, env, proc, log, "rgi clean, Prefect API cancellation")
@@ -266,7 +266,7 @@ def test_dask_run_cancelled_through_the_api(prefect_api, tiny_prior, tmp_path):
             Client(cluster) as client:
         proc = _start(["clean", str(src), "--catalog", str(cat), "--prior", str(prior), *FOREVER, "--dask",
                        cluster.scheduler_address], env, log)
-        _wait_for(log, "Beginning flow run", proc)
+        _wait_for(log, "/runs/flow-run/", proc)
         run_id = _running_flow_run(log)
         deadline = time.monotonic() + 120
         while not client.processing() or not any(client.processing().values()):  # the batch is on the worker
