@@ -113,13 +113,12 @@ def _auroc_rows(clean: np.ndarray, defective: np.ndarray) -> np.ndarray:
     return (above + 0.5 * ties) / (clean.shape[1] * defective.shape[1])
 
 
-def rule_votes(clean: Mapping[str, np.ndarray], families: list[Mapping[str, np.ndarray]], draws: int | None = None,
+def rule_votes(clean: Mapping[str, np.ndarray], families: list[Mapping[str, np.ndarray]], draws: int = VOTES,
                seed: int = 0) -> dict[str, int]:
-    """How many of ``draws`` (default :data:`VOTES`) bootstrap resamples each rule wins: in each, the clean scores
+    """How many of ``draws`` bootstrap resamples each rule wins: in each, the clean scores
     (by rule, (m,)) and every family's scores (by rule, (n_f,)) are drawn with replacement, the same crops for
     every rule, and the rule with the highest mean image AUROC over the families wins (a tie within :data:`TIE`
     goes to the first in :data:`RULES`)."""
-    draws = VOTES if draws is None else draws
     rng = np.random.default_rng(seed)
     rules = list(clean)
     m = len(next(iter(clean.values())))
