@@ -5,11 +5,13 @@
 before the encoder existed; this script adds what ``train-prior`` would have added: an encoder trained on crops of
 the prior's own training images (``--crops`` of them, seed 0, the held-out rows y >= 384 excluded as the
 calibration's sampler excludes them) and on the generator's samples. It resumes from
-``runs/priors/NAME.encoder-checkpoint``; at the end it writes the encoder and ``defaults.encoder`` into the prior
-file and removes the checkpoint. About 1-2 s a step on one CPU thread for the 64-px priors (2000 steps: 35-75 min).
+``runs/priors/NAME.encoder-checkpoint`` (``DIR/NAME.encoder-checkpoint`` with ``--dir``); at the end it writes the
+encoder and ``defaults.encoder`` into the prior file and removes the checkpoint. About 1-2 s a step on one CPU
+thread for the 64-px priors (2000 steps: 35-75 min).
 
-Usage: python scripts/train_encoders.py [--steps 2000] [--crops 1024] [--threads 1] [NAME ...]
-       (default: brick grass gravel digits; the training images are exported to runs/priors/data/NAME-train)
+Usage: python scripts/train_encoders.py [--steps 2000] [--crops 1024] [--threads 1] [--dir DIR] [NAME ...]
+       (default: brick grass gravel digits; the training images are exported to runs/priors/data/NAME-train;
+       --dir: where the prior files are, default rgi_core/priors)
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ def main() -> int:
     ap.add_argument("--crops", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data", default=str(ROOT / "runs/priors/data"))
+    ap.add_argument("--dir", default=str(ROOT / "rgi_core/priors"), help="where the prior files are")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.names:
-        path = ROOT / "rgi_core/priors" / f"{FILES[name]}.safetensors"
+        path = Path(args.dir) / f"{FILES[name]}.safetensors"
         prior = load_prior(str(path))
         data = Path(args.data) / f"{name}-train"
         if not data.exists():
@@ -48,7 +51,8 @@ def main() -> int:
         records, _ = read_clean_images(str(data), prior.spec.channels, print)
         sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, 0)
         fit_on = sampler.split(0.25, 0)[0] if name != "digits" else sampler  # as `rgi calibrate --holdout 0.25`
-        checkpoint = ROOT / "runs/priors" / f"{name}.encoder-checkpoint"
+        default_dir = Path(args.dir).resolve() == (ROOT / "rgi_core/priors").resolve()
+        checkpoint = (ROOT / "runs/priors" if default_dir else Path(args.dir)) / f"{name}.encoder-checkpoint"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         encoder, record = train_encoder(
             prior.generator, fit_on.sample(args.crops), EncoderConfig(steps=args.steps, seed=0),

@@ -62,3 +62,29 @@ def test_texture_priors_carry_their_detectors(name, capsys):
         assert main(["priors"]) == 0
         line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(name))
         assert "residual+texture+learned" in line
+
+
+def test_swap_generator_keeps_the_input_detectors_and_drops_what_depends_on_the_generator(tmp_path):
+    """scripts/swap_generator.py (how brick-64 got its generator trained with flips): the new file has the new
+    generator, the old segmenter and texture statistics, and no lam, fusion, encoder or thresholds."""
+    import runpy
+
+    from rgi_core.priors import save_prior
+    from rgi_core.priors.nets import Discriminator, Generator
+
+    old = load_prior("brick-64")
+    torch.manual_seed(0)
+    new_g, new_d = Generator(old.spec), Discriminator(old.spec, spectral_norm=True)
+    save_prior(tmp_path / "new.safetensors", new_g, new_d, training={"flip": True})
+    swap = runpy.run_path("scripts/swap_generator.py")["main"]
+    assert swap(str(tmp_path / "new.safetensors"), "brick-64", str(tmp_path / "out.safetensors")) == 0
+    out, new = load_prior(str(tmp_path / "out.safetensors")), load_prior(str(tmp_path / "new.safetensors"))
+    z = torch.randn(2, *old.generator.latent_shape())
+    with torch.no_grad():
+        assert torch.equal(out.generator(z), new.generator(z)) and not torch.equal(out.generator(z), old.generator(z))
+        x = torch.rand(2, 1, 64, 64)
+        assert torch.equal(out.segmenter.net(x), old.segmenter.net(x))
+    assert out.defaults["texture_stats"] == old.defaults["texture_stats"]
+    assert out.defaults["segmenter"] == old.defaults["segmenter"]
+    assert out.encoder is None and out.meta["training"]["flip"] is True
+    assert not {"lam", "fusion", "triage", "encoder", "score_threshold"} & set(out.defaults)
