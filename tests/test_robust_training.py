@@ -151,8 +151,12 @@ def test_cli_train_prior_robust(tmp_path, capsys):
 @pytest.mark.slow
 def test_calibration_trims_defective_images():
     """Two crops with a hole among 16 clean brick crops raise lam five-fold and the score threshold unless trimmed;
-    trimmed, both are what the clean crops alone give."""
-    prior = load_prior("brick-64")
+    trimmed, both are what the clean crops alone give. Scored by the residual alone, the detector lam is fitted on
+    (with brick's texture statistics and segmenter averaged in, a hole doubles a 50-step score, within the spread
+    that 16 clean crops' scores can have)."""
+    shipped = load_prior("brick-64")
+    alone = {k: v for k, v in shipped.defaults.items() if k not in ("texture_stats", "segmenter")}
+    prior = dataclasses.replace(shipped, segmenter=None, meta={**shipped.meta, "defaults": alone})
     region = torch.from_numpy(builtin.texture("brick", "train"))
     clean = random_crops(region, 16, 64, 11)
     holes = torch.stack([apply_defect(x, "hole", seed=i)[0] for i, x in enumerate(random_crops(region, 2, 64, 12))])
@@ -163,5 +167,12 @@ def test_calibration_trims_defective_images():
     plain = calibrate(prior, mixed, dataclasses.replace(cfg, trim=0.0))
     assert trimmed["calibration"]["trimmed_images"] == 2 and plain["calibration"]["trimmed_images"] == 0
     assert trimmed["lam"] == pytest.approx(base["lam"], rel=0.05)
-    assert trimmed["score_threshold"] == pytest.approx(base["score_threshold"], rel=0.05)
-    assert plain["lam"] > 2 * base["lam"] and plain["score_threshold"] > 1.2 * base["score_threshold"]
+    assert plain["lam"] > 2 * base["lam"]
+    # the score threshold at one lam (the prior's), so that it does not move with lam's own small differences:
+    # the 99th percentile of 16 scores is about their maximum
+    fixed = dataclasses.replace(cfg, rounds=0)
+    base, trimmed = calibrate(prior, clean, fixed), calibrate(prior, mixed, fixed)
+    plain = calibrate(prior, mixed, dataclasses.replace(fixed, trim=0.0))
+    assert trimmed["calibration"]["trimmed_images"] == 2
+    assert trimmed["score_threshold"] == pytest.approx(base["score_threshold"], rel=1e-3)
+    assert plain["score_threshold"] > 1.2 * base["score_threshold"]
