@@ -7,8 +7,8 @@ Used to retrain brick-64's GAN without retraining its segmenter, whose retrainin
 held-out detection by about 0.04 (docs/history/design-log.md), so that a comparison isolates the generator.
 
 Usage: python scripts/swap_generator.py NEW_GAN.safetensors EXISTING_PRIOR OUT.safetensors
-       then rgi calibrate ... --prior OUT.safetensors --into-prior --rounds 6 --encoder-steps 2000
-       --fusion-images 64 --fusion-families 48 (scripts/ship_brick_flip.sh)
+       then calibrate OUT as scripts/ship_brick_flip.sh does: lam (rgi calibrate --rounds 6), the encoder
+       (scripts/train_encoders.py --dir), the fusion and thresholds (rgi calibrate --rounds 0 --fusion-images 64)
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--dir", default=str(ROOT / "rgi_core/priors"), help="where the prior files are")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    default_dir = Path(args.dir).resolve() == (ROOT / "rgi_core/priors").resolve()
+    checkpoints = ROOT / "runs/priors" if default_dir else Path(args.dir)  # not inside the package
     for name in args.names:
         path = Path(args.dir) / f"{FILES[name]}.safetensors"
         prior = load_prior(str(path))
@@ -51,8 +53,7 @@ def main() -> int:
         records, _ = read_clean_images(str(data), prior.spec.channels, print)
         sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, 0)
         fit_on = sampler.split(0.25, 0)[0] if name != "digits" else sampler  # as `rgi calibrate --holdout 0.25`
-        default_dir = Path(args.dir).resolve() == (ROOT / "rgi_core/priors").resolve()
-        checkpoint = (ROOT / "runs/priors" if default_dir else Path(args.dir)) / f"{name}.encoder-checkpoint"
+        checkpoint = checkpoints / f"{name}.encoder-checkpoint"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         encoder, record = train_encoder(
             prior.generator, fit_on.sample(args.crops), EncoderConfig(steps=args.steps, seed=0),

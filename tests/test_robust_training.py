@@ -151,9 +151,9 @@ def test_cli_train_prior_robust(tmp_path, capsys):
 @pytest.mark.slow
 def test_calibration_trims_defective_images():
     """Two crops with a hole among 16 clean brick crops raise lam five-fold and the score threshold unless trimmed;
-    trimmed, both are what the clean crops alone give. Scored by the residual alone, the detector lam is fitted on
-    (with brick's texture statistics and segmenter averaged in, a hole doubles a 50-step score, within the spread
-    that 16 clean crops' scores can have)."""
+    trimmed, lam is what the clean crops alone give and the threshold no higher. Scored by the residual alone, the
+    detector lam is fitted on (with brick's texture statistics and segmenter averaged in, a hole doubles a 50-step
+    score, within the spread that 16 clean crops' scores can have)."""
     shipped = load_prior("brick-64")
     alone = {k: v for k, v in shipped.defaults.items() if k not in ("texture_stats", "segmenter")}
     prior = dataclasses.replace(shipped, segmenter=None, meta={**shipped.meta, "defaults": alone})

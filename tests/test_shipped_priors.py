@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -76,7 +78,7 @@ def test_swap_generator_keeps_the_input_detectors_and_drops_what_depends_on_the_
     torch.manual_seed(0)
     new_g, new_d = Generator(old.spec), Discriminator(old.spec, spectral_norm=True)
     save_prior(tmp_path / "new.safetensors", new_g, new_d, training={"flip": True})
-    swap = runpy.run_path("scripts/swap_generator.py")["main"]
+    swap = runpy.run_path(str(Path(__file__).parent.parent / "scripts/swap_generator.py"))["main"]
     assert swap(str(tmp_path / "new.safetensors"), "brick-64", str(tmp_path / "out.safetensors")) == 0
     out, new = load_prior(str(tmp_path / "out.safetensors")), load_prior(str(tmp_path / "new.safetensors"))
     z = torch.randn(2, *old.generator.latent_shape())
