@@ -2,8 +2,9 @@
 
 One pool of held-out crops of a prior's evaluation region, drawn with seeds no default was chosen on: ``--clean``
 clean crops and ``--defective`` crops with one validation-family defect each (:mod:`rgi_core.evaluation.families`,
-the families in turn), shuffled together as a dataset is. Every variant solves the whole pool in batches of
-``--batch`` (as ``rgi clean`` does) at the prior's defaults apart from the levers:
+the families in turn), shuffled together as a dataset is (``digits-32``: its held-out digits, at most 297 clean,
+and the gross families, :data:`rgi_core.evaluation.families.GROSS_FAMILIES`). Every variant solves the whole pool in
+batches of ``--batch`` (as ``rgi clean`` does) at the prior's defaults apart from the levers:
 
 - ``full``: every image, ``--iterations`` steps from best-of-``--n-init`` (the full solve, ``--full-solve``);
 - ``encoder``: ``full`` with the prior's encoder start (only for priors that carry an encoder);
@@ -28,7 +29,9 @@ variant:
   together; PSNR of the restored defective images against their clean originals; the difference of each to
   ``full`` with a 95 % paired bootstrap interval (``--boot`` resamples of the set's images);
 - the defective images of the whole pool that ``full`` flags (``score > score_threshold``) and the variant
-  triaged away (its miss rate).
+  triaged away (its miss rate);
+- for a prior with no triage (``digits-32``), once ``short`` and ``stop`` are solved: a short first solve in the
+  triage's place, modelled from the stored solves (:func:`_short_pass`).
 
 Usage:
     python benchmarks/cost.py run [--prior brick-64] [--out runs/cost] [--variants full stop triage all]
@@ -49,7 +52,7 @@ import torch
 
 from rgi_core import invert
 from rgi_core.detectors.fusion import fusion_of
-from rgi_core.evaluation.families import apply_family_batch, families_for
+from rgi_core.evaluation.families import GROSS_FAMILIES, apply_family_batch, families_for
 from rgi_core.evaluation.labelled import random_crops
 from rgi_core.evaluation.metrics import image_auroc, pixel_auroc, pro_auc, psnr
 from rgi_core.inversion.config import InversionConfig, config_for_prior
@@ -97,22 +100,40 @@ def region_of(prior_name: str) -> torch.Tensor:
     """The held-out evaluation region (C, H, W) of a shipped texture prior."""
     texture = prior_name.split("-")[0]
     if texture not in builtin.TEXTURES:
-        raise SystemExit(f"the cost benchmark needs a texture prior ({', '.join(builtin.TEXTURES)}), got {prior_name}")
+        raise SystemExit(f"the cost benchmark needs a texture prior ({', '.join(builtin.TEXTURES)}) or digits-32, "
+                         f"got {prior_name}")
     return torch.from_numpy(builtin.texture(texture, "eval"))
+
+
+def _sources(prior: Prior, prior_name: str, clean: int, defective: int
+             ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """The originals of the defective images, the clean images, and the defect families.
+
+    Textures: random crops of the held-out quarter (seeds ``SEED + 1`` and ``+ 2``) and the generalisation families.
+    Digits: the held-out digits (1500..; 297 of them, so at most 297 clean images), the defective ones the same
+    digits in a seeded order, as often as ``defective`` needs; the gross families (scattered pixels, blocks, bars)."""
+    if prior_name.startswith("digits"):
+        held_out = torch.from_numpy(builtin.digits("eval", prior.spec.resolution))
+        if clean > len(held_out):
+            raise SystemExit(f"digits have {len(held_out)} held-out images: --clean {clean} is more")
+        order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(SEED + 1))
+        originals = held_out[order.repeat(defective // len(held_out) + 1)[:defective]]
+        return originals, held_out[:clean], tuple(GROSS_FAMILIES)
+    region = region_of(prior_name)
+    size = prior.spec.resolution
+    return (random_crops(region, defective, size, SEED + 1), random_crops(region, clean, size, SEED + 2),
+            families_for(prior.spec.channels))
 
 
 def make_pool(prior: Prior, prior_name: str, clean: int, defective: int) -> dict[str, torch.Tensor]:
     """The pool: images, clean originals, truth masks, labels and family index, in a seeded shuffled order."""
-    region = region_of(prior_name)
     size = prior.spec.resolution
-    fams = families_for(prior.spec.channels)
-    originals = random_crops(region, defective, size, SEED + 1)
+    originals, good, fams = _sources(prior, prior_name, clean, defective)
     bad, truth = [], []
     for i in range(defective):
         b, t = apply_family_batch(originals[i : i + 1], fams[i % len(fams)], seed=SEED * 10 + i)
         bad.append(b)
         truth.append(t)
-    good = random_crops(region, clean, size, SEED + 2)
     x = torch.cat([*bad, good]) if defective else good
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SEED + 3))
     gt = torch.cat([*truth, torch.zeros((clean, 1, size, size), dtype=torch.bool)]) if defective else \
@@ -409,6 +430,8 @@ def cmd_report(args: argparse.Namespace) -> None:
                   f"{m['pro']:.3f} | {cell('psnr', 2)} |", flush=True)
     if triage_pass is not None:
         _tradeoff(res, triage_pass, pool, flagged, cands, args)
+    elif "short" in res and "stop" in res:
+        _short_pass(res, pool, flagged, cands, args)
 
 
 def _tradeoff(res: dict[str, dict[str, torch.Tensor]], triage_pass: dict[str, torch.Tensor],
@@ -447,6 +470,40 @@ def _tradeoff(res: dict[str, dict[str, torch.Tensor]], triage_pass: dict[str, to
             cells.append(f"{share:.2f} | {c_full / max(cost, 1e-9):.1f}x")
         mark = " (the prior's threshold)" if keep == shipped else ""
         print(f"| {keep:.3f}{mark} | {sent:.1%} | " + " | ".join(cells) + " |")
+
+
+def _short_pass(res: dict[str, dict[str, torch.Tensor]], pool: dict[str, torch.Tensor], flagged: torch.Tensor,
+                cands: dict[str, int], args: argparse.Namespace) -> None:
+    """For a prior with no detector that reads the image (no triage: ``digits-32``), what a triage by a short solve
+    would give, modelled from the stored solves: every image gets ``short``'s solve (at most ``--short`` steps); those
+    whose score is at most a threshold keep it, the others are solved again as ``stop``. The threshold sends a share
+    ``keep`` of the pool's clean images on (a model: a shipped one would be fitted on training images). Per rate:
+    the cost ratio to ``full``, image AUROC over the scores as they would be written, and the defective images
+    ``full`` flags that the short pass sent away."""
+    short, stop, full = res["short"], res["stop"], res["full"]
+    clean = ~pool["label"]
+    cost = {k: r["_per"]["forward"] + 2 * r["_per"]["backward"] for k, r in res.items()}
+    print("\n## A short first pass instead of a triage (modelled: `short`'s solve for every image, `stop`'s again for "
+          "those over the threshold; shares over the pool)\n")
+    print("| clean images solved again (keep) | flagged defective sent away | "
+          + " | ".join(f"cost ratio at {r:.0%} | image AUROC at {r:.0%} (full)" for r in args.rates) + " |")
+    print("|---|---|" + "---|---|" * len(args.rates))
+    for keep in (0.05, 0.1, 0.2, 0.3, 0.5):
+        t = float(torch.quantile(short["score"][clean].double(), 1.0 - keep))
+        on = short["score"].double() > t
+        score = torch.where(on, stop["score"], short["score"])
+        cells = []
+        for rate in args.rates:
+            idx = _set_indices(pool, rate, args.size)
+            c = float((cost["short"][idx] + torch.where(on[idx], cost["stop"][idx], 0.0)).sum())
+            c += cands["short"]  # the search's candidates, decoded once for the set (and kept for the second solve)
+            c_full = float(cost["full"][idx].sum()) + cands["full"]
+            lab = pool["label"][idx]
+            auroc, auroc_full = image_auroc(score[idx], lab), image_auroc(full["score"][idx], lab)
+            cells.append(f"{c_full / c:.1f}x | {auroc:.3f} ({auroc_full:.3f})")
+        sent = int((flagged & ~on).sum())
+        print(f"| {float(on[clean].double().mean()):.3f} | {sent} of {int(flagged.sum())} | " + " | ".join(cells)
+              + " |")
 
 
 def main() -> None:
