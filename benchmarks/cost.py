@@ -482,25 +482,26 @@ def _short_pass(res: dict[str, dict[str, torch.Tensor]], pool: dict[str, torch.T
     ``full`` flags that the short pass sent away."""
     short, stop, full = res["short"], res["stop"], res["full"]
     clean = ~pool["label"]
-    cost = {k: r["_per"]["forward"] + 2 * r["_per"]["backward"] for k, r in res.items()}
+    cost = {k: res[k]["_per"]["forward"] + 2 * res[k]["_per"]["backward"] for k in ("short", "stop", "full")}
     print("\n## A short first pass instead of a triage (modelled: `short`'s solve for every image, `stop`'s again for "
           "those over the threshold; shares over the pool)\n")
     print("| clean images solved again (keep) | flagged defective sent away | "
           + " | ".join(f"cost ratio at {r:.0%} | image AUROC at {r:.0%} (full)" for r in args.rates) + " |")
     print("|---|---|" + "---|---|" * len(args.rates))
+    sets = []  # per rate: the set's images, full's cost and image AUROC on it
+    for rate in args.rates:
+        idx = _set_indices(pool, rate, args.size)
+        lab = pool["label"][idx]
+        sets.append((idx, lab, float(cost["full"][idx].sum()) + cands["full"], image_auroc(full["score"][idx], lab)))
     for keep in (0.05, 0.1, 0.2, 0.3, 0.5):
         t = float(torch.quantile(short["score"][clean].double(), 1.0 - keep))
         on = short["score"].double() > t
         score = torch.where(on, stop["score"], short["score"])
         cells = []
-        for rate in args.rates:
-            idx = _set_indices(pool, rate, args.size)
+        for idx, lab, c_full, auroc_full in sets:
             c = float((cost["short"][idx] + torch.where(on[idx], cost["stop"][idx], 0.0)).sum())
             c += cands["short"]  # the search's candidates, decoded once for the set (and kept for the second solve)
-            c_full = float(cost["full"][idx].sum()) + cands["full"]
-            lab = pool["label"][idx]
-            auroc, auroc_full = image_auroc(score[idx], lab), image_auroc(full["score"][idx], lab)
-            cells.append(f"{c_full / c:.1f}x | {auroc:.3f} ({auroc_full:.3f})")
+            cells.append(f"{c_full / c:.1f}x | {image_auroc(score[idx], lab):.3f} ({auroc_full:.3f})")
         sent = int((flagged & ~on).sum())
         print(f"| {float(on[clean].double().mean()):.3f} | {sent} of {int(flagged.sum())} | " + " | ".join(cells)
               + " |")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gross import corrupt, digits  # noqa: E402
 
+from rgi_core.evaluation import metrics  # noqa: E402
 from rgi_core.inversion import losses  # noqa: E402
 from rgi_core.inversion.config import config_for_prior  # noqa: E402
 from rgi_core.inversion.solver import invert  # noqa: E402
@@ -73,10 +74,6 @@ def main() -> None:
         with torch.no_grad():
             return cost_and_mask(losses.pixel_residual(x, to_unit(g(z))), lam, s, alpha)[1]
 
-    def iou(m: torch.Tensor, t: torch.Tensor) -> float:
-        t = t > 0.5
-        return float(((m & t).flatten(1).sum(1) / (m | t).flatten(1).sum(1).clamp_min(1)).mean())
-
     print(f"digits-32, {args.n} validation digits per family, {args.steps} steps from the best of 500; "
           "mean per-image mask IoU\n")
     print("| lam | cell | alpha | " + " | ".join(FAMILIES) + " | mean |")
@@ -84,7 +81,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for lam in (float(d["lam"]), float(d["lam"]) / 4):
         for s, alpha in CELLS:
-            row = [iou(mask_of(x, z0[f], lam, s, alpha), t) for f, (x, t) in sets.items()]
+            row = [float(metrics.iou(mask_of(x, z0[f], lam, s, alpha), t).mean()) for f, (x, t) in sets.items()]
             print(f"| {lam:.4f} | {s or '-'} | {alpha or '-'} | " + " | ".join(f"{v:.3f}" for v in row)
                   + f" | {sum(row) / len(row):.3f} |", flush=True)
     print(f"\n{time.perf_counter() - t0:.0f} s")
