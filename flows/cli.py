@@ -179,7 +179,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, args.seed)
     clean = sampler.sample(args.images_n)  # (N, C, R, R)
     cfg = CalibrationConfig(quantile=args.quantile, iterations=args.iterations, rounds=args.rounds, seed=args.seed,
-                            trim=args.trim)
+                            trim=args.trim, search_iterations=args.search_iterations, search_n_init=args.search_n_init)
     # the fusion's clean tails come from images the texture statistics and the segmenter never saw
     fit_on, held = sampler.split(args.holdout, args.seed) if args.fusion_images > 0 and args.holdout > 0 else (
         sampler, sampler)
@@ -723,6 +723,14 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    help="pick the fusion's rule and map threshold on N crops per synthetic defect family "
                         "(rgi_core.evaluation.families; the shipped priors use 24). 0 keeps min-p and the default "
                         "threshold")
+    c.add_argument("--search-iterations", type=int, default=0, metavar="N",
+                   help="with a fusion and an encoder, also fit the residual's clean tails of a solve from the "
+                        "best-of-N search alone (`rgi clean --full-solve` or --no-encoder), on the fusion's clean "
+                        "images solved for N steps that way (the shipped texture priors: 2000, as --full-solve "
+                        "solves). Without them such a solve is read against the encoder start's tails, and clean "
+                        "images it fits worse score as anomalies. 0: not (default)")
+    c.add_argument("--search-n-init", type=int, default=1000, metavar="N",
+                   help="random candidates of those solves (default 1000, as --full-solve)")
     c.add_argument("--encoder-steps", type=int, default=0, metavar="N",
                    help="train an encoder x -> z for N steps (e.g. 2000) on clean crops, corrupted with synthetic "
                         "anomalies, and on the generator's samples (rgi_core.priors.encoder): the solver then starts "

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from rgi_core.cleaning import Sizing, invert_images, network_inputs
-from rgi_core.detectors.fusion import Fusion
+from rgi_core.detectors.fusion import SEARCH, DetectorTails, Fusion, Tail, fusion_of
 from rgi_core.detectors.residual import image_score
 from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.detectors.selection import FamilyCrops, select
@@ -81,6 +81,9 @@ class CalibrationConfig:
         trim: calibration images whose score is an outlier (:func:`inliers` with this ``k``) are left out of the
             quantiles, so a few defective images among the "clean" ones do not raise lam and the thresholds;
             0 keeps every image.
+        search_iterations / search_n_init: for a prior with an encoder and a fusion, the residual's clean tails
+            of a solve from the best-of-N search alone (``--full-solve``, ``--no-encoder``) are fitted too, on the
+            fusion's clean images solved that way with these settings (:func:`fit_fusion`); 0 iterations: not.
     """
 
     quantile: float = 0.995
@@ -90,6 +93,8 @@ class CalibrationConfig:
     n_init: int = 200
     seed: int = 0
     trim: float = 3.5
+    search_iterations: int = 0
+    search_n_init: int = 1000
 
     def __post_init__(self) -> None:
         if not (0.5 <= self.quantile < 1.0 and 0.5 <= self.score_quantile <= 1.0):
@@ -98,6 +103,8 @@ class CalibrationConfig:
             raise ValueError("rounds must be >= 0")
         if self.trim < 0:
             raise ValueError("trim must be >= 0 (0: keep every image)")
+        if self.search_iterations < 0 or self.search_n_init < 1:
+            raise ValueError("search_iterations must be >= 0 (0: no search tails) and search_n_init >= 1")
 
 
 #: Scales a median absolute deviation to a normal's standard deviation.
@@ -192,14 +199,18 @@ def detector_maps_of(prior: Prior, images: torch.Tensor, config: InversionConfig
 
 def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
                families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-               stop: StopCheck | None = None,
-               trim: float = 3.5) -> tuple[Fusion, dict[str, torch.Tensor], dict[str, FamilyCrops]]:
+               stop: StopCheck | None = None, trim: float = 3.5,
+               search: InversionConfig | None = None) -> tuple[Fusion, dict[str, torch.Tensor], dict[str, FamilyCrops]]:
     """A calibrated :class:`rgi_core.detectors.fusion.Fusion` for ``prior``: every detector's tails on the
     maps of clean images (N, C, H, W) solved with ``config``, less the images that some detector's score makes an
     outlier (:func:`inliers` with ``k = trim``; 0 keeps all); with ``families`` (name -> (defective images,
     truth (N, 1, H, W) bool)), the rule and map threshold picked by :func:`rgi_core.detectors.selection.select`,
-    else ``min_p`` and the default threshold. Returns the fusion (its ``record`` says how it was obtained), the
-    clean images' maps by detector, and the families' solved crops (empty without ``families``)."""
+    else ``min_p`` and the default threshold. With ``search`` (a config that does not start from the encoder),
+    the same images, those same left out, solved with it give the residual's tails of that path
+    (``paths["search"]``, :meth:`~rgi_core.detectors.fusion.Fusion.on_path`): a solve without the encoder's start
+    ends in a worse fit of some clean images, and read against the encoder path's tails they would rank as
+    anomalies. Returns the fusion (its ``record`` says how it was obtained), the clean images' maps by detector,
+    and the families' solved crops (empty without ``families``)."""
     maps = detector_maps_of(prior, clean, config, stop)
     # a clean image that is an outlier for some detector (a defect among the clean images) fits no tail
     keep = torch.stack([inliers(image_score(m.float(), config.score_topk, config.score_sigma), trim)[0]
@@ -215,7 +226,40 @@ def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
         fusion, chosen = select(fusion, maps, crops)
         record["selection"] = chosen
         record["family_images"] = {name: int(x.shape[0]) for name, (x, _) in families.items()}
-    return dataclasses.replace(fusion, record=record), maps, crops
+    paths = {}
+    if search is not None:
+        alone = dataclasses.replace(search, texture_map=False, learned_map=False)  # the others read the input
+        residual = detector_maps_of(prior, clean[keep.to(clean.device)], alone, stop)["residual"]
+        paths[SEARCH] = {"residual": DetectorTails(
+            Tail.fit(image_score(residual.float(), config.score_topk, config.score_sigma)), Tail.fit(residual))}
+        record[SEARCH] = {"iterations": search.iterations, "n_init": search.n_init, "images": int(keep.sum())}
+    return dataclasses.replace(fusion, record=record, paths=paths), maps, crops
+
+
+def search_config(prior: Prior, lam: float, cfg: CalibrationConfig) -> InversionConfig:
+    """The solve from the best-of-N search alone whose residual tails :func:`fit_fusion` fits
+    (``cfg.search_iterations`` steps from ``cfg.search_n_init`` candidates, no encoder start)."""
+    return dataclasses.replace(_rgi(prior, lam, cfg), iterations=cfg.search_iterations, n_init=cfg.search_n_init,
+                               encoder=False)
+
+
+def add_search_tails(prior: Prior, fusion_clean: torch.Tensor, cfg: CalibrationConfig,
+                     stop: StopCheck | None = None) -> dict[str, Any]:
+    """``prior``'s defaults with the search path's residual tails added to its fusion, the rest of it unchanged.
+
+    For a prior calibrated before those tails existed: ``fusion_clean`` must be the fusion's clean images and
+    ``cfg`` its settings (``iterations``, ``n_init``, ``trim``), so the same images are left out; they are solved
+    again as the calibration solved them, then from the search alone (:func:`fit_fusion`)."""
+    old = fusion_of(prior.defaults)
+    if old is None or prior.encoder is None:
+        raise ValueError("the search path's tails need a prior with a fusion and an encoder")
+    if not cfg.search_iterations:
+        raise ValueError("give cfg.search_iterations (> 0)")
+    lam = float(prior.defaults["lam"])
+    new, _, _ = fit_fusion(prior, fusion_clean, _rgi(prior, lam, cfg), None, stop, cfg.trim,
+                           search_config(prior, lam, cfg))
+    fusion = dataclasses.replace(old, paths=new.paths, record={**old.record, SEARCH: new.record[SEARCH]})
+    return {**prior.defaults, "fusion": fusion.to_dict()}
 
 
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None,
@@ -266,8 +310,9 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     scores = final.score.double()
     keep, _ = inliers(scores, cfg.trim)  # a defective image among the clean ones does not set the threshold
     if fusion_clean is not None:  # the score threshold on the fusion's clean images, scored by the fusion
+        search = search_config(prior, lam, cfg) if cfg.search_iterations and prior.encoder is not None else None
         fusion, clean_maps, crops = fit_fusion(prior, fusion_clean, _rgi(prior, lam, cfg), fusion_families, stop,
-                                               cfg.trim)
+                                               cfg.trim, search)
         kept["fusion"] = fusion.to_dict()
         scores = fusion.fuse(clean_maps)[1].double()
         keep = torch.ones(len(scores), dtype=torch.bool)  # fit_fusion left the outlier images out already

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rgi_core.detectors.fusion import Fusion, Tail, combine, fusion_of, surprise
+from rgi_core.detectors.fusion import SEARCH, Fusion, Tail, combine, fusion_of, surprise
 from rgi_core.detectors.residual import image_score
 from rgi_core.detectors.selection import SEEN, VOTES, FamilyCrops, bootstrap_auroc, pooled_iou_curve, select
 from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
@@ -189,3 +189,62 @@ def test_the_selection_picks_the_rule_with_the_most_votes():
     chosen, record = select(fusion, clean, fams)
     assert sum(record["votes"].values()) == VOTES
     assert chosen.rule == max(record["votes"], key=lambda r: (record["votes"][r], -list(record["votes"]).index(r)))
+
+
+def test_a_path_replaces_the_tails_it_has_and_survives_the_metadata_round_trip():
+    g = torch.Generator().manual_seed(7)
+    fusion = Fusion.fit(_maps(60, False, g))
+    worse = _maps(60, False, g)
+    worse["residual"] = (worse["residual"] + 0.3).clamp(0, 0.99)  # a solve path that fits clean images worse
+    search = Fusion.fit(worse).tails["residual"]
+    with_path = dataclasses.replace(fusion, paths={SEARCH: {"residual": search}})
+    assert with_path.on_path(None) is with_path and with_path.on_path("other") is with_path
+    on = with_path.on_path(SEARCH)
+    assert on.tails["residual"] == search and on.tails["texture"] == fusion.tails["texture"]
+    # clean images of that path read as rare under the default tails, as common under their own
+    default_score, path_score = fusion.fuse(worse)[1], on.fuse(worse)[1]
+    assert float(default_score.median()) > 2.0 > 0.6 > float(path_score.median())
+    assert fusion_of({"fusion": with_path.to_dict()}) == with_path
+    assert "paths" not in fusion.to_dict()  # files without paths are written as before
+    with pytest.raises(ValueError, match="detectors the fusion lacks"):
+        dataclasses.replace(fusion, paths={SEARCH: {"learned": search}})
+
+
+@pytest.mark.integration  # short solves of brick crops
+def test_calibration_fits_the_search_paths_residual_tails_and_a_solve_without_the_encoder_reads_them():
+    from rgi_core import invert
+    from rgi_core.calibration import CalibrationConfig, add_search_tails, calibrate
+    from rgi_core.evaluation.labelled import random_crops
+    from rgi_core.inversion.config import config_for_prior
+    from rgi_core.io import builtin
+    from rgi_core.priors import load_prior
+
+    prior = load_prior("brick-64", device="cpu")
+    region = torch.from_numpy(builtin.texture("brick", "train"))[:, 384:]
+    clean, fresh = random_crops(region, 16, 64, seed=3), random_crops(region, 8, 64, seed=4)
+    cfg = CalibrationConfig(rounds=0, iterations=5, n_init=4, search_iterations=5, search_n_init=4)
+    defaults = calibrate(prior, clean[:4], cfg, fusion_clean=clean)
+    fusion = fusion_of(defaults)
+    assert set(fusion.paths) == {SEARCH} and set(fusion.paths[SEARCH]) == {"residual"}
+    assert fusion.record[SEARCH] == {"iterations": 5, "n_init": 4, "images": fusion.record["images"]}
+    assert fusion.paths[SEARCH]["residual"] != fusion.tails["residual"]
+    calibrated = dataclasses.replace(prior, meta={**prior.meta, "defaults": defaults})
+    results = {}
+    for encoder in (True, False):
+        r = invert(fresh, calibrated, config_for_prior("rgi", defaults, iterations=5, n_init=4, seed=0,
+                                                       encoder=encoder, triage=False, stop_tol=0.0))
+        used = fusion if encoder else fusion.on_path(SEARCH)
+        assert torch.allclose(r.score, used.fuse(r.detector_maps)[1], rtol=1e-4, atol=1e-5)
+        results[encoder] = r
+    # a solve from the search alone fits these clean crops worse (5 steps from 4 random starts, not E(x)); under
+    # the encoder path's tails they would read as rare, under their own as clean
+    searched = results[False]
+    assert float(fusion.fuse(searched.detector_maps)[1].median()) > 2.0 > 1.0 > float(searched.score.median())
+    assert float(searched.detector_surprise["residual"].median()) < 1.0
+    # a prior calibrated without them gets the same tails added, the rest of its fusion kept
+    plain = calibrate(prior, clean[:4], dataclasses.replace(cfg, search_iterations=0), fusion_clean=clean)
+    assert not fusion_of(plain).paths
+    before = dataclasses.replace(prior, meta={**prior.meta, "defaults": plain})
+    added = fusion_of(add_search_tails(before, clean, cfg))
+    assert added.paths == fusion.paths and added.tails == fusion_of(plain).tails
+    assert added.rule == fusion_of(plain).rule and added.record[SEARCH] == fusion.record[SEARCH]

@@ -21,6 +21,11 @@ on one scale, *how rare is this value on clean data*:
   scores this high); the anomaly map is :math:`L / (L + t)` with :math:`L = -\log_{10} p` of the joined pixel
   :math:`p`, so it reads 0.5 at the map threshold :math:`t` (``map_threshold``).
 
+A detector's clean distribution is that of the solve it was read on. The calibration solves as cleaning does by
+default, from the prior's encoder among the starts; a solve from the best-of-N search alone (``--full-solve``,
+``--no-encoder``) fits some clean images worse, and its residual is read under tails of its own where the prior has
+them (``Fusion.paths["search"]``, :meth:`Fusion.on_path`).
+
 Priors without a :class:`Fusion` keep the older rule (:func:`fuse_maps`): the pixel-wise maximum of the maps and
 the mean of their image scores.
 """
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +43,7 @@ import torch
 from rgi_core.detectors import DETECTORS
 from rgi_core.detectors.residual import image_score
 
+SEARCH = "search"  # the solve path that starts from the best-of-N search alone, without the prior's encoder
 Rule = Literal["min_p", "fisher", "cauchy"]
 RULES: tuple[Rule, ...] = ("min_p", "fisher", "cauchy")
 _EPS = 1e-6
@@ -199,6 +205,11 @@ class Fusion:
         map_threshold: :math:`t` in :math:`-\\log_{10} p` units: the fused map reads 0.5 there.
         topk / sigma: how each detector's image score is read from its map (:func:`.residual.image_score`).
         record: how it was obtained (images, settings, the selection's numbers), for the metadata.
+        paths: tails that replace some of ``tails`` on another solve path, by path name. A detector's clean
+            distribution is that of the solve it was fitted on: the residual of a solve that starts from the
+            best-of-N search alone (``search``: ``--full-solve``, ``--no-encoder``) is not that of one that also
+            starts from the prior's encoder, which the calibration solves as cleaning does by default
+            (:meth:`on_path`).
     """
 
     tails: dict[str, DetectorTails]
@@ -207,6 +218,7 @@ class Fusion:
     topk: float = 0.01
     sigma: float = 1.0
     record: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, dict[str, DetectorTails]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tails or set(self.tails) - set(DETECTORS):
@@ -215,6 +227,17 @@ class Fusion:
             raise ValueError(f"unknown fusion rule {self.rule!r}; choose from {RULES}")
         if not self.map_threshold > 0:
             raise ValueError(f"map_threshold must be > 0, got {self.map_threshold}")
+        for path, tails in self.paths.items():
+            if set(tails) - set(self.tails):
+                raise ValueError(f"path {path!r} has tails for detectors the fusion lacks: "
+                                 f"{sorted(set(tails) - set(self.tails))}")
+
+    def on_path(self, path: str | None) -> Fusion:
+        """This fusion with the tails of solve path ``path`` where it has its own (``None``, or a path it has no
+        tails for: itself)."""
+        if not path or path not in self.paths:
+            return self
+        return replace(self, tails={**self.tails, **self.paths[path]})
 
     @classmethod
     def fit(cls, clean_maps: Mapping[str, torch.Tensor], rule: Rule = "min_p", map_threshold: float = 3.0,
@@ -251,14 +274,18 @@ class Fusion:
         return level / (level + t), score
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "map_threshold": self.map_threshold, "topk": self.topk, "sigma": self.sigma,
-                "tails": {k: v.to_dict() for k, v in self.tails.items()}, "record": self.record}
+        d = {"rule": self.rule, "map_threshold": self.map_threshold, "topk": self.topk, "sigma": self.sigma,
+             "tails": {k: v.to_dict() for k, v in self.tails.items()}, "record": self.record}
+        if self.paths:
+            d["paths"] = {p: {k: v.to_dict() for k, v in t.items()} for p, t in self.paths.items()}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Fusion:
         return cls({k: DetectorTails.from_dict(v) for k, v in d["tails"].items()}, d.get("rule", "min_p"),
                    float(d.get("map_threshold", 3.0)), float(d.get("topk", 0.01)), float(d.get("sigma", 1.0)),
-                   dict(d.get("record", {})))
+                   dict(d.get("record", {})),
+                   {p: {k: DetectorTails.from_dict(v) for k, v in t.items()} for p, t in d.get("paths", {}).items()})
 
 
 def fusion_of(defaults: Mapping[str, Any]) -> Fusion | None:

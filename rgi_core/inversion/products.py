@@ -5,8 +5,9 @@
 - the BIGPrior fusion ``restored = (1 - phi) * A_dagger(y) + phi * G(z)``, phi the sharpened mask rule
   (:func:`rgi_core.detectors.residual.reliance`), 1 wherever the physics observes nothing;
 - the anomaly map and image score (:func:`fuse_detectors`) of the residual the objective scores, joined
-  with the prior's other detectors (:mod:`rgi_core.detectors.fusion`), and each detector's own score
-  (:func:`per_detector`);
+  with the prior's other detectors (:mod:`rgi_core.detectors.fusion`; a solve that did not start from the
+  prior's encoder reads the residual under the fusion's ``search`` tails where it has them), and each
+  detector's own score (:func:`per_detector`);
 - per-image diagnostics: the final terms, convergence, the best-of-N cost.
 """
 
@@ -18,10 +19,11 @@ from typing import Any
 import torch
 
 from rgi_core.detectors import residual as residual_rule
-from rgi_core.detectors.fusion import Fusion, fuse_maps, fusion_of, surprise
+from rgi_core.detectors.fusion import SEARCH, Fusion, fuse_maps, fusion_of, surprise
 from rgi_core.detectors.residual import anomaly_map, image_score
 from rgi_core.detectors.texture import texture_stats_of
 from rgi_core.inversion.config import InversionConfig
+from rgi_core.inversion.init import starts_from_encoder
 from rgi_core.inversion.loop import Trace
 from rgi_core.inversion.objectives import Objective
 from rgi_core.inversion.operators import Identity, Physics
@@ -53,6 +55,8 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
             } if config.residual_map else {}
     maps |= detector_maps(p.prior, config, p.physics, p.y)
     fusion = fusion_of(p.prior.defaults)
+    if fusion is not None and not starts_from_encoder(config, p.prior, p.physics):
+        fusion = fusion.on_path(SEARCH)  # the residual's clean tail of a solve from the search alone
     amap, score = fuse_detectors(maps, config, fusion)
     own, surprise = per_detector(maps, config, fusion)
     diagnostics = _diagnostics(final, trace, init_loss, config.converge_tol)
