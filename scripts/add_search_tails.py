@@ -4,7 +4,8 @@ A solve from the best-of-N search alone (`rgi clean --full-solve`, `--no-encoder
 its own where the prior's fusion has them (`Fusion.paths`, rgi_core/detectors/fusion.py); `rgi calibrate
 --search-iterations N` fits them with the rest of the fusion. This script fits only them, on the same clean crops
 the fusion was calibrated on: the calibration's sampler (seed, hold-out fraction) draws them again, and the same
-ones are left out as outliers (checked: the count must match the fusion's record).
+ones are left out as outliers (none for a fusion calibrated before trimming existed; checked: the count must match
+the fusion's record).
 
 Usage: python scripts/add_search_tails.py PRIOR.safetensors TRAINING_IMAGES [--iterations 2000] [--n-init 1000]
        (the shipped texture priors: TRAINING_IMAGES is `rgi export-dataset NAME DIR --split train`'s folder)
@@ -39,7 +40,9 @@ def main() -> int:
     sampler = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, args.seed)
     _, held = sampler.split(args.holdout, args.seed)  # rgi calibrate's fusion crops: the held-out rows' first draw
     clean = held.sample(record["images"] + record.get("trimmed", 0))
-    cfg = CalibrationConfig(iterations=record["iterations"], n_init=record["n_init"], seed=args.seed,
+    # a fusion calibrated before outlier trimming existed records no "trimmed": it kept every crop
+    trim = CalibrationConfig.trim if "trimmed" in record else 0.0
+    cfg = CalibrationConfig(iterations=record["iterations"], n_init=record["n_init"], seed=args.seed, trim=trim,
                             search_iterations=args.iterations, search_n_init=args.n_init)
     defaults = add_search_tails(prior, clean, cfg)
     got = defaults["fusion"]["record"][SEARCH]["images"]
