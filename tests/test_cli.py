@@ -105,15 +105,18 @@ def calibrations(monkeypatch):
 
 def test_calibrate_writes_a_json_or_into_the_prior_each_with_its_own_defaults(calibrations, capsys):
     assert main(["calibrate", "imgs", "--prior", "p"]) == 0
-    assert main(["calibrate", "imgs", "--prior", "p.safetensors", "--into-prior", "--texture-stats", "8"]) == 0
+    assert main(["calibrate", "imgs", "--prior", "p.safetensors", "--into-prior", "--texture-stats", "8",
+                 "--search-iterations", "2000"]) == 0
     (out, a), (into, b) = calibrations
     assert (out, a.out, a.rounds, a.fpr) == ("out", "calibration.json", 4, 0.01)
-    assert (into, b.prior, b.images, b.rounds, b.images_n, b.texture_stats) == (
-        "into_prior", "p.safetensors", "imgs", 6, 32, 8)
+    assert (into, b.prior, b.images, b.rounds, b.images_n, b.texture_stats, b.search_iterations, b.search_n_init) == (
+        "into_prior", "p.safetensors", "imgs", 6, 32, 8, 2000, 1000)
     assert main(["calibrate", "imgs", "--prior", "p", "--segmenter-steps", "5"]) == 2  # a prior's detector, no prior
     assert "--segmenter-steps: only with --into-prior" in capsys.readouterr().err
     assert main(["calibrate", "imgs", "--prior", "p", "--into-prior", "--fpr", "0.05", "--lambda", "0.1"]) == 2
     assert "--fpr, --lambda: only with --out" in capsys.readouterr().err
+    assert main(["calibrate", "imgs", "--prior", "p", "--search-iterations", "10"]) == 2
+    assert "--search-iterations: only with --into-prior" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["calibrate", "imgs", "--prior", "p", "--into-prior", "--out", "c.json"])
     assert len(calibrations) == 2
