@@ -407,6 +407,11 @@ def test_a_restoration_stage_keeps_the_score_of_the_solve_before_it_and_masks_mo
     assert bool((staged.mask.flatten(1).sum(1) > plain.mask.flatten(1).sum(1)).all())
     # the last step's terms are weighted by the stage's lam
     assert staged.diagnostics[0].losses["mask_l1"] == pytest.approx(LAM / 4 * float(staged.mask[0].mean()), rel=1e-5)
+    # restore_by caps the switch: a longer solve starts the stage at that step, so it scores like the 30 steps
+    longer = invert(y, tiny_prior, make_config("rgi", iterations=90, restore_lam=LAM / 4, restore_from=0.5,
+                                               restore_by=30, **common))
+    torch.testing.assert_close(longer.score, short.score, rtol=0, atol=0)
+    torch.testing.assert_close(longer.anomaly_map, short.anomaly_map, rtol=0, atol=0)
 
 
 def test_a_restoration_stage_is_rgi_s_and_off_by_default():
@@ -417,6 +422,15 @@ def test_a_restoration_stage_is_rgi_s_and_off_by_default():
         make_config("rrgi", restore_lam=0.01)
     with pytest.raises(ValueError, match="restore_from"):
         make_config("rgi", restore_lam=0.01, restore_from=1.0)
+    with pytest.raises(ValueError, match="restore_by"):
+        make_config("rgi", restore_lam=0.01, restore_by=-1)
+    # the cap enters the hash only where it moves the switch: solves of up to 600 steps keep theirs
+    staged = dict(restore_lam=0.01, iterations=600)
+    assert make_config("rgi", **staged).config_hash() == make_config("rgi", restore_by=0, **staged).config_hash()
+    staged["iterations"] = 2000
+    assert make_config("rgi", **staged).config_hash() != make_config("rgi", restore_by=0, **staged).config_hash()
+    assert make_config("rgi", iterations=2000).config_hash() == make_config("rgi", iterations=2000,
+                                                                            restore_by=0).config_hash()
 
 
 def test_restore_lam_0_turns_a_prior_s_stage_off(tiny_prior):
