@@ -13,6 +13,9 @@ what a corruption changed (more than 0.02); every method solves the same images.
   highest mean IoU on the *other* families' validation digits among those whose mean PSNR gain over ``mse`` is at
   least 5 dB on each of them (if none is, among all), scored on the family's test digits. Also what the same
   rule picks on all families.
+- ``clean``: one recipe on the split's digits left clean: the share of their pixels the mask takes (M > 0.5) and
+  the restored PSNR against the input. A clean digit should come back as it was; a smaller λ masks more of the
+  strokes the prior draws poorly.
 - ``table``: per family and recipe on one split, mean PSNR [95 % bootstrap CI], the gain over ``mse``, mean IoU
   [CI] and, beside them, the ceiling of any residual threshold: the best single threshold's IoU on the residual
   of the *clean* digit's own fit (a perfect start, ``--ceiling``).
@@ -21,6 +24,7 @@ Usage:
     python benchmarks/gross.py solve --recipe shipped --split val [--n 24] [--iterations 600] [--n-init 500]
     python benchmarks/gross.py solve --recipe lam0.01 --split test --set lam=0.01 mask_tv=0.015
     python benchmarks/gross.py solve --recipe mse --split test --method mse
+    python benchmarks/gross.py clean --recipe shipped --split val --iterations 2000 --n-init 1000
     python benchmarks/gross.py select
     python benchmarks/gross.py table --split test [--ceiling]
 """
@@ -100,6 +104,19 @@ def solve(args: argparse.Namespace) -> None:
         np.savez(path, psnr=psnr, iou=iou)
         print(f"{args.recipe} {args.split} {family}: PSNR {psnr.mean():.2f} dB, IoU {iou.mean():.3f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def clean_digits(args: argparse.Namespace) -> None:
+    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    prior = load_prior(args.prior, device="auto")
+    clean = digits(args.split, args.n)
+    run, = run_methods(prior, list(clean), (args.method,), iterations=args.iterations, n_init=args.n_init,
+                       **overrides)
+    restored = torch.stack([o.restored for o in run.outputs]).float()
+    masked = (torch.stack([o.mask for o in run.outputs]).float() > 0.5).flatten(1).float().mean(1) * 100
+    psnr = metrics.psnr(restored, clean.float()).clamp(max=60.0)
+    print(f"{args.recipe} {args.split}, {len(clean)} clean digits: masked {masked.mean():.2f} % of the pixels (at most "
+          f"{masked.max():.1f} % of one), restored PSNR {psnr.mean():.2f} dB (lowest {psnr.min():.2f})", flush=True)
 
 
 def load(out: Path, recipe: str, split: str, family: str) -> dict[str, np.ndarray] | None:
@@ -183,16 +200,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/gross")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("solve")
-    s.add_argument("--recipe", required=True, help="a name for this method and overrides")
-    s.add_argument("--split", choices=("val", "test"), required=True)
-    s.add_argument("--prior", default=PRIOR, help="a shipped prior's name or a prior file")
-    s.add_argument("--method", default="rgi", choices=("mse", "rgi", "rrgi"))
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. lam=0.01")
-    s.add_argument("--n", type=int, default=24, help="digits per family")
-    s.add_argument("--iterations", type=int, default=600)
-    s.add_argument("--n-init", type=int, default=500)
-    s.add_argument("--families", nargs="+", default=list(GROSS_FAMILIES), choices=list(GROSS_FAMILIES))
+    for name in ("solve", "clean"):
+        s = sub.add_parser(name)
+        s.add_argument("--recipe", required=True, help="a name for this method and overrides")
+        s.add_argument("--split", choices=("val", "test"), required=True)
+        s.add_argument("--prior", default=PRIOR, help="a shipped prior's name or a prior file")
+        s.add_argument("--method", default="rgi", choices=("mse", "rgi", "rrgi"))
+        s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. lam=0.01")
+        s.add_argument("--n", type=int, default=24, help="digits per family" if name == "solve" else "clean digits")
+        s.add_argument("--iterations", type=int, default=600)
+        s.add_argument("--n-init", type=int, default=500)
+        if name == "solve":
+            s.add_argument("--families", nargs="+", default=list(GROSS_FAMILIES), choices=list(GROSS_FAMILIES))
     sub.add_parser("select")
     t = sub.add_parser("table")
     t.add_argument("--split", choices=("val", "test"), default="test")
@@ -200,7 +219,7 @@ def main() -> None:
     t.add_argument("--ceiling", action="store_true")
     args = ap.parse_args()
     print(f"# {platform.machine()}, torch {torch.__version__}, threads={torch.get_num_threads()}\n", flush=True)
-    {"solve": solve, "select": select, "table": table}[args.cmd](args)
+    {"solve": solve, "clean": clean_digits, "select": select, "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":

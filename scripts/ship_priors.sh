@@ -14,8 +14,8 @@
 #             scattered gross corruption: keep maps pixel-exact), and
 #             mask_tv = 1.5 lam for the first 75 % of the steps (chosen on training-split digits with
 #             synthetic corruption, docs/design.md): lam is fitted first (with TV off, as always), then a
-#             second call stores mask_tv and the restoration stage (restore_lam = lam / 4 for the last 25 % of
-#             the steps, picked on gross corruption with benchmarks/gross.py, docs/design.md) and measures the
+#             second call stores mask_tv and the restoration stage (restore_lam = lam / 8 from step min(0.75 T, 450) of
+#             a T-step solve, picked on gross corruption with benchmarks/gross.py, docs/design.md) and measures the
 #             score threshold with them. The image score is the
 #             mean of the top 25 % of the map (score_topk=0.25, chosen on a digits validation
 #             prior, docs/design.md): the digit corruption covers 10-25 % of the pixels.
@@ -51,7 +51,7 @@ if [[ $NAMES == *" digits "* ]]; then
       --fusion-images 0 --set map_sigma=0.0 --set mask_tv=0.0 >"$OUT/ship/digits-32.lam.json"
     tv=$(python3 -c "import json,sys; print(round(1.5 * json.load(open(sys.argv[1]))['lam'], 4))" \
       "$OUT/ship/digits-32.lam.json")
-    restore=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['lam'] / 4, 4))" \
+    restore=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['lam'] / 8, 4))" \
       "$OUT/ship/digits-32.lam.json")
     # starts at the fixed point: one round keeps lam there and records the score threshold with TV and the stage on
     $RGI calibrate "$OUT/data/digits-train" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 1 \

@@ -29,8 +29,9 @@ PINNED = {
                  "dgp": "b314f80a0f6e8f85"},
     "gravel-64": {"rgi": "173607ecfb55873e", "rrgi_50": "ee5404ec04f6e048", "mse_tile": "9920f7019e94d9c6",
                   "dgp": "cb153b1fc6d2f21c"},
-    # digits-32's rgi: its restoration stage (restore_lam, docs/design.md) is a new path, so a new hash
-    "digits-32": {"rgi": "08c739ad1b0d997f", "rrgi_50": "70079889221dbdcf", "mse_tile": "c27435fd2cfdb7c5",
+    # digits-32's rgi: its restoration stage (restore_lam, docs/design.md) is a new path, so a new hash; the stage
+    # at lam / 8 from step 450 of the 2000 changed its results again (before: 08c739ad1b0d997f at lam / 4 from 1500)
+    "digits-32": {"rgi": "4cfaf3d92a4c3f7c", "rrgi_50": "70079889221dbdcf", "mse_tile": "c27435fd2cfdb7c5",
                   "dgp": "4bdcec0c887bd5b0"},
 }
 FULL = dict(full_solve=True)
