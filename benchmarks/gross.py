@@ -81,8 +81,22 @@ def boot_mean(v: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+
+
+def _restore(prior, images: torch.Tensor, clean: torch.Tensor, args: argparse.Namespace,
+             overrides: dict[str, object]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recipe's solve of ``images``: the restored images' PSNR against ``clean`` (n,), the masks (n, 1, H, W)."""
+    run, = run_methods(prior, list(images), (args.method,), iterations=args.iterations, n_init=args.n_init,
+                       **overrides)
+    restored = torch.stack([o.restored for o in run.outputs]).float()
+    mask = torch.stack([o.mask for o in run.outputs]).float()
+    return metrics.psnr(restored, clean.float()).clamp(max=60.0), mask
+
+
 def solve(args: argparse.Namespace) -> None:
-    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = _overrides(args)
     prior = load_prior(args.prior, device="auto")
     clean = digits(args.split, args.n)
     out = Path(args.out) / args.recipe
@@ -95,26 +109,18 @@ def solve(args: argparse.Namespace) -> None:
             continue
         bad, truth = corrupt(clean, family, args.split)
         t0 = time.perf_counter()
-        run, = run_methods(prior, list(bad), (args.method,), iterations=args.iterations, n_init=args.n_init,
-                           **overrides)
-        restored = torch.stack([o.restored for o in run.outputs]).float()
-        mask = torch.stack([o.mask for o in run.outputs]).float()
-        psnr = metrics.psnr(restored, clean.float()).clamp(max=60.0).numpy()
-        iou = metrics.iou(mask, truth).numpy()
+        psnr, mask = _restore(prior, bad, clean, args, overrides)
+        psnr, iou = psnr.numpy(), metrics.iou(mask, truth).numpy()
         np.savez(path, psnr=psnr, iou=iou)
         print(f"{args.recipe} {args.split} {family}: PSNR {psnr.mean():.2f} dB, IoU {iou.mean():.3f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def clean_digits(args: argparse.Namespace) -> None:
-    overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     prior = load_prior(args.prior, device="auto")
     clean = digits(args.split, args.n)
-    run, = run_methods(prior, list(clean), (args.method,), iterations=args.iterations, n_init=args.n_init,
-                       **overrides)
-    restored = torch.stack([o.restored for o in run.outputs]).float()
-    masked = (torch.stack([o.mask for o in run.outputs]).float() > 0.5).flatten(1).float().mean(1) * 100
-    psnr = metrics.psnr(restored, clean.float()).clamp(max=60.0)
+    psnr, mask = _restore(prior, clean, clean, args, _overrides(args))
+    masked = (mask > 0.5).flatten(1).float().mean(1) * 100
     print(f"{args.recipe} {args.split}, {len(clean)} clean digits: masked {masked.mean():.2f} % of the pixels (at most "
           f"{masked.max():.1f} % of one), restored PSNR {psnr.mean():.2f} dB (lowest {psnr.min():.2f})", flush=True)
 
