@@ -55,6 +55,10 @@ class SolveOptions(BaseModel):
     restore_lam: float | None = Field(None, ge=0, description="rgi: the mask weight of the restoration stage, the "
                                       "last quarter of the steps (unset: the prior's, digits-32 stores one; 0 = off, "
                                       "one lam throughout).")
+    mask_channels: Literal["shared", "per_channel"] | None = Field(
+        None, description="rgi/rrgi on colour images: one mask per pixel over its channels (shared), or one per "
+        "channel (per_channel, the official RGI code's) so a defect in one channel is not diluted by the others; "
+        "the written mask takes a pixel's largest channel (unset: the prior's, else shared).")
     sizing: Literal["auto", "resize", "tile"] = Field(
         "auto", description="Images not of the prior's size: resize, or cut into tiles; auto = the prior's "
         "default (tile for the texture priors, else resize).")
@@ -107,8 +111,8 @@ class SolveOptions(BaseModel):
         detectors = {f"{n}_map": None if chosen is None else n in chosen for n in DETECTORS}
         return {**detectors, "iterations": self.iterations, "lam": self.lam, "n_init": self.n_init,
                 "n_starts": self.n_starts, "stop_tol": self.stop_tol, "triage": self.triage, "encoder": self.encoder,
-                "mask_tv": self.mask_tv, "restore_lam": self.restore_lam, "precision": self.precision,
-                "tf32": self.tf32, "seed": self.seed, "device": self.device}
+                "mask_tv": self.mask_tv, "restore_lam": self.restore_lam, "mask_channels": self.mask_channels,
+                "precision": self.precision, "tf32": self.tf32, "seed": self.seed, "device": self.device}
 
 
 class CleanOptions(SolveOptions):

@@ -6,6 +6,9 @@ quantile ``q`` of the per-pixel residuals that RGI leaves on clean *training-spl
 
 .. math::  \lambda = 2\,\mathrm{quantile}_q\big(e_p(x_{clean}, G(z^*))\big)
 
+(with a mask per colour channel, ``mask_channels="per_channel"``, :math:`e_p` is a pixel's largest channel's
+residual: the pixel enters the mask when that channel's does).
+
 Because the fit itself depends on :math:`\lambda`, the rule is a fixed point :math:`f(\lambda) = \lambda`, where
 :math:`f(\lambda)` is twice the residual quantile of the RGI fit run with :math:`\lambda`. :math:`f` falls as
 :math:`\lambda` rises (a larger :math:`\lambda` masks fewer pixels, so z is pulled towards more of them and the
@@ -57,6 +60,7 @@ from rgi_core.detectors.texture import TextureStats
 from rgi_core.inversion import losses
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior, make_config
 from rgi_core.inversion.loop import SolveControl
+from rgi_core.inversion.objectives import per_pixel
 from rgi_core.inversion.operators import Downsample, GaussianNoise, Grayscale, Identity, Inpainting, Physics
 from rgi_core.inversion.products import detector_maps
 from rgi_core.inversion.solver import invert
@@ -158,8 +162,11 @@ def fit_lam(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig,
         raise ValueError(f"need at least 2 clean images (N, C, H, W), got shape {tuple(clean.shape)}")
 
     def rule(lam: float) -> float:
-        result = invert(clean, prior, _rgi(prior, lam, cfg, lam_rule=True), control=SolveControl(cancelled=stop))
-        e = losses.pixel_residual(clean.to(result.generated), result.generated)  # (N, 1, H, W)
+        config = _rgi(prior, lam, cfg, lam_rule=True)
+        result = invert(clean, prior, config, control=SolveControl(cancelled=stop))
+        # (N, 1, H, W): a mask per channel takes a pixel when its largest channel is over lam / 2
+        e = per_pixel(losses.pixel_residual(clean.to(result.generated), result.generated,
+                                            pool=config.mask_channels != "per_channel"))
         keep, _ = inliers(image_score(e.float().cpu()), cfg.trim)  # an outlier image's residuals stay out
         return max(2.0 * float(torch.quantile(e[keep.to(e.device)].flatten().double(), cfg.quantile)), 1e-12)
 

@@ -28,6 +28,9 @@ DEFAULT_LAMBDA = 0.05
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: RGI's mask layout: one mask per pixel, its channels' residuals pooled, or one per channel (the official RGI code's)
+MaskChannels = Literal["shared", "per_channel"]
+MASK_CHANNELS: tuple[str, ...] = ("shared", "per_channel")
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,8 @@ class InversionConfig:
         device: ``"auto"`` (cuda, then mps, then cpu) or any torch device string.
 
     Fields a prior calibrates (:data:`PRIOR_DEFAULT_FIELDS`: ``lam``, ``map_sigma``, ``score_topk``,
-    ``score_sigma``, RGI's ``mask_tv``, ``mask_tv_until`` and ``restore_lam``) default to ``None``: the prior's
+    ``score_sigma``, RGI's ``mask_tv``, ``mask_tv_until``, ``restore_lam``, ``encoder_iterations``, ``encoder_n_init``
+    and ``mask_channels``) default to ``None``: the prior's
     value from its metadata, else :data:`FALLBACKS` (``lam``: :data:`DEFAULT_LAMBDA`).
     :func:`rgi_core.inversion.solver.invert` resolves them with :func:`for_prior`, so a config built by hand
     gets the same defaults as the CLI and the flows.
@@ -178,6 +182,8 @@ class InversionConfig:
         if "restore_by" in d and ("restore_lam" not in d or not d["restore_by"]
                                   or d["restore_by"] >= round(d["restore_from"] * self.iterations)):
             del d["restore_by"]  # a cap on the switch that does not bind changes nothing
+        if d.get("mask_channels", "shared") in ("shared", None):  # the one layout before the field existed
+            d.pop("mask_channels", None)
         for k in ("encoder_iterations", "encoder_n_init"):  # the encoder's budget, where it applies
             if k in d and not (d[k] and self.encoder):
                 del d[k]
@@ -255,6 +261,10 @@ class RGIConfig(InversionConfig):
             the triage sends to the solve. ``None`` = the prior's (grass-64 and gravel-64 store 1: on their
             validation rows the smallest count within 0.5 dB and 0.01 image AUROC of the full solve,
             ``python benchmarks/step_cap.py --n-inits``), else ``n_init``; 0 = ``n_init``.
+        mask_channels: ``"shared"``, one mask per pixel over its channels' pooled residual, or ``"per_channel"``, a
+            mask per colour channel (the official RGI code's), so a defect in one channel is not diluted by the
+            unchanged others; the written mask and the anomaly map take a pixel's largest channel. Grey images
+            are the same either way. ``None`` = the prior's, else ``"shared"``.
     """
 
     method: ClassVar[str] = "rgi"
@@ -268,9 +278,12 @@ class RGIConfig(InversionConfig):
     restore_by: int = 450
     encoder_iterations: int | None = None
     encoder_n_init: int | None = None
+    mask_channels: MaskChannels | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.mask_channels is not None and self.mask_channels not in MASK_CHANNELS:
+            raise ValueError(f"mask_channels must be one of {MASK_CHANNELS}, got {self.mask_channels!r}")
         if self.mask_tv is not None and self.mask_tv < 0:
             raise ValueError(f"mask_tv must be >= 0, got {self.mask_tv}")
         if self.mask_tv_until is not None and not 0.0 <= self.mask_tv_until <= 1.0:
@@ -398,12 +411,13 @@ def make_config(method: str, **overrides: Any) -> InversionConfig:
 
 #: Prior-metadata ``defaults`` that a config takes over when the caller leaves them unset.
 PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "mask_tv", "mask_tv_until", "restore_lam",
-                        "encoder_iterations", "encoder_n_init")
+                        "encoder_iterations", "encoder_n_init", "mask_channels")
 
 #: What an unset field of :data:`PRIOR_DEFAULT_FIELDS` (``lam`` and ``restore_lam`` apart) is when the prior's
-#: metadata has no value either: the paper's element-wise mask (no TV) and our pixel-exact map and top-1 % score.
-FALLBACKS: dict[str, float] = {"map_sigma": 0.0, "score_topk": 0.01, "score_sigma": 1.0, "mask_tv": 0.0,
-                               "mask_tv_until": 1.0}
+#: metadata has no value either: the paper's element-wise mask (no TV), one per pixel, and our pixel-exact map and
+#: top-1 % score.
+FALLBACKS: dict[str, Any] = {"map_sigma": 0.0, "score_topk": 0.01, "score_sigma": 1.0, "mask_tv": 0.0,
+                             "mask_tv_until": 1.0, "mask_channels": "shared"}
 
 
 def for_prior(config: InversionConfig, prior_defaults: dict[str, Any]) -> InversionConfig:

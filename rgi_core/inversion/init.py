@@ -70,7 +70,7 @@ def candidate_images(problem: Problem, cand: torch.Tensor, control: SolveControl
 
 @dataclass
 class Start:
-    """Per image: the latent z (B, *latent) and mask M (B, 1, H', W', or None) to start from, and the
+    """Per image: the latent z (B, *latent) and mask M (B, 1 or C', H', W', or None) to start from, and the
     best-of-N cost (B,) of the chosen candidate."""
 
     z: torch.Tensor
@@ -182,7 +182,8 @@ class BestOfN:
         K = problem.config.starts
         mask0 = None
         if objective.optimises_mask:
-            mask0 = torch.zeros_like(problem.y[:, :1]).repeat(K, 1, 1, 1)  # (K * B, 1, H', W')
+            channels = problem.y.shape[1] if problem.per_channel else 1
+            mask0 = torch.zeros_like(problem.y[:, :channels]).repeat(K, 1, 1, 1)  # (K * B, 1 or C', H', W')
         pick = torch.zeros(problem.batch, dtype=torch.long, device=problem.device)
         if K > 1:
             z0, mask0, pick = multi_start(problem, objective, z0, mask0, control)

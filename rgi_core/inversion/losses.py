@@ -25,22 +25,24 @@ def fidelity_power(kind: Fidelity) -> int:
     return 2 if kind == "l2" else 1
 
 
-def pixel_residual(y: torch.Tensor, x: torch.Tensor, kind: Fidelity = "l2") -> torch.Tensor:
+def pixel_residual(y: torch.Tensor, x: torch.Tensor, kind: Fidelity = "l2", pool: bool = True) -> torch.Tensor:
     """Per-pixel residual :math:`e_p = \\mathrm{mean}_c |y - x|^p`, p = 2 (l2) or 1 (l1).
 
     y, x: (..., C, H, W), broadcast -> (..., 1, H, W); e.g. (B, C, H, W) -> (B, 1, H, W), or images
-    (B, 1, C, H, W) against candidates (1, n, C, H, W) -> (B, n, 1, H, W). Channels (dim -3) are pooled:
-    corruption is per pixel, not per channel.
+    (B, 1, C, H, W) against candidates (1, n, C, H, W) -> (B, n, 1, H, W). Channels (dim -3) are pooled (one
+    mask per pixel, rgi's default) unless ``pool`` is False: then each channel keeps its own residual,
+    (..., C, H, W), for a mask per channel (``RGIConfig.mask_channels``).
     """
     d = y - x
     e = d.square() if kind == "l2" else d.abs()
-    return e.mean(dim=-3, keepdim=True)
+    return e.mean(dim=-3, keepdim=True) if pool else e
 
 
 def masked_fidelity(residual: torch.Tensor, mask: torch.Tensor | None, kind: Fidelity = "l2") -> torch.Tensor:
     """``fidelity``: :math:`\\mathrm{mean}\\,(1 - M)^p e_p`, i.e. :math:`\\|(1-M)\\odot(y - A G(z))\\|_p^p`.
 
-    residual, mask: (B, 1, H, W) -> (B,). ``mask=None`` is plain (MSE / L1) inversion.
+    residual, mask: (B, 1, H, W), or (B, C, H, W) each with a mask per channel -> (B,). ``mask=None`` is plain
+    (MSE / L1) inversion.
     """
     if mask is None:
         return residual.flatten(1).mean(1)
@@ -49,7 +51,7 @@ def masked_fidelity(residual: torch.Tensor, mask: torch.Tensor | None, kind: Fid
 
 
 def mask_l1(mask: torch.Tensor) -> torch.Tensor:
-    """``mask_l1``: :math:`\\mathrm{mean}\\,|M|` (B, 1, H, W) -> (B,); weighted by lambda."""
+    """``mask_l1``: :math:`\\mathrm{mean}\\,|M|` (B, 1 or C, H, W) -> (B,); weighted by lambda."""
     return mask.abs().flatten(1).mean(1)
 
 

@@ -43,6 +43,11 @@ from rgi_core.priors.files import Prior
 from rgi_core.priors.nets import from_unit
 
 
+def per_pixel(m: torch.Tensor) -> torch.Tensor:
+    """A map (B, 1 or C, H, W) as one value per pixel (B, 1, H, W): its largest channel."""
+    return m if m.shape[1] == 1 else m.amax(1, keepdim=True)
+
+
 @dataclass
 class Problem:
     """One batched solve's fixed inputs: observations ``y`` (B, C', H', W') of images of ``shape`` (C, H, W)."""
@@ -64,19 +69,26 @@ class Problem:
     def iterations(self) -> int:
         return self.config.iterations
 
+    @property
+    def per_channel(self) -> bool:
+        """Whether each observed channel has a mask of its own (``mask_channels="per_channel"``, colour observed)."""
+        return getattr(self.config, "mask_channels", None) == "per_channel" and self.y.shape[1] > 1
+
     def residual(self, ax: torch.Tensor) -> torch.Tensor:
-        """Per-pixel residual of a fit seen through the physics, ``A(G(z))`` (B, C', H', W') -> (B, 1, H', W')."""
-        return losses.pixel_residual(self.y, ax, self.config.fidelity)
+        """Residual of a fit seen through the physics, ``A(G(z))`` (B, C', H', W') -> (B, 1, H', W'), or per channel
+        (B, C', H', W') with a mask per channel (:attr:`per_channel`)."""
+        return losses.pixel_residual(self.y, ax, self.config.fidelity, pool=not self.per_channel)
 
     def fit_residual(self, z: torch.Tensor) -> torch.Tensor:
-        """The per-pixel residual of G(z) seen through the physics (B, 1, H', W'), without gradients: what a
+        """The residual of G(z) seen through the physics (as :meth:`residual`), without gradients: what a
         frozen or switched stage keeps to score."""
         with torch.no_grad():
             return self.residual(self.physics.A(self.gen(z)))
 
     def lift(self, m: torch.Tensor) -> torch.Tensor:
-        """A measurement-space map (B, 1, H', W') in image space (B, 1, H, W)."""
-        return self.physics.A_dagger(m, (1, *self.shape[1:]))
+        """A measurement-space map (B, 1, H', W') in image space (B, 1, H, W); a map per channel (B, C', H', W')
+        is first reduced to its largest channel (a pixel is as anomalous as its worst channel)."""
+        return self.physics.A_dagger(per_pixel(m), (1, *self.shape[1:]))
 
     def take(self, rows: torch.Tensor) -> Problem:
         """The problem of the images ``rows`` (1-d index tensor) of the batch alone."""
@@ -99,7 +111,7 @@ class Stage:
 class Objective:
     """Plain inversion ``min_z fidelity(y, A(G(z))) [+ latent_reg]``: the ``mse`` method, and the base of the others."""
 
-    #: whether the method optimises a mask M (B, 1, H', W') next to z
+    #: whether the method optimises a mask M (B, 1, H', W'), or (B, C', H', W') per channel, next to z
     optimises_mask: ClassVar[bool] = False
 
     @classmethod
@@ -151,8 +163,10 @@ class Objective:
         return self.pixel_costs(rows, physics, xc).flatten(2).mean(2)
 
     def pixel_costs(self, rows: slice, physics: Physics, xc: torch.Tensor) -> torch.Tensor:
-        y = self.problem.y[rows]
-        return losses.pixel_residual(y[:, None], physics.A(xc)[None], self.config.fidelity).squeeze(2)  # (b, n, H', W')
+        """The residuals (b, n, H', W') of n candidates, (b, n, C', H', W') with a mask per channel."""
+        y, pool = self.problem.y[rows], not self.problem.per_channel
+        e = losses.pixel_residual(y[:, None], physics.A(xc)[None], self.config.fidelity, pool=pool)
+        return e.squeeze(2) if pool else e
 
     # -- schedule ----------------------------------------------------------------------------------
     def mask_stop(self) -> int:
@@ -195,7 +209,7 @@ class Objective:
 
     # -- products ----------------------------------------------------------------------------------
     def scored_residual(self, res: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The residual (B, 1, H', W') the anomaly map scores: that of the final fit."""
+        """The residual (B, 1 or C', H', W') the anomaly map scores: that of the final fit."""
         return res
 
 

@@ -1,7 +1,8 @@
 """What a solve gives back, formed the same way for every method from its final z, M and G.
 
 - the mask: RGI's M, or for methods without one the closed-form mask the RGI objective would pick for
-  their fit (:func:`rgi_core.detectors.residual.closed_form_mask`);
+  their fit (:func:`rgi_core.detectors.residual.closed_form_mask`); a mask per channel is written per pixel, as
+  its largest channel (so are phi and the residual's anomaly map);
 - the BIGPrior fusion ``restored = (1 - phi) * A_dagger(y) + phi * G(z)``, phi the sharpened mask rule
   (:func:`rgi_core.detectors.residual.reliance`), 1 wherever the physics observes nothing;
 - the anomaly map and image score (:func:`fuse_detectors`) of the residual the objective scores, joined
@@ -25,7 +26,7 @@ from rgi_core.detectors.texture import texture_stats_of
 from rgi_core.inversion.config import InversionConfig
 from rgi_core.inversion.init import starts_from_encoder
 from rgi_core.inversion.loop import Trace
-from rgi_core.inversion.objectives import Objective
+from rgi_core.inversion.objectives import Objective, per_pixel
 from rgi_core.inversion.operators import Identity, Physics
 from rgi_core.inversion.results import ImageDiagnostics, InversionResult
 from rgi_core.priors.files import Prior
@@ -40,7 +41,7 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
     x = p.gen(z)
     ax = p.physics.A(x)
     final = objective.terms(x, ax, z, mask, config.iterations - 1)  # the terms of the last step
-    res = p.residual(ax)  # (B, 1, H', W')
+    res = p.residual(ax)  # (B, 1, H', W'); (B, C', H', W') with a mask per channel, which lift() reduces per pixel
     m = p.lift(mask.detach() if mask is not None else residual_rule.closed_form_mask(res, lam, kind))
     observed = p.physics.observed(shape, device=p.device)  # (1|B, 1, H, W)
     degraded = p.physics.A_dagger(p.y, shape)
@@ -51,7 +52,8 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
         phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, objective.final_lam(), kind)))
     fused = (1.0 - phi) * degraded + phi * x
     restored = p.physics.keep_observed(fused, p.y).clamp(0.0, 1.0)  # colourisation: the grey input's luma
-    maps = {"residual": p.lift(anomaly_map(objective.scored_residual(res, mask), lam, kind, config.map_sigma))
+    scored = per_pixel(objective.scored_residual(res, mask))  # a pixel's worst channel, then the map's blur
+    maps = {"residual": p.lift(anomaly_map(scored, lam, kind, config.map_sigma))
             } if config.residual_map else {}
     maps |= detector_maps(p.prior, config, p.physics, p.y)
     fusion = fusion_of(p.prior.defaults)
