@@ -1,140 +1,95 @@
-"""One mask for all colour channels, or one per channel? The measurement behind rgi's shared mask (docs/quality.md).
+"""One mask for all colour channels, or one per channel? The measurement behind ``mask_channels`` (docs/design.md).
 
-The official RGI code keeps a mask per channel; rgi keeps one per pixel, pooling the channels' squared residuals
-(:func:`rgi_core.inversion.losses.pixel_residual`). Both are compared here with everything else equal: the same
-start (rgi's best-of-N latent), the same Adam steps on z, and RGI's objective with the mask minimised out in
-closed form (:func:`rgi_core.inversion.losses.robust_pixel_cost`), per pixel on ``e = mean_c r_c^2`` (shared) or per
-channel on ``e_c = r_c^2`` (per channel, summed over the channels). A per-channel mask flags a pixel when any of
-its channels is masked, so its map is ``max_c e_c``; both maps get the prior's map blur. Scored on the colour
-prior's held-out quarter: ``--n`` crops of every defect family (colour ones included) and ``--clean-n`` clean ones
-(``generalisation.family_set``).
+RGI's ``mask_channels="shared"`` keeps one mask per pixel over its channels' pooled squared residual;
+``"per_channel"`` keeps one per channel, as the official RGI code does. This script compares two solves of the same
+crops made by ``benchmarks/generalisation.py solve``, one per layout, each with its own lam, on the colour prior's
+17 defect families: RGI's residual map alone, and the fused score of the prior's three detectors (the rule given by
+``--rule``, each detector's clean tails fitted on the ``val`` clean crops, as the calibration fits them on held-out
+clean rows). Per family and mean: image AUROC and pixel AUROC, shared -> per channel.
 
-Usage: python benchmarks/colour_mask.py [--prior ihc-64] [--n 12] [--clean-n 48] [--steps 300] [--boot 200]
-(the solved maps are cached under ``--out``, so a rerun only scores)
+Making the two solves (about 10 minutes each per split on one core; 24 crops per family and 64 clean):
+
+    mkdir -p runs/ihc-per-channel && cp rgi_core/priors/ihc-64.safetensors runs/ihc-per-channel/
+    rgi calibrate runs/priors/data/ihc-train --prior runs/ihc-per-channel/ihc-64.safetensors --into-prior \\
+        --images-n 32 --iterations 300 --rounds 6 --set map_sigma=1.0 --set sizing='"tile"' \\
+        --set mask_channels='"per_channel"' --fusion-images 0      # lam refitted to a pixel's largest channel
+    G="python benchmarks/generalisation.py solve --only ihc --n 24 --clean-n 64 --iterations 300 --n-init 200 \\
+       --methods rgi --splits val test"
+    $G --out runs/mask-shared
+    $G --out runs/mask-per-channel --prior-dir runs/ihc-per-channel
+
+Usage: python benchmarks/colour_mask.py [--shared runs/mask-shared] [--per-channel runs/mask-per-channel]
+                                        [--split val] [--rule fisher]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import dataclasses
 import sys
-import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generalisation import CLEAN, family_set  # noqa: E402
+from generalisation import CLEAN, detectors, load  # noqa: E402
 
-from rgi_core.detectors.residual import gaussian_blur, image_score  # noqa: E402
-from rgi_core.evaluation.families import families_for  # noqa: E402
+from rgi_core.detectors.fusion import RULES, Fusion  # noqa: E402
+from rgi_core.detectors.residual import image_score  # noqa: E402
+from rgi_core.evaluation.families import FAMILIES, families_for  # noqa: E402
 from rgi_core.evaluation.metrics import image_auroc, pixel_auroc  # noqa: E402
-from rgi_core.inversion import losses  # noqa: E402
 from rgi_core.inversion.config import config_for_prior  # noqa: E402
-from rgi_core.inversion.solver import invert  # noqa: E402
-from rgi_core.priors import Prior, load_prior  # noqa: E402
-from rgi_core.priors.nets import to_unit  # noqa: E402
+from rgi_core.priors import load_prior  # noqa: E402
+
+COLUMNS = ("fused image", "fused pixel", "residual image", "residual pixel")
 
 
-def fit(prior: Prior, x: torch.Tensor, z0: torch.Tensor, lam: float, shared: bool, steps: int,
-        lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adam on z of RGI's objective with M minimised out; returns (map (B, 1, H, W), mask (B, 1, H, W) bool)."""
-    g = prior.generator.eval().requires_grad_(False)
-    z = z0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
-
-    def residual() -> torch.Tensor:
-        r2 = (x - to_unit(g(z))).square()  # (B, C, H, W)
-        return r2.mean(1, keepdim=True) * x.shape[1] if shared else r2  # both in channel-summed units
-
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        losses.robust_pixel_cost(residual(), lam).sum((1, 2, 3)).mean().backward()
-        opt.step()
-    with torch.no_grad():
-        e = residual()
-        if shared:
-            e = e / x.shape[1]  # back to the mean over channels, the scale of lam
-        mask = (e > lam / 2).any(1, keepdim=True)
-        return e.amax(1, keepdim=True), mask
-
-
-def solve_all(prior: Prior, args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """Both variants' maps and masks of every crop, with the truth and the family labels (cached in ``--out``)."""
-    path = Path(args.out) / f"{Path(args.prior).stem}-n{args.n}-c{args.clean_n}-s{args.steps}.pt"
-    if path.exists():
-        return torch.load(path)
-    lam, sigma = float(prior.defaults["lam"]), float(prior.defaults.get("map_sigma", 0.0))
-    lr = config_for_prior("rgi", prior.defaults).lr_z
-    start = config_for_prior("rgi", prior.defaults, iterations=1, n_init=args.n_init, seed=0, triage=False,
-                             stop_tol=0.0, texture_map=False, learned_map=False)
-    parts: dict[str, list[torch.Tensor]] = {"shared": [], "shared_mask": [], "per channel": [],
-                                            "per channel_mask": [], "truth": []}
-    labels: list[str] = []
-    for family in [CLEAN, *families_for(prior.spec.channels)]:
-        x, t = family_set(args.texture, "test", family, args.clean_n if family == CLEAN else args.n)
-        z0 = invert(x, prior, start).latent.detach()
-        for variant in ("shared", "per channel"):
-            m, mask = fit(prior, x, z0, lam, variant == "shared", args.steps, lr)
-            parts[variant].append(gaussian_blur(m, sigma))
-            parts[f"{variant}_mask"].append(mask)
-        parts["truth"].append(t)
-        labels += [family] * len(x)
-    out = {k: torch.cat(v) for k, v in parts.items()}
-    out["defective"] = torch.tensor([f != CLEAN for f in labels])
-    out["colour"] = torch.tensor([f in ("colour_cast", "hue_shift", "stain_blob") for f in labels])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, path)
-    return out
-
-
-def measures(a: dict[str, torch.Tensor], variant: str, idx: torch.Tensor) -> tuple[float, float, float]:
-    """Image AUROC, pixel AUROC, and pixel AUROC on the colour families, of the crops ``idx``."""
-    amap, fam, gt, colour = a[variant][idx], a["defective"][idx], a["truth"][idx], a["colour"][idx]
-    return (image_auroc(image_score(amap), fam), pixel_auroc(amap[fam], gt[fam]),
-            pixel_auroc(amap[colour], gt[colour]))
+def family_numbers(out: Path, texture: str, split: str, rule: str,
+                   score: tuple[float, float]) -> dict[str, tuple[float, ...]]:
+    """Per family: the fused score's image and pixel AUROC, then the residual map's alone (:data:`COLUMNS`)."""
+    tails_from, clean = load(out, texture, "val", CLEAN), load(out, texture, split, CLEAN)
+    if tails_from is None or clean is None:
+        raise SystemExit(f"{out}: no solved clean crops of {texture} ({split} and val); run the solves first")
+    fusion = dataclasses.replace(Fusion.fit(detectors(tails_from), topk=score[0], sigma=score[1]), rule=rule)
+    rows = {}
+    for family in families_for(3):
+        crops = load(out, texture, split, family)
+        if crops is None:
+            continue
+        dc, df = detectors(clean), detectors(crops)
+        labels = torch.cat([torch.zeros(len(clean["truth"])), torch.ones(len(crops["truth"]))]).bool()
+        truth = torch.cat([clean["truth"], crops["truth"]])
+        (sc, lc), (sf, lf) = fusion.surprises(dc), fusion.surprises(df)
+        rows[family] = (image_auroc(torch.cat([sc, sf]), labels), pixel_auroc(torch.cat([lc, lf]), truth),
+                        image_auroc(torch.cat([image_score(dc["residual"]), image_score(df["residual"])]), labels),
+                        pixel_auroc(torch.cat([dc["residual"], df["residual"]]), truth))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prior", default="ihc-64")
+    ap.add_argument("--shared", default="runs/mask-shared", help="generalisation.py's --out of the shared solves")
+    ap.add_argument("--per-channel", default="runs/mask-per-channel", help="... of the per-channel solves")
     ap.add_argument("--texture", default="ihc")
-    ap.add_argument("--n", type=int, default=12)
-    ap.add_argument("--clean-n", type=int, default=48)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--n-init", type=int, default=200)
-    ap.add_argument("--boot", type=int, default=200)
-    ap.add_argument("--out", default="runs/colour_mask")
+    ap.add_argument("--prior", default="ihc-64", help="the prior whose score_topk and score_sigma the fusion reads")
+    ap.add_argument("--split", default="val", choices=["val", "test"])
+    ap.add_argument("--rule", default="fisher", choices=list(RULES), help="the fusion rule (ihc-64 ships fisher)")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    prior = load_prior(args.prior)
-    t0 = time.perf_counter()
-    a = solve_all(prior, args)
-    print(f"{args.texture}: {prior.name}, lam {float(prior.defaults['lam']):.4g}, {args.steps} steps from best of "
-          f"{args.n_init}; {args.n} crops of each family + {args.clean_n} clean, held-out quarter; "
-          f"{time.perf_counter() - t0:.0f} s on {platform.processor() or platform.machine()}\n")
-    everything = torch.arange(len(a["truth"]))
-    print("| mask | image AUROC | pixel AUROC | colour families' pixel AUROC | mask IoU (pooled) |")
-    print("|---|---|---|---|---|")
-    for variant in ("shared", "per channel"):
-        img, px, cpx = measures(a, variant, everything)
-        mask, gt, fam = a[f"{variant}_mask"], a["truth"], a["defective"]
-        iou = float((mask & gt)[fam].sum() / (mask | gt)[fam].sum())
-        print(f"| {variant} | {img:.3f} | {px:.3f} | {cpx:.3f} | {iou:.3f} |")
-    gen = torch.Generator().manual_seed(0)
-    diffs = []
-    for _ in range(args.boot):  # crops drawn with replacement, the same draw for both variants
-        idx = torch.randint(len(everything), (len(everything),), generator=gen)
-        diffs.append([p - s for p, s in zip(measures(a, "per channel", idx), measures(a, "shared", idx),
-                                            strict=True)])
-    d = torch.tensor(diffs)
-    point = [p - s for p, s in zip(measures(a, "per channel", everything), measures(a, "shared", everything),
-                                   strict=True)]
-    lo, hi = torch.quantile(d, 0.025, dim=0), torch.quantile(d, 0.975, dim=0)
-    print("\nper channel - shared, 95 % paired bootstrap over crops: " + "; ".join(
-        f"{name} {p:+.3f} [{lo[k]:+.3f}, {hi[k]:+.3f}]"
-        for k, (name, p) in enumerate(zip(("image AUROC", "pixel AUROC", "colour families' pixel AUROC"), point,
-                                          strict=True))))
+    cfg = config_for_prior("rgi", load_prior(args.prior).defaults)
+    score = (cfg.score_topk, cfg.score_sigma)
+    a = family_numbers(Path(args.shared), args.texture, args.split, args.rule, score)
+    b = family_numbers(Path(args.per_channel), args.texture, args.split, args.rule, score)
+    names = [f for f in a if f in b]
+    print(f"{args.texture} {args.split} crops, the fusion rule {args.rule}; each cell shared -> per channel\n")
+    print("| family | " + " | ".join(COLUMNS) + " |")
+    print("|---|" + "---|" * len(COLUMNS))
+    for f in names:
+        print(f"| {f} | " + " | ".join(f"{x:.3f} → {y:.3f}" for x, y in zip(a[f], b[f], strict=True)) + " |")
+    for label, chosen in (("mean", names), ("mean, colour families", [f for f in names if FAMILIES[f].colour_only])):
+        if chosen:
+            means = [(np.mean([a[f][i] for f in chosen]), np.mean([b[f][i] for f in chosen])) for i in range(4)]
+            print(f"| {label} ({len(chosen)}) | " + " | ".join(f"{x:.4f} → {y:.4f}" for x, y in means) + " |")
 
 
 if __name__ == "__main__":
