@@ -4,7 +4,8 @@ For every defect family (:mod:`rgi_core.evaluation.families`) on a texture's hel
 as ``benchmarks/generalisation.py``), the oracle is given the true region R of each defective crop and compares
 R with the rest of the crop by two plain statistics:
 
-- **mean**: :math:`|\\bar x_R - \\bar x_{\\setminus R}|`, what a brightness change moves;
+- **mean**: :math:`\\|\\bar x_R - \\bar x_{\\setminus R}\\|` (the mean colour, a vector on colour images), what a
+  brightness or colour change moves;
 - **contrast**: :math:`|\\log s_R - \\log s_{\\setminus R}|` (:math:`s` the standard deviation), what a fade,
   blur or grain moves.
 
@@ -40,18 +41,19 @@ from rgi_core.io import builtin  # noqa: E402
 
 
 def region_statistics(x: torch.Tensor, region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(|mean in - mean out|, |log std in - log std out|) per crop of x (N, C, H, W), region (N, 1, H, W) bool;
-    channels pooled."""
+    """(|mean in - mean out|, |log std in - log std out|) per crop of x (N, C, H, W), region (N, 1, H, W) bool.
+    The mean is per channel and the difference its Euclidean length over the channels (a colour cast or a hue turn
+    moves the mean colour, not the mean grey level); the standard deviation pools the channels."""
     m = region.to(x.dtype).expand_as(x)
 
     def moments(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = w.sum((1, 2, 3)).clamp_min(1.0)
-        mean = (x * w).sum((1, 2, 3)) / n
-        var = ((x - mean[:, None, None, None]) ** 2 * w).sum((1, 2, 3)) / n
+        n = w.sum((2, 3)).clamp_min(1.0)  # (N, C)
+        mean = (x * w).sum((2, 3)) / n
+        var = ((x - mean[:, :, None, None]) ** 2 * w).sum((1, 2, 3)) / n.sum(1)
         return mean, 0.5 * torch.log(var + 1e-8)
 
     (mean_in, log_in), (mean_out, log_out) = moments(m), moments(1.0 - m)
-    return (mean_in - mean_out).abs(), (log_in - log_out).abs()
+    return (mean_in - mean_out).norm(dim=1), (log_in - log_out).abs()
 
 
 def visibility(texture: str, n: int, clean_n: int) -> dict[str, tuple[tuple[float, float, float], ...]]:
