@@ -179,8 +179,7 @@ class InversionConfig:
             del d["precision"]
         if "restore_lam" in d and not d["restore_lam"]:  # no restoration stage (None or 0), as before the fields
             del d["restore_lam"], d["restore_from"]
-        if "restore_by" in d and ("restore_lam" not in d or not d["restore_by"]
-                                  or d["restore_by"] >= round(d["restore_from"] * self.iterations)):
+        if "restore_by" in d and not self.restore_cap_binds(self.iterations):  # type: ignore[attr-defined]
             del d["restore_by"]  # a cap on the switch that does not bind changes nothing
         if d.get("mask_channels", "shared") in ("shared", None):  # the one layout before the field existed
             d.pop("mask_channels", None)
@@ -298,6 +297,19 @@ class RGIConfig(InversionConfig):
             raise ValueError(f"encoder_iterations must be >= 0 (0 = no cap), got {self.encoder_iterations}")
         if self.encoder_n_init is not None and self.encoder_n_init < 0:
             raise ValueError(f"encoder_n_init must be >= 0 (0 = n_init), got {self.encoder_n_init}")
+
+    def restoration_switch(self, steps: int, capped: bool = True) -> int | None:
+        """The first step of the restoration stage of a solve whose mask runs ``steps`` steps:
+        ``min(round(restore_from * steps), restore_by)`` (without the cap when ``capped`` is False or ``restore_by``
+        is 0); None without a stage."""
+        if not self.restore_lam:
+            return None
+        at = int(round(self.restore_from * steps))
+        return min(at, self.restore_by) if capped and self.restore_by else at
+
+    def restore_cap_binds(self, steps: int) -> bool:
+        """Whether ``restore_by`` moves the switch of a ``steps``-step solve (else it changes nothing)."""
+        return self.restoration_switch(steps) != self.restoration_switch(steps, capped=False)
 
 
 @dataclass(frozen=True)

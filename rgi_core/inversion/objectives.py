@@ -222,11 +222,7 @@ class RGIObjective(Objective):
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem)
         # the restoration stage's first step (None: one stage), and the residual the map scores from then on
-        c, self.switch = self.config, None
-        if c.restore_lam:
-            self.switch = int(round(c.restore_from * self.mask_stop()))
-            if c.restore_by:
-                self.switch = min(self.switch, c.restore_by)
+        self.switch = self.config.restoration_switch(self.mask_stop())
         self.res_at_switch: torch.Tensor | None = None
 
     def lam_at(self, step: int) -> float:
