@@ -794,9 +794,11 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
 
 def _add_query(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("query", help="run SQL on a catalog (views: images, runs)")
-    q.add_argument("sql")
-    q.add_argument("--catalog", required=True)
-    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.add_argument("sql", help="a DuckDB SQL query over the views images (one row per image and config) and runs "
+                   "(one row per cleaning run), e.g. \"SELECT source_uri, anomaly_score FROM images\"")
+    q.add_argument("--catalog", required=True, help="catalog root (local path or fsspec URL)")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table (default), csv or json (one record per row)")
     q.set_defaults(func=_cmd_query)
 
 

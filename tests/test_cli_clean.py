@@ -57,6 +57,11 @@ def test_clean_then_query_matches_pandas(prefect_api, tiny_prior, tmp_path):
     assert r.stdout.splitlines() == ["iterations", "101"]
     r = rgi("query", "SELECT nonsense FROM images", "--catalog", str(cat))
     assert r.returncode == 2 and "query failed" in r.stderr
+    # a table the catalog does not have (`catalog` is also a variable of the query code, which DuckDB must not read)
+    for table in ("catalog", "nothing_here"):
+        r = rgi("query", f"SELECT * FROM {table}", "--catalog", str(cat))
+        assert r.returncode == 2 and f"Table with name {table} does not exist" in r.stderr, r.stderr
+        assert "views images and runs" in r.stderr and "duckdb_" not in r.stderr
 
 
 def test_query_s3_catalog_and_empty_catalog(prefect_api, s3, tiny_prior, tmp_path):

@@ -93,6 +93,25 @@ def _near_duplicate_groups(con: Any) -> pa.Table:
                      "near_duplicate_group": pa.array(named.loc[df["group"]].to_numpy(), pa.string())})
 
 
+#: The views a catalog's SQL reads (:func:`connect`).
+VIEWS = ("images", "runs")
+
+
 def query(catalog: str, sql: str, storage_options: dict[str, Any] | None = None) -> Any:
-    """Run ``sql`` against the catalog's views; returns a pandas DataFrame."""
-    return connect(catalog, storage_options).execute(sql).df()
+    """Run ``sql`` against the catalog's views (:data:`VIEWS`); returns a pandas DataFrame.
+
+    Raises:
+        ValueError: ``sql`` names a table the catalog does not have (the message lists the views).
+    """
+    import duckdb
+
+    con = connect(catalog, storage_options)
+    # DuckDB would otherwise read an unknown table name as a Python variable of the calling frame (this function's
+    # own `catalog`, a string) and fail with a message about that variable instead of the table
+    con.execute("SET python_enable_replacements = false")
+    try:
+        return con.execute(sql).df()
+    except duckdb.CatalogException as exc:
+        first = str(exc).splitlines()[0]  # DuckDB's guesses name its own system tables, not the catalog's
+        raise ValueError(f"{first} A catalog's tables are the views {' and '.join(VIEWS)}, e.g. SELECT source_uri, "
+                         "anomaly_score FROM images") from exc
