@@ -25,8 +25,8 @@ def test_nan_in_one_images_objective_is_that_images_error(tiny_prior, monkeypatc
     real = losses.pixel_residual
     calls = {"n": 0}
 
-    def poisoned(y: torch.Tensor, x: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-        e = real(y, x, kind)
+    def poisoned(y: torch.Tensor, x: torch.Tensor, kind: str = "l2", pool: bool = True) -> torch.Tensor:
+        e = real(y, x, kind, pool)
         if e.ndim == 4 and e.shape[0] > POISONED:  # (B, 1, H, W): the optimisation and the products
             calls["n"] += 1
             if calls["n"] > 3:  # diverges after a few healthy steps; NaN flows back into z (and theta)

@@ -222,7 +222,7 @@ class RGIObjective(Objective):
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem)
         # the restoration stage's first step (None: one stage), and the residual the map scores from then on
-        self.switch = self.config.restoration_switch(self.mask_stop())
+        self.switch = self.config.restoration_switch(self.mask_stop()) if self.config.restore_lam else None
         self.res_at_switch: torch.Tensor | None = None
 
     def lam_at(self, step: int) -> float:
