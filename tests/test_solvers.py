@@ -495,3 +495,28 @@ def test_mask_channels_changes_nothing_on_grey_images_and_is_hashed_only_per_cha
     assert CleanOptions(mask_channels="per_channel").solver_overrides()["mask_channels"] == "per_channel"
     with pytest.raises(ValueError, match="mask_channels"):
         make_config("rgi", mask_channels="rgb")
+
+
+def test_lam_for_a_mask_per_channel_is_fitted_to_each_pixel_s_largest_channel():
+    """``rgi calibrate``'s lam rule (twice the clean residuals' quantile) reads the residual a per-channel mask
+    compares with lam / 2: a pixel's largest channel, not the channels' mean."""
+    from dataclasses import replace
+
+    from conftest import TINY
+
+    from rgi_core.calibration import CalibrationConfig, _rgi, fit_lam
+    from rgi_core.priors import random_prior
+
+    prior = random_prior(replace(TINY, channels=3), seed=3)
+    prior.meta = {**prior.meta, "defaults": {**prior.defaults, "lam": 0.02, "mask_channels": "per_channel"}}
+    clean = generate(prior, 4, seed=6)
+    clean[:, 2] = (clean[:, 2] + 0.05 * torch.randn(clean[:, 2].shape, generator=torch.Generator().manual_seed(1))
+                   ).clamp(0, 1)  # the blue channel off the generator's range
+    cfg = CalibrationConfig(iterations=30, n_init=8, rounds=1, trim=0.0)
+    lam, history = fit_lam(prior, clean, cfg)
+    fit = invert(clean, prior, _rgi(prior, 0.02, cfg, lam_rule=True)).generated
+    r2 = (clean - fit).square()  # (N, 3, H, W)
+    largest, mean = (2 * float(torch.quantile(v.flatten().double(), cfg.quantile)) for v in (r2.amax(1), r2.mean(1)))
+    assert history == [[0.02, pytest.approx(largest, rel=1e-5)]]
+    assert largest > 1.5 * mean  # the shared mask's rule would have given a smaller lam
+    assert lam == pytest.approx((0.02 * largest) ** 0.5, rel=1e-5)  # one damped step
