@@ -222,7 +222,7 @@ class RGIObjective(Objective):
     def __init__(self, problem: Problem) -> None:
         super().__init__(problem)
         # the restoration stage's first step (None: one stage), and the residual the map scores from then on
-        self.switch = self.config.restoration_switch(self.mask_stop()) if self.config.restore_lam else None
+        self.switch = self.config.restoration_switch(self.mask_stop())
         self.res_at_switch: torch.Tensor | None = None
 
     def lam_at(self, step: int) -> float:
@@ -287,8 +287,9 @@ class RRGIObjective(RGIObjective):
     config: RRGIConfig
 
     def __init__(self, problem: Problem) -> None:
+        # set first: RGI's constructor asks mask_stop(), which is this step when M freezes
+        self.theta_start = int(round(problem.config.finetune_from * problem.iterations))
         super().__init__(problem)
-        self.theta_start = int(round(self.config.finetune_from * problem.iterations))
         # With a frozen mask: the residual when M froze (see scored_residual)
         self.res_at_freeze: torch.Tensor | None = None
 
