@@ -30,15 +30,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generalisation import CLEAN, detectors, load  # noqa: E402
+from generalisation import CLEAN, detectors, family_row, load  # noqa: E402
 
 from rgi_core.detectors.fusion import RULES, Fusion  # noqa: E402
-from rgi_core.detectors.residual import image_score  # noqa: E402
 from rgi_core.evaluation.families import FAMILIES, families_for  # noqa: E402
-from rgi_core.evaluation.metrics import image_auroc, pixel_auroc  # noqa: E402
 from rgi_core.inversion.config import config_for_prior  # noqa: E402
 from rgi_core.priors import load_prior  # noqa: E402
 
@@ -55,15 +52,9 @@ def family_numbers(out: Path, texture: str, split: str, rule: str,
     rows = {}
     for family in families_for(3):
         crops = load(out, texture, split, family)
-        if crops is None:
-            continue
-        dc, df = detectors(clean), detectors(crops)
-        labels = torch.cat([torch.zeros(len(clean["truth"])), torch.ones(len(crops["truth"]))]).bool()
-        truth = torch.cat([clean["truth"], crops["truth"]])
-        (sc, lc), (sf, lf) = fusion.surprises(dc), fusion.surprises(df)
-        rows[family] = (image_auroc(torch.cat([sc, sf]), labels), pixel_auroc(torch.cat([lc, lf]), truth),
-                        image_auroc(torch.cat([image_score(dc["residual"]), image_score(df["residual"])]), labels),
-                        pixel_auroc(torch.cat([dc["residual"], df["residual"]]), truth))
+        if crops is not None:  # generalisation.py's per-family numbers: fused, and each detector alone
+            r = family_row(fusion, clean, crops)
+            rows[family] = (r["image"][0], r["pixel"], r["single_image"]["residual"], r["single_pixel"]["residual"])
     return rows
 
 
