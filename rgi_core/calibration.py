@@ -58,7 +58,7 @@ from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.detectors.selection import FamilyCrops, select
 from rgi_core.detectors.texture import TextureStats
 from rgi_core.inversion import losses
-from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior, make_config
+from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior, make_config, mask_per_channel
 from rgi_core.inversion.loop import SolveControl
 from rgi_core.inversion.objectives import per_pixel
 from rgi_core.inversion.operators import Downsample, GaussianNoise, Grayscale, Identity, Inpainting, Physics
@@ -166,7 +166,7 @@ def fit_lam(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig,
         result = invert(clean, prior, config, control=SolveControl(cancelled=stop))
         # (N, 1, H, W): a mask per channel takes a pixel when its largest channel is over lam / 2
         e = per_pixel(losses.pixel_residual(clean.to(result.generated), result.generated,
-                                            pool=config.mask_channels != "per_channel"))
+                                            pool=not mask_per_channel(config, clean.shape[1])))
         keep, _ = inliers(image_score(e.float().cpu()), cfg.trim)  # an outlier image's residuals stay out
         return max(2.0 * float(torch.quantile(e[keep.to(e.device)].flatten().double(), cfg.quantile)), 1e-12)
 

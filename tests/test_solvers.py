@@ -497,6 +497,41 @@ def test_mask_channels_changes_nothing_on_grey_images_and_is_hashed_only_per_cha
         make_config("rgi", mask_channels="rgb")
 
 
+def test_map_level_reads_the_older_rule_s_map_at_the_prior_s_threshold(tiny_prior):
+    """A prior without a fusion stores the map level its pixel threshold sits at: the written map reads 0.5 there
+    (so ``anomaly_fraction``, the share over 0.5, counts what the threshold flags), ranks as before, and the image
+    score does not move."""
+    from rgi_core.detectors.fusion import relevel
+    from rgi_core.inversion.config import config_for_prior
+
+    a = torch.tensor([0.0, 0.1, 0.2, 0.5, 0.9])
+    # by hand: a' = a (1 - l) / (a (1 - l) + l (1 - a)) at l = 0.2
+    torch.testing.assert_close(relevel(a, 0.2), torch.tensor([0.0, 0.08 / 0.26, 0.5, 0.8, 0.72 / 0.74]))
+    assert relevel(a, 0.5) is a
+    y = generate(tiny_prior, 2, seed=1)
+    y[:, :, 2:6, 2:6] = 1.0 - y[:, :, 2:6, 2:6]
+    common = dict(iterations=20, n_init=16, lam=LAM)
+    plain = invert(y, tiny_prior, make_config("rgi", **common))
+    tiny_prior.meta = {**tiny_prior.meta, "defaults": {**tiny_prior.defaults, "map_level": 0.2}}
+    try:
+        read = invert(y, tiny_prior, make_config("rgi", **common))  # the prior's level, unset in the config
+        assert config_for_prior("rgi", tiny_prior.defaults).map_level == 0.2
+    finally:
+        tiny_prior.meta = {**tiny_prior.meta, "defaults": {k: v for k, v in tiny_prior.defaults.items()
+                                                           if k != "map_level"}}
+    torch.testing.assert_close(read.anomaly_map, relevel(plain.anomaly_map, 0.2))
+    assert ((read.anomaly_map > 0.5) == (plain.anomaly_map > 0.2)).all()
+    assert (read.anomaly_map > 0.5).sum() > (plain.anomaly_map > 0.5).sum()
+    torch.testing.assert_close(read.score, plain.score, rtol=0, atol=0)
+    torch.testing.assert_close(read.mask, plain.mask, rtol=0, atol=0)
+    assert config_for_prior("rgi", {}).map_level == 0.5  # the fallback: the map as joined
+    assert make_config("rgi").config_hash() == make_config("rgi", map_level=0.5).config_hash()
+    assert make_config("rgi").config_hash() != make_config("rgi", map_level=0.2).config_hash()
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match="map_level"):
+            make_config("rgi", map_level=bad)
+
+
 def test_lam_for_a_mask_per_channel_is_fitted_to_each_pixel_s_largest_channel():
     """``rgi calibrate``'s lam rule (twice the clean residuals' quantile) reads the residual a per-channel mask
     compares with lam / 2: a pixel's largest channel, not the channels' mean."""

@@ -16,7 +16,8 @@ The anomaly map is a soft, tie-free version with the same decision boundary,
 where :math:`\tilde e` is the residual, optionally smoothed by a Gaussian of ``sigma`` pixels (off by
 default: a blur spreads single-pixel corruption onto its clean neighbours; on 10 % scattered flips it
 cut pixel AUROC from 0.99+ to 0.90). :math:`a > 0.5` exactly where the (smoothed) closed-form mask is positive.
-Thresholding at 0.5 therefore means "the residual exceeds what the prior's lambda tolerates".
+Thresholding at 0.5 therefore means "the residual exceeds what the prior's lambda tolerates"; a prior without a
+fusion may store another level for the written map (``map_level``, :func:`rgi_core.detectors.fusion.relevel`).
 
 The prior-reliance map of the BIGPrior fusion ``restored = (1 - phi) x + phi G(z)`` is a sharpened
 version of the same rule, :math:`\phi = e^k / (e^k + (\lambda/2)^k)` with ``k = 4`` (unsmoothed):

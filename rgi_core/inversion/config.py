@@ -57,6 +57,13 @@ class InversionConfig:
             0 keeps maps pixel-exact, see :mod:`rgi_core.detectors.residual`).
         score_topk: image score = mean of the top ``score_topk`` fraction of the anomaly map (ours).
         score_sigma: Gaussian blur (pixels) of the map before the score's top-k (ours).
+        map_level: priors without a calibrated fusion (:mod:`rgi_core.detectors.fusion`, whose map threshold does
+            this job): the level of the joined map that the written anomaly map reads as 0.5, so ``> 0.5`` (the
+            catalog's ``anomaly_fraction``) flags what the prior's calibrated pixel threshold flags. The map is
+            shifted in log-odds (:func:`rgi_core.detectors.fusion.relevel`); its ranking and the image score do
+            not change. 0.5 = as joined (the residual's map then reads 0.5 where the residual is the mask
+            threshold). digits-32 stores 0.4: on its validation digits' gross corruption the level nearest 0.5 whose
+            pooled IoU is within 0.03 of the best (docs/design.md).
         residual_map: score the residual of the fit (:mod:`rgi_core.detectors.residual`), the solve's own
             detector; off, the map and score come from the other detectors alone (the solve still restores).
         texture_map: fuse the prior's local texture statistics (:mod:`rgi_core.detectors.texture`) into the anomaly
@@ -94,8 +101,8 @@ class InversionConfig:
         device: ``"auto"`` (cuda, then mps, then cpu) or any torch device string.
 
     Fields a prior calibrates (:data:`PRIOR_DEFAULT_FIELDS`: ``lam``, ``map_sigma``, ``score_topk``,
-    ``score_sigma``, RGI's ``mask_tv``, ``mask_tv_until``, ``restore_lam``, ``encoder_iterations``, ``encoder_n_init``
-    and ``mask_channels``) default to ``None``: the prior's
+    ``score_sigma``, ``map_level``, RGI's ``mask_tv``, ``mask_tv_until``, ``restore_lam``, ``encoder_iterations``,
+    ``encoder_n_init`` and ``mask_channels``) default to ``None``: the prior's
     value from its metadata, else :data:`FALLBACKS` (``lam``: :data:`DEFAULT_LAMBDA`).
     :func:`rgi_core.inversion.solver.invert` resolves them with :func:`for_prior`, so a config built by hand
     gets the same defaults as the CLI and the flows.
@@ -117,6 +124,7 @@ class InversionConfig:
     map_sigma: float | None = None
     score_topk: float | None = None
     score_sigma: float | None = None
+    map_level: float | None = None
     residual_map: bool = True
     texture_map: bool = True
     learned_map: bool = True
@@ -150,6 +158,8 @@ class InversionConfig:
             raise ValueError(f"score_sigma must be >= 0, got {self.score_sigma}")
         if self.score_topk is not None and not 0.0 < self.score_topk <= 1.0:
             raise ValueError(f"score_topk must be in (0, 1], got {self.score_topk}")
+        if self.map_level is not None and not 0.0 < self.map_level < 1.0:
+            raise ValueError(f"map_level must be in (0, 1), got {self.map_level}")
         if not self.stop_tol >= 0:
             raise ValueError(f"stop_tol must be >= 0 (0 = off), got {self.stop_tol}")
         if self.stop_window < 1:
@@ -181,6 +191,8 @@ class InversionConfig:
             del d["restore_lam"], d["restore_from"]
         if "restore_by" in d and not self.restore_cap_binds(self.iterations):  # type: ignore[attr-defined]
             del d["restore_by"]  # a cap on the switch that does not bind changes nothing
+        if d["map_level"] in (0.5, None):  # the map as joined, the only reading before the field existed
+            del d["map_level"]
         if d.get("mask_channels", "shared") in ("shared", None):  # the one layout before the field existed
             d.pop("mask_channels", None)
         for k in ("encoder_iterations", "encoder_n_init"):  # the encoder's budget, where it applies
@@ -412,6 +424,12 @@ def _config_class(method: str) -> tuple[type[InversionConfig], set[str]]:
     return cls, {f.name for f in dataclasses.fields(cls)}
 
 
+def mask_per_channel(config: InversionConfig, channels: int) -> bool:
+    """Whether a solve of ``config`` on images of ``channels`` channels keeps a mask per channel: RGI's
+    ``mask_channels="per_channel"`` on colour images (a grey image has one channel either way)."""
+    return getattr(config, "mask_channels", None) == "per_channel" and channels > 1
+
+
 def make_config(method: str, **overrides: Any) -> InversionConfig:
     """The config of ``method`` with paper defaults, overriding the given fields (``None`` = keep)."""
     cls, fields = _config_class(method)
@@ -422,14 +440,14 @@ def make_config(method: str, **overrides: Any) -> InversionConfig:
 
 
 #: Prior-metadata ``defaults`` that a config takes over when the caller leaves them unset.
-PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "mask_tv", "mask_tv_until", "restore_lam",
-                        "encoder_iterations", "encoder_n_init", "mask_channels")
+PRIOR_DEFAULT_FIELDS = ("lam", "map_sigma", "score_sigma", "score_topk", "map_level", "mask_tv", "mask_tv_until",
+                        "restore_lam", "encoder_iterations", "encoder_n_init", "mask_channels")
 
 #: What an unset field of :data:`PRIOR_DEFAULT_FIELDS` (``lam`` and ``restore_lam`` apart) is when the prior's
-#: metadata has no value either: the paper's element-wise mask (no TV), one per pixel, and our pixel-exact map and
-#: top-1 % score.
-FALLBACKS: dict[str, Any] = {"map_sigma": 0.0, "score_topk": 0.01, "score_sigma": 1.0, "mask_tv": 0.0,
-                             "mask_tv_until": 1.0, "mask_channels": "shared"}
+#: metadata has no value either: the paper's element-wise mask (no TV), one per pixel, and our pixel-exact map (read
+#: as joined) and top-1 % score.
+FALLBACKS: dict[str, Any] = {"map_sigma": 0.0, "score_topk": 0.01, "score_sigma": 1.0, "map_level": 0.5,
+                             "mask_tv": 0.0, "mask_tv_until": 1.0, "mask_channels": "shared"}
 
 
 def for_prior(config: InversionConfig, prior_defaults: dict[str, Any]) -> InversionConfig:

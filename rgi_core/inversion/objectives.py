@@ -36,7 +36,7 @@ import torch
 
 from rgi_core.detectors import residual as residual_rule
 from rgi_core.inversion import losses, schedules
-from rgi_core.inversion.config import DGPConfig, InversionConfig, RGIConfig, RRGIConfig
+from rgi_core.inversion.config import DGPConfig, InversionConfig, RGIConfig, RRGIConfig, mask_per_channel
 from rgi_core.inversion.generator import GeneratorFn, GeneratorRows
 from rgi_core.inversion.operators import Downsample, Grayscale, Inpainting, Physics
 from rgi_core.priors.files import Prior
@@ -72,7 +72,7 @@ class Problem:
     @property
     def per_channel(self) -> bool:
         """Whether each observed channel has a mask of its own (``mask_channels="per_channel"``, colour observed)."""
-        return getattr(self.config, "mask_channels", None) == "per_channel" and self.y.shape[1] > 1
+        return mask_per_channel(self.config, self.y.shape[1])
 
     def residual(self, ax: torch.Tensor) -> torch.Tensor:
         """Residual of a fit seen through the physics, ``A(G(z))`` (B, C', H', W') -> (B, 1, H', W'), or per channel
