@@ -19,6 +19,9 @@
 #             score threshold with them. The image score is the
 #             mean of the top 25 % of the map (score_topk=0.25, chosen on a digits validation
 #             prior, docs/design.md): the digit corruption covers 10-25 % of the pixels.
+#             The written map reads 0.5 at level 0.4 of the residual's map (map_level=0.4: the level nearest
+#             0.5 within 0.03 of the best pooled IoU over the gross families on validation digits,
+#             benchmarks/gross.py threshold, docs/design.md).
 #   brick, grass, gravel: also the budget of a solve from their encoders: a step cap (encoder_iterations:
 #             brick 300, grass and gravel 200) and, on grass and gravel, the encoder start alone, no random
 #             candidates (encoder_n_init 1); picked on validation crops by benchmarks/step_cap.py. brick keeps
@@ -56,7 +59,7 @@ if [[ $NAMES == *" digits "* ]]; then
     # starts at the fixed point: one round keeps lam there and records the score threshold with TV and the stage on
     $RGI calibrate "$OUT/data/digits-train" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 1 \
       --fusion-images 0 --set mask_tv="$tv" --set mask_tv_until=0.75 --set restore_lam="$restore" \
-      --set score_topk=0.25 >"$OUT/ship/digits-32.calibration.json"
+      --set score_topk=0.25 --set map_level=0.4 >"$OUT/ship/digits-32.calibration.json"
   ) &
   pids+=($!)
 fi
