@@ -91,6 +91,22 @@ def test_fused_map_reads_half_at_the_map_threshold_and_survives_the_metadata_rou
         dataclasses.replace(fusion, rule="mean")
 
 
+def test_map_level_shifts_a_fused_map_as_a_lower_map_threshold_would():
+    """``map_level`` reads the joined map at another level for every prior: on a fusion's map L / (L + t) the
+    level l is the map threshold t l / (1 - l), and the image score does not move."""
+    from rgi_core.inversion.config import make_config
+    from rgi_core.inversion.products import fuse_detectors
+
+    g = torch.Generator().manual_seed(5)
+    fusion = Fusion.fit(_maps(50, False, g), map_threshold=2.0)
+    maps = _maps(4, True, g)
+    amap, score = fuse_detectors(maps, make_config("rgi", map_level=0.25), fusion)
+    lower, same = fusion.fuse(maps, map_threshold=2.0 * 0.25 / 0.75)
+    torch.testing.assert_close(amap, lower, atol=1e-5, rtol=0)
+    torch.testing.assert_close(score, same)
+    torch.testing.assert_close(fuse_detectors(maps, make_config("rgi"), fusion)[0], fusion.fuse(maps)[0])
+
+
 def test_pooled_iou_curve_matches_a_hand_count():
     levels = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     truth = torch.tensor([[False, False, True, True]])

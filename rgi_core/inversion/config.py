@@ -57,13 +57,14 @@ class InversionConfig:
             0 keeps maps pixel-exact, see :mod:`rgi_core.detectors.residual`).
         score_topk: image score = mean of the top ``score_topk`` fraction of the anomaly map (ours).
         score_sigma: Gaussian blur (pixels) of the map before the score's top-k (ours).
-        map_level: priors without a calibrated fusion (:mod:`rgi_core.detectors.fusion`, whose map threshold does
-            this job): the level of the joined map that the written anomaly map reads as 0.5, so ``> 0.5`` (the
+        map_level: the level of the joined map that the written anomaly map reads as 0.5, so ``> 0.5`` (the
             catalog's ``anomaly_fraction``) flags what the prior's calibrated pixel threshold flags. The map is
             shifted in log-odds (:func:`rgi_core.detectors.fusion.relevel`); its ranking and the image score do
-            not change. 0.5 = as joined (the residual's map then reads 0.5 where the residual is the mask
-            threshold). digits-32 stores 0.4: on its validation digits' gross corruption the level nearest 0.5 whose
-            pooled IoU is within 0.03 of the best (docs/design.md).
+            not change. 0.5 = as joined: a calibrated fusion (:mod:`rgi_core.detectors.fusion`) already reads 0.5
+            at its own map threshold, and the older rule's residual map where the residual is the mask threshold,
+            which is where priors without a fusion may store another level. digits-32 stores 0.4: on its
+            validation digits' gross corruption the level nearest 0.5 whose pooled IoU is within 0.03 of the best
+            (docs/design.md).
         residual_map: score the residual of the fit (:mod:`rgi_core.detectors.residual`), the solve's own
             detector; off, the map and score come from the other detectors alone (the solve still restores).
         texture_map: fuse the prior's local texture statistics (:mod:`rgi_core.detectors.texture`) into the anomaly

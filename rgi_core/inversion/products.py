@@ -76,14 +76,15 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
 def fuse_detectors(maps: Mapping[str, torch.Tensor], config: InversionConfig,
                    fusion: Fusion | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The anomaly map (B, 1, H, W) and score (B,) from the detectors' maps by name (``residual`` first): the
-    prior's calibrated fusion, or without one the older rule (:func:`rgi_core.detectors.fusion.fuse_maps`), its map
-    read at ``config.map_level`` (:func:`rgi_core.detectors.fusion.relevel`; the score is the rule's)."""
+    prior's calibrated fusion, or without one the older rule (:func:`rgi_core.detectors.fusion.fuse_maps`); the
+    joined map is read at ``config.map_level`` (:func:`rgi_core.detectors.fusion.relevel`; the score is the rule's)."""
     if fusion is not None:
-        return fusion.fuse(maps)
-    amap, *others = maps.values()
-    score = image_score(amap, config.score_topk, config.score_sigma)
-    fused, score = fuse_maps(amap, score, others, config.score_topk, config.score_sigma)
-    return relevel(fused, 0.5 if config.map_level is None else config.map_level), score
+        amap, score = fusion.fuse(maps)
+    else:
+        first, *others = maps.values()
+        score = image_score(first, config.score_topk, config.score_sigma)
+        amap, score = fuse_maps(first, score, others, config.score_topk, config.score_sigma)
+    return relevel(amap, 0.5 if config.map_level is None else config.map_level), score
 
 
 def per_detector(maps: Mapping[str, torch.Tensor], config: InversionConfig,
