@@ -31,7 +31,8 @@ variant:
 - the defective images of the whole pool that ``full`` flags (``score > score_threshold``) and the variant
   triaged away (its miss rate);
 - for a prior with no triage (``digits-32``), once ``short`` and ``stop`` are solved: a short first solve in the
-  triage's place, modelled from the stored solves (:func:`_short_pass`).
+  triage's place, modelled from the stored solves (:func:`_short_pass`); with a restoration stage, the images
+  judged clean at its switch stopped there (:func:`_switch_pass`).
 
 Usage:
     python benchmarks/cost.py run [--prior brick-64] [--out runs/cost] [--variants full stop triage all]
@@ -432,6 +433,9 @@ def cmd_report(args: argparse.Namespace) -> None:
         _tradeoff(res, triage_pass, pool, flagged, cands, args)
     elif "short" in res and "stop" in res:
         _short_pass(res, pool, flagged, cands, args)
+    switch = config_for_prior("rgi", prior.defaults, iterations=args.iterations).restoration_switch(args.iterations)
+    if triage_pass is None and "stop" in res and switch is not None:
+        _switch_pass(res, pool, switch, threshold, cands, args)
 
 
 def _tradeoff(res: dict[str, dict[str, torch.Tensor]], triage_pass: dict[str, torch.Tensor],
@@ -505,6 +509,36 @@ def _short_pass(res: dict[str, dict[str, torch.Tensor]], pool: dict[str, torch.T
         sent = int((flagged & ~on).sum())
         print(f"| {float(on[clean].double().mean()):.3f} | {sent} of {int(flagged.sum())} | " + " | ".join(cells)
               + " |")
+
+
+def _switch_pass(res: dict[str, dict[str, torch.Tensor]], pool: dict[str, torch.Tensor], switch: int,
+                 threshold: float, cands: dict[str, int], args: argparse.Namespace) -> None:
+    """For a prior with a restoration stage (``digits-32``), what stopping at the stage's switch the images judged
+    clean there would give, modelled from ``stop``'s solves: the score is read at the switch, so an image whose score is
+    at most a threshold has its final score by then, and only its restoration would be skipped. Such an image costs
+    ``switch`` steps; the others keep ``stop``'s. Per threshold (a share ``keep`` of the pool's clean images going on,
+    and the prior's score threshold): the cost ratio to ``full`` per rate (image AUROC is ``stop``'s, unchanged) and
+    the defective images that would miss the restoration stage."""
+    stop, clean = res["stop"], ~pool["label"]
+    full_cost = res["full"]["_per"]["forward"] + 2 * res["full"]["_per"]["backward"]
+    stop_cost = stop["_per"]["forward"] + 2 * stop["_per"]["backward"]
+    at_switch = torch.full_like(stop_cost, 3.0 * switch + 1)  # switch steps of a forward and a backward, the products
+    score = stop["score"].double()
+    print(f"\n## Stopping at the restoration stage's switch (step {switch}) the images judged clean there (modelled "
+          "on `stop`: their score is final at the switch, their restoration is skipped; shares over the pool)\n")
+    print("| threshold | clean images going on | defective images stopped at the switch | "
+          + " | ".join(f"cost ratio at {r:.0%}" for r in args.rates) + " |")
+    print("|---|---|---|" + "---|" * len(args.rates))
+    rows = [(f"keep {k}", float(torch.quantile(score[clean], 1.0 - k))) for k in (0.05, 0.1, 0.2)]
+    for name, t in [*rows, (f"the prior's score threshold {threshold:.3f}", threshold)]:
+        on = score > t
+        cells = []
+        for rate in args.rates:
+            idx = _set_indices(pool, rate, args.size)
+            c = float(torch.where(on[idx], stop_cost[idx], at_switch[idx]).sum()) + cands["stop"]
+            cells.append(f"{(float(full_cost[idx].sum()) + cands['full']) / c:.1f}x")
+        print(f"| {name} | {float(on[clean].double().mean()):.3f} | {int((~on & pool['label']).sum())} of "
+              f"{int(pool['label'].sum())} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
