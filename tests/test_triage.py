@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rgi_core import invert
-from rgi_core.detectors.fusion import Fusion, combine, fusion_of, surprise
+from rgi_core.detectors.fusion import Fusion, combine, fusion_of, relevel, surprise
 from rgi_core.evaluation.families import apply_family_batch
 from rgi_core.evaluation.labelled import random_crops
 from rgi_core.inversion.config import config_for_prior
@@ -106,6 +106,9 @@ def test_triaged_images_keep_their_pixels_and_the_suspects_get_the_full_solve():
     full = invert(x[~triaged], prior, cfg.replace(triage=False))
     for f in ("restored", "mask", "anomaly_map", "score", "latent"):
         torch.testing.assert_close(getattr(out, f)[~triaged], getattr(full, f), atol=0, rtol=0)
+    # a map level reads the triaged rows' maps as it reads the solved ones'
+    shifted = invert(x, prior, cfg.replace(map_level=0.25))
+    torch.testing.assert_close(shifted.anomaly_map, relevel(out.anomaly_map, 0.25), atol=1e-6, rtol=0)
     # the split is the triage score against the threshold
     fast = t.scores(fusion, detector_maps(prior, cfg, Identity(), x))[1]
     assert torch.equal(triaged, fast <= t.threshold)
