@@ -142,14 +142,14 @@ def map_threshold(args: argparse.Namespace) -> None:
     prior = load_prior(args.prior, device="auto")
     clean = digits(args.split, args.n)
     config = make_config(args.method, iterations=args.iterations, n_init=args.n_init, **_overrides(args))
-    maps, masks, truths = {}, [], []
+    maps, masks = {}, []
     for family in ["clean", *GROSS_FAMILIES]:
         bad, truth = (clean, torch.zeros_like(clean)) if family == "clean" else corrupt(clean, family, args.split)
         r = invert(bad, prior, config)
         maps[family] = (r.anomaly_map.float(), truth > 0.5)
         masks.append(r.mask.float())
-        truths.append(truth > 0.5)
-    a, m, t = torch.cat([v[0] for v in maps.values()]), torch.cat(masks), torch.cat(truths)
+    a, t = (torch.cat(v) for v in zip(*maps.values(), strict=True))
+    m = torch.cat(masks)
 
     def iou(pred: torch.Tensor, truth: torch.Tensor) -> float:
         return float((pred & truth).sum() / (pred | truth).sum().clamp_min(1))

@@ -4,6 +4,7 @@ batched equals looped for every method, degenerate input is handled."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -507,18 +508,15 @@ def test_map_level_reads_the_older_rule_s_map_at_the_prior_s_threshold(tiny_prio
     a = torch.tensor([0.0, 0.1, 0.2, 0.5, 0.9])
     # by hand: a' = a (1 - l) / (a (1 - l) + l (1 - a)) at l = 0.2
     torch.testing.assert_close(relevel(a, 0.2), torch.tensor([0.0, 0.08 / 0.26, 0.5, 0.8, 0.72 / 0.74]))
-    assert relevel(a, 0.5) is a
+    assert relevel(a, 0.5) is a and relevel(a, None) is a  # None: a config's unset level
     y = generate(tiny_prior, 2, seed=1)
     y[:, :, 2:6, 2:6] = 1.0 - y[:, :, 2:6, 2:6]
     common = dict(iterations=20, n_init=16, lam=LAM)
     plain = invert(y, tiny_prior, make_config("rgi", **common))
-    tiny_prior.meta = {**tiny_prior.meta, "defaults": {**tiny_prior.defaults, "map_level": 0.2}}
-    try:
-        read = invert(y, tiny_prior, make_config("rgi", **common))  # the prior's level, unset in the config
-        assert config_for_prior("rgi", tiny_prior.defaults).map_level == 0.2
-    finally:
-        tiny_prior.meta = {**tiny_prior.meta, "defaults": {k: v for k, v in tiny_prior.defaults.items()
-                                                           if k != "map_level"}}
+    levelled = dataclasses.replace(tiny_prior, meta={**tiny_prior.meta, "defaults": {**tiny_prior.defaults,
+                                                                                     "map_level": 0.2}})
+    read = invert(y, levelled, make_config("rgi", **common))  # the prior's level, unset in the config
+    assert config_for_prior("rgi", levelled.defaults).map_level == 0.2
     torch.testing.assert_close(read.anomaly_map, relevel(plain.anomaly_map, 0.2))
     assert ((read.anomaly_map > 0.5) == (plain.anomaly_map > 0.2)).all()
     assert (read.anomaly_map > 0.5).sum() > (plain.anomaly_map > 0.5).sum()

@@ -308,12 +308,13 @@ def fuse_maps(
     return fused, torch.stack(scores).mean(0)
 
 
-def relevel(amap: torch.Tensor, level: float) -> torch.Tensor:
+def relevel(amap: torch.Tensor, level: float | None) -> torch.Tensor:
     r"""A map in [0, 1) shifted in log-odds so that it reads 0.5 where it read ``level``:
     :math:`a' = a(1-\ell) / (a(1-\ell) + \ell(1-a))`, i.e. :math:`\mathrm{logit}\,a' = \mathrm{logit}\,a -
-    \mathrm{logit}\,\ell`. Monotone, so rankings (AUROC) do not change; 0 stays 0; ``level`` 0.5 returns ``amap``.
+    \mathrm{logit}\,\ell`. Monotone, so rankings (AUROC) do not change; 0 stays 0; ``level`` 0.5 or None (a config's
+    unset ``map_level``) returns ``amap``.
     For a residual's map :math:`e / (e + c)` it is the same map with :math:`c` scaled by :math:`\ell / (1 - \ell)`."""
-    if level == 0.5:
+    if level is None or level == 0.5:
         return amap
     a = amap * (1.0 - level)
     return a / (a + level * (1.0 - amap)).clamp_min(1e-30)

@@ -84,7 +84,7 @@ def fuse_detectors(maps: Mapping[str, torch.Tensor], config: InversionConfig,
         first, *others = maps.values()
         score = image_score(first, config.score_topk, config.score_sigma)
         amap, score = fuse_maps(first, score, others, config.score_topk, config.score_sigma)
-    return relevel(amap, 0.5 if config.map_level is None else config.map_level), score
+    return relevel(amap, config.map_level), score
 
 
 def per_detector(maps: Mapping[str, torch.Tensor], config: InversionConfig,

@@ -129,7 +129,7 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
             return None  # a detector the triage reads is switched off (or missing): every image is solved
         fusion = fusion_of(prior.defaults)
         amap, score = triage.scores(fusion, maps)
-        amap = relevel(amap, 0.5 if config.map_level is None else config.map_level)  # read as a solve's map is
+        amap = relevel(amap, config.map_level)  # read as a solve's map is
         own, surprise = per_detector(maps, config, fusion)
     suspect = (score > triage.threshold).cpu()
     if bool(suspect.all()):
