@@ -11,7 +11,8 @@ batches of ``--batch`` (as ``rgi clean`` does) at the prior's defaults apart fro
 - ``stop``: ``full`` with adaptive stopping (``stop_tol``);
 - ``triage``: the triage pass on every image; the suspects' products are ``full``'s (a start does not depend on
   the batch, so a suspect's solve is the one ``full`` ran), the others keep the triage pass's;
-- ``all``: the defaults, every lever the prior supports, solved for real;
+- ``all``: the defaults, every lever the prior supports, solved for real (``digits-32``: adaptive stopping and the
+  switch triage, :class:`rgi_core.inversion.triage.SwitchTriage`);
 - ``short``: ``all`` with at most ``--short`` steps per image (the cap ``iterations`` lowered);
 - ``single``: ``all`` with E(x) as the single start (``encoder_n_init`` 1: no random candidates beside it).
 
@@ -32,7 +33,7 @@ variant:
   triaged away (its miss rate);
 - for a prior with no triage (``digits-32``), once ``short`` and ``stop`` are solved: a short first solve in the
   triage's place, modelled from the stored solves (:func:`_short_pass`); with a restoration stage, the images
-  judged clean at its switch stopped there (:func:`_switch_pass`).
+  judged clean at its switch stopped there at other thresholds than the prior's (:func:`_switch_pass`).
 
 Usage:
     python benchmarks/cost.py run [--prior brick-64] [--out runs/cost] [--variants full stop triage all]

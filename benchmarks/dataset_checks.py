@@ -109,8 +109,9 @@ def cmd_cost(args: argparse.Namespace) -> None:
         image_checks(img)
         thumbnail_png(img)
     checks = time.perf_counter() - t0
-    triaged = sum(o.triaged for o in outcomes)
-    only = [it for it, o in zip(items, outcomes, strict=True) if o.triaged]  # a batch no image of which is solved
+    triaged = sum(o.stage == "triage" for o in outcomes)
+    # a batch no image of which is solved
+    only = [it for it, o in zip(items, outcomes, strict=True) if o.stage == "triage"]
     t0 = time.perf_counter()
     clean_batch(only, prior, settings.config)
     skim = (time.perf_counter() - t0) / len(only)

@@ -202,9 +202,11 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
             fusion_clean = held.sample(args.fusion_images) if args.fusion_images > 0 else None
             families = (_family_crops(held, args.fusion_families, args.seed, prior.spec.channels)
                         if fusion_clean is not None else None)
+            switch_clean = sampler.sample(args.switch_triage_images) if args.switch_triage_images > 0 else None
             defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter,
                                  stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families,
-                                 triage_keep=args.triage_keep or None, triage_miss=args.triage_miss)
+                                 triage_keep=args.triage_keep or None, triage_miss=args.triage_miss,
+                                 switch_clean=switch_clean)
         except Cancelled:
             kept = ("; the encoder goes on from its checkpoint when the same command runs again"
                     if _encoder_checkpoint(args.prior).exists() else "")
@@ -751,6 +753,11 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    help="with a fusion, store a triage threshold: `rgi clean` then runs the full solve only for images "
                         "whose detectors' score is above it, a share FRACTION of the fusion's clean images (default "
                         "0.2; rgi_core.inversion.triage). 0 stores none: every image is solved")
+    c.add_argument("--switch-triage-images", type=int, default=0, metavar="N",
+                   help="with a restoration stage (restore_lam, as digits-32 has), store a switch triage: `rgi clean` "
+                        "then stops an image at the stage's switch, unrestored, when its score there is at most the "
+                        "score of all but a share --triage-keep of N clean crops solved as `rgi clean` solves them "
+                        "(rgi_core.inversion.triage.SwitchTriage; digits-32: 256). 0 stores none (default)")
     c.add_argument("--triage-miss", type=_fraction, default=None, metavar="FRACTION",
                    help="with --fusion-families, lower the triage threshold until at most FRACTION of the families' "
                         "crops that the full score flags would be sent away unsolved (costs solves; default: off)")

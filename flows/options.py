@@ -40,8 +40,10 @@ class SolveOptions(BaseModel):
                                    "less than this (relative) over 100 steps (unset: the method's default; 0 = off: "
                                    "every image runs all iterations).")
     triage: bool | None = Field(None, description="Run the full solve only for images the detectors that read the "
-                                "image find suspect; the others keep their pixels and take the detectors' score "
-                                "(unset: on where the prior stores a triage threshold, as the texture priors do).")
+                                "image find suspect; the others keep their pixels and take the detectors' score. "
+                                "With a restoration stage, stop the images whose score at its switch is under the "
+                                "prior's switch threshold there, unrestored (unset: on where the prior stores either "
+                                "threshold: the texture priors a triage, digits-32 a switch triage).")
     encoder: bool | None = Field(None, description="Start from the prior's encoder as well as the best-of-N "
                                  "candidates (unset: on where the prior carries an encoder).")
     detectors: str | None = Field(None, description="Comma-separated detectors that score the images: residual (the "

@@ -22,6 +22,10 @@ averages the noise; the ``(lam tried, f(lam))`` pairs are kept in the metadata.
 The image-score threshold is the ``score_quantile`` of the clean images' scores: the pipeline flags
 an image as anomalous above it.
 
+With a restoration stage (``restore_lam``) and ``switch_clean`` images, :func:`fit_switch_triage` also stores the
+score at the stage's switch below which ``rgi clean`` stops an image there unrestored
+(:class:`rgi_core.inversion.triage.SwitchTriage`), measured on those images solved as ``rgi clean`` solves them.
+
 The "clean" images a user has are rarely all clean. A calibration image whose score is an outlier among the others
 (:func:`inliers`, ``CalibrationConfig.trim``) is left out of the residual quantile of every lam round, of the score
 threshold and of the fusion's clean tails. On 16 brick crops plus 2 with a hole (brick-64's residual alone, 50 steps),
@@ -64,7 +68,7 @@ from rgi_core.inversion.objectives import per_pixel
 from rgi_core.inversion.operators import Downsample, GaussianNoise, Grayscale, Identity, Inpainting, Physics
 from rgi_core.inversion.products import detector_maps
 from rgi_core.inversion.solver import invert
-from rgi_core.inversion.triage import Triage
+from rgi_core.inversion.triage import SwitchTriage, Triage
 from rgi_core.priors.files import Prior
 from rgi_core.priors.phinet import PHI_OPERATORS, PhiNetConfig
 from rgi_core.stopping import StopCheck, check
@@ -273,7 +277,8 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
               texture_clean: torch.Tensor | None = None, segmenter: LearnedMap | None = None,
               stop: StopCheck | None = None, fusion_clean: torch.Tensor | None = None,
               fusion_families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-              triage_keep: float | None = None, triage_miss: float | None = None) -> dict[str, Any]:
+              triage_keep: float | None = None, triage_miss: float | None = None,
+              switch_clean: torch.Tensor | None = None) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
     With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
@@ -290,7 +295,9 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     the full solve (:class:`rgi_core.inversion.triage.Triage`) is stored as ``defaults.triage``, with
     ``triage_miss`` (and ``fusion_families``) lowered to miss at most that share of the families' flagged crops; an
     older one is
-    dropped with the fusion it was read on.
+    dropped with the fusion it was read on. With ``switch_clean`` (clean images, N, C, H, W), ``triage_keep`` and a
+    restoration stage in the prior's defaults, the switch triage (:func:`fit_switch_triage`) is stored as
+    ``defaults.switch_triage``; an older one is dropped (it was read with the old ``lam``).
 
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
     (e.g. ``map_sigma``) with ``lam``, ``score_threshold`` (and ``texture_stats``) replaced, and a
@@ -301,10 +308,10 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     if cfg.rounds == 0:
         if "lam" not in prior.defaults:
             raise ValueError("rounds=0 keeps the prior's lam, but this prior has none: calibrate it with rounds >= 1")
-        lam, history = float(prior.defaults["lam"]), []
+        lam, history = float(prior.defaults["lam"]), prior.defaults.get("calibration", {}).get("lam_rounds", [])
     else:  # the mask rule: residuals only, texture statistics play no part
         lam, history = fit_lam(prior, clean, cfg, stop)
-    kept = {k: v for k, v in prior.defaults.items() if k not in ("calibration", "fusion", "triage")}
+    kept = {k: v for k, v in prior.defaults.items() if k not in ("calibration", "fusion", "triage", "switch_triage")}
     if texture_clean is not None:
         check(stop, "calibration stopped before the texture statistics")
         kept["texture_stats"] = TextureStats.fit(texture_clean).to_dict()
@@ -331,11 +338,18 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
         defective = ({k: torch.cat([c.maps[k] for c in crops.values()]) for k in clean_maps}
                      if triage_miss is not None else None)
         kept["triage"] = Triage.fit(fusion, clean_maps, triage_keep, defective, threshold, triage_miss).to_dict()
+    if switch_clean is not None and triage_keep:
+        now = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam,
+                                                                          "score_threshold": threshold}})
+        kept["switch_triage"] = fit_switch_triage(now, switch_clean, config_for_prior("rgi", now.defaults,
+                                                                                      seed=cfg.seed),
+                                                  triage_keep, cfg.trim, stop).to_dict()
     return {
         **kept,
         "lam": lam,
         "score_threshold": threshold,
         "calibration": {
+            **({"lam_source": "kept from the previous calibration (--rounds 0)"} if cfg.rounds == 0 else {}),
             "images": int(clean.shape[0]),
             "trim": cfg.trim,
             "trimmed_images": int((~keep).sum()),
@@ -348,6 +362,32 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
             "clean_score_median": float(scores.median()),
         },
     }
+
+
+def fit_switch_triage(prior: Prior, clean: torch.Tensor, config: InversionConfig, keep: float, trim: float = 3.5,
+                      stop: StopCheck | None = None) -> SwitchTriage:
+    """The switch triage of ``prior`` for solves configured as ``config`` (an ``rgi`` config with a restoration
+    stage, e.g. ``rgi clean``'s defaults): the threshold that sends a ``keep`` share of the clean images (N, C, H, W)
+    on to the restoration stage.
+
+    Each image is solved up to the stage's switch only (the score is read there) and stopped: a threshold of
+    +inf on the solver's own switch triage, so the scores are exactly those a solve compares with it. Outlier
+    scores (:func:`inliers` with ``trim``; 0 keeps every image) are left out of the quantile."""
+    switch = config.restoration_switch(config.iterations) if config.method == "rgi" else None
+    if switch is None:
+        raise ValueError("a switch triage needs an rgi config with a restoration stage (restore_lam); "
+                         f"got method {config.method!r} with restore_lam {getattr(config, 'restore_lam', None)}")
+    every = SwitchTriage(float("inf"), 1.0, switch)
+    # every image solved (no triage before the solve), every one stopped at the switch
+    probe = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**prior.defaults, "triage": None,
+                                                                        "switch_triage": every.to_dict()}})
+    out = invert(clean, probe, config.replace(triage=True), control=SolveControl(cancelled=stop))
+    if not all(d.restoration_skipped for d in out.diagnostics):
+        raise RuntimeError("the switch triage's probe did not stop every image at the switch")
+    scores = out.score.double().cpu()
+    inl, _ = inliers(scores, trim)
+    record = {"iterations": config.iterations, "n_init": config.n_init, "trimmed_images": int((~inl).sum())}
+    return SwitchTriage.fit(scores[inl], keep, switch, record)
 
 
 # ------------------------------------------------------------------------------ thresholds for a target FPR

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from rgi_core.checks import image_checks, thumbnail_png
 from rgi_core.inversion.config import InversionConfig
 from rgi_core.inversion.loop import SolveControl
-from rgi_core.inversion.results import InversionResult
+from rgi_core.inversion.results import ImageDiagnostics, InversionResult
 from rgi_core.inversion.solver import invert
 from rgi_core.io.images import (
     CLEAN_LIMITS,
@@ -81,7 +81,8 @@ class Outcome:
     final_loss: float = float("nan")
     converged: bool = False
     iterations: int = 0  # solver steps the image ran (tiles: the most any tile ran)
-    triaged: bool = False  # the triage judged it clean and no solve ran (tiles: every tile)
+    stage: str = "solve"  # the path that produced it (ImageDiagnostics.stage; tiles: "solve" if any tile was
+    # restored, else "detect" if any went through the detection stage, else "triage")
     sizing: str = ""  # how it reached the prior's size: "resize", "tile", or "none" (it was the prior's size)
     tiles: int = 0  # the network-size inputs it became (1 unless tiled)
     detector_scores: Mapping[str, float] = field(default_factory=dict)  # each detector's own score (Inverted)
@@ -94,6 +95,12 @@ class Outcome:
     mask_png: bytes = b""  # M
     phi_png: bytes = b""
     error: str = ""
+
+
+def _stage(diagnostics: tuple[ImageDiagnostics, ...]) -> str:
+    """An image's path from its tiles' (one for an image of the prior's size): the furthest any tile went."""
+    stages = {d.stage for d in diagnostics}
+    return next(s for s in ("solve", "detect", "triage") if s in stages)
 
 
 def image_key(data: bytes) -> str:
@@ -352,7 +359,7 @@ def clean_batch(items: list[tuple[str, bytes]], prior: Prior, config: InversionC
             final_loss=float(np.mean([d.final_loss for d in f.diagnostics])),
             converged=all(d.converged for d in f.diagnostics),
             iterations=max(d.iterations for d in f.diagnostics),
-            triaged=all(d.triaged for d in f.diagnostics),
+            stage=_stage(f.diagnostics),
             sizing=how, tiles=tiles,
             detector_scores=dict(f.detector_scores),
             detector_surprise=dict(f.detector_surprise),

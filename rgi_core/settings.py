@@ -65,9 +65,9 @@ class Settings:
         Always the generator's weights and the score threshold (``is_anomalous`` reads it); the discriminator
         when the objective reads it (``dgp``, ``rgi`` with ``adv_weight``); the texture statistics and the
         learned segmenter when the config fuses them; the fusion (``defaults.fusion``: how the detectors' scores
-        are joined); the triage threshold when the config uses it (which images are solved). Anything else in the
-        prior file (training notes, a calibration record, parts a later method adds) leaves it unchanged, so
-        updating those does not make catalogued images be cleaned again.
+        are joined); the triage thresholds when the config uses them (which images are solved, which restored).
+        Anything else in the prior file (training notes, a calibration record, parts a later method adds) leaves it
+        unchanged, so updating those does not make catalogued images be cleaned again.
         """
         cfg, h = self.config, hashlib.sha256()
         _hash_tensors(h, "generator", prior.generator.state_dict())
@@ -82,7 +82,7 @@ class Settings:
         if cfg.encoder and prior.encoder is not None:
             _hash_tensors(h, "encoder", prior.encoder.state_dict())
         # how the detectors are joined, and (when used) which images are solved
-        for part in ("fusion", "triage") if cfg.triage else ("fusion",):
+        for part in ("fusion", "triage", "switch_triage") if cfg.triage else ("fusion",):
             if prior.defaults.get(part):
                 h.update(part.encode() + json.dumps(prior.defaults[part], sort_keys=True).encode())
         h.update(json.dumps({"score_threshold": self.score_threshold}).encode())

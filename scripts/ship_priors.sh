@@ -21,7 +21,9 @@
 #             prior, docs/design.md): the issue's digit corruption covers 10-25 % of the pixels.
 #             The written map reads 0.5 at level 0.4 of the residual's map (map_level=0.4: the level nearest
 #             0.5 within 0.03 of the best pooled IoU over the gross families on validation digits,
-#             benchmarks/gross.py threshold, docs/design.md).
+#             benchmarks/gross.py threshold, docs/design.md). A switch triage: the score at the restoration
+#             stage's switch (step 450 of `rgi clean`'s 2000) over which 20 % of 256 clean training digits
+#             go on to the stage; `rgi clean` stops the others there, unrestored (rgi_core.inversion.triage).
 #   brick, grass, gravel: also the budget of a solve from their encoders: a step cap (encoder_iterations:
 #             brick 300, grass and gravel 200) and, on grass and gravel, the encoder start alone, no random
 #             candidates (encoder_n_init 1); picked on validation crops by benchmarks/step_cap.py. brick keeps
@@ -59,7 +61,7 @@ if [[ $NAMES == *" digits "* ]]; then
     # starts at the fixed point: one round keeps lam there and records the score threshold with TV and the stage on
     $RGI calibrate "$OUT/data/digits-train" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 1 \
       --fusion-images 0 --set mask_tv="$tv" --set mask_tv_until=0.75 --set restore_lam="$restore" \
-      --set score_topk=0.25 --set map_level=0.4 >"$OUT/ship/digits-32.calibration.json"
+      --set score_topk=0.25 --set map_level=0.4 --switch-triage-images 256 >"$OUT/ship/digits-32.calibration.json"
   ) &
   pids+=($!)
 fi

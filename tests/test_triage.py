@@ -16,7 +16,7 @@ from rgi_core.evaluation.labelled import random_crops
 from rgi_core.inversion.config import config_for_prior
 from rgi_core.inversion.operators import Identity
 from rgi_core.inversion.products import detector_maps
-from rgi_core.inversion.triage import Triage, triage_of
+from rgi_core.inversion.triage import Triage, switch_triage_of, triage_of
 from rgi_core.io import builtin
 from rgi_core.priors import load_prior
 from rgi_core.settings import resolve
@@ -79,7 +79,9 @@ def test_triage_is_on_where_the_prior_calibrated_it():
     assert config_for_prior("rgi", brick.defaults).triage is True
     assert config_for_prior("rrgi", brick.defaults).triage is True
     assert config_for_prior("mse", brick.defaults).triage is False  # the residual-only baseline
-    assert config_for_prior("rgi", digits.defaults).triage is False
+    # digits-32 has no detector that reads the image, so no triage before the solve; its switch triage turns it on
+    assert switch_triage_of(digits.defaults) is not None and switch_triage_of(brick.defaults) is None
+    assert config_for_prior("rgi", digits.defaults).triage is True
     assert config_for_prior("rgi", brick.defaults, triage=False).triage is False
     # results of the two paths have different config hashes; a recalibrated threshold, another model id
     on, off = resolve(brick), resolve(brick, overrides={"triage": False})
@@ -208,3 +210,129 @@ def test_calibrate_lowers_the_triage_threshold_for_a_miss_target_on_the_fusion_f
         assert missed["threshold"] == pytest.approx(min(plain["threshold"], missed["record"]["miss_threshold"]))
     with pytest.raises(ValueError, match="fusion_families"):
         calibrate(prior, clean[:4], cfg, fusion_clean=clean, triage_keep=0.2, triage_miss=0.1)
+
+
+# --------------------------------------------------------------------------- the switch triage (digits-32)
+
+def _digits_with_switch_triage(iterations: int, keep: float):
+    """digits-32 with a switch triage fitted on 16 training digits for ``iterations``-step solves (best of 16)."""
+    from rgi_core.calibration import fit_switch_triage
+
+    prior = load_prior("digits-32", device="cpu")
+    plain = dataclasses.replace(prior, meta={**prior.meta, "defaults": {
+        k: v for k, v in prior.defaults.items() if k != "switch_triage"}})
+    cfg = config_for_prior("rgi", plain.defaults, iterations=iterations, n_init=16, device="cpu")
+    train = torch.from_numpy(builtin.digits("train"))
+    st = fit_switch_triage(plain, train[:16], cfg, keep=keep)
+    return dataclasses.replace(prior, meta={**prior.meta, "defaults": {**plain.defaults,
+                                                                       "switch_triage": st.to_dict()}}), st, train
+
+
+def test_switch_triage_stops_the_digits_judged_clean_at_the_switch_unrestored():
+    from rgi_core.inversion.triage import SwitchTriage
+
+    prior, st, train = _digits_with_switch_triage(40, keep=0.25)
+    assert st.switch == 30 and st.keep == 0.25 and st.record["images"] == 16  # 0.75 of 40 steps
+    assert SwitchTriage.from_dict(st.to_dict()) == st and switch_triage_of(prior.defaults) == st
+    bad, _ = apply_family_batch(train[100:104].clone(), "block_fill", seed=2)
+    x = torch.cat([train[40:48], bad])
+    cfg = config_for_prior("rgi", prior.defaults, iterations=40, n_init=16, device="cpu")
+    assert cfg.triage is True  # on where the prior stores a switch triage
+    out, full = invert(x, prior, cfg), invert(x, prior, cfg.replace(triage=False))
+    stopped = torch.tensor([d.restoration_skipped for d in out.diagnostics])
+    assert 0 < int(stopped.sum()) < len(x)
+    # the split is the score at the switch, which is the solve's score: the same with and without the triage
+    assert torch.equal(stopped, full.score <= st.threshold)
+    for f in ("score", "anomaly_map"):
+        torch.testing.assert_close(getattr(out, f), getattr(full, f), atol=0, rtol=0)
+    # a stopped digit: the input as restored image, nothing taken from G, the steps up to the switch
+    assert torch.equal(out.restored[stopped], x[stopped]) and not out.phi[stopped].any()
+    assert all((d.stage, d.iterations) == ("detect", 30) for d, s in zip(out.diagnostics, stopped, strict=True) if s)
+    # the others went on alone: their restoration is the full solve's (the batch shrank, the values did not change)
+    go = ~stopped
+    assert all((d.stage, d.iterations) == ("solve", 40) for d, s in zip(out.diagnostics, go, strict=True) if s)
+    for f in ("restored", "mask", "phi", "latent"):
+        torch.testing.assert_close(getattr(out, f)[go], getattr(full, f)[go], atol=1e-5, rtol=0)
+    # off with the triage, and where the solve switches elsewhere than the threshold was fitted at
+    assert not any(d.restoration_skipped for d in full.diagnostics)
+    longer = invert(x[:4], prior, cfg.replace(iterations=60))  # switch at 45
+    assert all(d.stage == "solve" and d.iterations == 60 for d in longer.diagnostics)
+    # another path, another config hash and model id
+    on, off = resolve(prior), resolve(prior, overrides={"triage": False})
+    assert on.config.triage is True and on.config_hash() != off.config_hash()
+    assert on.model_id(prior) != off.model_id(prior)
+
+
+def test_switch_triage_threshold_is_the_keep_quantile_of_the_clean_scores_at_the_switch():
+    from rgi_core.inversion.triage import SwitchTriage
+
+    scores = torch.arange(1, 21, dtype=torch.float64)  # 20 distinct clean scores
+    st = SwitchTriage.fit(scores, keep=0.2, switch=450)
+    assert int((scores > st.threshold).sum()) == 4 and st.record == {"images": 20}
+    with pytest.raises(ValueError, match="keep"):
+        SwitchTriage.fit(scores, keep=0.0, switch=450)
+    with pytest.raises(ValueError, match="at least one"):
+        SwitchTriage.fit(scores[:0], keep=0.2, switch=450)
+    with pytest.raises(ValueError, match="step >= 1"):
+        SwitchTriage(1.0, 0.2, 0)
+
+
+def test_calibrate_stores_a_switch_triage_for_a_prior_with_a_restoration_stage():
+    """`rgi calibrate --switch-triage-images N`: the threshold at the switch of `rgi clean`'s solve (2000 steps:
+    step 450), fitted on those images; without a restoration stage it is refused."""
+    from rgi_core.calibration import CalibrationConfig, calibrate, fit_switch_triage
+
+    prior = load_prior("digits-32", device="cpu")
+    train = torch.from_numpy(builtin.digits("train"))
+    cfg = CalibrationConfig(rounds=0, iterations=5, n_init=4)
+    d = calibrate(prior, train[:4], cfg, triage_keep=0.5, switch_clean=train[200:204])
+    st = d["switch_triage"]
+    assert st["switch"] == 450 and st["keep"] == 0.5 and st["record"]["images"] == 4
+    assert st["record"]["iterations"] == 2000 and d["lam"] == prior.defaults["lam"]
+    assert d["calibration"]["lam_rounds"] == prior.defaults["calibration"]["lam_rounds"]  # kept with rounds 0
+    assert "switch_triage" not in calibrate(prior, train[:4], cfg)  # not asked: an older one is dropped
+    no_stage = config_for_prior("rgi", prior.defaults, iterations=40, restore_lam=0.0)
+    with pytest.raises(ValueError, match="restoration stage"):
+        fit_switch_triage(prior, train[:2], no_stage, keep=0.2)
+
+
+def test_the_catalog_says_which_digits_stopped_at_the_switch(prefect_api, tmp_path):
+    """Through the clean flow: a prior file with a switch triage for 40-step solves; the rows of the digits it
+    stopped say `detect`, keep their input as restored image and report the steps and objective they ran."""
+    import shutil
+
+    import fsspec
+    import pandas as pd
+
+    from flows.clean import CleanOptions, clean_dataset
+    from rgi_core.io.images import decode_image, encode_png
+    from rgi_core.priors import shipped_priors, update_metadata
+
+    prior, st, train = _digits_with_switch_triage(40, keep=0.25)
+    path = tmp_path / "digits-switch.safetensors"
+    shutil.copy(shipped_priors()["digits-32"], path)
+    update_metadata(path, defaults=prior.defaults)
+    src, cat = tmp_path / "src", tmp_path / "cat"
+    src.mkdir()
+    for i, x in enumerate(train[60:66]):
+        (src / f"d{i}.png").write_bytes(encode_png(x.numpy()))
+    out = clean_dataset(source=str(src), catalog=str(cat), prior=str(path),
+                        options=CleanOptions(iterations=40, n_init=16, batch_size=8))
+    rows = pd.read_parquet(cat / "images")
+    assert out["images_ok"] == 6 and set(rows.stage) <= {"detect", "solve"}
+    detect = rows[rows.stage == "detect"]
+    assert len(detect) >= 1 and (detect.iterations == 30).all() and detect.final_loss.notna().all()
+    assert (detect.anomaly_score <= st.threshold + 1e-6).all()
+    assert (rows[rows.stage == "solve"].iterations == 40).all()
+    for _, row in detect.iterrows():  # the restored image is the input, pixel for pixel
+        with fsspec.open(row.restored_uri, "rb") as f, fsspec.open(row.source_uri, "rb") as g:
+            assert np.array_equal(decode_image(f.read(), 1), decode_image(g.read(), 1))
+
+
+def test_a_tiled_image_takes_the_furthest_path_of_its_tiles():
+    from rgi_core.cleaning import _stage
+    from rgi_core.inversion.results import ImageDiagnostics
+
+    t, d, s = ImageDiagnostics(triaged=True), ImageDiagnostics(restoration_skipped=True), ImageDiagnostics()
+    assert (t.stage, d.stage, s.stage) == ("triage", "detect", "solve")
+    assert _stage((t, t)) == "triage" and _stage((t, d)) == "detect" and _stage((d, s, t)) == "solve"

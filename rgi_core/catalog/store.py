@@ -440,10 +440,10 @@ class Catalog:
                 threshold = context.get("score_threshold")
                 row |= {"anomaly_score": o.score, "anomaly_fraction": o.anomaly_fraction,
                         "mask_fraction": o.mask_fraction, "iterations": o.iterations,
-                        "stage": "triage" if o.triaged else "solve", "sizing": o.sizing, "tiles": o.tiles,
+                        "stage": o.stage, "sizing": o.sizing, "tiles": o.tiles,
                         # no solve ran for a triaged image: no objective to report
-                        "final_loss": None if o.triaged else o.final_loss,
-                        "converged": None if o.triaged else o.converged,
+                        "final_loss": None if o.stage == "triage" else o.final_loss,
+                        "converged": None if o.stage == "triage" else o.converged,
                         "is_anomalous": None if threshold is None else bool(o.score > threshold),
                         **detector_columns(o.detector_scores, o.detector_surprise, threshold)}
             rows.append(row)

@@ -73,9 +73,11 @@ class InversionConfig:
         learned_map: fuse the prior's learned anomaly segmenter (:mod:`rgi_core.detectors.segmenter`) the same way
             when the prior file carries one (the shipped texture priors do). Off for ``mse``.
         triage: run the full solve only for images the prior's image-reading detectors find suspect; the others
-            keep their pixels and take the detectors' map and score (:mod:`rgi_core.inversion.triage`). ``None`` =
-            on when the prior stores a triage threshold (``defaults.triage``), as the shipped texture priors do.
-            Off for ``mse``, the residual-only baseline.
+            keep their pixels and take the detectors' map and score (:mod:`rgi_core.inversion.triage`); and with a
+            restoration stage, stop the images whose score at its switch is under the prior's switch threshold
+            there, unrestored (``defaults.switch_triage``). ``None`` = on when the prior stores either threshold
+            (the shipped texture priors a triage, ``digits-32`` a switch triage). Off for ``mse``, the
+            residual-only baseline.
         encoder: start from the prior's encoder as well (:mod:`rgi_core.priors.encoder`): E(x) joins the best-of-N
             candidates, and is the only one with ``n_init`` 1. ``None`` = on when the prior carries an encoder.
         learned_phi: for a known degradation, BIGPrior's fusion takes phi from the prior's phi-net for that
@@ -458,7 +460,8 @@ def for_prior(config: InversionConfig, prior_defaults: dict[str, Any]) -> Invers
     fields = {f.name for f in dataclasses.fields(config)}
     fill: dict[str, Any] = {}
     if config.triage is None:  # on where the prior has calibrated it
-        fill["triage"] = bool(prior_defaults.get("triage")) and bool(prior_defaults.get("fusion"))
+        fill["triage"] = (bool(prior_defaults.get("triage")) and bool(prior_defaults.get("fusion"))
+                          or bool(prior_defaults.get("switch_triage")))
     if config.encoder is None:  # on where the prior carries one
         fill["encoder"] = bool(prior_defaults.get("encoder"))
     for k in PRIOR_DEFAULT_FIELDS:

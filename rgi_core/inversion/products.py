@@ -52,13 +52,7 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
         phi = 1.0 - observed * (1.0 - p.lift(residual_rule.reliance(res, objective.final_lam(), kind)))
     fused = (1.0 - phi) * degraded + phi * x
     restored = p.physics.keep_observed(fused, p.y).clamp(0.0, 1.0)  # colourisation: the grey input's luma
-    scored = per_pixel(objective.scored_residual(res, mask))  # a pixel's worst channel, then the map's blur
-    maps = {"residual": p.lift(anomaly_map(scored, lam, kind, config.map_sigma))
-            } if config.residual_map else {}
-    maps |= detector_maps(p.prior, config, p.physics, p.y)
-    fusion = fusion_of(p.prior.defaults)
-    if fusion is not None and not starts_from_encoder(config, p.prior, p.physics):
-        fusion = fusion.on_path(SEARCH)  # the residual's clean tail of a solve from the search alone
+    maps, fusion = scored_maps(objective, objective.scored_residual(res, mask))
     amap, score = fuse_detectors(maps, config, fusion)
     own, surprise = per_detector(maps, config, fusion)
     diagnostics = _diagnostics(final, trace, init_loss, config.converge_tol)
@@ -71,6 +65,21 @@ def form_products(objective: Objective, z: torch.Tensor, mask: torch.Tensor | No
         detector_surprise={k: v.to(out, dtype) for k, v in surprise.items()},
         detector_maps={k: v.to(out, dtype) for k, v in maps.items()},
     )
+
+
+def scored_maps(objective: Objective, scored: torch.Tensor) -> tuple[dict[str, torch.Tensor], Fusion | None]:
+    """The detectors' maps (B, 1, H, W) by name (``residual`` first) for the residual the objective scores
+    (B, 1 or C', H', W'), and the fusion that joins them: what the image score is read from, at the end of a solve
+    or at the restoration stage's switch (:class:`rgi_core.inversion.triage.SwitchTriage`)."""
+    p, config = objective.problem, objective.config
+    res = per_pixel(scored)  # a pixel's worst channel, then the map's blur
+    maps = {"residual": p.lift(anomaly_map(res, p.lam, config.fidelity, config.map_sigma))
+            } if config.residual_map else {}
+    maps |= detector_maps(p.prior, config, p.physics, p.y)
+    fusion = fusion_of(p.prior.defaults)
+    if fusion is not None and not starts_from_encoder(config, p.prior, p.physics):
+        fusion = fusion.on_path(SEARCH)  # the residual's clean tail of a solve from the search alone
+    return maps, fusion
 
 
 def fuse_detectors(maps: Mapping[str, torch.Tensor], config: InversionConfig,

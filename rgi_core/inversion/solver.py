@@ -11,12 +11,15 @@ A solve is four parts, each in its own module:
 4. the **products** (:mod:`rgi_core.inversion.products`): mask, phi, restored image, anomaly map and score.
 
 Before them, the **triage** (:mod:`rgi_core.inversion.triage`, ``config.triage``) may judge some images clean
-from the detectors alone; only the others are solved.
+from the detectors alone; only the others are solved. With a restoration stage, the **switch triage** may stop
+images judged clean at the stage's switch, unrestored.
 
 Per-image generator copies are evaluated in one pass with ``torch.func`` (:mod:`rgi_core.inversion.generator`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -28,9 +31,16 @@ from rgi_core.inversion.init import BestOfN, Start, encoder_budget
 from rgi_core.inversion.loop import Group, Plateau, SolveControl, Trace, either, run_adam
 from rgi_core.inversion.objectives import Objective, Problem, objective_for
 from rgi_core.inversion.operators import Downsample, Identity, Physics
-from rgi_core.inversion.products import detector_maps, detectors_run, form_products, per_detector
+from rgi_core.inversion.products import (
+    detector_maps,
+    detectors_run,
+    form_products,
+    fuse_detectors,
+    per_detector,
+    scored_maps,
+)
 from rgi_core.inversion.results import ImageDiagnostics, InversionResult
-from rgi_core.inversion.triage import triage_of
+from rgi_core.inversion.triage import switch_triage_of, triage_of
 from rgi_core.priors.files import Prior
 
 
@@ -92,8 +102,11 @@ def _solve(images: torch.Tensor, prior: Prior, config: InversionConfig, physics:
     config = encoder_budget(config, prior, physics)  # here, so every path to a solve is capped alike
     objective = objective_for(_problem(images, prior, config, physics, shape))
     start = (initialiser or BestOfN())(objective.problem, objective, control)
-    z, mask, trace = _optimise(objective, start, control)
-    return form_products(objective, z, mask, trace, start.init_loss, like=images), objective.problem.gen
+    z, mask, trace, stopped = _optimise(objective, start, control)
+    result = form_products(objective, z, mask, trace, start.init_loss, like=images)
+    if stopped is not None and bool(stopped.any()):
+        result = _unrestored(result, stopped.to(images.device), images)
+    return result, objective.problem.gen
 
 
 def invert_keeping_generator(images: torch.Tensor, prior: Prior, config: InversionConfig | None = None,
@@ -147,8 +160,8 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
     diagnostics = [ImageDiagnostics(triaged=True) for _ in range(images.shape[0])]
     if bool(suspect.any()):
         idx = suspect.nonzero().flatten().to(images.device)
-        full = invert(images[idx], prior, config.replace(triage=False), Identity(), control=control,
-                      initialiser=initialiser)
+        full = _solve(images[idx], prior, config, physics, _validate(images, prior, physics), control,
+                      initialiser)[0]
         for name in out:
             out[name][idx] = getattr(full, name)
         for mine, theirs in ((scores, full.detector_scores), (surprises, full.detector_surprise),
@@ -176,11 +189,13 @@ def _problem(images: torch.Tensor, prior: Prior, config: InversionConfig, physic
 
 
 def _optimise(objective: Objective, start: Start, control: SolveControl | None
-              ) -> tuple[torch.Tensor, torch.Tensor | None, Trace]:
+              ) -> tuple[torch.Tensor, torch.Tensor | None, Trace, torch.Tensor | None]:
     """The method's schedule on the shared loop: z throughout, M until the objective's mask stop, per-image
     generator weights in the objective's stages; with ``config.stop_tol`` each image leaves the batch once its
-    objective has stopped improving (:class:`~rgi_core.inversion.loop.Plateau`). Returns the final z, M and
-    the loop's trace."""
+    objective has stopped improving (:class:`~rgi_core.inversion.loop.Plateau`), and with the prior's switch
+    triage the images judged clean at the restoration stage's switch leave there (:class:`_StopAtSwitch`).
+    Returns the final z, M, the loop's trace and which images stopped at the switch (B,) (None: no switch
+    triage)."""
     p, config = objective.problem, objective.config
     T = config.iterations
     z = start.z.requires_grad_(True)
@@ -212,11 +227,54 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
         return view[1].total(z[rows], None if mask is None else mask[rows], step)
 
     plateau = Plateau(config.stop_window, config.stop_tol, objective.settled()) if config.stop_tol > 0 else None
+    at_switch = _StopAtSwitch.of(objective, z)
     user = control.image_done if control is not None else None
     loop_control = SolveControl(cancelled=control.cancelled if control is not None else None,
-                                image_done=either(user, plateau))
+                                image_done=either(user, plateau, at_switch))
     trace = run_adam(groups, T, loss, clamp=mask, device=p.device, control=loop_control, new_groups=join)
-    return z, mask, trace
+    return z, mask, trace, at_switch.stopped if at_switch is not None else None
+
+
+class _StopAtSwitch:
+    """The switch triage (:class:`rgi_core.inversion.triage.SwitchTriage`) as an ``image_done`` rule: after the
+    last step before the restoration stage, the images whose score there (read as the solve's products read it,
+    :func:`~rgi_core.inversion.products.scored_maps`) is at most the prior's threshold leave the batch."""
+
+    def __init__(self, objective: Objective, z: torch.Tensor, threshold: float) -> None:
+        self.objective, self.z, self.threshold = objective, z, threshold
+        self.stopped: torch.Tensor | None = None  # (B,) bool, once the switch is reached
+
+    @classmethod
+    def of(cls, objective: Objective, z: torch.Tensor) -> _StopAtSwitch | None:
+        """The rule for this solve, or None: triage off, a known degradation, no restoration stage, no threshold
+        in the prior, or one fitted at another switch."""
+        p, switch = objective.problem, getattr(objective, "switch", None)
+        triage = switch_triage_of(p.prior.defaults)
+        if (not objective.config.triage or not isinstance(p.physics, Identity) or switch is None or triage is None
+                or triage.switch != switch):
+            return None
+        return cls(objective, z, triage.threshold)
+
+    def __call__(self, step: int, totals: torch.Tensor) -> torch.Tensor:
+        if step != self.objective.switch - 1:  # type: ignore[attr-defined]
+            return torch.zeros_like(totals, dtype=torch.bool)
+        # z after this step is what the restoration stage's first step scores (RGIObjective.on_step)
+        with torch.no_grad():
+            maps, fusion = scored_maps(self.objective, self.objective.problem.fit_residual(self.z))
+            score = fuse_detectors(maps, self.objective.config, fusion)[1]
+        self.stopped = (score <= self.threshold).cpu()
+        return self.stopped
+
+
+def _unrestored(result: InversionResult, stopped: torch.Tensor, images: torch.Tensor) -> InversionResult:
+    """``result`` with the images ``stopped`` (B,) at the restoration stage's switch judged clean there: their score,
+    maps and mask are the solve's, their restoration is skipped (restored = the input, phi = 0)."""
+    restored, phi = result.restored.clone(), result.phi.clone()
+    restored[stopped] = images[stopped].to(restored)
+    phi[stopped] = 0.0
+    diagnostics = tuple(dataclasses.replace(d, restoration_skipped=True) if bool(s) else d
+                        for d, s in zip(result.diagnostics, stopped.tolist(), strict=True))
+    return InversionResult(**{**result._asdict(), "restored": restored, "phi": phi, "diagnostics": diagnostics})
 
 
 def _image_shape(prior: Prior, physics: Physics, y: torch.Tensor) -> tuple[int, int, int]:

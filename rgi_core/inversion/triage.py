@@ -20,6 +20,16 @@ full pipeline would flag on those crops is sent away unsolved. It costs solves: 
 time, a 1 % target on validation sent away 3.7 % (brick), 3.0 % (grass) and 0.4 % (gravel) of the flagged crops
 while solving 45 %, 22 % and 25 % of the clean ones, against 11.6 %, 3.0 % and 1.5 % missed with ``keep`` 0.2
 alone (``python benchmarks/generalisation.py triage --miss 0.01``, docs/benchmarks.md).
+
+**At the restoration stage's switch** (:class:`SwitchTriage`). A prior with no detector that reads the image
+(``digits-32``: its score is the residual's) cannot be triaged before a solve; but with a restoration stage
+(``restore_lam``) its score is read at the stage's switch, so an image's final score is known there. An image whose
+score at the switch is at most :attr:`SwitchTriage.threshold` stops there, judged clean: its score, anomaly map and
+mask M are the solve's, its restoration is skipped (restored = input, phi = 0) and its diagnostics say
+``restoration_skipped``. The threshold is the ``1 - keep`` quantile of that score over clean images solved as
+``rgi clean`` solves them, and holds for the switch it was fitted at only (the score's scale depends on how long the
+fit ran): a solve whose switch is elsewhere stops no image there. ``rgi calibrate --switch-triage-images N``
+stores it (``defaults.switch_triage``); ``config.triage`` turns both triages on and off.
 """
 
 from __future__ import annotations
@@ -104,6 +114,55 @@ class Triage:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Triage:
         return cls(float(d["threshold"]), float(d["keep"]), tuple(d["detectors"]), dict(d.get("record", {})))
+
+
+@dataclass(frozen=True)
+class SwitchTriage:
+    """A prior's threshold for stopping images judged clean at the restoration stage's switch
+    (``defaults.switch_triage``; module docstring).
+
+    Attributes:
+        threshold: the image score at the switch above which an image goes on to the restoration stage.
+        keep: the share of the clean calibration images above it.
+        switch: the solve step it was fitted at (the first step of the restoration stage).
+        record: how it was obtained (images, the solve's steps and candidates), for the metadata.
+    """
+
+    threshold: float
+    keep: float
+    switch: int
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"switch triage keep must be in (0, 1], got {self.keep}")
+        if self.switch < 1:
+            raise ValueError(f"switch triage needs a restoration stage that starts at step >= 1, got {self.switch}")
+
+    @classmethod
+    def fit(cls, scores: torch.Tensor, keep: float, switch: int, record: Mapping[str, Any] | None = None
+            ) -> SwitchTriage:
+        """The threshold that sends a ``keep`` share of clean images (their scores at the switch, (N,)) on to the
+        restoration stage."""
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"switch triage keep must be in (0, 1], got {keep}")
+        if scores.numel() == 0:
+            raise ValueError("switch triage needs the scores of at least one clean image")
+        threshold = float(torch.quantile(scores.double(), 1.0 - keep))
+        return cls(threshold, keep, int(switch), {"images": int(scores.numel()), **(record or {})})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "keep": self.keep, "switch": self.switch, "record": self.record}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SwitchTriage:
+        return cls(float(d["threshold"]), float(d["keep"]), int(d["switch"]), dict(d.get("record", {})))
+
+
+def switch_triage_of(defaults: Mapping[str, Any]) -> SwitchTriage | None:
+    """The switch triage stored in a prior's defaults, or None."""
+    d = defaults.get("switch_triage")
+    return SwitchTriage.from_dict(d) if d else None
 
 
 def triage_of(defaults: Mapping[str, Any]) -> Triage | None:
