@@ -117,9 +117,13 @@ def test_calibrate_writes_a_json_or_into_the_prior_each_with_its_own_defaults(ca
     assert "--fpr, --lambda: only with --out" in capsys.readouterr().err
     assert main(["calibrate", "imgs", "--prior", "p", "--search-iterations", "10"]) == 2
     assert "--search-iterations: only with --into-prior" in capsys.readouterr().err
+    assert main(["calibrate", "imgs", "--prior", "p", "--switch-triage-images", "256"]) == 2
+    assert "--switch-triage-images: only with --into-prior" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["calibrate", "imgs", "--prior", "p", "--into-prior", "--out", "c.json"])
     assert len(calibrations) == 2
+    assert main(["calibrate", "imgs", "--prior", "p", "--into-prior", "--switch-triage-images", "256"]) == 0
+    assert (calibrations[-1][1].switch_triage_images, calibrations[-1][1].triage_keep) == (256, 0.2)
 
 
 def test_calibrate_prior_still_works_and_says_it_is_deprecated(calibrations, capsys):

@@ -336,3 +336,26 @@ def test_a_tiled_image_takes_the_furthest_path_of_its_tiles():
     t, d, s = ImageDiagnostics(triaged=True), ImageDiagnostics(restoration_skipped=True), ImageDiagnostics()
     assert (t.stage, d.stage, s.stage) == ("triage", "detect", "solve")
     assert _stage((t, t)) == "triage" and _stage((t, d)) == "detect" and _stage((d, s, t)) == "solve"
+
+
+def test_cli_calibrate_stores_the_switch_triage_in_the_prior_file(tmp_path):
+    """`rgi calibrate --into-prior --rounds 0 --switch-triage-images N` on a copy of digits-32: the lam and the
+    score threshold of the 300-step calibration kept as they were measured, a switch triage at step 450."""
+    import shutil
+
+    from flows.cli import main
+    from rgi_core.io.images import encode_png
+    from rgi_core.priors import shipped_priors
+
+    path = tmp_path / "digits.safetensors"
+    shutil.copy(shipped_priors()["digits-32"], path)
+    src = tmp_path / "digits"
+    src.mkdir()
+    for i, x in enumerate(torch.from_numpy(builtin.digits("train"))[300:306]):
+        (src / f"d{i}.png").write_bytes(encode_png(x.numpy()))
+    assert main(["calibrate", str(src), "--prior", str(path), "--into-prior", "--images-n", "4", "--iterations", "5",
+                 "--n-init", "4", "--rounds", "0", "--fusion-images", "0", "--switch-triage-images", "4"]) == 0
+    d = load_prior(str(path), device="cpu").defaults
+    assert d["switch_triage"]["switch"] == 450 and d["switch_triage"]["record"]["images"] <= 4
+    assert d["lam"] == load_prior("digits-32").defaults["lam"]
+    assert d["calibration"]["lam_source"] == "kept from the previous calibration (--rounds 0)"
