@@ -70,7 +70,8 @@ def synthetic_catalog(root: Path, n: int, runs: tuple[str, ...] = ("run-a", "run
                "status": "error" if error else "ok", "error": f"ValueError: cannot decode image {i}" if error else None,
                "anomaly_score": score, "is_anomalous": None if error else score > THRESHOLD,
                "flagged_by": None if error else (["texture", "learned"][: 1 + i % 2] if score > THRESHOLD else []),
-               "is_blurry": i % 13 == 0, "is_dark": i % 29 == 0, "meta_json": json.dumps({"label": i % 2})}
+               "is_blurry": i % 13 == 0, "is_dark": i % 29 == 0, "meta_json": json.dumps({"label": i % 2}),
+               "stage": None if error else ("triage", "detect", "solve")[i % 3]}
         if not error:
             row |= sets[i % looks]
         rows.append(row)
@@ -229,6 +230,15 @@ def test_report_in_the_browser(browser, tmp_path):
     assert _table(page)["shown"] == 3
     page.evaluate(f"{choose_check}('blurry')")
     assert _table(page)["shown"] == len(range(0, n, 13))
+    page.click("#filter-reset")
+
+    # The path that produced each row (the catalog's stage): a column and a filter.
+    page.evaluate("""(() => { const s = document.getElementById('filter-stage');
+        s.value = [...s.options].find((o) => o.text === 'detect').value; s.dispatchEvent(new Event('change')); })()""")
+    detect = [i for i in range(n) if i % 10 != 9 and i % 3 == 1]
+    assert _table(page)["shown"] == len(detect)
+    assert set(page.evaluate("[...document.querySelectorAll('#images tbody td.stage')].map((td) => td.textContent)"
+                             )) == {"detect"}
     page.click("#filter-reset")
 
     # The XSS key is text: no element was made from it, no dialog opened, and the text is on the page.

@@ -107,6 +107,8 @@
   if (COL.has("status")) FILTERS.push({ id: "filter-status", label: "status", choices: equalsChoices("status") });
   if (COL.has("method")) FILTERS.push({ id: "filter-method", label: "method", choices: equalsChoices("method") });
   if (COL.has("run_id")) FILTERS.push({ id: "filter-run", label: "run", choices: equalsChoices("run_id") });
+  // which path produced the row: triage (no solve), detect (stopped at the restoration stage's switch), solve
+  if (COL.has("stage")) FILTERS.push({ id: "filter-stage", label: "path", choices: equalsChoices("stage") });
   if (COL.has("flagged_by")) {
     const detectors = new Set();
     for (let r = 0; r < ROWS.length; r++) for (const d of get(r, "flagged_by") || []) detectors.add(d);
@@ -224,6 +226,9 @@
   if (HAS_CHECKS) {
     TABLE.push({ label: "checks", cell: (r) => el("td", { class: "checks" }, checks(r).map(
       (c) => el("span", { class: "badge flag", text: c.text, title: c.title }))) });
+  }
+  if (COL.has("stage")) {  // restored = the input on a triage or detect row: nothing was restored
+    TABLE.push({ key: "stage", label: "path", cell: (r) => el("td", { class: "stage", text: fmt(get(r, "stage")) }) });
   }
   TABLE.push({ key: "method", label: "method", cell: (r) => el("td", { text: fmt(get(r, "method")) }) });
   TABLE.push({ key: "run_id", label: "run", cell: (r) => el("td", { title: fmt(get(r, "run_id")), text: short(fmt(get(r, "run_id"))) }) });
