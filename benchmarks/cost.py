@@ -168,6 +168,7 @@ def _solve_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: st
     return {"score": r.score.float(), "amap": r.anomaly_map.half(), "restored": r.restored.half(),
             "steps": torch.tensor([d.iterations for d in r.diagnostics]),
             "triaged": torch.tensor([bool(d.triaged) for d in r.diagnostics]),
+            "skipped": torch.tensor([bool(d.restoration_skipped) for d in r.diagnostics]),  # the switch triage
             "seconds": torch.tensor(seconds), "forward": torch.tensor(fwd), "backward": torch.tensor(bwd),
             "n_init": torch.tensor(encoder_budget(cfg, prior, Identity()).n_init)}  # the search's candidates
 
@@ -399,6 +400,12 @@ def cmd_report(args: argparse.Namespace) -> None:
         missed = int((flagged & r["triaged"]).sum()) if "triaged" in r else 0
         print(f"- {variant}: of the {int(flagged.sum())} defective images full flags, triaged away {missed} "
               f"({missed / max(int(flagged.sum()), 1):.1%})")
+        if "skipped" in r and bool(r["skipped"].any()):  # the switch triage stopped some images unrestored
+            skipped, clean = r["skipped"], ~defective
+            print(f"- {variant}: stopped at the restoration stage's switch: {int(skipped[clean].sum())} of the "
+                  f"{int(clean.sum())} clean images ({float((~skipped[clean]).double().mean()):.1%} went on), "
+                  f"{int(skipped[defective].sum())} of the {int(defective.sum())} defective, "
+                  f"{int(skipped[flagged].sum())} of the {int(flagged.sum())} that full flags")
     for rate in args.rates:
         idx = _set_indices(pool, rate, args.size)
         nd = int(pool["label"][idx].sum())
