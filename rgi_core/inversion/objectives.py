@@ -245,7 +245,14 @@ class RGIObjective(Objective):
 
     def on_step(self, step: int, z: torch.Tensor, mask: torch.Tensor | None) -> None:
         if step == self.switch:
+            self.fit_at_switch(z)
+
+    def fit_at_switch(self, z: torch.Tensor) -> torch.Tensor:
+        """The residual of the fit at the restoration stage's switch, which the map scores from then on; computed
+        once, for the z the stage's first step starts from (the switch triage reads it after the step before)."""
+        if self.res_at_switch is None:
             self.res_at_switch = self.problem.fit_residual(z)
+        return self.res_at_switch
 
     def settled(self) -> int:
         if self.switch is None:

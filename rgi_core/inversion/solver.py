@@ -89,7 +89,7 @@ def _invert(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
                          f"{sorted(prior.phi_nets) or 'none'}; `rgi calibrate --into-prior --phi-nets` trains one)")
     if images.shape[0] == 0:
         return _empty_result(images, prior, shape)
-    triaged = _triage(images, prior, config, physics, control, initialiser)
+    triaged = _triage(images, prior, config, physics, shape, control, initialiser)
     if triaged is not None:
         return triaged
     return _solve(images, prior, config, physics, shape, control, initialiser)[0]
@@ -123,7 +123,8 @@ def invert_keeping_generator(images: torch.Tensor, prior: Prior, config: Inversi
 
 
 def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics: Physics,
-            control: SolveControl | None, initialiser: BestOfN | None) -> InversionResult | None:
+            shape: tuple[int, int, int], control: SolveControl | None, initialiser: BestOfN | None
+            ) -> InversionResult | None:
     """With ``config.triage`` and a prior that stores a triage threshold: the full solve for the suspect images
     only, the others judged clean by the detectors (:mod:`rgi_core.inversion.triage`). None when triage does not
     apply (off, no threshold, one of its detectors off, a known degradation) or every image is a suspect: the
@@ -160,8 +161,7 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
     diagnostics = [ImageDiagnostics(triaged=True) for _ in range(images.shape[0])]
     if bool(suspect.any()):
         idx = suspect.nonzero().flatten().to(images.device)
-        full = _solve(images[idx], prior, config, physics, _validate(images, prior, physics), control,
-                      initialiser)[0]
+        full = _solve(images[idx], prior, config, physics, shape, control, initialiser)[0]
         for name in out:
             out[name][idx] = getattr(full, name)
         for mine, theirs in ((scores, full.detector_scores), (surprises, full.detector_surprise),
@@ -258,9 +258,9 @@ class _StopAtSwitch:
     def __call__(self, step: int, totals: torch.Tensor) -> torch.Tensor:
         if step != self.objective.switch - 1:  # type: ignore[attr-defined]
             return torch.zeros_like(totals, dtype=torch.bool)
-        # z after this step is what the restoration stage's first step scores (RGIObjective.on_step)
+        # z after this step is what the restoration stage's first step starts from: its fit is the one scored
         with torch.no_grad():
-            maps, fusion = scored_maps(self.objective, self.objective.problem.fit_residual(self.z))
+            maps, fusion = scored_maps(self.objective, self.objective.fit_at_switch(self.z))  # type: ignore[attr-defined]
             score = fuse_detectors(maps, self.objective.config, fusion)[1]
         self.stopped = (score <= self.threshold).cpu()
         return self.stopped
