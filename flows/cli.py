@@ -169,6 +169,8 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
     if args.triage_miss is not None and (args.fusion_families <= 0 or args.fusion_images <= 0):
         raise ValueError("--triage-miss is read on the fusion's defect families: give --fusion-families N (and "
                          "--fusion-images)")
+    if args.switch_triage_early and args.switch_triage_images <= 0:
+        raise ValueError("--switch-triage-early reads the switch triage's clean crops: give --switch-triage-images N")
     prior = load_prior(args.prior, device=args.device)
     for kv in args.set:
         key, _, value = kv.partition("=")
@@ -206,7 +208,8 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
             defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter,
                                  stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families,
                                  triage_keep=args.triage_keep or None, triage_miss=args.triage_miss,
-                                 switch_clean=switch_clean)
+                                 switch_clean=switch_clean, switch_early=args.switch_triage_early,
+                                 switch_early_keep=args.switch_triage_early_keep)
         except Cancelled:
             kept = ("; the encoder goes on from its checkpoint when the same command runs again"
                     if _encoder_checkpoint(args.prior).exists() else "")
@@ -758,6 +761,12 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                         "then stops an image at the stage's switch, unrestored, when its score there is at most the "
                         "score of all but a share --triage-keep of N clean crops solved as `rgi clean` solves them "
                         "(rgi_core.inversion.triage.SwitchTriage; digits-32: 256). 0 stores none (default)")
+    c.add_argument("--switch-triage-early", type=int, default=0, metavar="STEP",
+                   help="with --switch-triage-images, also read the score after STEP steps of the same solve and stop "
+                        "the images whose score there is at most that of all but a share --switch-triage-early-keep "
+                        "of the same clean crops (rgi_core.inversion.triage.EarlyRead). 0: no early read (default)")
+    c.add_argument("--switch-triage-early-keep", type=_fraction, default=0.5, metavar="FRACTION",
+                   help="the share of clean crops the early read sends on (default 0.5)")
     c.add_argument("--triage-miss", type=_fraction, default=None, metavar="FRACTION",
                    help="with --fusion-families, lower the triage threshold until at most FRACTION of the families' "
                         "crops that the full score flags would be sent away unsolved (costs solves; default: off)")

@@ -68,7 +68,7 @@ from rgi_core.inversion.objectives import per_pixel
 from rgi_core.inversion.operators import Downsample, GaussianNoise, Grayscale, Identity, Inpainting, Physics
 from rgi_core.inversion.products import detector_maps
 from rgi_core.inversion.solver import invert
-from rgi_core.inversion.triage import SwitchTriage, Triage
+from rgi_core.inversion.triage import EarlyRead, SwitchTriage, Triage
 from rgi_core.priors.files import Prior
 from rgi_core.priors.phinet import PHI_OPERATORS, PhiNetConfig
 from rgi_core.stopping import StopCheck, check
@@ -278,7 +278,8 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
               stop: StopCheck | None = None, fusion_clean: torch.Tensor | None = None,
               fusion_families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
               triage_keep: float | None = None, triage_miss: float | None = None,
-              switch_clean: torch.Tensor | None = None) -> dict[str, Any]:
+              switch_clean: torch.Tensor | None = None, switch_early: int = 0,
+              switch_early_keep: float = 0.5) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
     With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
@@ -297,7 +298,8 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     older one is
     dropped with the fusion it was read on. With ``switch_clean`` (clean images, N, C, H, W), ``triage_keep`` and a
     restoration stage in the prior's defaults, the switch triage (:func:`fit_switch_triage`) is stored as
-    ``defaults.switch_triage``; an older one is dropped (it was read with the old ``lam``).
+    ``defaults.switch_triage``, with an early read after ``switch_early`` steps sending a ``switch_early_keep``
+    share of them on (0: none); an older one is dropped (it was read with the old ``lam``).
 
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
     (e.g. ``map_sigma``) with ``lam``, ``score_threshold`` (and ``texture_stats``) replaced, and a
@@ -343,7 +345,8 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
                                                                           "score_threshold": threshold}})
         kept["switch_triage"] = fit_switch_triage(now, switch_clean, config_for_prior("rgi", now.defaults,
                                                                                       seed=cfg.seed),
-                                                  triage_keep, cfg.trim, stop).to_dict()
+                                                  triage_keep, cfg.trim, stop, switch_early,
+                                                  switch_early_keep).to_dict()
     return {
         **kept,
         "lam": lam,
@@ -365,29 +368,45 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
 
 
 def fit_switch_triage(prior: Prior, clean: torch.Tensor, config: InversionConfig, keep: float, trim: float = 3.5,
-                      stop: StopCheck | None = None) -> SwitchTriage:
+                      stop: StopCheck | None = None, early_step: int = 0, early_keep: float = 0.5) -> SwitchTriage:
     """The switch triage of ``prior`` for solves configured as ``config`` (an ``rgi`` config with a restoration
     stage, e.g. ``rgi clean``'s defaults): the threshold that sends a ``keep`` share of the clean images (N, C, H, W)
-    on to the restoration stage.
+    on to the restoration stage; with ``early_step`` > 0, also an early read after that many steps sending an
+    ``early_keep`` share of them on (:class:`rgi_core.inversion.triage.EarlyRead`).
 
     Each image is solved up to the stage's switch only (the score is read there) and stopped: a threshold of
-    +inf on the solver's own switch triage, so the scores are exactly those a solve compares with it. Outlier
-    scores (:func:`inliers` with ``trim``; 0 keeps every image) are left out of the quantile."""
+    +inf on the solver's own switch triage, so the scores are exactly those a solve compares with it; likewise up
+    to the early read's step. Outlier scores (:func:`inliers` with ``trim``; 0 keeps every image) are left out of
+    each quantile."""
     switch = config.restoration_switch(config.iterations) if config.method == "rgi" else None
     if switch is None:
         raise ValueError("a switch triage needs an rgi config with a restoration stage (restore_lam); "
                          f"got method {config.method!r} with restore_lam {getattr(config, 'restore_lam', None)}")
-    every = SwitchTriage(float("inf"), 1.0, switch)
-    # every image solved (no triage before the solve), every one stopped at the switch
+    if not 0 <= early_step < switch:
+        raise ValueError(f"the early read's step must be in [1, {switch}) (0: none), got {early_step}")
+    scores = _scores_at(prior, clean, config, SwitchTriage(float("inf"), 1.0, switch), stop)
+    inl, _ = inliers(scores, trim)
+    record = {"iterations": config.iterations, "n_init": config.n_init, "trimmed_images": int((~inl).sum())}
+    triage = SwitchTriage.fit(scores[inl], keep, switch, record)
+    if not early_step:
+        return triage
+    every = SwitchTriage(float("inf"), 1.0, switch, early=EarlyRead(early_step, float("inf"), 1.0))
+    early = _scores_at(prior, clean, config, every, stop)
+    inl, _ = inliers(early, trim)
+    return dataclasses.replace(triage, record={**triage.record, "early_trimmed_images": int((~inl).sum())},
+                               early=EarlyRead.fit(early[inl], early_keep, early_step))
+
+
+def _scores_at(prior: Prior, clean: torch.Tensor, config: InversionConfig, every: SwitchTriage,
+               stop: StopCheck | None) -> torch.Tensor:
+    """The scores (N,) of the clean images solved with ``every`` as the prior's switch triage, which stops every
+    image at its first read (no triage before the solve)."""
     probe = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**prior.defaults, "triage": None,
                                                                         "switch_triage": every.to_dict()}})
     out = invert(clean, probe, config.replace(triage=True), control=SolveControl(cancelled=stop))
     if not all(d.restoration_skipped for d in out.diagnostics):
-        raise RuntimeError("the switch triage's probe did not stop every image at the switch")
-    scores = out.score.double().cpu()
-    inl, _ = inliers(scores, trim)
-    record = {"iterations": config.iterations, "n_init": config.n_init, "trimmed_images": int((~inl).sum())}
-    return SwitchTriage.fit(scores[inl], keep, switch, record)
+        raise RuntimeError("the switch triage's probe did not stop every image at its read")
+    return out.score.double().cpu()
 
 
 # ------------------------------------------------------------------------------ thresholds for a target FPR

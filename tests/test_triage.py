@@ -214,8 +214,9 @@ def test_calibrate_lowers_the_triage_threshold_for_a_miss_target_on_the_fusion_f
 
 # --------------------------------------------------------------------------- the switch triage (digits-32)
 
-def _digits_with_switch_triage(iterations: int, keep: float):
-    """digits-32 with a switch triage fitted on 16 training digits for ``iterations``-step solves (best of 16)."""
+def _digits_with_switch_triage(iterations: int, keep: float, early_step: int = 0, early_keep: float = 0.5):
+    """digits-32 with a switch triage fitted on 16 training digits for ``iterations``-step solves (best of 16),
+    with an early read after ``early_step`` steps (0: none)."""
     from rgi_core.calibration import fit_switch_triage
 
     prior = load_prior("digits-32", device="cpu")
@@ -223,7 +224,7 @@ def _digits_with_switch_triage(iterations: int, keep: float):
         k: v for k, v in prior.defaults.items() if k != "switch_triage"}})
     cfg = config_for_prior("rgi", plain.defaults, iterations=iterations, n_init=16, device="cpu")
     train = torch.from_numpy(builtin.digits("train"))
-    st = fit_switch_triage(plain, train[:16], cfg, keep=keep)
+    st = fit_switch_triage(plain, train[:16], cfg, keep=keep, early_step=early_step, early_keep=early_keep)
     return dataclasses.replace(prior, meta={**prior.meta, "defaults": {**plain.defaults,
                                                                        "switch_triage": st.to_dict()}}), st, train
 
@@ -261,6 +262,48 @@ def test_switch_triage_stops_the_digits_judged_clean_at_the_switch_unrestored():
     on, off = resolve(prior), resolve(prior, overrides={"triage": False})
     assert on.config.triage is True and on.config_hash() != off.config_hash()
     assert on.model_id(prior) != off.model_id(prior)
+
+
+def test_an_early_read_stops_the_plainest_digits_before_the_switch():
+    """An early read after 10 of 40 steps (switch at 30): the digits whose score there is at most its threshold stop
+    there, unrestored, with the score of their fit at that step; the others go on exactly as without it."""
+    from rgi_core.inversion.triage import EarlyRead, SwitchTriage
+
+    prior, st, train = _digits_with_switch_triage(40, keep=0.25, early_step=10, early_keep=0.5)
+    assert st.switch == 30 and st.early is not None and (st.early.step, st.early.keep) == (10, 0.5)
+    assert SwitchTriage.from_dict(st.to_dict()) == st and switch_triage_of(prior.defaults) == st
+    bad, _ = apply_family_batch(train[100:104].clone(), "block_fill", seed=2)
+    x = torch.cat([train[40:48], bad])
+    cfg = config_for_prior("rgi", prior.defaults, iterations=40, n_init=16, device="cpu")
+    out = invert(x, prior, cfg)
+    # the score after 10 steps of the same solve: every digit stopped at an early read of threshold +inf
+    probe = dataclasses.replace(st, threshold=float("inf"), early=EarlyRead(10, float("inf"), 1.0))
+    at10 = invert(x, dataclasses.replace(prior, meta={**prior.meta, "defaults": {
+        **prior.defaults, "switch_triage": probe.to_dict()}}), cfg)
+    assert all((d.stage, d.iterations) == ("detect", 10) for d in at10.diagnostics)
+    early = at10.score <= st.early.threshold
+    assert 0 < int(early.sum()) < len(x)
+    steps = torch.tensor([d.iterations for d in out.diagnostics])
+    assert torch.equal(steps == 10, early)
+    # stopped early: the score of the fit at step 10, the input as restored image
+    torch.testing.assert_close(out.score[early], at10.score[early], atol=1e-6, rtol=0)
+    assert torch.equal(out.restored[early], x[early]) and not out.phi[early].any()
+    assert all(out.diagnostics[i].stage == "detect" for i in early.nonzero().flatten().tolist())
+    # the others: the switch triage's solve, as if there were no early read
+    without = invert(x, dataclasses.replace(prior, meta={**prior.meta, "defaults": {
+        **prior.defaults, "switch_triage": dataclasses.replace(st, early=None).to_dict()}}), cfg)
+    go = ~early
+    for f in ("score", "restored", "mask", "latent"):
+        torch.testing.assert_close(getattr(out, f)[go], getattr(without, f)[go], atol=1e-5, rtol=0)
+    assert [d.stage for d, g in zip(out.diagnostics, go, strict=True) if g] == [
+        d.stage for d, g in zip(without.diagnostics, go, strict=True) if g]
+    # the threshold is the keep quantile of the clean scores at that step, and the read comes before the switch
+    e = EarlyRead.fit(torch.arange(1, 21, dtype=torch.float64), keep=0.5, step=100)
+    assert int((torch.arange(1, 21) > e.threshold).sum()) == 10
+    with pytest.raises(ValueError, match="before the switch"):
+        SwitchTriage(1.0, 0.2, 450, early=EarlyRead(450, 1.0, 0.5))
+    with pytest.raises(ValueError, match="at least one step"):
+        EarlyRead(0, 1.0, 0.5)
 
 
 def test_switch_triage_threshold_is_the_keep_quantile_of_the_clean_scores_at_the_switch():
@@ -340,7 +383,8 @@ def test_a_tiled_image_takes_the_furthest_path_of_its_tiles():
 
 def test_cli_calibrate_stores_the_switch_triage_in_the_prior_file(tmp_path):
     """`rgi calibrate --into-prior --rounds 0 --switch-triage-images N` on a copy of digits-32: the lam and the
-    score threshold of the 300-step calibration kept as they were measured, a switch triage at step 450."""
+    score threshold of the 300-step calibration kept as they were measured, a switch triage at step 450 with an
+    early read after 100 steps (`--switch-triage-early 100`), which needs the switch triage's crops."""
     import shutil
 
     from flows.cli import main
@@ -354,8 +398,12 @@ def test_cli_calibrate_stores_the_switch_triage_in_the_prior_file(tmp_path):
     for i, x in enumerate(torch.from_numpy(builtin.digits("train"))[300:306]):
         (src / f"d{i}.png").write_bytes(encode_png(x.numpy()))
     assert main(["calibrate", str(src), "--prior", str(path), "--into-prior", "--images-n", "4", "--iterations", "5",
-                 "--n-init", "4", "--rounds", "0", "--fusion-images", "0", "--switch-triage-images", "4"]) == 0
+                 "--n-init", "4", "--rounds", "0", "--fusion-images", "0", "--switch-triage-images", "4",
+                 "--switch-triage-early", "100"]) == 0
     d = load_prior(str(path), device="cpu").defaults
     assert d["switch_triage"]["switch"] == 450 and d["switch_triage"]["record"]["images"] <= 4
+    assert (d["switch_triage"]["early"]["step"], d["switch_triage"]["early"]["keep"]) == (100, 0.5)
+    assert d["switch_triage"]["record"]["images"] <= 4 and "early_trimmed_images" in d["switch_triage"]["record"]
+    assert main(["calibrate", str(src), "--prior", str(path), "--into-prior", "--switch-triage-early", "100"]) == 2
     assert d["lam"] == load_prior("digits-32").defaults["lam"]
     assert d["calibration"]["lam_source"] == "kept from the previous calibration (--rounds 0)"

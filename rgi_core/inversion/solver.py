@@ -40,7 +40,7 @@ from rgi_core.inversion.products import (
     scored_maps,
 )
 from rgi_core.inversion.results import ImageDiagnostics, InversionResult
-from rgi_core.inversion.triage import switch_triage_of, triage_of
+from rgi_core.inversion.triage import SwitchTriage, switch_triage_of, triage_of
 from rgi_core.priors.files import Prior
 
 
@@ -238,11 +238,12 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
 class _StopAtSwitch:
     """The switch triage (:class:`rgi_core.inversion.triage.SwitchTriage`) as an ``image_done`` rule: after the
     last step before the restoration stage, the images whose score there (read as the solve's products read it,
-    :func:`~rgi_core.inversion.products.scored_maps`) is at most the prior's threshold leave the batch."""
+    :func:`~rgi_core.inversion.products.scored_maps`) is at most the prior's threshold leave the batch; with an
+    early read, the same after its step with its threshold."""
 
-    def __init__(self, objective: Objective, z: torch.Tensor, threshold: float) -> None:
-        self.objective, self.z, self.threshold = objective, z, threshold
-        self.stopped: torch.Tensor | None = None  # (B,) bool, once the switch is reached
+    def __init__(self, objective: Objective, z: torch.Tensor, triage: SwitchTriage) -> None:
+        self.objective, self.z, self.triage = objective, z, triage
+        self.stopped = torch.zeros(z.shape[0], dtype=torch.bool)  # (B,): judged clean at a read
 
     @classmethod
     def of(cls, objective: Objective, z: torch.Tensor) -> _StopAtSwitch | None:
@@ -253,16 +254,21 @@ class _StopAtSwitch:
         if (not objective.config.triage or not isinstance(p.physics, Identity) or switch is None or triage is None
                 or triage.switch != switch):
             return None
-        return cls(objective, z, triage.threshold)
+        return cls(objective, z, triage)
 
     def __call__(self, step: int, totals: torch.Tensor) -> torch.Tensor:
-        if step != self.objective.switch - 1:  # type: ignore[attr-defined]
+        early = self.triage.early
+        if step == self.objective.switch - 1:  # type: ignore[attr-defined]
+            # z after this step is what the restoration stage's first step starts from: its fit is the one scored
+            res, threshold = self.objective.fit_at_switch(self.z), self.triage.threshold  # type: ignore[attr-defined]
+        elif early is not None and step == early.step - 1:
+            res, threshold = self.objective.problem.fit_residual(self.z), early.threshold
+        else:
             return torch.zeros_like(totals, dtype=torch.bool)
-        # z after this step is what the restoration stage's first step starts from: its fit is the one scored
         with torch.no_grad():
-            maps, fusion = scored_maps(self.objective, self.objective.fit_at_switch(self.z))  # type: ignore[attr-defined]
+            maps, fusion = scored_maps(self.objective, res)
             score = fuse_detectors(maps, self.objective.config, fusion)[1]
-        self.stopped = (score <= self.threshold).cpu()
+        self.stopped |= (score <= threshold).cpu()  # an image stopped early keeps its z, and so its score
         return self.stopped
 
 

@@ -30,10 +30,17 @@ mask M are the solve's, its restoration is skipped (restored = input, phi = 0) a
 ``rgi clean`` solves them, and holds for the switch it was fitted at only (the score's scale depends on how long the
 fit ran): a solve whose switch is elsewhere stops no image there. ``rgi calibrate --switch-triage-images N``
 stores it (``defaults.switch_triage``); ``config.triage`` turns both triages on and off.
+
+Most clean images are plain long before the switch. An **early read** (:class:`EarlyRead`, ``rgi calibrate
+--switch-triage-early STEP``) scores the fit the same way after ``step`` steps of the same schedule: an image whose
+score there is at most its threshold, the ``1 - keep`` quantile of the clean images' scores at that step, stops
+there, judged clean as at the switch. Its z and M stay as they were at that step, so the score it is written with is
+the one the read compared (a fit that ran fewer steps scores a little higher: the read errs toward going on).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +124,37 @@ class Triage:
 
 
 @dataclass(frozen=True)
+class EarlyRead:
+    """An earlier read of the score than the switch (module docstring): images whose score after ``step`` steps
+    of the solve is at most ``threshold`` stop there.
+
+    Attributes:
+        step: the steps run before the read (fewer than the switch's).
+        threshold: the image score after ``step`` steps above which an image goes on.
+        keep: the share of the clean calibration images above it.
+    """
+
+    step: int
+    threshold: float
+    keep: float
+
+    def __post_init__(self) -> None:
+        if self.step < 1:
+            raise ValueError(f"an early read needs at least one step before it, got {self.step}")
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"early read keep must be in (0, 1], got {self.keep}")
+
+    @classmethod
+    def fit(cls, scores: torch.Tensor, keep: float, step: int) -> EarlyRead:
+        """The threshold that sends a ``keep`` share of clean images (their scores after ``step`` steps, (N,)) on."""
+        if not 0.0 < keep <= 1.0:
+            raise ValueError(f"early read keep must be in (0, 1], got {keep}")
+        if scores.numel() == 0:
+            raise ValueError("an early read needs the scores of at least one clean image")
+        return cls(int(step), float(torch.quantile(scores.double(), 1.0 - keep)), keep)
+
+
+@dataclass(frozen=True)
 class SwitchTriage:
     """A prior's threshold for stopping images judged clean at the restoration stage's switch
     (``defaults.switch_triage``; module docstring).
@@ -126,18 +164,22 @@ class SwitchTriage:
         keep: the share of the clean calibration images above it.
         switch: the solve step it was fitted at (the first step of the restoration stage).
         record: how it was obtained (images, the solve's steps and candidates), for the metadata.
+        early: an earlier read of the same solve (:class:`EarlyRead`), or None.
     """
 
     threshold: float
     keep: float
     switch: int
     record: dict[str, Any] = field(default_factory=dict)
+    early: EarlyRead | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.keep <= 1.0:
             raise ValueError(f"switch triage keep must be in (0, 1], got {self.keep}")
         if self.switch < 1:
             raise ValueError(f"switch triage needs a restoration stage that starts at step >= 1, got {self.switch}")
+        if self.early is not None and self.early.step >= self.switch:
+            raise ValueError(f"an early read comes before the switch (step {self.switch}), got step {self.early.step}")
 
     @classmethod
     def fit(cls, scores: torch.Tensor, keep: float, switch: int, record: Mapping[str, Any] | None = None
@@ -152,11 +194,14 @@ class SwitchTriage:
         return cls(threshold, keep, int(switch), {"images": int(scores.numel()), **(record or {})})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "keep": self.keep, "switch": self.switch, "record": self.record}
+        early = {"early": dataclasses.asdict(self.early)} if self.early is not None else {}
+        return {"threshold": self.threshold, "keep": self.keep, "switch": self.switch, "record": self.record, **early}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SwitchTriage:
-        return cls(float(d["threshold"]), float(d["keep"]), int(d["switch"]), dict(d.get("record", {})))
+        e = d.get("early")
+        early = EarlyRead(int(e["step"]), float(e["threshold"]), float(e["keep"])) if e else None
+        return cls(float(d["threshold"]), float(d["keep"]), int(d["switch"]), dict(d.get("record", {})), early)
 
 
 def switch_triage_of(defaults: Mapping[str, Any]) -> SwitchTriage | None:
