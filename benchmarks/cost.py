@@ -62,7 +62,7 @@ from rgi_core.inversion.generator import GeneratorFn
 from rgi_core.inversion.init import encoder_budget
 from rgi_core.inversion.operators import Identity
 from rgi_core.inversion.products import detector_maps
-from rgi_core.inversion.triage import triage_of
+from rgi_core.inversion.triage import switch_triage_of, triage_of
 from rgi_core.io import builtin
 from rgi_core.priors import Prior, load_prior
 
@@ -406,6 +406,12 @@ def cmd_report(args: argparse.Namespace) -> None:
                   f"{int(clean.sum())} clean images ({float((~skipped[clean]).double().mean()):.1%} went on), "
                   f"{int(skipped[defective].sum())} of the {int(defective.sum())} defective, "
                   f"{int(skipped[flagged].sum())} of the {int(flagged.sum())} that full flags")
+            read = switch_triage_of(prior.defaults)
+            early = skipped & (r["steps"] < read.switch) if read is not None else torch.zeros_like(skipped)
+            if bool(early.any()):  # those stopped by an early read ran fewer steps than the switch
+                print(f"- {variant}: of those, stopped by the early read (step {read.early.step}): "
+                      f"{int(early[clean].sum())} clean, {int(early[defective].sum())} defective, "
+                      f"{int(early[flagged].sum())} that full flags")
     for rate in args.rates:
         idx = _set_indices(pool, rate, args.size)
         nd = int(pool["label"][idx].sum())

@@ -61,7 +61,8 @@ if [[ $NAMES == *" digits "* ]]; then
     # starts at the fixed point: one round keeps lam there and records the score threshold with TV and the stage on
     $RGI calibrate "$OUT/data/digits-train" --prior "$f" --into-prior --images-n 32 --iterations 300 --rounds 1 \
       --fusion-images 0 --set mask_tv="$tv" --set mask_tv_until=0.75 --set restore_lam="$restore" \
-      --set score_topk=0.25 --set map_level=0.4 --switch-triage-images 256 >"$OUT/ship/digits-32.calibration.json"
+      --set score_topk=0.25 --set map_level=0.4 --switch-triage-images 256 --switch-triage-early 100 \
+      >"$OUT/ship/digits-32.calibration.json"
   ) &
   pids+=($!)
 fi
