@@ -165,8 +165,10 @@ def test_calibration_trims_defective_images():
     base = calibrate(prior, clean, cfg)
     trimmed = calibrate(prior, mixed, cfg)
     plain = calibrate(prior, mixed, dataclasses.replace(cfg, trim=0.0))
-    # at least the two holed crops go (a clean crop near the cut may go too, depending on float reordering)
-    assert trimmed["calibration"]["trimmed_images"] >= 2 and plain["calibration"]["trimmed_images"] == 0
+    # lam's rounds leave the holed crops out; whether the final scores at the lam they reach single the holes out
+    # again depends on float reordering (on some machines the 50-step clean scores spread over 5x): the count is
+    # checked at a fixed lam below
+    assert plain["calibration"]["trimmed_images"] == 0
     assert trimmed["lam"] == pytest.approx(base["lam"], rel=0.05)
     assert plain["lam"] > 2 * base["lam"]
     # the score threshold at one lam (the prior's), so that it does not move with lam's own small differences:
