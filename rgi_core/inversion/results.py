@@ -27,8 +27,9 @@ class ImageDiagnostics:
         error: empty when the solve is usable; otherwise why not (e.g. the loss diverged).
         triaged: the triage judged the image clean and no solve ran (:mod:`rgi_core.inversion.triage`): no
             losses, 0 iterations, not converged.
-        restoration_skipped: the switch triage judged the image clean at the restoration stage's switch
-            (:class:`rgi_core.inversion.triage.SwitchTriage`): it stopped there, its restored image is the input.
+        restoration_skipped: the switch triage judged the image clean at the restoration stage's switch or at its
+            early read (:class:`rgi_core.inversion.triage.SwitchTriage`): it stopped there, its restored image is the
+            input.
     """
 
     losses: dict[str, float] = field(default_factory=dict)
@@ -42,8 +43,8 @@ class ImageDiagnostics:
     @property
     def stage(self) -> str:
         """The path that produced the image's products, as the catalog's ``stage`` column says it: ``triage`` (no
-        solve), ``detect`` (the solve's detection stage only, stopped at the restoration stage's switch) or
-        ``solve``."""
+        solve), ``detect`` (the solve's detection stage only, stopped at the restoration stage's switch or at its
+        early read) or ``solve``."""
         return "triage" if self.triaged else "detect" if self.restoration_skipped else "solve"
 
     @property
