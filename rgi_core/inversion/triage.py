@@ -147,11 +147,7 @@ class EarlyRead:
     @classmethod
     def fit(cls, scores: torch.Tensor, keep: float, step: int) -> EarlyRead:
         """The threshold that sends a ``keep`` share of clean images (their scores after ``step`` steps, (N,)) on."""
-        if not 0.0 < keep <= 1.0:
-            raise ValueError(f"early read keep must be in (0, 1], got {keep}")
-        if scores.numel() == 0:
-            raise ValueError("an early read needs the scores of at least one clean image")
-        return cls(int(step), float(torch.quantile(scores.double(), 1.0 - keep)), keep)
+        return cls(int(step), _keep_quantile(scores, keep, "early read"), keep)
 
 
 @dataclass(frozen=True)
@@ -186,12 +182,8 @@ class SwitchTriage:
             ) -> SwitchTriage:
         """The threshold that sends a ``keep`` share of clean images (their scores at the switch, (N,)) on to the
         restoration stage."""
-        if not 0.0 < keep <= 1.0:
-            raise ValueError(f"switch triage keep must be in (0, 1], got {keep}")
-        if scores.numel() == 0:
-            raise ValueError("switch triage needs the scores of at least one clean image")
-        threshold = float(torch.quantile(scores.double(), 1.0 - keep))
-        return cls(threshold, keep, int(switch), {"images": int(scores.numel()), **(record or {})})
+        return cls(_keep_quantile(scores, keep, "switch triage"), keep, int(switch),
+                   {"images": int(scores.numel()), **(record or {})})
 
     def to_dict(self) -> dict[str, Any]:
         early = {"early": dataclasses.asdict(self.early)} if self.early is not None else {}
@@ -202,6 +194,15 @@ class SwitchTriage:
         e = d.get("early")
         early = EarlyRead(int(e["step"]), float(e["threshold"]), float(e["keep"])) if e else None
         return cls(float(d["threshold"]), float(d["keep"]), int(d["switch"]), dict(d.get("record", {})), early)
+
+
+def _keep_quantile(scores: torch.Tensor, keep: float, what: str) -> float:
+    """The score (a quantile of the clean images' scores (N,)) above which a ``keep`` share of them lies."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"{what} keep must be in (0, 1], got {keep}")
+    if scores.numel() == 0:
+        raise ValueError(f"{what} needs the scores of at least one clean image")
+    return float(torch.quantile(scores.double(), 1.0 - keep))
 
 
 def switch_triage_of(defaults: Mapping[str, Any]) -> SwitchTriage | None:

@@ -107,7 +107,7 @@
   if (COL.has("status")) FILTERS.push({ id: "filter-status", label: "status", choices: equalsChoices("status") });
   if (COL.has("method")) FILTERS.push({ id: "filter-method", label: "method", choices: equalsChoices("method") });
   if (COL.has("run_id")) FILTERS.push({ id: "filter-run", label: "run", choices: equalsChoices("run_id") });
-  // which path produced the row: triage (no solve), detect (stopped at the restoration stage's switch), solve
+  // which path produced the row: triage (no solve), detect (stopped at the restoration stage's switch or its early read), solve
   if (COL.has("stage")) FILTERS.push({ id: "filter-stage", label: "path", choices: equalsChoices("stage") });
   if (COL.has("flagged_by")) {
     const detectors = new Set();
