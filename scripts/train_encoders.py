@@ -59,7 +59,8 @@ def main() -> int:
             prior.generator, fit_on.sample(args.crops), EncoderConfig(steps=args.steps, seed=0),
             checkpoint=checkpoint, log=lambda s, v, n=name: print(f"{n}: encoder step {s}: loss {v:.4f}",
                                                                   file=sys.stderr, flush=True))
-        record["source"] = "crops of the training split (the calibration's held-out rows excluded)"
+        record["source"] = ("the training digits" if name == "digits"
+                            else "crops of the training split (the calibration's held-out rows excluded)")
         update_metadata(path, encoder=encoder, defaults={**prior.defaults, "encoder": record})
         checkpoint.unlink(missing_ok=True)
         print(f"{name}: encoder stored ({record['steps']} steps, latent loss {record['latent_loss']:.4f}, "
