@@ -70,8 +70,7 @@ class Triage:
     record: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"triage keep must be in (0, 1], got {self.keep}")
+        _check_keep(self.keep, "triage")
         if not self.detectors:
             raise ValueError("triage needs at least one detector that reads the image")
 
@@ -86,14 +85,13 @@ class Triage:
         ``score_threshold``: no higher than the ``miss`` quantile of the triage score of the defective crops whose
         full fused score is over ``score_threshold`` (module docstring).
         """
-        if not 0.0 < keep <= 1.0:
-            raise ValueError(f"triage keep must be in (0, 1], got {keep}")
+        _check_keep(keep, "triage")
         maps = {k: v for k, v in clean_maps.items() if k != "residual" and k in fusion.tails}
         if not maps:
             raise ValueError(f"triage needs a detector that reads the image itself; the fusion has "
                              f"{sorted(fusion.tails)}")
         scores = fusion.surprises(maps)[0].double()
-        threshold = float(torch.quantile(scores, 1.0 - keep))
+        threshold = _keep_quantile(scores, keep, "triage")
         record: dict[str, Any] = {"images": int(scores.shape[0])}
         if miss is not None:
             if not 0.0 <= miss < 1.0 or defective_maps is None or score_threshold is None:
@@ -141,8 +139,7 @@ class EarlyRead:
     def __post_init__(self) -> None:
         if self.step < 1:
             raise ValueError(f"an early read needs at least one step before it, got {self.step}")
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"early read keep must be in (0, 1], got {self.keep}")
+        _check_keep(self.keep, "early read")
 
     @classmethod
     def fit(cls, scores: torch.Tensor, keep: float, step: int) -> EarlyRead:
@@ -170,8 +167,7 @@ class SwitchTriage:
     early: EarlyRead | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"switch triage keep must be in (0, 1], got {self.keep}")
+        _check_keep(self.keep, "switch triage")
         if self.switch < 1:
             raise ValueError(f"switch triage needs a restoration stage that starts at step >= 1, got {self.switch}")
         if self.early is not None and self.early.step >= self.switch:
@@ -198,11 +194,16 @@ class SwitchTriage:
 
 def _keep_quantile(scores: torch.Tensor, keep: float, what: str) -> float:
     """The score (a quantile of the clean images' scores (N,)) above which a ``keep`` share of them lies."""
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"{what} keep must be in (0, 1], got {keep}")
+    _check_keep(keep, what)
     if scores.numel() == 0:
         raise ValueError(f"{what} needs the scores of at least one clean image")
     return float(torch.quantile(scores.double(), 1.0 - keep))
+
+
+def _check_keep(keep: float, what: str) -> None:
+    """A share of clean images sent on (``what``'s ``keep``) is in (0, 1]."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"{what} keep must be in (0, 1], got {keep}")
 
 
 def switch_triage_of(defaults: Mapping[str, Any]) -> SwitchTriage | None:
