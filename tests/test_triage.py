@@ -403,7 +403,7 @@ def test_cli_calibrate_stores_the_switch_triage_in_the_prior_file(tmp_path):
     d = load_prior(str(path), device="cpu").defaults
     assert d["switch_triage"]["switch"] == 450 and d["switch_triage"]["record"]["images"] <= 4
     assert (d["switch_triage"]["early"]["step"], d["switch_triage"]["early"]["keep"]) == (100, 0.5)
-    assert d["switch_triage"]["record"]["images"] <= 4 and "early_trimmed_images" in d["switch_triage"]["record"]
+    assert "early_trimmed_images" in d["switch_triage"]["record"]
     assert main(["calibrate", str(src), "--prior", str(path), "--into-prior", "--switch-triage-early", "100"]) == 2
     assert d["lam"] == load_prior("digits-32").defaults["lam"]
     assert d["calibration"]["lam_source"] == "kept from the previous calibration (--rounds 0)"
