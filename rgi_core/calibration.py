@@ -375,38 +375,39 @@ def fit_switch_triage(prior: Prior, clean: torch.Tensor, config: InversionConfig
     ``early_keep`` share of them on (:class:`rgi_core.inversion.triage.EarlyRead`).
 
     Each image is solved up to the stage's switch only (the score is read there) and stopped: a threshold of
-    +inf on the solver's own switch triage, so the scores are exactly those a solve compares with it; likewise up
-    to the early read's step. Outlier scores (:func:`inliers` with ``trim``; 0 keeps every image) are left out of
-    each quantile."""
+    +inf on the solver's own switch triage, so the scores are exactly those a solve compares with it. The early
+    read, with a threshold of -inf, stops no image and leaves its scores in the same solve's diagnostics. Outlier
+    scores (:func:`inliers` with ``trim``; 0 keeps every image) are left out of each quantile."""
     switch = config.restoration_switch(config.iterations) if config.method == "rgi" else None
     if switch is None:
         raise ValueError("a switch triage needs an rgi config with a restoration stage (restore_lam); "
                          f"got method {config.method!r} with restore_lam {getattr(config, 'restore_lam', None)}")
     if not 0 <= early_step < switch:
         raise ValueError(f"the early read's step must be in [1, {switch}) (0: none), got {early_step}")
-    scores = _scores_at(prior, clean, config, SwitchTriage(float("inf"), 1.0, switch), stop)
+    read_early = EarlyRead(early_step, float("-inf"), 1.0) if early_step else None  # reads, stops none
+    every = SwitchTriage(float("inf"), 1.0, switch, early=read_early)  # stops every image at the switch
+    scores, early = _scores_at(prior, clean, config, every, stop)
     inl, _ = inliers(scores, trim)
     record = {"iterations": config.iterations, "n_init": config.n_init, "trimmed_images": int((~inl).sum())}
     triage = SwitchTriage.fit(scores[inl], keep, switch, record)
     if not early_step:
         return triage
-    every = SwitchTriage(float("inf"), 1.0, switch, early=EarlyRead(early_step, float("inf"), 1.0))
-    early = _scores_at(prior, clean, config, every, stop)
     inl, _ = inliers(early, trim)
     return dataclasses.replace(triage, record={**triage.record, "early_trimmed_images": int((~inl).sum())},
                                early=EarlyRead.fit(early[inl], early_keep, early_step))
 
 
 def _scores_at(prior: Prior, clean: torch.Tensor, config: InversionConfig, every: SwitchTriage,
-               stop: StopCheck | None) -> torch.Tensor:
+               stop: StopCheck | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The scores (N,) of the clean images solved with ``every`` as the prior's switch triage, which stops every
-    image at its first read (no triage before the solve)."""
+    image at the switch (no triage before the solve), and their scores at its early read (N,) (NaN: none)."""
     probe = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**prior.defaults, "triage": None,
                                                                         "switch_triage": every.to_dict()}})
     out = invert(clean, probe, config.replace(triage=True), control=SolveControl(cancelled=stop))
     if not all(d.restoration_skipped for d in out.diagnostics):
-        raise RuntimeError("the switch triage's probe did not stop every image at its read")
-    return out.score.double().cpu()
+        raise RuntimeError("the switch triage's probe did not stop every image at the switch")
+    early = torch.tensor([d.early_score for d in out.diagnostics], dtype=torch.float64)
+    return out.score.double().cpu(), early
 
 
 # ------------------------------------------------------------------------------ thresholds for a target FPR

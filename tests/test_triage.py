@@ -267,6 +267,7 @@ def test_switch_triage_stops_the_digits_judged_clean_at_the_switch_unrestored():
 def test_an_early_read_stops_the_plainest_digits_before_the_switch():
     """An early read after 10 of 40 steps (switch at 30): the digits whose score there is at most its threshold stop
     there, unrestored, with the score of their fit at that step; the others go on exactly as without it."""
+    from rgi_core.calibration import inliers
     from rgi_core.inversion.triage import EarlyRead, SwitchTriage
 
     prior, st, train = _digits_with_switch_triage(40, keep=0.25, early_step=10, early_keep=0.5)
@@ -287,11 +288,21 @@ def test_an_early_read_stops_the_plainest_digits_before_the_switch():
     assert torch.equal(steps == 10, early)
     # stopped early: the score of the fit at step 10, the input as restored image
     torch.testing.assert_close(out.score[early], at10.score[early], atol=1e-6, rtol=0)
+    # every digit's score at the read is in its diagnostics, the ones that went on included
+    read = torch.tensor([d.early_score for d in out.diagnostics], dtype=at10.score.dtype)
+    torch.testing.assert_close(read, at10.score, atol=1e-6, rtol=0)
+    # calibration takes both reads from one solve: its early threshold is the keep quantile of these scores
+    probe_prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {
+        **prior.defaults, "switch_triage": probe.to_dict()}})
+    fitted_on = invert(train[:16], probe_prior, cfg).score.double()
+    inl, _ = inliers(fitted_on, 3.5)
+    assert st.early.threshold == pytest.approx(EarlyRead.fit(fitted_on[inl], 0.5, 10).threshold, abs=1e-6)
     assert torch.equal(out.restored[early], x[early]) and not out.phi[early].any()
     assert all(out.diagnostics[i].stage == "detect" for i in early.nonzero().flatten().tolist())
     # the others: the switch triage's solve, as if there were no early read
     without = invert(x, dataclasses.replace(prior, meta={**prior.meta, "defaults": {
         **prior.defaults, "switch_triage": dataclasses.replace(st, early=None).to_dict()}}), cfg)
+    assert all(math.isnan(d.early_score) for d in without.diagnostics)  # no early read, no score from it
     go = ~early
     for f in ("score", "restored", "mask", "latent"):
         torch.testing.assert_close(getattr(out, f)[go], getattr(without, f)[go], atol=1e-5, rtol=0)

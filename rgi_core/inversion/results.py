@@ -30,6 +30,9 @@ class ImageDiagnostics:
         restoration_skipped: the switch triage judged the image clean at the restoration stage's switch or at its
             early read (:class:`rgi_core.inversion.triage.SwitchTriage`): it stopped there, its restored image is the
             input.
+        early_score: the image score at the switch triage's early read, as the read compared it with its threshold
+            (NaN where the solve had no early read). Calibration reads it to fit the early read's threshold in the
+            same solve as the switch's.
     """
 
     losses: dict[str, float] = field(default_factory=dict)
@@ -39,6 +42,7 @@ class ImageDiagnostics:
     error: str = ""
     triaged: bool = False
     restoration_skipped: bool = False
+    early_score: float = float("nan")
 
     @property
     def stage(self) -> str:

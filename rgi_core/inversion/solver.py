@@ -102,10 +102,10 @@ def _solve(images: torch.Tensor, prior: Prior, config: InversionConfig, physics:
     config = encoder_budget(config, prior, physics)  # here, so every path to a solve is capped alike
     objective = objective_for(_problem(images, prior, config, physics, shape))
     start = (initialiser or BestOfN())(objective.problem, objective, control)
-    z, mask, trace, stopped = _optimise(objective, start, control)
+    z, mask, trace, at_switch = _optimise(objective, start, control)
     result = form_products(objective, z, mask, trace, start.init_loss, like=images)
-    if stopped is not None and bool(stopped.any()):
-        result = _unrestored(result, stopped.to(images.device), images)
+    if at_switch is not None:
+        result = at_switch.applied(result, images)
     return result, objective.problem.gen
 
 
@@ -189,13 +189,13 @@ def _problem(images: torch.Tensor, prior: Prior, config: InversionConfig, physic
 
 
 def _optimise(objective: Objective, start: Start, control: SolveControl | None
-              ) -> tuple[torch.Tensor, torch.Tensor | None, Trace, torch.Tensor | None]:
+              ) -> tuple[torch.Tensor, torch.Tensor | None, Trace, _StopAtSwitch | None]:
     """The method's schedule on the shared loop: z throughout, M until the objective's mask stop, per-image
     generator weights in the objective's stages; with ``config.stop_tol`` each image leaves the batch once its
     objective has stopped improving (:class:`~rgi_core.inversion.loop.Plateau`), and with the prior's switch
     triage the images judged clean at the restoration stage's switch leave there (:class:`_StopAtSwitch`).
-    Returns the final z, M, the loop's trace and which images stopped at the switch (B,) (None: no switch
-    triage)."""
+    Returns the final z, M, the loop's trace and the switch triage's rule, which knows the images it stopped
+    (None: no switch triage)."""
     p, config = objective.problem, objective.config
     T = config.iterations
     z = start.z.requires_grad_(True)
@@ -232,18 +232,20 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
     loop_control = SolveControl(cancelled=control.cancelled if control is not None else None,
                                 image_done=either(user, plateau, at_switch))
     trace = run_adam(groups, T, loss, clamp=mask, device=p.device, control=loop_control, new_groups=join)
-    return z, mask, trace, at_switch.stopped if at_switch is not None else None
+    return z, mask, trace, at_switch
 
 
 class _StopAtSwitch:
     """The switch triage (:class:`rgi_core.inversion.triage.SwitchTriage`) as an ``image_done`` rule: after the
     last step before the restoration stage, the images whose score there (read as the solve's products read it,
     :func:`~rgi_core.inversion.products.scored_maps`) is at most the prior's threshold leave the batch; with an
-    early read, the same after its step with its threshold."""
+    early read, the same after its step with its threshold. The scores read there are kept for the diagnostics
+    (``early_score``), so one solve can give calibration both reads."""
 
     def __init__(self, objective: Objective, z: torch.Tensor, triage: SwitchTriage) -> None:
         self.objective, self.z, self.triage = objective, z, triage
         self.stopped = torch.zeros(z.shape[0], dtype=torch.bool)  # (B,): judged clean at a read
+        self.early_score = torch.full((z.shape[0],), float("nan"), dtype=torch.float64)  # (B,): at the early read
 
     @classmethod
     def of(cls, objective: Objective, z: torch.Tensor) -> _StopAtSwitch | None:
@@ -267,9 +269,22 @@ class _StopAtSwitch:
             return torch.zeros_like(totals, dtype=torch.bool)
         with torch.no_grad():
             maps, fusion = scored_maps(self.objective, res)
-            score = fuse_detectors(maps, self.objective.config, fusion)[1]
-        self.stopped |= (score <= threshold).cpu()  # an image stopped early keeps its z, and so its score
+            score = fuse_detectors(maps, self.objective.config, fusion)[1].cpu()
+        if step != self.objective.switch - 1:  # type: ignore[attr-defined]
+            self.early_score = score.double()
+        self.stopped |= score <= threshold  # an image stopped early keeps its z, and so its score
         return self.stopped
+
+    def applied(self, result: InversionResult, images: torch.Tensor) -> InversionResult:
+        """``result`` with the images stopped at a read unrestored (:func:`_unrestored`) and every image's
+        score at the early read in its diagnostics."""
+        if self.triage.early is not None:
+            diagnostics = tuple(dataclasses.replace(d, early_score=float(e))
+                                for d, e in zip(result.diagnostics, self.early_score.tolist(), strict=True))
+            result = InversionResult(**{**result._asdict(), "diagnostics": diagnostics})
+        if bool(self.stopped.any()):
+            result = _unrestored(result, self.stopped.to(images.device), images)
+        return result
 
 
 def _unrestored(result: InversionResult, stopped: torch.Tensor, images: torch.Tensor) -> InversionResult:
