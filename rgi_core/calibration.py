@@ -407,6 +407,8 @@ def _scores_at(prior: Prior, clean: torch.Tensor, config: InversionConfig, every
     if not all(d.restoration_skipped for d in out.diagnostics):
         raise RuntimeError("the switch triage's probe did not stop every image at the switch")
     early = torch.tensor([d.early_score for d in out.diagnostics], dtype=torch.float64)
+    if every.early is not None and bool(early.isnan().any()):
+        raise RuntimeError("the switch triage's probe did not read every image at its early read")
     return out.score.double().cpu(), early
 
 

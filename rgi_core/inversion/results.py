@@ -31,8 +31,8 @@ class ImageDiagnostics:
             early read (:class:`rgi_core.inversion.triage.SwitchTriage`): it stopped there, its restored image is the
             input.
         early_score: the image score at the switch triage's early read, as the read compared it with its threshold
-            (NaN where the solve had no early read). Calibration reads it to fit the early read's threshold in the
-            same solve as the switch's.
+            (NaN where none was read: no early read in the prior's switch triage, or the solve ended before it).
+            Calibration reads it to fit the early read's threshold in the same solve as the switch's.
     """
 
     losses: dict[str, float] = field(default_factory=dict)
