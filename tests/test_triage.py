@@ -279,8 +279,9 @@ def test_an_early_read_stops_the_plainest_digits_before_the_switch():
     out = invert(x, prior, cfg)
     # the score after 10 steps of the same solve: every digit stopped at an early read of threshold +inf
     probe = dataclasses.replace(st, threshold=float("inf"), early=EarlyRead(10, float("inf"), 1.0))
-    at10 = invert(x, dataclasses.replace(prior, meta={**prior.meta, "defaults": {
-        **prior.defaults, "switch_triage": probe.to_dict()}}), cfg)
+    probe_prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {
+        **prior.defaults, "switch_triage": probe.to_dict()}})
+    at10 = invert(x, probe_prior, cfg)
     assert all((d.stage, d.iterations) == ("detect", 10) for d in at10.diagnostics)
     early = at10.score <= st.early.threshold
     assert 0 < int(early.sum()) < len(x)
@@ -292,8 +293,6 @@ def test_an_early_read_stops_the_plainest_digits_before_the_switch():
     read = torch.tensor([d.early_score for d in out.diagnostics], dtype=at10.score.dtype)
     torch.testing.assert_close(read, at10.score, atol=1e-6, rtol=0)
     # calibration takes both reads from one solve: its early threshold is the keep quantile of these scores
-    probe_prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {
-        **prior.defaults, "switch_triage": probe.to_dict()}})
     fitted_on = invert(train[:16], probe_prior, cfg).score.double()
     inl, _ = inliers(fitted_on, 3.5)
     assert st.early.threshold == pytest.approx(EarlyRead.fit(fitted_on[inl], 0.5, 10).threshold, abs=1e-6)

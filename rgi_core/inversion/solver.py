@@ -260,17 +260,18 @@ class _StopAtSwitch:
 
     def __call__(self, step: int, totals: torch.Tensor) -> torch.Tensor:
         early = self.triage.early
+        at_early = early is not None and step == early.step - 1
         if step == self.objective.switch - 1:  # type: ignore[attr-defined]
             # z after this step is what the restoration stage's first step starts from: its fit is the one scored
             res, threshold = self.objective.fit_at_switch(self.z), self.triage.threshold  # type: ignore[attr-defined]
-        elif early is not None and step == early.step - 1:
+        elif at_early:
             res, threshold = self.objective.problem.fit_residual(self.z), early.threshold
         else:
             return torch.zeros_like(totals, dtype=torch.bool)
         with torch.no_grad():
             maps, fusion = scored_maps(self.objective, res)
             score = fuse_detectors(maps, self.objective.config, fusion)[1].cpu()
-        if step != self.objective.switch - 1:  # type: ignore[attr-defined]
+        if at_early:
             self.early_score = score.double()
         self.stopped |= score <= threshold  # an image stopped early keeps its z, and so its score
         return self.stopped
