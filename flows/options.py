@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from rgi_core.detectors import DETECTORS
+from rgi_core.detectors import SCORING_DETECTORS
 from rgi_core.io.images import ImageLimits
 
 if typing.TYPE_CHECKING:
@@ -90,10 +90,11 @@ class SolveOptions(BaseModel):
         if v is None:
             return None
         names = [n.strip() for n in v.split(",") if n.strip()]
-        unknown = sorted(set(names) - set(DETECTORS))
+        unknown = sorted(set(names) - set(SCORING_DETECTORS))
         if unknown or not names:
-            raise ValueError(f"detectors must be a comma-separated subset of {', '.join(DETECTORS)}; got {v!r}")
-        return ",".join(n for n in DETECTORS if n in names)
+            raise ValueError(f"detectors must be a comma-separated subset of {', '.join(SCORING_DETECTORS)}; "
+                             f"got {v!r}")
+        return ",".join(n for n in SCORING_DETECTORS if n in names)
 
     @model_validator(mode="after")
     def _full_solve_alone(self) -> SolveOptions:
@@ -110,7 +111,7 @@ class SolveOptions(BaseModel):
 
     def _overrides(self) -> dict[str, Any]:
         chosen = None if self.detectors is None else self.detectors.split(",")
-        detectors = {f"{n}_map": None if chosen is None else n in chosen for n in DETECTORS}
+        detectors = {f"{n}_map": None if chosen is None else n in chosen for n in SCORING_DETECTORS}
         return {**detectors, "iterations": self.iterations, "lam": self.lam, "n_init": self.n_init,
                 "n_starts": self.n_starts, "stop_tol": self.stop_tol, "triage": self.triage, "encoder": self.encoder,
                 "mask_tv": self.mask_tv, "restore_lam": self.restore_lam, "mask_channels": self.mask_channels,

@@ -56,6 +56,8 @@ import numpy as np
 import torch
 
 from rgi_core.cleaning import Sizing, invert_images, network_inputs
+from rgi_core.detectors import SCORING_DETECTORS
+from rgi_core.detectors.context import ContextMap
 from rgi_core.detectors.fusion import SEARCH, DetectorTails, Fusion, Tail, fusion_of
 from rgi_core.detectors.residual import image_score
 from rgi_core.detectors.segmenter import LearnedMap
@@ -220,7 +222,9 @@ def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
     the same images, those same left out, solved with it give the residual's tails of that path
     (``paths["search"]``, :meth:`~rgi_core.detectors.fusion.Fusion.on_path`): a solve without the encoder's start
     ends in a worse fit of some clean images, and read against the encoder path's tails they would rank as
-    anomalies. Returns the fusion (its ``record`` says how it was obtained), the clean images' maps by detector,
+    anomalies. A prior with a context model (:mod:`rgi_core.detectors.context`) also gets that detector's tails, fitted
+    on the same images after the selection: the triage reads it, a solved image's score does not. Returns the fusion
+    (its ``record`` says how it was obtained), the clean images' maps by detector (the context model's among them),
     and the families' solved crops (empty without ``families``)."""
     maps = detector_maps_of(prior, clean, config, stop)
     # a clean image that is an outlier for some detector (a defect among the clean images) fits no tail
@@ -237,6 +241,12 @@ def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
         fusion, chosen = select(fusion, maps, crops)
         record["selection"] = chosen
         record["family_images"] = {name: int(x.shape[0]) for name, (x, _) in families.items()}
+    if prior.context is not None and config.context_map:
+        maps["context"] = prior.context.anomaly_map(clean[keep.to(clean.device)]).cpu()
+        fusion = dataclasses.replace(fusion, tails={**fusion.tails, "context": DetectorTails(
+            Tail.fit(image_score(maps["context"].float(), fusion.topk, fusion.sigma)), Tail.fit(maps["context"]))})
+        for name, (x, _) in (families or {}).items():
+            crops[name].maps["context"] = prior.context.anomaly_map(x).cpu()
     paths = {}
     if search is not None:
         alone = dataclasses.replace(search, texture_map=False, learned_map=False)  # the others read the input
@@ -275,7 +285,8 @@ def add_search_tails(prior: Prior, fusion_clean: torch.Tensor, cfg: CalibrationC
 
 def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None = None,
               texture_clean: torch.Tensor | None = None, segmenter: LearnedMap | None = None,
-              stop: StopCheck | None = None, fusion_clean: torch.Tensor | None = None,
+              context: ContextMap | None = None, stop: StopCheck | None = None,
+              fusion_clean: torch.Tensor | None = None,
               fusion_families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
               triage_keep: float | None = None, triage_miss: float | None = None,
               switch_clean: torch.Tensor | None = None, switch_early: int = 0,
@@ -287,7 +298,9 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     so the score threshold is measured with them. Without it the prior's statistics (if any) are kept.
     A trained ``segmenter`` (:class:`rgi_core.detectors.segmenter.LearnedMap`) joins the score the same way and is
     described in the returned ``defaults.segmenter``; its weights go into the file with
-    ``update_metadata(path, segmenter=...)``. Without it the prior's (if any) is kept.
+    ``update_metadata(path, segmenter=...)``. Without it the prior's (if any) is kept. A trained ``context`` model
+    (:class:`rgi_core.detectors.context.ContextMap`) likewise (``defaults.context``, ``update_metadata(path,
+    context=...)``); it joins the triage score only.
     With ``fusion_clean`` (clean images, N, C, H, W), the detectors are joined by a fusion calibrated on them
     (:func:`fit_fusion`, with ``fusion_families`` for the selection of its rule and map threshold), stored as
     ``defaults.fusion``; the score threshold is then measured with it. Without it the prior's fusion (if any) is
@@ -319,9 +332,12 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
         kept["texture_stats"] = TextureStats.fit(texture_clean).to_dict()
     if segmenter is not None:
         kept["segmenter"] = segmenter.to_dict()
+    if context is not None:
+        kept["context"] = context.to_dict()
     # score with the new detectors and no older fusion, without touching the caller's prior
     prior = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam}},
-                                segmenter=segmenter if segmenter is not None else prior.segmenter)
+                                segmenter=segmenter if segmenter is not None else prior.segmenter,
+                                context=context if context is not None else prior.context)
     final = invert(clean, prior, _rgi(prior, lam, cfg), control=SolveControl(cancelled=stop))
     scores = final.score.double()
     keep, _ = inliers(scores, cfg.trim)  # a defective image among the clean ones does not set the threshold
@@ -330,7 +346,7 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
         fusion, clean_maps, crops = fit_fusion(prior, fusion_clean, _rgi(prior, lam, cfg), fusion_families, stop,
                                                cfg.trim, search)
         kept["fusion"] = fusion.to_dict()
-        scores = fusion.fuse(clean_maps)[1].double()
+        scores = fusion.fuse({k: m for k, m in clean_maps.items() if k in SCORING_DETECTORS})[1].double()
         keep = torch.ones(len(scores), dtype=torch.bool)  # fit_fusion left the outlier images out already
     threshold = float(torch.quantile(scores[keep], cfg.score_quantile))
     # the triage needs a detector that reads the image

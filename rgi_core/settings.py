@@ -79,6 +79,9 @@ class Settings:
             seg = prior.segmenter
             _hash_tensors(h, "segmenter", seg.net.state_dict())
             h.update(json.dumps([seg.threshold, seg.smooth]).encode())
+        if cfg.triage and cfg.context_map and prior.context is not None:  # the triage reads it
+            _hash_tensors(h, "context", prior.context.net.state_dict())
+            h.update(json.dumps([prior.context.threshold, prior.context.smooth]).encode())
         if cfg.encoder and prior.encoder is not None:
             _hash_tensors(h, "encoder", prior.encoder.state_dict())
         # how the detectors are joined, and (when used) which images are solved
@@ -131,7 +134,7 @@ def resolve(prior: Prior, method: str = "rgi", *, overrides: Mapping[str, Any] |
     if "lam" not in given and cal.get("lam") is not None:
         given["lam"] = cal["lam"]
     carried = carried_detectors(prior, defaults)
-    missing = [n for n in ("texture", "learned") if given.get(f"{n}_map") and n not in carried]
+    missing = [n for n in ("texture", "learned", "context") if given.get(f"{n}_map") and n not in carried]
     if missing:
         raise ValueError(f"prior {prior.name!r} carries no {' or '.join(missing)} detector; it can run: "
                          f"{', '.join(('residual', *carried))}")

@@ -9,7 +9,8 @@ Schema versions (:data:`SCHEMA_VERSION`, the ``schema_version`` column of both t
   and ``error``; rows carry ``model_id`` (:mod:`rgi_core.catalog.store`, row identity). Columns added since
   (null in rows written before): ``iterations``, ``stage``; the detectors' own scores and tail probabilities
   (``residual_score``, ``texture_score``, ``learned_score``, ``residual_p``, ``texture_p``, ``learned_p``) and
-  ``flagged_by``; ``sizing`` and ``tiles``; the input's thumbnail (``thumbnail_uri``) and the dataset checks
+  ``flagged_by``, then ``context_score`` and ``context_p``; ``sizing`` and ``tiles``; the input's thumbnail
+  (``thumbnail_uri``) and the dataset checks
   (``pixel_hash``, ``phash``, ``blur``, ``brightness``, ``entropy`` and the ``is_*`` flags,
   :mod:`rgi_core.checks`); the run's ``score_threshold``.
 
@@ -57,9 +58,11 @@ IMAGE_SCHEMA = pa.schema([
     ("residual_score", pa.float64()),
     ("texture_score", pa.float64()),
     ("learned_score", pa.float64()),
+    ("context_score", pa.float64()),
     ("residual_p", pa.float64()),
     ("texture_p", pa.float64()),
     ("learned_p", pa.float64()),
+    ("context_p", pa.float64()),
     ("flagged_by", pa.list_(pa.string())),
     ("thumbnail_uri", pa.string()),
     ("pixel_hash", pa.string()),

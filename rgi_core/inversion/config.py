@@ -72,6 +72,9 @@ class InversionConfig:
             priors do). Off for ``mse``, the residual-only baseline.
         learned_map: fuse the prior's learned anomaly segmenter (:mod:`rgi_core.detectors.segmenter`) the same way
             when the prior file carries one (the shipped texture priors do). Off for ``mse``.
+        context_map: let the triage read the prior's context model (:mod:`rgi_core.detectors.context`) beside the
+            texture statistics and the segmenter when the prior file carries one (the shipped texture priors
+            do); it joins the triage score only, never a solved image's. Off for ``mse``.
         triage: run the full solve only for images the prior's image-reading detectors find suspect; the others
             keep their pixels and take the detectors' map and score (:mod:`rgi_core.inversion.triage`); and with a
             restoration stage, stop the images whose score at its switch is under the prior's switch threshold
@@ -131,6 +134,7 @@ class InversionConfig:
     residual_map: bool = True
     texture_map: bool = True
     learned_map: bool = True
+    context_map: bool = True
     triage: bool | None = None
     encoder: bool | None = None
     learned_phi: bool | None = None
@@ -185,6 +189,8 @@ class InversionConfig:
         d.pop("device")
         if self.stop_tol == 0:
             del d["stop_tol"], d["stop_window"]
+        if d["context_map"] or not self.triage:  # read by the triage only; on, which model is part of the model id
+            del d["context_map"]
         for k in ("triage", "encoder", "tf32", "learned_phi"):  # off (False, or unset) changes nothing;
             if not d[k]:  # which threshold or encoder is used is part of the model id
                 del d[k]
@@ -235,6 +241,7 @@ class MSEConfig(InversionConfig):
 
     texture_map: bool = False
     learned_map: bool = False
+    context_map: bool = False
     triage: bool | None = False
 
 

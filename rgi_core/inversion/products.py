@@ -109,29 +109,34 @@ def per_detector(maps: Mapping[str, torch.Tensor], config: InversionConfig,
 
 
 def carried_detectors(prior: Prior, defaults: Mapping[str, Any] | None = None) -> tuple[str, ...]:
-    """The detectors a prior carries besides the residual: ``texture`` (``defaults.texture_stats``) and
-    ``learned`` (a segmenter in the file). ``defaults``: the prior's own unless given (e.g. merged with a block's)."""
+    """The detectors a prior carries besides the residual: ``texture`` (``defaults.texture_stats``), ``learned``
+    (a segmenter in the file) and ``context`` (a context model in the file). ``defaults``: the prior's own unless
+    given (e.g. merged with a block's)."""
     d = prior.defaults if defaults is None else defaults
-    return (("texture",) if d.get("texture_stats") else ()) + (("learned",) if prior.segmenter is not None else ())
+    return ((("texture",) if d.get("texture_stats") else ()) + (("learned",) if prior.segmenter is not None else ())
+            + (("context",) if prior.context is not None else ()))
 
 
-def detectors_run(prior: Prior, config: InversionConfig, physics: Physics) -> tuple[str, ...]:
+def detectors_run(prior: Prior, config: InversionConfig, physics: Physics, triage: bool = False) -> tuple[str, ...]:
     """The detectors a solve runs, by name: ``residual`` unless ``config.residual_map`` is off; ``texture`` and
     ``learned`` where the config asks for them, the prior carries them and the physics is the identity (they read
-    the image itself)."""
-    asked = {"texture": config.texture_map, "learned": config.learned_map}
+    the image itself); ``context`` likewise, in the triage pass only (``triage``)."""
+    asked = {"texture": config.texture_map, "learned": config.learned_map, "context": triage and config.context_map}
     others = tuple(n for n in carried_detectors(prior) if asked[n]) if isinstance(physics, Identity) else ()
     return (("residual",) if config.residual_map else ()) + others
 
 
-def detector_maps(prior: Prior, config: InversionConfig, physics: Physics,
-                  y: torch.Tensor) -> dict[str, torch.Tensor]:
+def detector_maps(prior: Prior, config: InversionConfig, physics: Physics, y: torch.Tensor,
+                  triage: bool = False) -> dict[str, torch.Tensor]:
     """Maps (B, 1, H, W) of the prior's other detectors, for defects G reproduces, by name: ``texture``
-    (texture statistics), ``learned`` (the segmenter). Only for the identity physics (they read the image itself)."""
-    run = detectors_run(prior, config, physics)
+    (texture statistics), ``learned`` (the segmenter) and, for the triage pass (``triage``), ``context`` (the
+    context model). Only for the identity physics (they read the image itself)."""
+    run = detectors_run(prior, config, physics, triage)
     maps = {"texture": texture_stats_of(prior.defaults).anomaly_map(y)} if "texture" in run else {}
     if "learned" in run:
         maps["learned"] = prior.segmenter.anomaly_map(y)
+    if "context" in run:
+        maps["context"] = prior.context.anomaly_map(y)
     return maps
 
 

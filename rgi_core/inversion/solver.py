@@ -138,7 +138,7 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
     prior.to(device)
     y = images.to(device=device, dtype=next(prior.generator.parameters()).dtype)
     with torch.no_grad():
-        maps = detector_maps(prior, config, physics, y)
+        maps = detector_maps(prior, config, physics, y, triage=True)
         if not set(triage.detectors) <= set(maps):
             return None  # a detector the triage reads is switched off (or missing): every image is solved
         fusion = fusion_of(prior.defaults)
@@ -166,7 +166,7 @@ def _triage(images: torch.Tensor, prior: Prior, config: InversionConfig, physics
             out[name][idx] = getattr(full, name)
         for mine, theirs in ((scores, full.detector_scores), (surprises, full.detector_surprise),
                              (dmaps, full.detector_maps)):
-            for name in mine:
+            for name in mine.keys() & theirs.keys():  # the triage's own detectors keep their triage values
                 mine[name][idx] = theirs[name]
         for k, i in enumerate(idx.tolist()):
             diagnostics[i] = full.diagnostics[k]

@@ -2,10 +2,11 @@
 
 File layout: one ``.safetensors`` file. Tensors are named ``generator.<param>`` and
 ``discriminator.<param>``, ``segmenter.<param>`` when the prior carries a learned anomaly segmenter
-(:mod:`rgi_core.detectors.segmenter`, described by ``defaults.segmenter``), and ``encoder.<param>`` when it carries
-an encoder (:mod:`rgi_core.priors.encoder`, described by ``defaults.encoder``), and ``phi_net.<operator>.<param>``
-for each known degradation it has a learned BIGPrior fusion for (:mod:`rgi_core.priors.phinet`, described by
-``defaults.phi_nets.<operator>``). The safetensors header's
+(:mod:`rgi_core.detectors.segmenter`, described by ``defaults.segmenter``), ``context.<param>`` when it carries a
+context model (:mod:`rgi_core.detectors.context`, described by ``defaults.context``), ``encoder.<param>`` when it
+carries an encoder (:mod:`rgi_core.priors.encoder`, described by ``defaults.encoder``), and
+``phi_net.<operator>.<param>`` for each known degradation it has a learned BIGPrior fusion for
+(:mod:`rgi_core.priors.phinet`, described by ``defaults.phi_nets.<operator>``). The safetensors header's
 ``__metadata__`` holds one key, ``rgi``, whose value is a JSON document::
 
     {"format": 1, "name": ..., "architecture": {ArchSpec fields}, "training": {data, split, recipe,
@@ -30,6 +31,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from rgi_core.detectors.context import ContextMap
 from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.device import resolve_device
 from rgi_core.priors.encoder import Encoder, encoder_from_parts
@@ -39,6 +41,7 @@ from rgi_core.version import __version__
 
 FORMAT_VERSION = 1
 SEGMENTER_PREFIX = "segmenter."
+CONTEXT_PREFIX = "context."
 ENCODER_PREFIX = "encoder."
 PHI_NET_PREFIX = "phi_net."
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save zip archives
@@ -59,6 +62,7 @@ class Prior:
         meta: the full metadata document (training data, split, defaults, ...).
         prior_id: sha256 of the file's bytes (identifies the exact weights in catalogs).
         segmenter: the learned anomaly segmenter stored with the prior, or None.
+        context: the context model stored with the prior (a detector the triage reads), or None.
         encoder: the encoder x -> z stored with the prior (the solver's amortised start), or None.
         phi_nets: BIGPrior's learned reliance per known degradation (operator name -> :class:`PhiNet`).
     """
@@ -71,6 +75,7 @@ class Prior:
     prior_id: str = ""
     segmenter: LearnedMap | None = None
     encoder: Encoder | None = None
+    context: ContextMap | None = None
     phi_nets: dict[str, PhiNet] = field(default_factory=dict)
 
     @property
@@ -90,6 +95,8 @@ class Prior:
             self.segmenter.net.to(device=device, dtype=dtype)
         if self.encoder is not None:
             self.encoder.to(device=device, dtype=dtype)
+        if self.context is not None:
+            self.context.net.to(device=device, dtype=dtype)
         for net in self.phi_nets.values():
             net.to(device=device, dtype=dtype)
         return self
@@ -156,7 +163,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, encoder: Encoder | None = None,
-                    phi_nets: dict[str, PhiNet] | None = None, **updates: Any) -> dict[str, Any]:
+                    phi_nets: dict[str, PhiNet] | None = None, context: ContextMap | None = None,
+                    **updates: Any) -> dict[str, Any]:
     """Rewrite a local prior file with metadata fields replaced (e.g. ``defaults=...``).
 
     The generator's and discriminator's tensors are kept; with ``segmenter`` the file's segmenter tensors
@@ -164,8 +172,8 @@ def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, encod
     likewise with ``encoder`` (described in ``defaults.encoder``), whose weights are stored in float16: it only
     proposes a starting latent, and float32 would make it 5x the size of the generator and discriminator together
     (brick-64: 12 MB against 2.4 MB); loading casts them back to the prior's dtype. ``phi_nets`` replaces the
-    phi-nets of the operators it names (each described in ``defaults.phi_nets.<operator>``).
-    Written atomically; returns the new metadata document.
+    phi-nets of the operators it names (each described in ``defaults.phi_nets.<operator>``), and ``context`` the
+    context model's tensors (described in ``defaults.context``). Written atomically; returns the new metadata document.
     """
     path = Path(path)
     data = path.read_bytes()
@@ -178,6 +186,9 @@ def update_metadata(path: str | Path, segmenter: LearnedMap | None = None, encod
         tensors = {k: v for k, v in tensors.items() if not k.startswith(ENCODER_PREFIX)}
         tensors |= {ENCODER_PREFIX + k: v.half() if v.is_floating_point() else v
                     for k, v in plain_state_dict(encoder).items()}
+    if context is not None:
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(CONTEXT_PREFIX)}
+        tensors |= {CONTEXT_PREFIX + k: v for k, v in plain_state_dict(context.net).items()}
     for op, net in (phi_nets or {}).items():
         prefix = f"{PHI_NET_PREFIX}{op}."
         tensors = {k: v for k, v in tensors.items() if not k.startswith(prefix)}
@@ -267,10 +278,12 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
         except RuntimeError as exc:
             raise PriorFormatError(f"{name}: tensors do not match the architecture in metadata: {exc}") from exc
     seg = _segmenter(tensors, meta, name)
+    ctx = _context(tensors, meta, name)
     enc = _encoder(tensors, meta, spec, name)
     phi = _phi_nets(tensors, meta, spec, name)
     dev = resolve_device(device)
-    for net in (g, d, *([seg.net] if seg else []), *([enc] if enc else []), *phi.values()):
+    for net in (g, d, *([seg.net] if seg else []), *([ctx.net] if ctx else []), *([enc] if enc else []),
+                *phi.values()):
         net.eval().requires_grad_(False).to(dev)
     return Prior(
         name=meta.get("name") or name,
@@ -281,6 +294,7 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
         prior_id=hashlib.sha256(data).hexdigest(),
         segmenter=seg,
         encoder=enc,
+        context=ctx,
         phi_nets=phi,
     )
 
@@ -306,6 +320,17 @@ def _segmenter(tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str
         return None
     try:
         return LearnedMap.from_parts(part[1], part[0])
+    except ValueError as exc:
+        raise PriorFormatError(f"{name}: {exc}") from exc
+
+
+def _context(tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str) -> ContextMap | None:
+    """The context model of a file (``context.*`` tensors, ``defaults.context``), or None."""
+    part = _part(tensors, meta, CONTEXT_PREFIX[:-1], name)
+    if part is None:
+        return None
+    try:
+        return ContextMap.from_parts(part[1], part[0])
     except ValueError as exc:
         raise PriorFormatError(f"{name}: {exc}") from exc
 
