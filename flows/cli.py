@@ -160,6 +160,7 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
 
     from flows import stopping
     from rgi_core.calibration import CalibrationConfig, calibrate
+    from rgi_core.detectors.context import ContextConfig, ContextMap
     from rgi_core.detectors.segmenter import LearnedMap, SegmenterConfig
     from rgi_core.io.images import read_clean_images
     from rgi_core.priors import load_prior, update_metadata
@@ -201,11 +202,17 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                 encoder = _train_encoder(prior, fit_on.sample(args.encoder_crops), args, stopping.stop_requested,
                                          _encoder_checkpoint(args.prior))
             phi_nets = _train_phi_nets(prior, fit_on, args, stopping.stop_requested)
+            context = None
+            if args.context_steps > 0:  # trained on its own crops, thresholded on others it never saw
+                context = ContextMap.fit(
+                    fit_on.sample(1024), fit_on.sample(256), ContextConfig(steps=args.context_steps, seed=args.seed),
+                    log=lambda s, v: print(f"context model step {s}: NLL {v:.4f}", file=sys.stderr),
+                    device=prior.device, stop=stopping.stop_requested)
             fusion_clean = held.sample(args.fusion_images) if args.fusion_images > 0 else None
             families = (_family_crops(held, args.fusion_families, args.seed, prior.spec.channels)
                         if fusion_clean is not None else None)
             switch_clean = sampler.sample(args.switch_triage_images) if args.switch_triage_images > 0 else None
-            defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter,
+            defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter, context=context,
                                  stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families,
                                  triage_keep=args.triage_keep or None, triage_miss=args.triage_miss,
                                  switch_clean=switch_clean, switch_early=args.switch_triage_early,
@@ -215,7 +222,8 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                     if _encoder_checkpoint(args.prior).exists() else "")
             return _stopped("calibrate-prior: stopped", "the prior is unchanged" + kept, signalled())
         defaults["calibration"]["source"] = args.images
-        meta = update_metadata(args.prior, segmenter=segmenter, encoder=encoder, phi_nets=phi_nets, defaults=defaults)
+        meta = update_metadata(args.prior, segmenter=segmenter, encoder=encoder, phi_nets=phi_nets, context=context,
+                               defaults=defaults)
         if encoder is not None:
             _encoder_checkpoint(args.prior).unlink(missing_ok=True)
     print(json.dumps(meta["defaults"], indent=2))
@@ -774,6 +782,11 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    help="train K segmenter nets (seeds SEED, SEED+1, ...) and average their probabilities; K times "
                         "the training time (default 1; the shipped texture priors use 3, which made the learned map "
                         "steadier across seeds, docs/design.md)")
+    c.add_argument("--context-steps", type=int, default=0, metavar="N",
+                   help="train a context model for N steps (e.g. 2000, about 2 minutes on a CPU core) on 1024 clean "
+                        "crops: it predicts each pixel from its surround, and the triage reads it beside the texture "
+                        "statistics and the segmenter (rgi_core.detectors.context); a solved image's score does not. "
+                        "0 keeps the prior's")
 
 
 def _phi_operators(text: str) -> tuple[str, ...]:

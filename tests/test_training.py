@@ -175,23 +175,27 @@ def test_cli_calibrate_into_prior_stores_defaults(tiny_prior, tmp_path, capsys):
 
 
 @pytest.mark.integration  # calibration solves
-def test_cli_calibrate_into_prior_trains_and_stores_a_segmenter(tiny_prior, tmp_path):
+def test_cli_calibrate_into_prior_trains_and_stores_a_segmenter_and_a_context_model(tiny_prior, tmp_path):
     from conftest import write_generated
 
     path = save_prior(tmp_path / "p.safetensors", tiny_prior.generator, tiny_prior.discriminator)
     clean = write_generated(tiny_prior, tmp_path / "clean", 4, seed=2)
     into = ["calibrate", str(clean), "--prior", str(path), "--into-prior"]
     assert main([*into, "--images-n", "4", "--iterations", "10", "--rounds", "1",
-                 "--segmenter-steps", "3", "--segmenter-crops", "8"]) == 0
+                 "--segmenter-steps", "3", "--segmenter-crops", "8", "--context-steps", "3"]) == 0
     prior = load_prior(path, device="cpu")
     assert prior.segmenter is not None and prior.segmenter.training["steps"] == 3
+    assert prior.context is not None and prior.defaults["context"]["training"]["steps"] == 3
+    # its clean tails sit in the fusion, and the triage reads it; a solved image's score does not
+    assert "context" in prior.defaults["fusion"]["tails"] and "context" in prior.defaults["triage"]["detectors"]
     assert prior.segmenter.training["crops"] == 8 and prior.segmenter.threshold > 0
     assert prior.defaults["segmenter"]["threshold"] == prior.segmenter.threshold
     # re-calibrating without the flag keeps the segmenter; with it, the weights are replaced, not duplicated
     assert main([*into, "--images-n", "4", "--iterations", "10",
                  "--rounds", "1"]) == 0
-    kept = load_prior(path, device="cpu").segmenter
-    assert kept is not None and kept.threshold == prior.segmenter.threshold
+    kept = load_prior(path, device="cpu")
+    assert kept.segmenter is not None and kept.segmenter.threshold == prior.segmenter.threshold
+    assert kept.context is not None and kept.context.threshold == prior.context.threshold
     assert main([*into, "--images-n", "4", "--iterations", "10", "--rounds", "1",
                  "--segmenter-steps", "2", "--segmenter-crops", "8", "--segmenter-members", "2"]) == 0
     ensemble = load_prior(path, device="cpu").segmenter  # the single net's tensors gave way to two nets'
