@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from rgi_core.calibration import detector_maps_of
+from rgi_core.detectors import SCORING_DETECTORS
 from rgi_core.detectors.fusion import Fusion, fuse_maps, fusion_of
 from rgi_core.detectors.residual import image_score
 from rgi_core.detectors.selection import (
@@ -57,6 +58,7 @@ from rgi_core.evaluation.metrics import image_auroc, pixel_auroc
 from rgi_core.inversion.config import config_for_prior
 from rgi_core.inversion.operators import Identity
 from rgi_core.inversion.products import detector_maps
+from rgi_core.inversion.triage import triage_of
 from rgi_core.io import builtin
 from rgi_core.priors import Prior, load_prior
 
@@ -195,9 +197,11 @@ def load(out: Path, texture: str, split: str, family: str) -> dict[str, torch.Te
         return {k: torch.from_numpy(z[k].astype(np.float32) if k != "truth" else z[k]) for k in z.files}
 
 
-def load_val(out: Path, texture: str, family: str) -> dict[str, torch.Tensor] | None:
-    """A family's validation crops: ``val`` and, where solved, ``val2`` (more crops of the same rows) together."""
-    parts = [a for a in (load(out, texture, s, family) for s in SPLITS if s.startswith("val")) if a is not None]
+def load_val(out: Path, texture: str, family: str, each: Callable | None = None) -> dict[str, torch.Tensor] | None:
+    """A family's validation crops: ``val`` and, where solved, ``val2`` (more crops of the same rows) together;
+    ``each(split, family, arrays)``, if given, is applied to each split's arrays first."""
+    parts = [a for a in ((each or (lambda _s, _f, a: a))(s, family, load(out, texture, s, family))
+                         for s in SPLITS if s.startswith("val")) if a is not None]
     if not parts:
         return None
     keys = set.intersection(*(set(a) for a in parts))
@@ -374,7 +378,10 @@ def cmd_triage(args: argparse.Namespace) -> None:
     """The triage (rgi_core.inversion.triage) on the cached maps: its threshold is set on the ``val`` clean crops alone
     (the share ``keep`` above it), so no family is involved and each is held out. Per texture and keep: of the ``test``
     defective crops the full pipeline flags (fused score above the prior's score threshold), how many the triage
-    sends away unsolved; and the share of clean test crops still solved."""
+    sends away unsolved; and the share of clean test crops still solved. The triage score fuses the detectors the
+    prior's triage reads (``defaults.triage``; texture statistics and segmenter where it stores none); a context
+    model's map, which no solve reads, is computed from the crops, drawn again from their seeds. Then the prior's
+    own stored threshold, read the same way."""
     out = Path(args.out)
     for texture in args.only:
         prior = prior_of(texture, args)
@@ -382,16 +389,29 @@ def cmd_triage(args: argparse.Namespace) -> None:
         if fusion is None:
             continue
         threshold = float(prior.defaults["score_threshold"])
+        stored = triage_of(prior.defaults)
+        reads = stored.detectors if stored is not None else ("learned", "texture")
 
-        def score(arrays: dict[str, torch.Tensor], full: bool, fusion: Fusion = fusion) -> torch.Tensor:
+        def with_context(split: str, family: str, arrays: dict[str, torch.Tensor] | None,
+                         prior: Prior = prior, texture: str = texture) -> dict[str, torch.Tensor] | None:
+            if arrays is not None and prior.context is not None:
+                x, _ = family_set(texture, split, family, len(arrays["truth"]))
+                arrays = {**arrays, "rgi.context": prior.context.anomaly_map(x)}
+            return arrays
+
+        def score(arrays: dict[str, torch.Tensor], full: bool, fusion: Fusion = fusion,
+                  reads: tuple[str, ...] = reads) -> torch.Tensor:
             maps = detectors(arrays)
-            return fusion.surprises(maps if full else {k: maps[k] for k in ("texture", "learned")})[0]
+            return fusion.surprises({k: maps[k] for k in SCORING_DETECTORS if k in maps} if full else
+                                    {k: maps[k] for k in reads})[0]
 
-        val_clean, test_clean = load(out, texture, "val", "clean"), load(out, texture, "test", "clean")
+        val_clean = with_context("val", CLEAN, load(out, texture, "val", CLEAN))
+        test_clean = with_context("test", CLEAN, load(out, texture, "test", CLEAN))
         if val_clean is None or test_clean is None:
             print(f"{texture}: no cached clean crops under {out}; run solve first")
             continue
-        families = [(f, load(out, texture, "test", f)) for f in families_for(prior.spec.channels)]
+        families = [(f, with_context("test", f, load(out, texture, "test", f)))
+                    for f in families_for(prior.spec.channels)]
         families = [(f, a) for f, a in families if a is not None]
         print(f"\n**{texture}-64: triage against the full pipeline's flags (score > {threshold:.3f}), "
               f"{len(families)} held-out families**\n")
@@ -410,17 +430,27 @@ def cmd_triage(args: argparse.Namespace) -> None:
             solved = float((score(test_clean, False) > t).double().mean())
             print(f"| {keep:g} | {t:.3f} | {solved:.2f} | {flagged} | {lost} ({lost / max(flagged, 1):.3f}) | "
                   f"{worst[0] or '-'} ({worst[1]}) |")
+        if stored is not None:
+            flags = {f: score(a, True) > threshold for f, a in families}
+            lost_by = {f: int((flags[f] & ~(score(a, False) > stored.threshold)).sum()) for f, a in families}
+            flagged, lost = sum(int(v.sum()) for v in flags.values()), sum(lost_by.values())
+            solved = float((score(test_clean, False) > stored.threshold).double().mean())
+            per = ", ".join(f"{f} {n}" for f, n in lost_by.items() if n) or "none"
+            print(f"\nthe prior's own triage (threshold {stored.threshold:.3f} over {', '.join(reads)}): clean test "
+                  f"crops solved {solved:.2f}; of the {flagged} flagged defective test crops triaged away {lost} "
+                  f"({lost / max(flagged, 1):.3f}: {per})")
         if args.miss:
-            _triage_by_misses(args, out, texture, score, threshold, val_clean, test_clean, families)
+            _triage_by_misses(args, out, texture, score, threshold, val_clean, test_clean, families, with_context)
 
 
 def _triage_by_misses(args: argparse.Namespace, out: Path, texture: str, score: Callable, threshold: float,
                       val_clean: dict[str, torch.Tensor], test_clean: dict[str, torch.Tensor],
-                      families: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
+                      families: list[tuple[str, dict[str, torch.Tensor]]], each: Callable) -> None:
     """The triage threshold set from defective validation crops, left one family out: the largest t that sends
     away at most ``miss`` of the validation crops of the other families that the full pipeline flags, and no
-    higher than the ``keep`` threshold; the held-out family is scored on ``test``."""
-    val = {f: load_val(out, texture, f) for f, _ in families}
+    higher than the ``keep`` threshold; the held-out family is scored on ``test``. ``each``: applied to each
+    validation split's arrays as they load (the context model's map)."""
+    val = {f: load_val(out, texture, f, each) for f, _ in families}
     flagged_triage = {f: score(a, False)[score(a, True) > threshold] for f, a in val.items() if a is not None}
     clean_val = score(val_clean, False).double()
     clean_test = score(test_clean, False)

@@ -1,7 +1,7 @@
 """Write a prior that takes its generator and discriminator from a newly trained prior and keeps, from an existing
-prior of the same architecture, the detectors that read the input only (the texture statistics and the learned
-segmenter) and its settings. What depends on the generator is left out to be calibrated again: the encoder, lam,
-the score threshold, the fusion (the residual's clean tails) and the triage.
+prior of the same architecture, the detectors that read the input only (the texture statistics, the learned
+segmenter and the context model) and its settings. What depends on the generator is left out to be calibrated
+again: the encoder, lam, the score threshold, the fusion (the residual's clean tails) and the triage.
 
 Used to retrain brick-64's GAN without retraining its segmenter, whose retraining variance alone moves the
 held-out detection by about 0.04 (docs/history/design-log.md), so that a comparison isolates the generator.
@@ -28,11 +28,11 @@ def main(new_gan: str, existing: str, out: str) -> int:
     defaults = {k: v for k, v in old.defaults.items() if k not in GENERATOR_BOUND}
     save_prior(out, new.generator, new.discriminator, name=old.meta.get("name", old.name),
                training=new.meta.get("training", {}), defaults=defaults)
-    if old.segmenter is not None:
-        update_metadata(out, segmenter=old.segmenter)
+    if old.segmenter is not None or old.context is not None:
+        update_metadata(out, segmenter=old.segmenter, context=old.context)
     kept = sorted(defaults)
-    print(f"{out}: generator of {new_gan}; kept from {existing}: {', '.join(kept)}"
-          f"{', segmenter nets' if old.segmenter is not None else ''}")
+    nets = [n for n, part in (("segmenter nets", old.segmenter), ("context model", old.context)) if part is not None]
+    print(f"{out}: generator of {new_gan}; kept from {existing}: {', '.join(kept + nets)}")
     return 0
 
 

@@ -68,7 +68,7 @@ def test_texture_priors_carry_their_detectors(name, capsys):
 
 def test_swap_generator_keeps_the_input_detectors_and_drops_what_depends_on_the_generator(tmp_path):
     """scripts/swap_generator.py (how brick-64 got its generator trained with flips): the new file has the new
-    generator, the old segmenter and texture statistics, and no lam, fusion, encoder or thresholds."""
+    generator, the old segmenter, context model and texture statistics, and no lam, fusion, encoder or thresholds."""
     import runpy
 
     from rgi_core.priors import save_prior
@@ -86,6 +86,7 @@ def test_swap_generator_keeps_the_input_detectors_and_drops_what_depends_on_the_
         assert torch.equal(out.generator(z), new.generator(z)) and not torch.equal(out.generator(z), old.generator(z))
         x = torch.rand(2, 1, 64, 64)
         assert torch.equal(out.segmenter.net(x), old.segmenter.net(x))
+        assert torch.equal(out.context.anomaly_map(x), old.context.anomaly_map(x))
     assert out.defaults["texture_stats"] == old.defaults["texture_stats"]
     assert out.defaults["segmenter"] == old.defaults["segmenter"]
     assert out.encoder is None and out.meta["training"]["flip"] is True

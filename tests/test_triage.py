@@ -112,7 +112,7 @@ def test_triaged_images_keep_their_pixels_and_the_suspects_get_the_full_solve():
     shifted = invert(x, prior, cfg.replace(map_level=0.25))
     torch.testing.assert_close(shifted.anomaly_map, relevel(out.anomaly_map, 0.25), atol=1e-6, rtol=0)
     # the split is the triage score against the threshold
-    fast = t.scores(fusion, detector_maps(prior, cfg, Identity(), x))[1]
+    fast = t.scores(fusion, detector_maps(prior, cfg, Identity(), x, triage=True))[1]
     assert torch.equal(triaged, fast <= t.threshold)
     # a detector the triage reads switched off: every image solved
     no_texture = cfg.replace(texture_map=False, iterations=5, n_init=4)
@@ -126,7 +126,9 @@ def test_triaged_images_keep_their_pixels_and_the_suspects_get_the_full_solve():
 
 def test_the_catalog_says_which_path_produced_each_row(prefect_api, tmp_path):
     """Through the clean flow with the shipped brick prior: clean crops triaged (their pixels kept, no objective),
-    a grainy crop solved; the next run with --no-triage is another model id, so it solves them all."""
+    a grainy crop solved; the next run with --no-triage is another model id, so it solves them all. brick-64's
+    triage reads its context model too: every row of a triaged run has the context model's columns, and only the
+    triaged rows' score joins it."""
     import fsspec
     import pandas as pd
 
@@ -135,17 +137,17 @@ def test_the_catalog_says_which_path_produced_each_row(prefect_api, tmp_path):
     from rgi_core.io.images import decode_image, encode_png
 
     region = torch.from_numpy(builtin.texture("brick", "eval"))
-    clean = random_crops(region, 4, 64, 21)
+    clean = random_crops(region, 8, 64, 21)
     bad, _ = apply_family_batch(random_crops(region, 1, 64, 22), "grain", seed=5)
     src, cat = tmp_path / "src", tmp_path / "cat"
     src.mkdir()
     for i, x in enumerate([*clean, *bad]):
-        (src / f"{'bad' if i == 4 else 'clean'}{i}.png").write_bytes(encode_png(x.numpy()))
+        (src / f"{'bad' if i == 8 else 'clean'}{i}.png").write_bytes(encode_png(x.numpy()))
     opts = dict(iterations=10, n_init=8, batch_size=8)
     out = clean_dataset(source=str(src), catalog=str(cat), prior="brick-64", options=CleanOptions(**opts))
     rows = pd.read_parquet(cat / "images").set_index("source_uri")
-    assert out["images_ok"] == 5
-    bad_row = rows[rows.index.str.endswith("bad4.png")].iloc[0]
+    assert out["images_ok"] == 9
+    bad_row = rows[rows.index.str.endswith("bad8.png")].iloc[0]
     assert bad_row.stage == "solve" and bad_row.iterations == 10 and pd.notna(bad_row.final_loss)
     triaged = rows[rows.stage == "triage"]
     assert len(triaged) >= 2 and (triaged.iterations == 0).all()
@@ -157,19 +159,20 @@ def test_the_catalog_says_which_path_produced_each_row(prefect_api, tmp_path):
     fusion = fusion_of(load_prior("brick-64").defaults)
     threshold = load_prior("brick-64").defaults["score_threshold"]
     for _, row in rows.iterrows():
-        names = ("texture", "learned") if row.stage == "triage" else ("residual", "texture", "learned")
+        names = ("texture", "learned", "context") if row.stage == "triage" else ("residual", "texture", "learned")
         assert (pd.isna(row.residual_score) and pd.isna(row.residual_p)) == (row.stage == "triage")
-        ps = {n: row[f"{n}_p"] for n in names}
-        assert all(0 < p <= 1 for p in ps.values()) and all(pd.notna(row[f"{n}_score"]) for n in names)
-        joined = float(surprise(combine([torch.tensor(math.log(p), dtype=torch.float64) for p in ps.values()],
+        read = ("residual", "texture", "learned", "context")[row.stage == "triage":]  # every detector that ran
+        ps = {n: row[f"{n}_p"] for n in read}
+        assert all(0 < p <= 1 for p in ps.values()) and all(pd.notna(row[f"{n}_score"]) for n in read)
+        joined = float(surprise(combine([torch.tensor(math.log(ps[n]), dtype=torch.float64) for n in names],
                                         fusion.rule)))
         assert joined == pytest.approx(row.anomaly_score, rel=1e-4, abs=1e-5)
-        assert list(row.flagged_by) == [n for n in names if -math.log10(ps[n]) > threshold]
+        assert list(row.flagged_by) == [n for n in read if -math.log10(ps[n]) > threshold]
     by_texture = query(str(cat), "SELECT count(*) AS n FROM images WHERE list_contains(flagged_by, 'texture')")
     assert int(by_texture.n[0]) == sum("texture" in list(f) for f in rows.flagged_by)
     again = clean_dataset(source=str(src), catalog=str(cat), prior="brick-64",
                           options=CleanOptions(**opts, triage=False))
-    assert again["images_ok"] == 5  # not skipped: another path, another config hash
+    assert again["images_ok"] == 9  # not skipped: another path, another config hash
     assert again["config_hash"] != out["config_hash"]
     rows = pd.read_parquet(cat / "images")
     assert (rows[rows.run_id == again["run_id"]].stage == "solve").all()

@@ -6,7 +6,8 @@ segmenter, :mod:`rgi_core.detectors`) need no solve, and on held-out defects the
 the full fusion with the solve's residual (docs/design.md). So they sort the batch first.
 
 What. The triage score of an image is the prior's calibrated fusion (:class:`rgi_core.detectors.fusion.Fusion`)
-of those detectors alone: :math:`-\log_{10} p` under clean data, the scale of the full score. An image whose
+of those detectors alone, with the prior's context model (:mod:`rgi_core.detectors.context`) where it carries one,
+which only the triage reads: :math:`-\log_{10} p` under clean data, the scale of the full score. An image whose
 triage score is at most :attr:`Triage.threshold` is judged clean without a solve: it keeps its pixels (restored =
 input, mask M = 0, phi = 0), its anomaly map and score are the triage ones, and its diagnostics say
 ``triaged``. The others get the full solve. The threshold is the ``1 - keep`` quantile of the triage score of
@@ -16,10 +17,10 @@ it, so no defect family was tuned for.
 
 Optionally (``miss``, ``rgi calibrate --triage-miss``) the threshold is lowered further, to the ``miss`` quantile
 of the triage score of the defective validation crops that the full score flags: at most that share of what the
-full pipeline would flag on those crops is sent away unsolved. It costs solves: held out one defect family at a
-time, a 1 % target on validation sent away 3.7 % (brick), 3.0 % (grass) and 0.4 % (gravel) of the flagged crops
-while solving 45 %, 22 % and 25 % of the clean ones, against 11.6 %, 3.0 % and 1.5 % missed with ``keep`` 0.2
-alone (``python benchmarks/generalisation.py triage --miss 0.01``, docs/benchmarks.md).
+full pipeline would flag on those crops is sent away unsolved. It costs solves; held out one defect family at a
+time, ``keep`` 0.2 alone sent away 1.1 % (brick, with its context model), 2.8 % (grass) and 5.4 % (gravel) of the
+flagged test crops while solving 17 % of the clean ones (``python benchmarks/generalisation.py triage``,
+docs/benchmarks.md).
 
 **At the restoration stage's switch** (:class:`SwitchTriage`). A prior with no detector that reads the image
 (``digits-32``: its score is the residual's) cannot be triaged before a solve; but with a restoration stage
