@@ -180,7 +180,7 @@ def _triage_batch(prior: Prior, cfg: InversionConfig, x: torch.Tensor, device: s
     t0 = time.perf_counter()
     with torch.no_grad():
         y = x.to(device)
-        amap, score = triage.scores(fusion, detector_maps(prior, cfg, Identity(), y))
+        amap, score = triage.scores(fusion, detector_maps(prior, cfg, Identity(), y, triage=True))
     _sync(device)
     return {"score": score.float().cpu(), "amap": amap.half().cpu(), "suspect": (score > triage.threshold).cpu(),
             "seconds": torch.tensor(time.perf_counter() - t0)}
