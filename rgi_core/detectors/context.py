@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgi_core.detectors.residual import ratio_map, smoothed_quantile_threshold
+from rgi_core.detectors.residual import NetMap, ratio_map, smoothed_quantile_threshold
 from rgi_core.stopping import StopCheck, check
 
 
@@ -150,26 +150,11 @@ def _density(nll: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class ContextMap:
-    """A trained :class:`ContextNet` with the threshold that makes its map read like the other detectors'.
-
-    Attributes:
-        net: the network, in eval mode.
-        threshold: :math:`t`, so that the ``quantile`` of clean pixels' smoothed map is 0.5.
-        smooth: :math:`\\sigma` of the map's Gaussian smoothing, in pixels.
-        quantile: the clean quantile that set ``threshold``.
-        training: how it was trained (steps, crops, seed, seconds, final NLL), for the prior's metadata.
-    """
+class ContextMap(NetMap):
+    """A trained :class:`ContextNet` with the threshold that makes its map read like the other detectors'
+    (:class:`~rgi_core.detectors.residual.NetMap`; ``training``: steps, crops, seed, seconds, final NLL)."""
 
     net: ContextNet
-    threshold: float
-    smooth: float = 2.0
-    quantile: float = 0.995
-    training: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.threshold > 0 or self.smooth < 0 or not 0.5 <= self.quantile < 1.0:
-            raise ValueError("a context map needs threshold > 0, smooth >= 0 and quantile in [0.5, 1)")
 
     @classmethod
     def fit(cls, clean: torch.Tensor, held_out: torch.Tensor, config: ContextConfig = ContextConfig(),

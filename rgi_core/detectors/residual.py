@@ -35,11 +35,13 @@ pixel (unlike the max) yet sensitive to defects covering only ~1 % of the image 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 #: How a pixel's residual is measured: squared (``l2``) or absolute (``l1``); each has its own mask rule.
 Fidelity = Literal["l2", "l1"]
@@ -124,3 +126,27 @@ def smoothed_quantile_threshold(d: torch.Tensor, smooth: float, quantile: float,
         mid = math.sqrt(lo * hi)
         lo, hi = (mid, hi) if q_at(mid) > 0.5 else (lo, mid)
     return math.sqrt(lo * hi)
+
+
+@dataclass(frozen=True)
+class NetMap:
+    """A trained network whose output is read like the texture map (:func:`ratio_map`): the base of the learned
+    segmenter's and the context model's maps.
+
+    Attributes:
+        net: the network, in eval mode.
+        threshold: :math:`t`, so that the ``quantile`` of clean pixels' smoothed map is 0.5.
+        smooth: :math:`\\sigma` of the map's Gaussian smoothing, in pixels.
+        quantile: the clean quantile that set ``threshold``.
+        training: how it was trained, for the prior's metadata.
+    """
+
+    net: nn.Module
+    threshold: float
+    smooth: float = 2.0
+    quantile: float = 0.995
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0 or self.smooth < 0 or not 0.5 <= self.quantile < 1.0:
+            raise ValueError(f"{type(self).__name__} needs threshold > 0, smooth >= 0 and quantile in [0.5, 1)")

@@ -35,14 +35,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgi_core.detectors.residual import gaussian_blur, ratio_map, smoothed_quantile_threshold
+from rgi_core.detectors.residual import NetMap, gaussian_blur, ratio_map, smoothed_quantile_threshold
 from rgi_core.stopping import StopCheck, check
 
 
@@ -237,27 +237,11 @@ def probability(net: Segmenter | SegmenterEnsemble, x: torch.Tensor, batch: int 
 
 
 @dataclass(frozen=True)
-class LearnedMap:
+class LearnedMap(NetMap):
     """A trained :class:`Segmenter` (or :class:`SegmenterEnsemble`) with the threshold that makes its map read
-    like the others.
-
-    Attributes:
-        net: the network, in eval mode.
-        threshold: :math:`t`, so that the ``quantile`` of clean pixels' smoothed map is 0.5.
-        smooth: :math:`\\sigma` of the map's Gaussian smoothing, in pixels.
-        quantile: the clean quantile that set ``threshold``.
-        training: how it was trained (steps, crops, seed, seconds), for the prior's metadata.
-    """
+    like the others (:class:`~rgi_core.detectors.residual.NetMap`; ``training``: steps, crops, seed, seconds)."""
 
     net: Segmenter | SegmenterEnsemble
-    threshold: float
-    smooth: float = 2.0
-    quantile: float = 0.995
-    training: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.threshold > 0 or self.smooth < 0 or not 0.5 <= self.quantile < 1.0:
-            raise ValueError("a learned map needs threshold > 0, smooth >= 0 and quantile in [0.5, 1)")
 
     @classmethod
     def fit(cls, clean: torch.Tensor, held_out: torch.Tensor, config: SegmenterConfig = SegmenterConfig(),
