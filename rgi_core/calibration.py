@@ -58,7 +58,7 @@ import torch
 from rgi_core.cleaning import Sizing, invert_images, network_inputs
 from rgi_core.detectors import SCORING_DETECTORS
 from rgi_core.detectors.context import ContextMap
-from rgi_core.detectors.fusion import SEARCH, DetectorTails, Fusion, Tail, fusion_of
+from rgi_core.detectors.fusion import SEARCH, DetectorTails, Fusion, fusion_of
 from rgi_core.detectors.residual import image_score
 from rgi_core.detectors.segmenter import LearnedMap
 from rgi_core.detectors.selection import FamilyCrops, select
@@ -243,16 +243,14 @@ def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
         record["family_images"] = {name: int(x.shape[0]) for name, (x, _) in families.items()}
     if prior.context is not None and config.context_map:
         maps["context"] = prior.context.anomaly_map(clean[keep.to(clean.device)]).cpu()
-        fusion = dataclasses.replace(fusion, tails={**fusion.tails, "context": DetectorTails(
-            Tail.fit(image_score(maps["context"].float(), fusion.topk, fusion.sigma)), Tail.fit(maps["context"]))})
+        fusion = fusion.with_detector("context", maps["context"])
         for name, (x, _) in (families or {}).items():
             crops[name].maps["context"] = prior.context.anomaly_map(x).cpu()
     paths = {}
     if search is not None:
         alone = dataclasses.replace(search, texture_map=False, learned_map=False)  # the others read the input
         residual = detector_maps_of(prior, clean[keep.to(clean.device)], alone, stop)["residual"]
-        paths[SEARCH] = {"residual": DetectorTails(
-            Tail.fit(image_score(residual.float(), config.score_topk, config.score_sigma)), Tail.fit(residual))}
+        paths[SEARCH] = {"residual": DetectorTails.fit(residual, config.score_topk, config.score_sigma)}
         record[SEARCH] = {"iterations": search.iterations, "n_init": search.n_init, "images": int(keep.sum())}
     return dataclasses.replace(fusion, record=record, paths=paths), maps, crops
 

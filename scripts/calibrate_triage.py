@@ -19,7 +19,6 @@ gravel; after ``rgi export-dataset NAME runs/priors/data/NAME-train --split trai
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 
 from rgi_core.calibration import detector_maps_of, inliers
 from rgi_core.detectors.context import ContextConfig, ContextMap
-from rgi_core.detectors.fusion import DetectorTails, Fusion, Tail, fusion_of
+from rgi_core.detectors.fusion import Fusion, fusion_of
 from rgi_core.detectors.residual import image_score
 from rgi_core.inversion.config import config_for_prior
 from rgi_core.inversion.operators import Identity
@@ -67,7 +66,8 @@ def main() -> int:
             keep = torch.stack([inliers(image_score(m.float(), solve.score_topk, solve.score_sigma), args.trim)[0]
                                 for m in detector_maps_of(prior, clean, solve).values()]).all(0)
             clean = clean[keep]
-        maps = {k: v.cpu() for k, v in detector_maps(prior, cfg, Identity(), clean).items()}
+        # every detector the triage can read, a context model the prior already carries among them
+        maps = {k: v.cpu() for k, v in detector_maps(prior, cfg, Identity(), clean, triage=True).items()}
         refit = Fusion.fit(maps, topk=fusion.topk, sigma=fusion.sigma)
         for k in maps:  # the same crops as the fusion's: the same clean tails (to float rounding)
             a, b = refit.tails[k].to_dict(), fusion.tails[k].to_dict()
@@ -82,8 +82,7 @@ def main() -> int:
             context = ContextMap.fit(fit_on.sample(1024), fit_on.sample(256), ContextConfig(steps=args.context_steps),
                                      log=log)
             maps["context"] = context.anomaly_map(clean).cpu()
-            fusion = dataclasses.replace(fusion, tails={**fusion.tails, "context": DetectorTails(
-                Tail.fit(image_score(maps["context"].float(), fusion.topk, fusion.sigma)), Tail.fit(maps["context"]))})
+            fusion = fusion.with_detector("context", maps["context"])
         triage = Triage.fit(fusion, maps, args.keep)
         source = "held-out rows y >= 384 of the training split (the fusion's crops)"
         triage = Triage(triage.threshold, triage.keep, triage.detectors, {**triage.record, "source": source})

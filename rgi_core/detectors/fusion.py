@@ -187,6 +187,12 @@ class DetectorTails:
     image: Tail
     pixel: Tail
 
+    @classmethod
+    def fit(cls, clean_map: torch.Tensor, topk: float, sigma: float) -> DetectorTails:
+        """Both tails from the detector's maps (N, 1, H, W) of clean images, its image score read with ``topk`` and
+        ``sigma`` (:func:`.residual.image_score`)."""
+        return cls(Tail.fit(image_score(clean_map.float(), topk, sigma)), Tail.fit(clean_map))
+
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image.to_dict(), "pixel": self.pixel.to_dict()}
 
@@ -243,9 +249,13 @@ class Fusion:
     def fit(cls, clean_maps: Mapping[str, torch.Tensor], rule: Rule = "min_p", map_threshold: float = 3.0,
             topk: float = 0.01, sigma: float = 1.0, record: dict[str, Any] | None = None) -> Fusion:
         """Fit every detector's tails on its maps (N, 1, H, W) of clean images, keyed by detector name."""
-        tails = {name: DetectorTails(Tail.fit(image_score(m.float(), topk, sigma)), Tail.fit(m))
-                 for name, m in clean_maps.items()}
+        tails = {name: DetectorTails.fit(m, topk, sigma) for name, m in clean_maps.items()}
         return cls(tails, rule, map_threshold, topk, sigma, dict(record or {}))
+
+    def with_detector(self, name: str, clean_map: torch.Tensor) -> Fusion:
+        """This fusion with one more detector's tails, fitted on its maps (N, 1, H, W) of clean images and read
+        with this fusion's ``topk`` and ``sigma``; rule, threshold and the other tails unchanged."""
+        return replace(self, tails={**self.tails, name: DetectorTails.fit(clean_map, self.topk, self.sigma)})
 
     def detector_log_p(self, maps: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per detector present in both: (image :math:`\\ln p` (B,), pixel :math:`\\ln p` (B, 1, H, W))."""

@@ -73,8 +73,8 @@ class InversionConfig:
         learned_map: fuse the prior's learned anomaly segmenter (:mod:`rgi_core.detectors.segmenter`) the same way
             when the prior file carries one (the shipped texture priors do). Off for ``mse``.
         context_map: let the triage read the prior's context model (:mod:`rgi_core.detectors.context`) beside the
-            texture statistics and the segmenter when the prior file carries one (the shipped texture priors
-            do); it joins the triage score only, never a solved image's. Off for ``mse``.
+            texture statistics and the segmenter when the prior file carries one (of the shipped priors,
+            ``brick-64``); it joins the triage score only, never a solved image's. Off for ``mse``.
         triage: run the full solve only for images the prior's image-reading detectors find suspect; the others
             keep their pixels and take the detectors' map and score (:mod:`rgi_core.inversion.triage`); and with a
             restoration stage, stop the images whose score at its switch is under the prior's switch threshold
