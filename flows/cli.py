@@ -211,10 +211,13 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
             fusion_clean = held.sample(args.fusion_images) if args.fusion_images > 0 else None
             families = (_family_crops(held, args.fusion_families, args.seed, prior.spec.channels)
                         if fusion_clean is not None else None)
+            triage_clean = (held.sample(args.triage_images)
+                            if fusion_clean is not None and args.triage_keep and args.triage_images > 0 else None)
             switch_clean = sampler.sample(args.switch_triage_images) if args.switch_triage_images > 0 else None
             defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter, context=context,
                                  stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families,
                                  triage_keep=args.triage_keep or None, triage_miss=args.triage_miss,
+                                 triage_clean=triage_clean,
                                  switch_clean=switch_clean, switch_early=args.switch_triage_early,
                                  switch_early_keep=args.switch_triage_early_keep)
         except Cancelled:
@@ -764,6 +767,11 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    help="with a fusion, store a triage threshold: `rgi clean` then runs the full solve only for images "
                         "whose detectors' score is above it, a share FRACTION of the fusion's clean images (default "
                         "0.2; rgi_core.inversion.triage). 0 stores none: every image is solved")
+    c.add_argument("--triage-images", type=int, default=512, metavar="N",
+                   help="read the triage threshold on N clean crops of the fusion's held-out rows (default 512): the "
+                        "triage's detectors need no solve, so this costs seconds, and an 80th percentile of the "
+                        "fusion's few dozen crops moves by several points of share from one draw to the next. 0 reads "
+                        "it on the fusion's own crops")
     c.add_argument("--switch-triage-images", type=int, default=0, metavar="N",
                    help="with a restoration stage (restore_lam, as digits-32 has), store a switch triage: `rgi clean` "
                         "then stops an image at the stage's switch, unrestored, when its score there is at most the "

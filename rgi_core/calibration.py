@@ -210,6 +210,15 @@ def detector_maps_of(prior: Prior, images: torch.Tensor, config: InversionConfig
     return {"residual": residual.cpu(), **{k: v.cpu() for k, v in others.items()}}
 
 
+def input_maps(prior: Prior, images: torch.Tensor, config: InversionConfig,
+               batch: int = 64) -> dict[str, torch.Tensor]:
+    """The maps (N, 1, H, W) of the detectors that read the image itself (the triage's: texture statistics,
+    segmenter, context model), of images (N, C, H, W), by name; no solve."""
+    parts = [detector_maps(prior, config, Identity(), images[i : i + batch].to(prior.device), triage=True)
+             for i in range(0, len(images), batch)]
+    return {k: torch.cat([p[k].cpu() for p in parts]) for k in (parts[0] if parts else {})}
+
+
 def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,
                families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
                stop: StopCheck | None = None, trim: float = 3.5,
@@ -287,6 +296,7 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
               fusion_clean: torch.Tensor | None = None,
               fusion_families: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
               triage_keep: float | None = None, triage_miss: float | None = None,
+              triage_clean: torch.Tensor | None = None,
               switch_clean: torch.Tensor | None = None, switch_early: int = 0,
               switch_early_keep: float = 0.5) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
@@ -306,8 +316,10 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     With a fusion and ``triage_keep``, the triage threshold that sends that share of the fusion's clean images to
     the full solve (:class:`rgi_core.inversion.triage.Triage`) is stored as ``defaults.triage``, with
     ``triage_miss`` (and ``fusion_families``) lowered to miss at most that share of the families' flagged crops; an
-    older one is
-    dropped with the fusion it was read on. With ``switch_clean`` (clean images, N, C, H, W), ``triage_keep`` and a
+    older one is dropped with the fusion it was read on. With ``triage_clean`` (clean images, N, C, H, W) the
+    share is read on those instead: the triage's detectors read the image itself, so no solve is needed and many
+    more crops than the fusion's few dozen can set the quantile. With ``switch_clean`` (clean images, N, C, H, W),
+    ``triage_keep`` and a
     restoration stage in the prior's defaults, the switch triage (:func:`fit_switch_triage`) is stored as
     ``defaults.switch_triage``, with an early read after ``switch_early`` steps sending a ``switch_early_keep``
     share of them on (0: none); an older one is dropped (it was read with the old ``lam``).
@@ -353,7 +365,8 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
             raise ValueError("a triage miss target is read on the fusion's defect families: give fusion_families")
         defective = ({k: torch.cat([c.maps[k] for c in crops.values()]) for k in clean_maps}
                      if triage_miss is not None else None)
-        kept["triage"] = Triage.fit(fusion, clean_maps, triage_keep, defective, threshold, triage_miss).to_dict()
+        triage_maps = clean_maps if triage_clean is None else input_maps(prior, triage_clean, _rgi(prior, lam, cfg))
+        kept["triage"] = Triage.fit(fusion, triage_maps, triage_keep, defective, threshold, triage_miss).to_dict()
     if switch_clean is not None and triage_keep:
         now = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam,
                                                                           "score_threshold": threshold}})

@@ -12,8 +12,11 @@ With ``--context-steps N`` it first trains a context model (rgi_core.detectors.c
 seed 0) and 256 more for its threshold, fits its clean tails on the fusion's crops, and the triage then reads it
 too. About 2 minutes per prior on one core.
 
-Usage: python scripts/calibrate_triage.py [--keep 0.2] [--context-steps 0] [NAME ...]   (default: brick grass
-gravel; after ``rgi export-dataset NAME runs/priors/data/NAME-train --split train``)
+With ``--images N`` (as ``rgi calibrate --triage-images N``) the threshold is read on N further crops of the same
+held-out rows instead of the fusion's few dozen; the fusion's tails still come from its own crops.
+
+Usage: python scripts/calibrate_triage.py [--keep 0.2] [--context-steps 0] [--images 0] [NAME ...]
+(default: brick grass gravel; after ``rgi export-dataset NAME runs/priors/data/NAME-train --split train``)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgi_core.calibration import detector_maps_of, inliers
+from rgi_core.calibration import detector_maps_of, inliers, input_maps
 from rgi_core.detectors.context import ContextConfig, ContextMap
 from rgi_core.detectors.fusion import Fusion, fusion_of
 from rgi_core.detectors.residual import image_score
@@ -46,6 +49,8 @@ def main() -> int:
     ap.add_argument("--keep", type=float, default=DEFAULT_KEEP)
     ap.add_argument("--trim", type=float, default=3.5, help="the calibration's --trim (its outlier rule)")
     ap.add_argument("--context-steps", type=int, default=0, help="train a context model for the triage (e.g. 2000)")
+    ap.add_argument("--images", type=int, default=0,
+                    help="read the threshold on this many more held-out crops (0: the fusion's own)")
     ap.add_argument("--data", default=str(ROOT / "runs/priors/data"))
     args = ap.parse_args()
     for name in args.names:
@@ -83,8 +88,14 @@ def main() -> int:
                                      log=log)
             maps["context"] = context.anomaly_map(clean).cpu()
             fusion = fusion.with_detector("context", maps["context"])
-        triage = Triage.fit(fusion, maps, args.keep)
         source = "held-out rows y >= 384 of the training split (the fusion's crops)"
+        if args.images > 0:
+            more = held.sample(args.images)
+            maps = input_maps(prior, more, cfg)
+            if context is not None:
+                maps["context"] = context.anomaly_map(more).cpu()
+            source = f"held-out rows y >= 384 of the training split ({args.images} crops beside the fusion's)"
+        triage = Triage.fit(fusion, maps, args.keep)
         triage = Triage(triage.threshold, triage.keep, triage.detectors, {**triage.record, "source": source})
         defaults = {**prior.defaults, "triage": triage.to_dict()}
         if context is not None:

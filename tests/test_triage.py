@@ -213,6 +213,15 @@ def test_calibrate_lowers_the_triage_threshold_for_a_miss_target_on_the_fusion_f
         assert missed["threshold"] == pytest.approx(min(plain["threshold"], missed["record"]["miss_threshold"]))
     with pytest.raises(ValueError, match="fusion_families"):
         calibrate(prior, clean[:4], cfg, fusion_clean=clean, triage_keep=0.2, triage_miss=0.1)
+    # read on more crops than the fusion's: the keep share of those crops' triage scores, from no solve
+    more = random_crops(region, 40, 64, seed=6)
+    read = calibrate(prior, clean[:4], cfg, fusion_clean=clean, triage_keep=0.2, triage_clean=more)
+    triage, fusion = Triage.from_dict(read["triage"]), fusion_of(read)
+    assert read["fusion"] == calibrate(prior, clean[:4], cfg, fusion_clean=clean, triage_keep=0.2)["fusion"]
+    assert triage.record["images"] == 40
+    maps = detector_maps(prior, config_for_prior("rgi", prior.defaults, device="cpu"), Identity(), more, triage=True)
+    score = triage.scores(fusion, maps)[1]
+    assert int((score > triage.threshold).sum()) == 8  # 0.2 of 40 distinct scores
 
 
 # --------------------------------------------------------------------------- the switch triage (digits-32)
