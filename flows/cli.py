@@ -765,7 +765,7 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
     c.add_argument("--phi-steps", type=int, default=1000, metavar="N", help="Adam steps per phi-net (default 1000)")
     c.add_argument("--triage-keep", type=_fraction, default=0.2, metavar="FRACTION",
                    help="with a fusion, store a triage threshold: `rgi clean` then runs the full solve only for images "
-                        "whose detectors' score is above it, a share FRACTION of the fusion's clean images (default "
+                        "whose detectors' score is above it, a share FRACTION of --triage-images clean crops (default "
                         "0.2; rgi_core.inversion.triage). 0 stores none: every image is solved")
     c.add_argument("--triage-images", type=int, default=512, metavar="N",
                    help="read the triage threshold on N clean crops of the fusion's held-out rows (default 512): the "

@@ -5,7 +5,8 @@ priors' fusion was fitted before the triage existed; this script adds what that 
 same images: the first 64 crops the held-out sampler draws (rows y >= 384 of the training split, seed 0), read by
 the detectors that need no solve (texture statistics, learned segmenter), scored by the stored fusion. It checks
 that the crops are the fusion's own by refitting those detectors' clean tails and comparing them with the stored
-ones. Seconds per prior.
+ones; the few crops the calibration left out as outliers are found the same way, as those whose removal refits the
+tails, so no solve is needed. Seconds per prior.
 
 With ``--context-steps N`` it first trains a context model (rgi_core.detectors.context) as ``rgi calibrate
 --into-prior --context-steps N`` does, on 1024 crops of the rows the fusion's crops are not drawn from (y < 384,
@@ -22,19 +23,17 @@ Usage: python scripts/calibrate_triage.py [--keep 0.2] [--context-steps 0] [--im
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rgi_core.calibration import detector_maps_of, inliers, input_maps
+from rgi_core.calibration import input_maps
 from rgi_core.detectors.context import ContextConfig, ContextMap
-from rgi_core.detectors.fusion import Fusion, fusion_of
-from rgi_core.detectors.residual import image_score
+from rgi_core.detectors.fusion import DetectorTails, Fusion, fusion_of
 from rgi_core.inversion.config import config_for_prior
-from rgi_core.inversion.operators import Identity
-from rgi_core.inversion.products import detector_maps
 from rgi_core.inversion.triage import DEFAULT_KEEP, Triage
 from rgi_core.io.images import read_clean_images
 from rgi_core.priors import load_prior, update_metadata
@@ -43,11 +42,33 @@ from rgi_core.priors.training import ImageSampler
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def fusion_crops(fusion: Fusion, maps: dict[str, torch.Tensor], trimmed: int) -> torch.Tensor | None:
+    """Which of the drawn crops the fusion kept: the calibration left ``trimmed`` of them out as outliers (some
+    detector's score, the residual's among them, which would need the calibration's solve to recompute). The kept
+    ones are those whose maps refit the fusion's stored clean tails of every detector here (to float rounding);
+    None if no choice of ``trimmed`` crops to leave out does."""
+    def refits(keep: torch.Tensor, part: str) -> bool:
+        for k, m in maps.items():
+            if k in fusion.tails:
+                a = DetectorTails.fit(m[keep], fusion.topk, fusion.sigma).to_dict()[part]
+                b = fusion.tails[k].to_dict()[part]
+                if a["n"] != b["n"] or not np.allclose(a["values"], b["values"], rtol=0, atol=1e-5):
+                    return False
+        return True
+
+    n = len(next(iter(maps.values())))
+    for drop in itertools.combinations(range(n), trimmed):
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[list(drop)] = False
+        if refits(keep, "image") and refits(keep, "pixel"):  # the image tails first: they are cheap to fit
+            return keep
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", default=["brick", "grass", "gravel"])
     ap.add_argument("--keep", type=float, default=DEFAULT_KEEP)
-    ap.add_argument("--trim", type=float, default=3.5, help="the calibration's --trim (its outlier rule)")
     ap.add_argument("--context-steps", type=int, default=0, help="train a context model for the triage (e.g. 2000)")
     ap.add_argument("--images", type=int, default=0,
                     help="read the threshold on this many more held-out crops (0: the fusion's own)")
@@ -65,20 +86,13 @@ def main() -> int:
         record = fusion.record
         clean = held.sample(record.get("images", 64) + record.get("trimmed", 0))
         cfg = config_for_prior("rgi", prior.defaults, triage=False)
-        if record.get("trimmed"):  # leave out the images the calibration left out: solved as it solved them
-            solve = config_for_prior("rgi", prior.defaults, iterations=record["iterations"], n_init=record["n_init"],
-                                     seed=0, triage=False, stop_tol=0.0)
-            keep = torch.stack([inliers(image_score(m.float(), solve.score_topk, solve.score_sigma), args.trim)[0]
-                                for m in detector_maps_of(prior, clean, solve).values()]).all(0)
-            clean = clean[keep]
         # every detector the triage can read, a context model the prior already carries among them
-        maps = {k: v.cpu() for k, v in detector_maps(prior, cfg, Identity(), clean, triage=True).items()}
-        refit = Fusion.fit(maps, topk=fusion.topk, sigma=fusion.sigma)
-        for k in maps:  # the same crops as the fusion's: the same clean tails (to float rounding)
-            a, b = refit.tails[k].to_dict(), fusion.tails[k].to_dict()
-            if any(a[p]["n"] != b[p]["n"] or not np.allclose(a[p]["values"], b[p]["values"], rtol=0, atol=1e-5)
-                   for p in ("image", "pixel")):
-                raise SystemExit(f"{name}: these crops are not the fusion's ({k}'s clean tail differs)")
+        maps = input_maps(prior, clean, cfg)
+        keep = fusion_crops(fusion, maps, record.get("trimmed", 0))
+        if keep is None:
+            raise SystemExit(f"{name}: these crops are not the fusion's (no {record.get('trimmed', 0)} of them left "
+                             "out refit its stored clean tails)")
+        clean, maps = clean[keep], {k: v[keep] for k, v in maps.items()}
         context = None
         if args.context_steps > 0:
             def log(step: int, nll: float, name: str = name) -> None:
