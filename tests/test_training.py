@@ -188,12 +188,14 @@ def test_cli_calibrate_into_prior_trains_and_stores_a_segmenter_and_a_context_mo
     assert prior.context is not None and prior.defaults["context"]["training"]["steps"] == 3
     # its clean tails sit in the fusion, and the triage reads it; a solved image's score does not
     assert "context" in prior.defaults["fusion"]["tails"] and "context" in prior.defaults["triage"]["detectors"]
+    assert prior.defaults["triage"]["record"]["images"] == 512  # read on --triage-images crops, not the fusion's
     assert prior.segmenter.training["crops"] == 8 and prior.segmenter.threshold > 0
     assert prior.defaults["segmenter"]["threshold"] == prior.segmenter.threshold
     # re-calibrating without the flag keeps the segmenter; with it, the weights are replaced, not duplicated
     assert main([*into, "--images-n", "4", "--iterations", "10",
-                 "--rounds", "1"]) == 0
+                 "--rounds", "1", "--triage-images", "0"]) == 0
     kept = load_prior(path, device="cpu")
+    assert kept.defaults["triage"]["record"]["images"] == kept.defaults["fusion"]["record"]["images"]
     assert kept.segmenter is not None and kept.segmenter.threshold == prior.segmenter.threshold
     assert kept.context is not None and kept.context.threshold == prior.context.threshold
     assert main([*into, "--images-n", "4", "--iterations", "10", "--rounds", "1",
