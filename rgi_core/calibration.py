@@ -319,10 +319,9 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     older one is dropped with the fusion it was read on. With ``triage_clean`` (clean images, N, C, H, W) the
     share is read on those instead: the triage's detectors read the image itself, so no solve is needed and many
     more crops than the fusion's few dozen can set the quantile. With ``switch_clean`` (clean images, N, C, H, W),
-    ``triage_keep`` and a
-    restoration stage in the prior's defaults, the switch triage (:func:`fit_switch_triage`) is stored as
-    ``defaults.switch_triage``, with an early read after ``switch_early`` steps sending a ``switch_early_keep``
-    share of them on (0: none); an older one is dropped (it was read with the old ``lam``).
+    ``triage_keep`` and a restoration stage in the prior's defaults, the switch triage (:func:`fit_switch_triage`)
+    is stored as ``defaults.switch_triage``, with an early read after ``switch_early`` steps sending a
+    ``switch_early_keep`` share of them on (0: none); an older one is dropped (it was read with the old ``lam``).
 
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
     (e.g. ``map_sigma``) with ``lam``, ``score_threshold`` (and ``texture_stats``) replaced, and a
