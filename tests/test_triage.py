@@ -429,3 +429,20 @@ def test_cli_calibrate_stores_the_switch_triage_in_the_prior_file(tmp_path):
     assert main(["calibrate", str(src), "--prior", str(path), "--into-prior", "--switch-triage-early", "100"]) == 2
     assert d["lam"] == load_prior("digits-32").defaults["lam"]
     assert d["calibration"]["lam_source"] == "kept from the previous calibration (--rounds 0)"
+
+
+def test_calibrate_triage_script_finds_the_crops_the_calibration_left_out():
+    """scripts/calibrate_triage.py finds which drawn crops a fusion was fitted on (the calibration left some out as
+    outliers) by refitting its stored tails, with no solve."""
+    import runpy
+    from pathlib import Path
+
+    fusion_crops = runpy.run_path(str(Path(__file__).parent.parent / "scripts/calibrate_triage.py"))["fusion_crops"]
+    g = torch.Generator().manual_seed(0)
+    maps = {k: torch.rand((14, 1, 8, 8), generator=g) for k in ("texture", "learned")}
+    keep = torch.ones(14, dtype=torch.bool)
+    keep[[3, 9]] = False
+    fusion = Fusion.fit({k: v[keep] for k, v in maps.items()})
+    assert torch.equal(fusion_crops(fusion, maps, 2), keep)
+    assert fusion_crops(fusion, maps, 1) is None  # no single crop left out refits the tails
+    assert fusion_crops(fusion, {k: torch.rand((14, 1, 8, 8), generator=g) for k in maps}, 2) is None
