@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load as st_load
@@ -44,6 +44,7 @@ SEGMENTER_PREFIX = "segmenter."
 CONTEXT_PREFIX = "context."
 ENCODER_PREFIX = "encoder."
 PHI_NET_PREFIX = "phi_net."
+M = TypeVar("M", LearnedMap, ContextMap)  # the detectors a file stores as a net and its description
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, torch.save zip archives
 
 
@@ -277,8 +278,8 @@ def load_prior_bytes(data: bytes, name: str = "prior", device: str | torch.devic
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise PriorFormatError(f"{name}: tensors do not match the architecture in metadata: {exc}") from exc
-    seg = _segmenter(tensors, meta, name)
-    ctx = _context(tensors, meta, name)
+    seg = _net_map(LearnedMap, tensors, meta, SEGMENTER_PREFIX, name)
+    ctx = _net_map(ContextMap, tensors, meta, CONTEXT_PREFIX, name)
     enc = _encoder(tensors, meta, spec, name)
     phi = _phi_nets(tensors, meta, spec, name)
     dev = resolve_device(device)
@@ -313,24 +314,14 @@ def _part(tensors: dict[str, torch.Tensor], meta: dict[str, Any], key: str,
     return state, described
 
 
-def _segmenter(tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str) -> LearnedMap | None:
-    """The learned segmenter of a file (``segmenter.*`` tensors, ``defaults.segmenter``), or None."""
-    part = _part(tensors, meta, SEGMENTER_PREFIX[:-1], name)
+def _net_map(cls: type[M], tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str, name: str) -> M | None:
+    """A net-read detector of a file (``<prefix>*`` tensors, ``defaults.<prefix>``): the learned segmenter
+    (:class:`LearnedMap`) or the context model (:class:`ContextMap`), or None."""
+    part = _part(tensors, meta, prefix[:-1], name)
     if part is None:
         return None
     try:
-        return LearnedMap.from_parts(part[1], part[0])
-    except ValueError as exc:
-        raise PriorFormatError(f"{name}: {exc}") from exc
-
-
-def _context(tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str) -> ContextMap | None:
-    """The context model of a file (``context.*`` tensors, ``defaults.context``), or None."""
-    part = _part(tensors, meta, CONTEXT_PREFIX[:-1], name)
-    if part is None:
-        return None
-    try:
-        return ContextMap.from_parts(part[1], part[0])
+        return cls.from_parts(part[1], part[0])
     except ValueError as exc:
         raise PriorFormatError(f"{name}: {exc}") from exc
 
