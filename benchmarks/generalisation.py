@@ -31,6 +31,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import time
@@ -106,6 +107,16 @@ def refresh(path: Path, prior: Prior, texture: str, split: str, family: str) -> 
     arrays.update({f"rgi.{k}": v.detach().cpu().numpy().astype(np.float16) for k, v in maps.items()})
     _save(path, arrays)
     print(f"{path.name}: detectors refreshed", flush=True)
+
+
+def add_context(prior: Prior, texture: str, split: str, family: str,
+                arrays: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """A family's cached arrays with the prior's context model's map added as ``rgi.context`` (no solve reads it, so
+    the cache has none: the crops are drawn again from their seed); unchanged without a context model."""
+    if arrays is not None and prior.context is not None:
+        x, _ = family_set(texture, split, family, len(arrays["truth"]))
+        arrays = {**arrays, "rgi.context": prior.context.anomaly_map(x)}
+    return arrays
 
 
 def prior_of(texture: str, args: argparse.Namespace) -> Prior:
@@ -392,12 +403,7 @@ def cmd_triage(args: argparse.Namespace) -> None:
         stored = triage_of(prior.defaults)
         reads = stored.detectors if stored is not None else ("learned", "texture")
 
-        def with_context(split: str, family: str, arrays: dict[str, torch.Tensor] | None,
-                         prior: Prior = prior, texture: str = texture) -> dict[str, torch.Tensor] | None:
-            if arrays is not None and prior.context is not None:
-                x, _ = family_set(texture, split, family, len(arrays["truth"]))
-                arrays = {**arrays, "rgi.context": prior.context.anomaly_map(x)}
-            return arrays
+        with_context = functools.partial(add_context, prior, texture)
 
         def score(arrays: dict[str, torch.Tensor], full: bool, fusion: Fusion = fusion,
                   reads: tuple[str, ...] = reads) -> torch.Tensor:

@@ -19,6 +19,7 @@ Usage: python benchmarks/triage_keep.py [--keeps 0.2 0.25 0.3 0.35 0.4] [--out r
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import cost
@@ -68,11 +69,7 @@ def report(texture: str, args: argparse.Namespace) -> None:
     held.sample(fusion.record.get("images", 64) + fusion.record.get("trimmed", 0))
     clean = triage_score(input_maps(prior, held.sample(args.images), cfg))
 
-    def with_context(split: str, family: str, arrays: dict | None) -> dict | None:
-        if arrays is not None and prior.context is not None:  # no solve reads it: drawn again from its seed
-            x, _ = g.family_set(texture, split, family, len(arrays["truth"]))
-            arrays = {**arrays, "rgi.context": prior.context.anomaly_map(x)}
-        return arrays
+    with_context = functools.partial(g.add_context, prior, texture)
 
     def scores(arrays: dict) -> tuple[torch.Tensor, torch.Tensor]:  # (full fused score, triage score)
         maps = g.detectors(arrays)
