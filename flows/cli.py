@@ -172,6 +172,8 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
                          "--fusion-images)")
     if args.switch_triage_early and args.switch_triage_images <= 0:
         raise ValueError("--switch-triage-early reads the switch triage's clean crops: give --switch-triage-images N")
+    if args.early_read and (args.fusion_images <= 0 or args.early_read_images <= 0):
+        raise ValueError("--early-read reads the full fused score: give --fusion-images N and --early-read-images N")
     prior = load_prior(args.prior, device=args.device)
     for kv in args.set:
         key, _, value = kv.partition("=")
@@ -214,12 +216,14 @@ def _cmd_calibrate_prior(args: argparse.Namespace) -> int:
             triage_clean = (held.sample(args.triage_images)
                             if fusion_clean is not None and args.triage_keep and args.triage_images > 0 else None)
             switch_clean = sampler.sample(args.switch_triage_images) if args.switch_triage_images > 0 else None
+            early_clean = held.sample(args.early_read_images) if args.early_read else None
             defaults = calibrate(prior, clean, cfg, texture_clean=texture, segmenter=segmenter, context=context,
                                  stop=stopping.stop_requested, fusion_clean=fusion_clean, fusion_families=families,
                                  triage_keep=args.triage_keep or None, triage_miss=args.triage_miss,
                                  triage_clean=triage_clean,
                                  switch_clean=switch_clean, switch_early=args.switch_triage_early,
-                                 switch_early_keep=args.switch_triage_early_keep)
+                                 switch_early_keep=args.switch_triage_early_keep, early_clean=early_clean,
+                                 early_step=args.early_read, early_keep=args.early_read_keep)
         except Cancelled:
             kept = ("; the encoder goes on from its checkpoint when the same command runs again"
                     if _encoder_checkpoint(args.prior).exists() else "")
@@ -783,6 +787,15 @@ def _add_into_prior_flags(c: argparse.ArgumentParser | argparse._ArgumentGroup) 
                         "of the same clean crops (rgi_core.inversion.triage.EarlyRead). 0: no early read (default)")
     c.add_argument("--switch-triage-early-keep", type=_fraction, default=0.5, metavar="FRACTION",
                    help="the share of clean crops the early read sends on (default 0.5)")
+    c.add_argument("--early-read", type=int, default=0, metavar="STEP",
+                   help="with a fusion and no restoration stage, store an early read: `rgi clean` then stops a solved "
+                        "image after STEP steps, unrestored, when its score there is at most that of all but a share "
+                        "--early-read-keep of --early-read-images clean crops solved as it solves them, and never "
+                        "above the score threshold (rgi_core.inversion.triage). 0: none (default)")
+    c.add_argument("--early-read-keep", type=_fraction, default=0.2, metavar="FRACTION",
+                   help="the share of clean crops the early read sends on (default 0.2)")
+    c.add_argument("--early-read-images", type=int, default=256, metavar="N",
+                   help="clean crops of the fusion's held-out rows the early read is read on (default 256)")
     c.add_argument("--triage-miss", type=_fraction, default=None, metavar="FRACTION",
                    help="with --fusion-families, lower the triage threshold until at most FRACTION of the families' "
                         "crops that the full score flags would be sent away unsolved (costs solves; default: off)")

@@ -65,6 +65,7 @@ from rgi_core.detectors.selection import FamilyCrops, select
 from rgi_core.detectors.texture import TextureStats
 from rgi_core.inversion import losses
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, config_for_prior, make_config, mask_per_channel
+from rgi_core.inversion.init import starts_from_encoder
 from rgi_core.inversion.loop import SolveControl
 from rgi_core.inversion.objectives import per_pixel
 from rgi_core.inversion.operators import Downsample, GaussianNoise, Grayscale, Identity, Inpainting, Physics
@@ -298,7 +299,8 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
               triage_keep: float | None = None, triage_miss: float | None = None,
               triage_clean: torch.Tensor | None = None,
               switch_clean: torch.Tensor | None = None, switch_early: int = 0,
-              switch_early_keep: float = 0.5) -> dict[str, Any]:
+              switch_early_keep: float = 0.5, early_clean: torch.Tensor | None = None, early_step: int = 0,
+              early_keep: float = 0.2) -> dict[str, Any]:
     """Calibrate ``lam`` and ``score_threshold`` on clean images (N, C, H, W) in [0, 1].
 
     With ``texture_clean`` (M, C, H, W), also fit the local texture statistics of a stationary texture
@@ -322,6 +324,9 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
     ``triage_keep`` and a restoration stage in the prior's defaults, the switch triage (:func:`fit_switch_triage`)
     is stored as ``defaults.switch_triage``, with an early read after ``switch_early`` steps sending a
     ``switch_early_keep`` share of them on (0: none); an older one is dropped (it was read with the old ``lam``).
+    With ``early_clean`` (clean images, N, C, H, W), ``early_step`` > 0 and no restoration stage, an early read of
+    the score after that many steps (:func:`fit_early_read`), sending an ``early_keep`` share of them on and never
+    above the new score threshold, is stored as ``defaults.early_read``; an older one is dropped.
 
     Returns the ``defaults`` document to store in the prior's metadata: the prior's current defaults
     (e.g. ``map_sigma``) with ``lam``, ``score_threshold`` (and ``texture_stats``) replaced, and a
@@ -335,7 +340,8 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
         lam, history = float(prior.defaults["lam"]), prior.defaults.get("calibration", {}).get("lam_rounds", [])
     else:  # the mask rule: residuals only, texture statistics play no part
         lam, history = fit_lam(prior, clean, cfg, stop)
-    kept = {k: v for k, v in prior.defaults.items() if k not in ("calibration", "fusion", "triage", "switch_triage")}
+    kept = {k: v for k, v in prior.defaults.items()
+            if k not in ("calibration", "fusion", "triage", "switch_triage", "early_read")}
     if texture_clean is not None:
         check(stop, "calibration stopped before the texture statistics")
         kept["texture_stats"] = TextureStats.fit(texture_clean).to_dict()
@@ -373,6 +379,11 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
                                                                                       seed=cfg.seed),
                                                   triage_keep, cfg.trim, stop, switch_early,
                                                   switch_early_keep).to_dict()
+    if early_clean is not None and early_step:
+        now = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam,
+                                                                          "score_threshold": threshold}})
+        kept["early_read"] = fit_early_read(now, early_clean, config_for_prior("rgi", now.defaults, seed=cfg.seed),
+                                            early_step, early_keep, threshold, cfg.trim, stop).to_dict()
     return {
         **kept,
         "lam": lam,
@@ -421,6 +432,34 @@ def fit_switch_triage(prior: Prior, clean: torch.Tensor, config: InversionConfig
     inl, _ = inliers(early, trim)
     return dataclasses.replace(triage, record={**triage.record, "early_trimmed_images": int((~inl).sum())},
                                early=EarlyRead.fit(early[inl], early_keep, early_step))
+
+
+def fit_early_read(prior: Prior, clean: torch.Tensor, config: InversionConfig, step: int, keep: float,
+                   ceiling: float, trim: float = 3.5, stop: StopCheck | None = None) -> EarlyRead:
+    """The early read of ``prior`` (no restoration stage) for solves configured as ``config`` (``rgi clean``'s):
+    the score after ``step`` steps above which a ``keep`` share of the clean images (N, C, H, W) go on, at most
+    ``ceiling`` (the prior's score threshold), for the start ``config`` takes (:mod:`rgi_core.inversion.triage`).
+
+    Each image is solved up to the read and stopped there: a read with a threshold of +inf stops every image, so
+    the scores are exactly those a solve compares with it. Outlier scores (:func:`inliers` with ``trim``) are left
+    out of the quantile."""
+    if config.method != "rgi" or config.restoration_switch(config.iterations) is not None:
+        raise ValueError("an early read on its own is for an rgi config without a restoration stage (with one, "
+                         "the switch triage carries it: fit_switch_triage)")
+    if not 1 <= step < config.iterations:
+        raise ValueError(f"the early read's step must be in [1, {config.iterations}), got {step}")
+    from_encoder = starts_from_encoder(config, prior, Identity())
+    every = EarlyRead(step, float("inf"), 1.0, {"encoder": from_encoder})  # stops every image at the read
+    probe = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**prior.defaults, "triage": None,
+                                                                        "early_read": every.to_dict()}})
+    out = invert(clean, probe, config.replace(triage=True, stop_tol=0.0), control=SolveControl(cancelled=stop))
+    scores = torch.tensor([d.early_score for d in out.diagnostics], dtype=torch.float64)
+    if bool(scores.isnan().any()) or not all(d.restoration_skipped for d in out.diagnostics):
+        raise RuntimeError("the early read's probe did not read and stop every image at its step")
+    inl, _ = inliers(scores, trim)
+    record = {"iterations": config.iterations, "n_init": config.n_init, "encoder": from_encoder,
+              "trimmed_images": int((~inl).sum())}
+    return EarlyRead.fit(scores[inl], keep, step, ceiling, record)
 
 
 def _scores_at(prior: Prior, clean: torch.Tensor, config: InversionConfig, every: SwitchTriage,

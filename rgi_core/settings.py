@@ -85,7 +85,7 @@ class Settings:
         if cfg.encoder and prior.encoder is not None:
             _hash_tensors(h, "encoder", prior.encoder.state_dict())
         # how the detectors are joined, and (when used) which images are solved
-        for part in ("fusion", "triage", "switch_triage") if cfg.triage else ("fusion",):
+        for part in ("fusion", "triage", "switch_triage", "early_read") if cfg.triage else ("fusion",):
             if prior.defaults.get(part):
                 h.update(part.encode() + json.dumps(prior.defaults[part], sort_keys=True).encode())
         h.update(json.dumps({"score_threshold": self.score_threshold}).encode())

@@ -446,3 +446,53 @@ def test_calibrate_triage_script_finds_the_crops_the_calibration_left_out():
     assert torch.equal(fusion_crops(fusion, maps, 2), keep)
     assert fusion_crops(fusion, maps, 1) is None  # no single crop left out refits the tails
     assert fusion_crops(fusion, {k: torch.rand((14, 1, 8, 8), generator=g) for k in maps}, 2) is None
+
+
+def test_an_early_read_stops_the_solved_crops_that_look_clean_after_a_few_steps():
+    """brick-64 (no restoration stage) with an early read fitted after 10 steps of a 40-step solve: the solved crops
+    whose fused score there is at most its threshold stop, unrestored, with the score of their fit at that step;
+    the others go on exactly as without it. The read holds only with the triage on and from the start it was
+    fitted on, and it never judges clean a crop its score flags."""
+    from rgi_core.calibration import fit_early_read
+    from rgi_core.inversion.triage import EarlyRead, early_read_of
+
+    shipped = load_prior("brick-64", device="cpu")
+    prior = dataclasses.replace(shipped, meta={**shipped.meta, "defaults": {
+        k: v for k, v in shipped.defaults.items() if k not in ("triage", "early_read")}})  # every crop solved
+    region = torch.from_numpy(builtin.texture("brick", "train"))
+    clean = random_crops(region, 12, 64, seed=5)
+    cfg = config_for_prior("rgi", prior.defaults, iterations=40, n_init=16, device="cpu", triage=True)
+    # 10 steps leave every crop over the score threshold, so the ceiling is lifted here and tested on its own
+    read = fit_early_read(prior, clean[:8], cfg, step=10, keep=0.5, ceiling=float("inf"), trim=0.0)
+    # the scores it read are those of a solve that ran 10 steps (on brick a solve's schedule does not depend on
+    # its length), and the threshold is their keep quantile
+    at10 = invert(clean[:8], prior, cfg.replace(iterations=10, triage=False)).score.double()
+    assert read.threshold == pytest.approx(float(torch.quantile(at10, 0.5)), abs=1e-6)
+    assert (read.step, read.keep) == (10, 0.5) and read.record["encoder"] is True and read.record["images"] == 8
+    assert EarlyRead.from_dict(read.to_dict()) == read
+    lower = fit_early_read(prior, clean[:8], cfg, step=10, keep=0.5, ceiling=float(at10.min()) - 1.0, trim=0.0)
+    assert lower.threshold == float(at10.min()) - 1.0  # capped: an image the score flags is never judged clean
+
+    with_read = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**prior.defaults,
+                                                                            "early_read": read.to_dict()}})
+    assert early_read_of(with_read.defaults) == read and early_read_of(prior.defaults) is None
+    bad, _ = apply_family_batch(clean[8:].clone(), "thin_lines", seed=3)
+    x = torch.cat([clean[8:], bad])
+    out = invert(x, with_read, cfg)
+    full = invert(x, prior, cfg)  # the same solve without the read
+    first = invert(x, prior, cfg.replace(iterations=10, triage=False))
+    stopped = torch.tensor([d.restoration_skipped for d in out.diagnostics])
+    assert torch.equal(stopped, first.score <= read.threshold) and 0 < int(stopped.sum()) < len(x)
+    assert all((d.stage, d.iterations) == ("detect", 10) for d, s in zip(out.diagnostics, stopped, strict=True) if s)
+    torch.testing.assert_close(out.score[stopped], first.score[stopped], atol=1e-6, rtol=0)
+    assert torch.equal(out.restored[stopped], x[stopped]) and not out.phi[stopped].any()
+    read_at = torch.tensor([d.early_score for d in out.diagnostics], dtype=first.score.dtype)
+    torch.testing.assert_close(read_at, first.score, atol=1e-6, rtol=0)  # every solved crop's read is recorded
+    go = ~stopped
+    for f in ("score", "restored", "mask", "latent"):
+        torch.testing.assert_close(getattr(out, f)[go], getattr(full, f)[go], atol=1e-5, rtol=0)
+    # not with the triage off, nor from another start than the one it was fitted on
+    for other in (cfg.replace(triage=False), cfg.replace(encoder=False)):
+        assert not any(d.restoration_skipped for d in invert(x[:2], with_read, other).diagnostics)
+    # another path, another model id
+    assert resolve(with_read).model_id(with_read) != resolve(prior).model_id(prior)

@@ -78,9 +78,9 @@ class InversionConfig:
         triage: run the full solve only for images the prior's image-reading detectors find suspect; the others
             keep their pixels and take the detectors' map and score (:mod:`rgi_core.inversion.triage`); and with a
             restoration stage, stop the images whose score at its switch is under the prior's switch threshold
-            there, unrestored (``defaults.switch_triage``). ``None`` = on when the prior stores either threshold
-            (the shipped texture priors a triage, ``digits-32`` a switch triage). Off for ``mse``, the
-            residual-only baseline.
+            there, unrestored (``defaults.switch_triage``); without one, stop the solved images whose score at the
+            prior's early read is under its threshold, unrestored (``defaults.early_read``). ``None`` = on when the
+            prior stores any of them (the shipped texture priors a triage, ``digits-32`` a switch triage). Off for ``mse``, the residual-only baseline.
         encoder: start from the prior's encoder as well (:mod:`rgi_core.priors.encoder`): E(x) joins the best-of-N
             candidates, and is the only one with ``n_init`` 1. ``None`` = on when the prior carries an encoder.
         learned_phi: for a known degradation, BIGPrior's fusion takes phi from the prior's phi-net for that
@@ -468,7 +468,7 @@ def for_prior(config: InversionConfig, prior_defaults: dict[str, Any]) -> Invers
     fill: dict[str, Any] = {}
     if config.triage is None:  # on where the prior has calibrated it
         fill["triage"] = (bool(prior_defaults.get("triage")) and bool(prior_defaults.get("fusion"))
-                          or bool(prior_defaults.get("switch_triage")))
+                          or bool(prior_defaults.get("switch_triage")) or bool(prior_defaults.get("early_read")))
     if config.encoder is None:  # on where the prior carries one
         fill["encoder"] = bool(prior_defaults.get("encoder"))
     for k in PRIOR_DEFAULT_FIELDS:

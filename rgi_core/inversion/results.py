@@ -27,11 +27,11 @@ class ImageDiagnostics:
         error: empty when the solve is usable; otherwise why not (e.g. the loss diverged).
         triaged: the triage judged the image clean and no solve ran (:mod:`rgi_core.inversion.triage`): no
             losses, 0 iterations, not converged.
-        restoration_skipped: the switch triage judged the image clean at the restoration stage's switch or at its
-            early read (:class:`rgi_core.inversion.triage.SwitchTriage`): it stopped there, its restored image is the
+        restoration_skipped: the switch triage judged the image clean at the restoration stage's switch, or an
+            early read at its step (:mod:`rgi_core.inversion.triage`): it stopped there, its restored image is the
             input.
-        early_score: the image score at the switch triage's early read, as the read compared it with its threshold
-            (NaN where none was read: no early read in the prior's switch triage, or the solve ended before it).
+        early_score: the image score at the early read, as the read compared it with its threshold (NaN where none
+            was read: no early read in the prior, or the solve ended before it).
             Calibration reads it to fit the early read's threshold in the same solve as the switch's.
     """
 
@@ -47,7 +47,7 @@ class ImageDiagnostics:
     @property
     def stage(self) -> str:
         """The path that produced the image's products, as the catalog's ``stage`` column says it: ``triage`` (no
-        solve), ``detect`` (the solve's detection stage only, stopped at the restoration stage's switch or at its
+        solve), ``detect`` (the solve's detection stage only, stopped at the restoration stage's switch or at an
         early read) or ``solve``."""
         return "triage" if self.triaged else "detect" if self.restoration_skipped else "solve"
 

@@ -12,7 +12,8 @@ A solve is four parts, each in its own module:
 
 Before them, the **triage** (:mod:`rgi_core.inversion.triage`, ``config.triage``) may judge some images clean
 from the detectors alone; only the others are solved. With a restoration stage, the **switch triage** may stop
-images judged clean at the stage's switch, unrestored.
+images judged clean at the stage's switch, unrestored; an **early read** of the score, after a few steps, may stop
+them sooner.
 
 Per-image generator copies are evaluated in one pass with ``torch.func`` (:mod:`rgi_core.inversion.generator`).
 """
@@ -27,7 +28,7 @@ from rgi_core.detectors.fusion import fusion_of, relevel
 from rgi_core.device import resolve_device, tf32
 from rgi_core.inversion.config import DEFAULT_LAMBDA, InversionConfig, RGIConfig, for_prior
 from rgi_core.inversion.generator import GeneratorFn
-from rgi_core.inversion.init import BestOfN, Start, encoder_budget
+from rgi_core.inversion.init import BestOfN, Start, encoder_budget, starts_from_encoder
 from rgi_core.inversion.loop import Group, Plateau, SolveControl, Trace, either, run_adam
 from rgi_core.inversion.objectives import Objective, Problem, objective_for
 from rgi_core.inversion.operators import Downsample, Identity, Physics
@@ -40,7 +41,7 @@ from rgi_core.inversion.products import (
     scored_maps,
 )
 from rgi_core.inversion.results import ImageDiagnostics, InversionResult
-from rgi_core.inversion.triage import SwitchTriage, switch_triage_of, triage_of
+from rgi_core.inversion.triage import EarlyRead, SwitchTriage, early_read_of, switch_triage_of, triage_of
 from rgi_core.priors.files import Prior
 
 
@@ -236,32 +237,39 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
 
 
 class _StopAtSwitch:
-    """The switch triage (:class:`rgi_core.inversion.triage.SwitchTriage`) as an ``image_done`` rule: after the
-    last step before the restoration stage, the images whose score there (read as the solve's products read it,
-    :func:`~rgi_core.inversion.products.scored_maps`) is at most the prior's threshold leave the batch; with an
-    early read, the same after its step with its threshold. The scores read there are kept for the diagnostics
-    (``early_score``), so one solve can give calibration both reads."""
+    """The reads of the score during a solve as an ``image_done`` rule: the switch triage
+    (:class:`rgi_core.inversion.triage.SwitchTriage`) after the last step before the restoration stage, and the
+    early read (:class:`rgi_core.inversion.triage.EarlyRead`: the switch triage's, or on a prior without a
+    restoration stage its own) after its step. At each, the images whose score (read as the solve's products read
+    it, :func:`~rgi_core.inversion.products.scored_maps`) is at most the read's threshold leave the batch, judged
+    clean. The scores read at the early read are kept for the diagnostics (``early_score``), so one solve can give
+    calibration both reads."""
 
-    def __init__(self, objective: Objective, z: torch.Tensor, triage: SwitchTriage) -> None:
-        self.objective, self.z, self.triage = objective, z, triage
+    def __init__(self, objective: Objective, z: torch.Tensor, triage: SwitchTriage | None,
+                 early: EarlyRead | None) -> None:
+        self.objective, self.z, self.triage, self.early = objective, z, triage, early
         self.stopped = torch.zeros(z.shape[0], dtype=torch.bool)  # (B,): judged clean at a read
         self.early_score = torch.full((z.shape[0],), float("nan"), dtype=torch.float64)  # (B,): at the early read
 
     @classmethod
     def of(cls, objective: Objective, z: torch.Tensor) -> _StopAtSwitch | None:
-        """The rule for this solve, or None: triage off, a known degradation, no restoration stage, no threshold
-        in the prior, or one fitted at another switch."""
+        """The rule for this solve, or None: triage off, a known degradation, or no read in the prior that holds
+        for this solve (a switch triage fitted at another switch; an early read fitted on another start)."""
         p, switch = objective.problem, getattr(objective, "switch", None)
-        triage = switch_triage_of(p.prior.defaults)
-        if (not objective.config.triage or not isinstance(p.physics, Identity) or switch is None or triage is None
-                or triage.switch != switch):
+        if not objective.config.triage or not isinstance(p.physics, Identity):
             return None
-        return cls(objective, z, triage)
+        if switch is not None:
+            triage = switch_triage_of(p.prior.defaults)
+            return cls(objective, z, triage, triage.early) if triage is not None and triage.switch == switch else None
+        early = early_read_of(p.prior.defaults)
+        if early is None or not early.applies(starts_from_encoder(objective.config, p.prior, p.physics)):
+            return None
+        return cls(objective, z, None, early)
 
     def __call__(self, step: int, totals: torch.Tensor) -> torch.Tensor:
-        early = self.triage.early
+        early = self.early
         at_early = early is not None and step == early.step - 1
-        if step == self.objective.switch - 1:  # type: ignore[attr-defined]
+        if self.triage is not None and step == self.objective.switch - 1:  # type: ignore[attr-defined]
             # z after this step is what the restoration stage's first step starts from: its fit is the one scored
             res, threshold = self.objective.fit_at_switch(self.z), self.triage.threshold  # type: ignore[attr-defined]
         elif at_early:
@@ -279,7 +287,7 @@ class _StopAtSwitch:
     def applied(self, result: InversionResult, images: torch.Tensor) -> InversionResult:
         """``result`` with the images stopped at a read unrestored (:func:`_unrestored`) and every image's
         score at the early read in its diagnostics."""
-        if self.triage.early is not None:
+        if self.early is not None:
             diagnostics = tuple(dataclasses.replace(d, early_score=float(e))
                                 for d, e in zip(result.diagnostics, self.early_score.tolist(), strict=True))
             result = InversionResult(**{**result._asdict(), "diagnostics": diagnostics})

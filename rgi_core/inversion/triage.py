@@ -37,11 +37,18 @@ Most clean images are plain long before the switch. An **early read** (:class:`E
 score there is at most its threshold, the ``1 - keep`` quantile of the clean images' scores at that step, stops
 there, judged clean as at the switch. Its z and M stay as they were at that step, so the score it is written with is
 the one the read compared (a fit that ran fewer steps scores a little higher: the read errs toward going on).
+
+**Without a restoration stage** (the texture priors) an early read stands on its own (``defaults.early_read``,
+``rgi calibrate --early-read STEP``): an image the triage sent to the solve stops after ``step`` steps, judged
+clean as above (restored = input, stage ``detect``), when its full fused score there is at most the threshold, the
+``1 - keep`` quantile of that score over clean images solved as ``rgi clean`` solves them and never above the
+prior's score threshold (an image the score flags is never judged clean). Most clean images the triage cannot clear
+look plain to the residual within a third of brick's 300 steps. It holds for the start it was fitted on (the
+encoder's, or the search's alone) only: another start reaches another fit by that step.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +143,7 @@ class EarlyRead:
     step: int
     threshold: float
     keep: float
+    record: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.step < 1:
@@ -143,9 +151,25 @@ class EarlyRead:
         _check_keep(self.keep, "early read")
 
     @classmethod
-    def fit(cls, scores: torch.Tensor, keep: float, step: int) -> EarlyRead:
-        """The threshold that sends a ``keep`` share of clean images (their scores after ``step`` steps, (N,)) on."""
-        return cls(int(step), _keep_quantile(scores, keep, "early read"), keep)
+    def fit(cls, scores: torch.Tensor, keep: float, step: int, ceiling: float = float("inf"),
+            record: Mapping[str, Any] | None = None) -> EarlyRead:
+        """The threshold that sends a ``keep`` share of clean images (their scores after ``step`` steps, (N,)) on,
+        at most ``ceiling`` (a prior's score threshold: an image its score flags is never judged clean)."""
+        return cls(int(step), min(_keep_quantile(scores, keep, "early read"), float(ceiling)), keep,
+                   {"images": int(scores.numel()), **(record or {})} if record is not None else {})
+
+    def applies(self, from_encoder: bool) -> bool:
+        """Whether the read holds for a solve with this start (a read fitted without a record of its start, as
+        ``digits-32``'s, holds for any)."""
+        return bool(self.record.get("encoder", from_encoder)) == from_encoder
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"step": self.step, "threshold": self.threshold, "keep": self.keep}
+        return {**d, "record": self.record} if self.record else d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EarlyRead:
+        return cls(int(d["step"]), float(d["threshold"]), float(d["keep"]), dict(d.get("record", {})))
 
 
 @dataclass(frozen=True)
@@ -183,14 +207,14 @@ class SwitchTriage:
                    {"images": int(scores.numel()), **(record or {})})
 
     def to_dict(self) -> dict[str, Any]:
-        early = {"early": dataclasses.asdict(self.early)} if self.early is not None else {}
+        early = {"early": self.early.to_dict()} if self.early is not None else {}
         return {"threshold": self.threshold, "keep": self.keep, "switch": self.switch, "record": self.record, **early}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SwitchTriage:
         e = d.get("early")
-        early = EarlyRead(int(e["step"]), float(e["threshold"]), float(e["keep"])) if e else None
-        return cls(float(d["threshold"]), float(d["keep"]), int(d["switch"]), dict(d.get("record", {})), early)
+        return cls(float(d["threshold"]), float(d["keep"]), int(d["switch"]), dict(d.get("record", {})),
+                   EarlyRead.from_dict(e) if e else None)
 
 
 def _keep_quantile(scores: torch.Tensor, keep: float, what: str) -> float:
@@ -211,6 +235,13 @@ def switch_triage_of(defaults: Mapping[str, Any]) -> SwitchTriage | None:
     """The switch triage stored in a prior's defaults, or None."""
     d = defaults.get("switch_triage")
     return SwitchTriage.from_dict(d) if d else None
+
+
+def early_read_of(defaults: Mapping[str, Any]) -> EarlyRead | None:
+    """The early read stored on its own in a prior's defaults (a prior without a restoration stage), or None; a
+    switch triage's own early read is :attr:`SwitchTriage.early`."""
+    d = defaults.get("early_read")
+    return EarlyRead.from_dict(d) if d else None
 
 
 def triage_of(defaults: Mapping[str, Any]) -> Triage | None:
