@@ -80,7 +80,8 @@ class InversionConfig:
             restoration stage, stop the images whose score at its switch is under the prior's switch threshold
             there, unrestored (``defaults.switch_triage``); without one, stop the solved images whose score at the
             prior's early read is under its threshold, unrestored (``defaults.early_read``). ``None`` = on when the
-            prior stores any of them (the shipped texture priors a triage, ``digits-32`` a switch triage). Off for ``mse``, the residual-only baseline.
+            prior stores any of them (the shipped texture priors a triage, ``digits-32`` a switch triage). Off for
+            ``mse``, the residual-only baseline.
         encoder: start from the prior's encoder as well (:mod:`rgi_core.priors.encoder`): E(x) joins the best-of-N
             candidates, and is the only one with ``n_init`` 1. ``None`` = on when the prior carries an encoder.
         learned_phi: for a known degradation, BIGPrior's fusion takes phi from the prior's phi-net for that
