@@ -400,9 +400,10 @@ def cmd_report(args: argparse.Namespace) -> None:
         missed = int((flagged & r["triaged"]).sum()) if "triaged" in r else 0
         print(f"- {variant}: of the {int(flagged.sum())} defective images full flags, triaged away {missed} "
               f"({missed / max(int(flagged.sum()), 1):.1%})")
-        if "skipped" in r and bool(r["skipped"].any()):  # the switch triage stopped some images unrestored
+        if "skipped" in r and bool(r["skipped"].any()):  # a read of the score stopped some images unrestored
             skipped, clean = r["skipped"], ~defective
-            print(f"- {variant}: stopped at the restoration stage's switch: {int(skipped[clean].sum())} of the "
+            where = "the restoration stage's switch" if switch_triage_of(prior.defaults) else "the early read"
+            print(f"- {variant}: stopped at {where}: {int(skipped[clean].sum())} of the "
                   f"{int(clean.sum())} clean images ({float((~skipped[clean]).double().mean()):.1%} went on), "
                   f"{int(skipped[defective].sum())} of the {int(defective.sum())} defective, "
                   f"{int(skipped[flagged].sum())} of the {int(flagged.sum())} that full flags")
