@@ -101,8 +101,9 @@ def _sync(device: str) -> None:
 def region_of(prior_name: str) -> torch.Tensor:
     """The held-out evaluation region (C, H, W) of a shipped texture prior."""
     texture = prior_name.split("-")[0]
-    if texture not in builtin.TEXTURES:
-        raise SystemExit(f"the cost benchmark needs a texture prior ({', '.join(builtin.TEXTURES)}) or digits-32, "
+    textures = (*builtin.TEXTURES, *builtin.COLOUR_TEXTURES)
+    if texture not in textures:
+        raise SystemExit(f"the cost benchmark needs a texture prior ({', '.join(textures)}) or digits-32, "
                          f"got {prior_name}")
     return torch.from_numpy(builtin.texture(texture, "eval"))
 
