@@ -30,14 +30,13 @@ from pathlib import Path
 import generalisation as g
 import torch
 
+from rgi_core.calibration import past_fusion_crops
 from rgi_core.detectors import SCORING_DETECTORS
 from rgi_core.detectors.fusion import fusion_of
 from rgi_core.inversion.config import config_for_prior
 from rgi_core.inversion.solver import invert
 from rgi_core.inversion.triage import triage_of
-from rgi_core.io.images import read_clean_images
 from rgi_core.priors import Prior, load_prior
-from rgi_core.priors.training import ImageSampler
 
 MISS = 0.01  # the largest validation miss rate the choice accepts
 TRIAGE_IMAGES = 512  # the crops `rgi calibrate` reads the triage threshold on, drawn before the early read's
@@ -88,10 +87,8 @@ def report(texture: str, args: argparse.Namespace) -> None:
     def triage_score(maps: dict[str, torch.Tensor]) -> torch.Tensor:
         return fusion.surprises({k: maps[k] for k in triage.detectors})[0].double()
 
-    # the clean crops: the held-out sampler's draws after the fusion's own crops and the triage's 512
-    records, _ = read_clean_images(f"{args.data}/{texture}-train", prior.spec.channels, print)
-    _, held = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, 0).split(0.25, 0)
-    held.sample(fusion.record.get("images", 64) + fusion.record.get("trimmed", 0))
+    # the clean crops: the held-out rows' draws after the fusion's own crops and the triage's 512
+    held = past_fusion_crops(prior, f"{args.data}/{texture}-train")
     held.sample(TRIAGE_IMAGES)
     clean = cached(out / f"{texture}-clean-{args.images}-s{args.step}.pt",
                    lambda: step_scores(prior, held.sample(args.images), args.step))

@@ -26,14 +26,12 @@ import cost
 import generalisation as g
 import torch
 
-from rgi_core.calibration import input_maps
+from rgi_core.calibration import input_maps, past_fusion_crops
 from rgi_core.detectors import SCORING_DETECTORS
 from rgi_core.detectors.fusion import fusion_of
 from rgi_core.inversion.config import config_for_prior
 from rgi_core.inversion.triage import triage_of
-from rgi_core.io.images import read_clean_images
 from rgi_core.priors import load_prior
-from rgi_core.priors.training import ImageSampler
 
 MISS = 0.01  # the largest validation miss rate the choice accepts
 
@@ -64,9 +62,7 @@ def report(texture: str, args: argparse.Namespace) -> None:
         return fusion.surprises({k: maps[k] for k in stored.detectors})[0].double()
 
     # the crops calibrate_triage.py --images N reads: the held-out sampler's next draw after the fusion's own crops
-    records, _ = read_clean_images(f"{args.data}/{texture}-train", prior.spec.channels, print)
-    _, held = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, 0).split(0.25, 0)
-    held.sample(fusion.record.get("images", 64) + fusion.record.get("trimmed", 0))
+    held = past_fusion_crops(prior, f"{args.data}/{texture}-train")
     clean = triage_score(input_maps(prior, held.sample(args.images), cfg))
 
     with_context = functools.partial(g.add_context, prior, texture)

@@ -72,8 +72,10 @@ from rgi_core.inversion.operators import Downsample, GaussianNoise, Grayscale, I
 from rgi_core.inversion.products import detector_maps
 from rgi_core.inversion.solver import invert
 from rgi_core.inversion.triage import EarlyRead, SwitchTriage, Triage
+from rgi_core.io.images import read_clean_images
 from rgi_core.priors.files import Prior
 from rgi_core.priors.phinet import PHI_OPERATORS, PhiNetConfig
+from rgi_core.priors.training import ImageSampler
 from rgi_core.stopping import StopCheck, check
 
 
@@ -218,6 +220,20 @@ def input_maps(prior: Prior, images: torch.Tensor, config: InversionConfig,
     parts = [detector_maps(prior, config, Identity(), images[i : i + batch].to(prior.device), triage=True)
              for i in range(0, len(images), batch)]
     return {k: torch.cat([p[k].cpu() for p in parts]) for k in (parts[0] if parts else {})}
+
+
+def past_fusion_crops(prior: Prior, folder: str, holdout: float = 0.25, seed: int = 0) -> ImageSampler:
+    """The sampler of the clean crops ``rgi calibrate --into-prior --holdout H --seed S`` read ``prior``'s fusion on
+    (the held-out rows of the images in ``folder``), past the fusion's own crops (its kept and trimmed ones): the
+    next draws are the crops a threshold added to a shipped prior is read on (the triage's 512, then the early
+    read's), none of them among the fusion's."""
+    fusion = fusion_of(prior.defaults)
+    if fusion is None:
+        raise ValueError(f"prior {prior.name!r} has no fusion, so no crops were drawn for one")
+    records, _ = read_clean_images(folder, prior.spec.channels, lambda _msg: None)
+    _, held = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, seed).split(holdout, seed)
+    held.sample(fusion.record.get("images", 64) + fusion.record.get("trimmed", 0))
+    return held
 
 
 def fit_fusion(prior: Prior, clean: torch.Tensor, config: InversionConfig,

@@ -19,12 +19,10 @@ from pathlib import Path
 
 import torch
 
-from rgi_core.calibration import fit_early_read
+from rgi_core.calibration import fit_early_read, past_fusion_crops
 from rgi_core.detectors.fusion import fusion_of
 from rgi_core.inversion.config import config_for_prior
-from rgi_core.io.images import read_clean_images
 from rgi_core.priors import load_prior, update_metadata
-from rgi_core.priors.training import ImageSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIAGE_IMAGES = 512  # the triage's crops, drawn before these
@@ -42,12 +40,9 @@ def main() -> int:
     for name in args.names:
         path = ROOT / "rgi_core/priors" / f"{name}-64.safetensors"
         prior = load_prior(str(path))
-        fusion = fusion_of(prior.defaults)
-        if fusion is None:
+        if fusion_of(prior.defaults) is None:
             raise SystemExit(f"{name}: the prior has no fusion to read the score with")
-        records, _ = read_clean_images(f"{args.data}/{name}-train", prior.spec.channels, print)
-        _, held = ImageSampler([r.pixels for r in records], prior.spec.resolution, "auto", False, 0).split(0.25, 0)
-        held.sample(fusion.record.get("images", 64) + fusion.record.get("trimmed", 0))
+        held = past_fusion_crops(prior, f"{args.data}/{name}-train")
         held.sample(TRIAGE_IMAGES)
         clean = held.sample(args.images)
         config = config_for_prior("rgi", prior.defaults, seed=0)

@@ -496,3 +496,31 @@ def test_an_early_read_stops_the_solved_crops_that_look_clean_after_a_few_steps(
         assert not any(d.restoration_skipped for d in invert(x[:2], with_read, other).diagnostics)
     # another path, another model id
     assert resolve(with_read).model_id(with_read) != resolve(prior).model_id(prior)
+
+
+def test_the_crops_added_thresholds_are_read_on_come_after_the_fusions_own(tmp_path):
+    """past_fusion_crops: the held-out rows `rgi calibrate --holdout 0.25 --seed 0` drew the fusion's crops from,
+    past the fusion's kept and trimmed crops, so a threshold added later is read on crops the fusion never saw."""
+    from PIL import Image
+
+    from rgi_core.calibration import past_fusion_crops
+    from rgi_core.priors.training import ImageSampler
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (160, 160), dtype=np.uint8) for _ in range(3)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"img{i}.png")
+    shipped = load_prior("brick-64", device="cpu")
+    fusion = {**shipped.defaults["fusion"], "record": {**shipped.defaults["fusion"]["record"], "images": 5,
+                                                        "trimmed": 2}}
+    prior = dataclasses.replace(shipped, meta={**shipped.meta, "defaults": {**shipped.defaults, "fusion": fusion}})
+    pixels = [torch.from_numpy(a).float().div(255.0)[None] for a in arrays]
+    _, held = ImageSampler(pixels, 64, "auto", False, 0).split(0.25, 0)
+    fusions_own, after = held.sample(7), held.sample(4)
+    got = past_fusion_crops(prior, str(tmp_path)).sample(4)
+    torch.testing.assert_close(got, after, atol=1e-6, rtol=0)
+    assert not any(torch.equal(g, f) for g in got for f in fusions_own)
+    no_fusion = dataclasses.replace(shipped, meta={**shipped.meta, "defaults": {
+        k: v for k, v in shipped.defaults.items() if k != "fusion"}})
+    with pytest.raises(ValueError, match="no fusion"):
+        past_fusion_crops(no_fusion, str(tmp_path))
