@@ -103,10 +103,10 @@ def _solve(images: torch.Tensor, prior: Prior, config: InversionConfig, physics:
     config = encoder_budget(config, prior, physics)  # here, so every path to a solve is capped alike
     objective = objective_for(_problem(images, prior, config, physics, shape))
     start = (initialiser or BestOfN())(objective.problem, objective, control)
-    z, mask, trace, at_switch = _optimise(objective, start, control)
+    z, mask, trace, reads = _optimise(objective, start, control)
     result = form_products(objective, z, mask, trace, start.init_loss, like=images)
-    if at_switch is not None:
-        result = at_switch.applied(result, images)
+    if reads is not None:
+        result = reads.applied(result, images)
     return result, objective.problem.gen
 
 
@@ -190,13 +190,13 @@ def _problem(images: torch.Tensor, prior: Prior, config: InversionConfig, physic
 
 
 def _optimise(objective: Objective, start: Start, control: SolveControl | None
-              ) -> tuple[torch.Tensor, torch.Tensor | None, Trace, _StopAtSwitch | None]:
+              ) -> tuple[torch.Tensor, torch.Tensor | None, Trace, _ScoreReads | None]:
     """The method's schedule on the shared loop: z throughout, M until the objective's mask stop, per-image
     generator weights in the objective's stages; with ``config.stop_tol`` each image leaves the batch once its
     objective has stopped improving (:class:`~rgi_core.inversion.loop.Plateau`), and with the prior's switch
-    triage the images judged clean at the restoration stage's switch leave there (:class:`_StopAtSwitch`).
-    Returns the final z, M, the loop's trace and the switch triage's rule, which knows the images it stopped
-    (None: no switch triage)."""
+    triage or early read the images judged clean at a read of the score leave there (:class:`_ScoreReads`).
+    Returns the final z, M, the loop's trace and the reads' rule, which knows the images it stopped (None: no
+    read)."""
     p, config = objective.problem, objective.config
     T = config.iterations
     z = start.z.requires_grad_(True)
@@ -228,15 +228,15 @@ def _optimise(objective: Objective, start: Start, control: SolveControl | None
         return view[1].total(z[rows], None if mask is None else mask[rows], step)
 
     plateau = Plateau(config.stop_window, config.stop_tol, objective.settled()) if config.stop_tol > 0 else None
-    at_switch = _StopAtSwitch.of(objective, z)
+    reads = _ScoreReads.of(objective, z)
     user = control.image_done if control is not None else None
     loop_control = SolveControl(cancelled=control.cancelled if control is not None else None,
-                                image_done=either(user, plateau, at_switch))
+                                image_done=either(user, plateau, reads))
     trace = run_adam(groups, T, loss, clamp=mask, device=p.device, control=loop_control, new_groups=join)
-    return z, mask, trace, at_switch
+    return z, mask, trace, reads
 
 
-class _StopAtSwitch:
+class _ScoreReads:
     """The reads of the score during a solve as an ``image_done`` rule: the switch triage
     (:class:`rgi_core.inversion.triage.SwitchTriage`) after the last step before the restoration stage, and the
     early read (:class:`rgi_core.inversion.triage.EarlyRead`: the switch triage's, or on a prior without a
@@ -252,7 +252,7 @@ class _StopAtSwitch:
         self.early_score = torch.full((z.shape[0],), float("nan"), dtype=torch.float64)  # (B,): at the early read
 
     @classmethod
-    def of(cls, objective: Objective, z: torch.Tensor) -> _StopAtSwitch | None:
+    def of(cls, objective: Objective, z: torch.Tensor) -> _ScoreReads | None:
         """The rule for this solve, or None: triage off, a known degradation, or no read in the prior that holds
         for this solve (a switch triage fitted at another switch; an early read fitted on another start)."""
         p, switch = objective.problem, getattr(objective, "switch", None)
@@ -297,8 +297,9 @@ class _StopAtSwitch:
 
 
 def _unrestored(result: InversionResult, stopped: torch.Tensor, images: torch.Tensor) -> InversionResult:
-    """``result`` with the images ``stopped`` (B,) at the restoration stage's switch judged clean there: their score,
-    maps and mask are the solve's, their restoration is skipped (restored = the input, phi = 0)."""
+    """``result`` with the images ``stopped`` (B,) at a read of the score (the restoration stage's switch or an early
+    read) judged clean there: their score, maps and mask are the solve's at that step, their restoration is skipped
+    (restored = the input, phi = 0)."""
     restored, phi = result.restored.clone(), result.phi.clone()
     restored[stopped] = images[stopped].to(restored)
     phi[stopped] = 0.0
