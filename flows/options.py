@@ -42,8 +42,10 @@ class SolveOptions(BaseModel):
     triage: bool | None = Field(None, description="Run the full solve only for images the detectors that read the "
                                 "image find suspect; the others keep their pixels and take the detectors' score. "
                                 "With a restoration stage, stop the images whose score at its switch is under the "
-                                "prior's switch threshold there, unrestored (unset: on where the prior stores either "
-                                "threshold: the texture priors a triage, digits-32 a switch triage).")
+                                "prior's switch threshold there, and with an early read those whose score after its "
+                                "step is under its threshold, unrestored (unset: on where the prior stores any of "
+                                "them: the texture priors a triage, brick-64 an early read too, digits-32 a switch "
+                                "triage).")
     encoder: bool | None = Field(None, description="Start from the prior's encoder as well as the best-of-N "
                                  "candidates (unset: on where the prior carries an encoder).")
     detectors: str | None = Field(None, description="Comma-separated detectors that score the images: residual (the "
