@@ -388,16 +388,15 @@ def calibrate(prior: Prior, clean: torch.Tensor, cfg: CalibrationConfig | None =
                      if triage_miss is not None else None)
         triage_maps = clean_maps if triage_clean is None else input_maps(prior, triage_clean, _rgi(prior, lam, cfg))
         kept["triage"] = Triage.fit(fusion, triage_maps, triage_keep, defective, threshold, triage_miss).to_dict()
+    # the reads of the score during a solve are fitted on the prior as calibrated so far
+    now = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam,
+                                                                      "score_threshold": threshold}})
     if switch_clean is not None and triage_keep:
-        now = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam,
-                                                                          "score_threshold": threshold}})
         kept["switch_triage"] = fit_switch_triage(now, switch_clean, config_for_prior("rgi", now.defaults,
                                                                                       seed=cfg.seed),
                                                   triage_keep, cfg.trim, stop, switch_early,
                                                   switch_early_keep).to_dict()
     if early_clean is not None and early_step:
-        now = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**kept, "lam": lam,
-                                                                          "score_threshold": threshold}})
         kept["early_read"] = fit_early_read(now, early_clean, config_for_prior("rgi", now.defaults, seed=cfg.seed),
                                             early_step, early_keep, threshold, cfg.trim, stop).to_dict()
     return {
@@ -466,30 +465,28 @@ def fit_early_read(prior: Prior, clean: torch.Tensor, config: InversionConfig, s
         raise ValueError(f"the early read's step must be in [1, {config.iterations}), got {step}")
     from_encoder = starts_from_encoder(config, prior, Identity())
     every = EarlyRead(step, float("inf"), 1.0, {"encoder": from_encoder})  # stops every image at the read
-    probe = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**prior.defaults, "triage": None,
-                                                                        "early_read": every.to_dict()}})
-    out = invert(clean, probe, config.replace(triage=True, stop_tol=0.0), control=SolveControl(cancelled=stop))
-    scores = torch.tensor([d.early_score for d in out.diagnostics], dtype=torch.float64)
-    if bool(scores.isnan().any()) or not all(d.restoration_skipped for d in out.diagnostics):
-        raise RuntimeError("the early read's probe did not read and stop every image at its step")
+    _, scores = _scores_at(prior, clean, config.replace(stop_tol=0.0), every, stop)
     inl, _ = inliers(scores, trim)
     record = {"iterations": config.iterations, "n_init": config.n_init, "encoder": from_encoder,
               "trimmed_images": int((~inl).sum())}
     return EarlyRead.fit(scores[inl], keep, step, ceiling, record)
 
 
-def _scores_at(prior: Prior, clean: torch.Tensor, config: InversionConfig, every: SwitchTriage,
+def _scores_at(prior: Prior, clean: torch.Tensor, config: InversionConfig, read: SwitchTriage | EarlyRead,
                stop: StopCheck | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The scores (N,) of the clean images solved with ``every`` as the prior's switch triage, which stops every
-    image at the switch (no triage before the solve), and their scores at its early read (N,) (NaN: none)."""
+    """The scores (N,) of the clean images solved with ``read`` as the prior's read of the score (a switch triage,
+    or an early read on its own), which stops every image there (no triage before the solve), and their scores at
+    the early read (N,) (NaN: none)."""
+    key = "switch_triage" if isinstance(read, SwitchTriage) else "early_read"
     probe = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**prior.defaults, "triage": None,
-                                                                        "switch_triage": every.to_dict()}})
+                                                                        key: read.to_dict()}})
     out = invert(clean, probe, config.replace(triage=True), control=SolveControl(cancelled=stop))
     if not all(d.restoration_skipped for d in out.diagnostics):
-        raise RuntimeError("the switch triage's probe did not stop every image at the switch")
+        raise RuntimeError(f"the {key} probe did not stop every image at its read")
     early = torch.tensor([d.early_score for d in out.diagnostics], dtype=torch.float64)
-    if every.early is not None and bool(early.isnan().any()):
-        raise RuntimeError("the switch triage's probe did not read every image at its early read")
+    reads_early = read.early is not None if isinstance(read, SwitchTriage) else True
+    if reads_early and bool(early.isnan().any()):
+        raise RuntimeError(f"the {key} probe did not read every image at its early read")
     return out.score.double().cpu(), early
 
 

@@ -14,6 +14,7 @@ Usage: python scripts/calibrate_early_read.py [--step 100] [--keep 0.2] [--image
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def main() -> int:
         clean = held.sample(args.images)
         config = config_for_prior("rgi", prior.defaults, seed=0)
         read = fit_early_read(prior, clean, config, args.step, args.keep, float(prior.defaults["score_threshold"]))
-        read = type(read)(read.step, read.threshold, read.keep, {
+        read = dataclasses.replace(read, record={
             **read.record, "source": f"held-out rows y >= 384 of the training split ({args.images} crops after the "
                                      f"fusion's and the triage's)"})
         update_metadata(path, defaults={**prior.defaults, "early_read": read.to_dict()})

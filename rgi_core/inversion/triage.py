@@ -158,7 +158,7 @@ class EarlyRead:
         """The threshold that sends a ``keep`` share of clean images (their scores after ``step`` steps, (N,)) on,
         at most ``ceiling`` (a prior's score threshold: an image its score flags is never judged clean)."""
         return cls(int(step), min(_keep_quantile(scores, keep, "early read"), float(ceiling)), keep,
-                   {"images": int(scores.numel()), **(record or {})} if record is not None else {})
+                   {"images": int(scores.numel()), **record} if record is not None else {})
 
     def applies(self, from_encoder: bool) -> bool:
         """Whether the read holds for a solve with this start (a read fitted without a record of its start, as
