@@ -10,7 +10,11 @@ image AUROC is no more than 0.01 below it.
 ``--n-inits``: the defaults (the prior's stored cap included) with fewer random candidates beside the encoder start,
 ``n1`` being the encoder alone. The same rule, fixed before they were scored, picks the smallest candidate count.
 
+``--stop-tols``: the defaults with another adaptive-stopping tolerance (``stop_tol``; 0 runs every step). The same
+rule picks the largest tolerance.
+
 Usage: python benchmarks/step_cap.py [--prior brick-64] [--n 24] [--caps 300 500 800] [--n-inits 1 10 100]
+                                     [--stop-tols 0.005 0.001]
                                      [--variants full 300 n10 ...]
 """
 
@@ -39,7 +43,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24, help="defective crops (one family each, in turn), as many clean")
     ap.add_argument("--caps", type=int, nargs="+", default=[300, 500, 800])
     ap.add_argument("--n-inits", type=int, nargs="*", default=[], help="candidate counts beside the encoder start")
-    ap.add_argument("--variants", nargs="+", help="a subset: full, defaults, caps or nN (to split the work)")
+    ap.add_argument("--stop-tols", type=float, nargs="*", default=[], help="adaptive-stopping tolerances to try")
+    ap.add_argument("--variants", nargs="+", help="a subset: full, defaults, caps, nN or tT (to split the work)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,7 +60,8 @@ def main() -> None:
     base = config_for_prior("rgi", prior.defaults, triage=False, device="cpu")
     variants = {"full": base.replace(encoder=False, stop_tol=0.0), "defaults": base,
                 **{str(c): base.replace(iterations=c) for c in args.caps},
-                **{f"n{n}": base.replace(n_init=n) for n in args.n_inits}}
+                **{f"n{n}": base.replace(n_init=n) for n in args.n_inits},
+                **{f"t{t:g}": base.replace(stop_tol=t) for t in args.stop_tols}}
     print(f"# {args.prior}: {args.n} defective + {args.n} clean validation crops, every crop solved")
     print("| variant | steps (mean) | PSNR defective dB | PSNR clean dB | image AUROC | s |")
     print("|---|---|---|---|---|---|")
@@ -65,7 +71,8 @@ def main() -> None:
         score, restored = torch.cat([r.score for r in rs]), torch.cat([r.restored for r in rs])
         steps = torch.tensor([d.iterations for r in rs for d in r.diagnostics]).float()
         p = torch.stack([psnr(restored[i : i + 1], ref[i : i + 1]) for i in range(len(x))]).flatten()
-        label_ = name if name in ("full", "defaults") else f"best of {name[1:]}" if name[0] == "n" else f"cap {name}"
+        label_ = (name if name in ("full", "defaults") else f"best of {name[1:]}" if name[0] == "n"
+                  else f"stop_tol {name[1:]}" if name[0] == "t" else f"cap {name}")
         print(f"| {label_} | {steps.mean():.0f} | "
               f"{p[label].mean():.2f} | {p[~label].mean():.2f} | {image_auroc(score, label):.3f} | "
               f"{time.perf_counter() - t0:.0f} |", flush=True)
