@@ -78,8 +78,9 @@ def cuda_checks(device: str) -> str:
 
 
 def script(args: list[str]) -> str:
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env={**os.environ, "PYTHONPATH": path})
     print(r.stdout, r.stderr, sep="\n", flush=True)
     if r.returncode:
         raise RuntimeError(f"{args[0]} exited {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
