@@ -39,6 +39,7 @@ Usage:
     python benchmarks/cost.py run [--prior brick-64] [--out runs/cost] [--variants full stop triage all]
                                   [--clean 380] [--defective 300] [--iterations 2000] [--n-init 1000]
                                   [--batch 16] [--device cpu] [--shard I/N] [--short 500]
+                                  [--seed 91000]
     python benchmarks/cost.py report [--prior brick-64] [--out runs/cost] [--rates 0.05 0.5] [--size 400]
 """
 
@@ -68,7 +69,7 @@ from rgi_core.priors import Prior, load_prior
 
 VARIANTS = ("full", "encoder", "stop", "triage", "all", "short", "single")
 SOLVED = ("full", "encoder", "stop", "all", "short", "single")  # run the solver (triage reads full's solves)
-SEED = 91_000  # the pool's seeds: used by no calibration, selection or test
+SEED = 91_000  # the pool's seeds (``--seed``): used by no calibration, selection or test
 BINS = 4096  # pixel-AUROC histograms for the bootstrap
 
 
@@ -108,37 +109,38 @@ def region_of(prior_name: str) -> torch.Tensor:
     return torch.from_numpy(builtin.texture(texture, "eval"))
 
 
-def _sources(prior: Prior, prior_name: str, clean: int, defective: int
+def _sources(prior: Prior, prior_name: str, clean: int, defective: int, seed: int = SEED
              ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
     """The originals of the defective images, the clean images, and the defect families.
 
-    Textures: random crops of the held-out quarter (seeds ``SEED + 1`` and ``+ 2``) and the generalisation families.
+    Textures: random crops of the held-out quarter (seeds ``seed + 1`` and ``+ 2``) and the generalisation families.
     Digits: the held-out digits (1500..; 297 of them, so at most 297 clean images), the defective ones the same
     digits in a seeded order, as often as ``defective`` needs; the gross families (scattered pixels, blocks, bars)."""
     if prior_name.startswith("digits"):
         held_out = torch.from_numpy(builtin.digits("eval", prior.spec.resolution))
         if clean > len(held_out):
             raise SystemExit(f"digits have {len(held_out)} held-out images: --clean {clean} is more")
-        order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(SEED + 1))
+        order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed + 1))
         originals = held_out[order.repeat(defective // len(held_out) + 1)[:defective]]
         return originals, held_out[:clean], tuple(GROSS_FAMILIES)
     region = region_of(prior_name)
     size = prior.spec.resolution
-    return (random_crops(region, defective, size, SEED + 1), random_crops(region, clean, size, SEED + 2),
+    return (random_crops(region, defective, size, seed + 1), random_crops(region, clean, size, seed + 2),
             families_for(prior.spec.channels))
 
 
-def make_pool(prior: Prior, prior_name: str, clean: int, defective: int) -> dict[str, torch.Tensor]:
+def make_pool(prior: Prior, prior_name: str, clean: int, defective: int, seed: int = SEED
+              ) -> dict[str, torch.Tensor]:
     """The pool: images, clean originals, truth masks, labels and family index, in a seeded shuffled order."""
     size = prior.spec.resolution
-    originals, good, fams = _sources(prior, prior_name, clean, defective)
+    originals, good, fams = _sources(prior, prior_name, clean, defective, seed)
     bad, truth = [], []
     for i in range(defective):
-        b, t = apply_family_batch(originals[i : i + 1], fams[i % len(fams)], seed=SEED * 10 + i)
+        b, t = apply_family_batch(originals[i : i + 1], fams[i % len(fams)], seed=seed * 10 + i)
         bad.append(b)
         truth.append(t)
     x = torch.cat([*bad, good]) if defective else good
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SEED + 3))
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 3))
     gt = torch.cat([*truth, torch.zeros((clean, 1, size, size), dtype=torch.bool)]) if defective else \
         torch.zeros((clean, 1, size, size), dtype=torch.bool)
     return {"x": x[order], "ref": torch.cat([originals, good])[order], "gt": gt[order],
@@ -200,7 +202,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             raise SystemExit(f"{pool_file} holds {len(pool['x'])} images, not {args.clean + args.defective}: "
                              "use another --out")
     else:
-        pool = make_pool(prior, args.prior, args.clean, args.defective)
+        pool = make_pool(prior, args.prior, args.clean, args.defective, args.seed)
+        pool["seed"] = torch.tensor(args.seed)
         torch.save(pool, pool_file)
     cfgs = configs(prior, args.iterations, args.n_init, args.device, args.short)
     passes = PassCounter()
@@ -385,8 +388,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     full_flags = res["full"]["score"] > threshold
     defective = pool["label"]
     flagged = full_flags & defective
+    seed = int(pool.get("seed", SEED))
     print(f"\n# {args.prior}: pool of {int(defective.sum())} defective + {int((~defective).sum())} clean held-out "
-          f"crops (seeds {SEED}+), {args.iterations} steps, best of {args.n_init}, batches of {args.batch}; "
+          f"crops (seeds {seed}+), {args.iterations} steps, best of {args.n_init}, batches of {args.batch}; "
           f"{platform.node()}, torch {torch.__version__}, {args.device}")
     # the random candidates each variant's search decodes (results stored before it was recorded: --n-init)
     cands = {v: int(r["n_init"][0]) if "n_init" in r else args.n_init for v, r in res.items()}
@@ -576,6 +580,7 @@ def main() -> None:
             p.add_argument("--clean", type=int, default=380)
             p.add_argument("--short", type=int, default=500, help="the step cap of the short variant")
             p.add_argument("--defective", type=int, default=300)
+            p.add_argument("--seed", type=int, default=SEED, help="the pool's seeds (a new pool: a new --out)")
             p.add_argument("--threads", type=int, default=1)
             p.add_argument("--shard", default="0/1", metavar="I/N",
                            help="take every N-th batch from the I-th: N processes share a variant")
