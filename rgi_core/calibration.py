@@ -477,14 +477,15 @@ def _scores_at(prior: Prior, clean: torch.Tensor, config: InversionConfig, read:
     """The scores (N,) of the clean images solved with ``read`` as the prior's read of the score (a switch triage,
     or an early read on its own), which stops every image there (no triage before the solve), and their scores at
     the early read (N,) (NaN: none)."""
-    key = "switch_triage" if isinstance(read, SwitchTriage) else "early_read"
+    # a switch triage reads early only when it carries an early read; an early read on its own always does
+    key, reads_early = (("switch_triage", read.early is not None) if isinstance(read, SwitchTriage)
+                        else ("early_read", True))
     probe = dataclasses.replace(prior, meta={**prior.meta, "defaults": {**prior.defaults, "triage": None,
                                                                         key: read.to_dict()}})
     out = invert(clean, probe, config.replace(triage=True), control=SolveControl(cancelled=stop))
     if not all(d.restoration_skipped for d in out.diagnostics):
         raise RuntimeError(f"the {key} probe did not stop every image at its read")
     early = torch.tensor([d.early_score for d in out.diagnostics], dtype=torch.float64)
-    reads_early = read.early is not None if isinstance(read, SwitchTriage) else True
     if reads_early and bool(early.isnan().any()):
         raise RuntimeError(f"the {key} probe did not read every image at its early read")
     return out.score.double().cpu(), early
