@@ -28,6 +28,8 @@ def test_slug_matches_githubs_rule_on_a_hand_made_heading():
 def test_links_between_pages_reach_an_existing_file_and_heading():
     broken = []
     for page in PAGES:
+        if "](#)" in page.read_text():
+            broken.append(f"{page.relative_to(ROOT)}: a link to '#', no heading named")
         for target, anchor in LINK.findall(page.read_text()):
             if target.startswith(("http:", "https:", "mailto:")):
                 continue
