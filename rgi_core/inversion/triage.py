@@ -15,8 +15,8 @@ clean images (``keep``: the share of clean images still sent to the full solve),
 --into-prior`` with the fusion's tails on 512 clean crops of the fusion's held-out rows (``--triage-images``) and
 stored in the prior's metadata (``defaults.triage``). No anomaly example picks it, so no defect family was tuned
 for. Held out one defect family at a time, the shipped thresholds (keep 0.2) send away 0.9 % (brick, with its
-context model), 0.3 % (grass) and none (gravel) of the test crops the full score flags, while 22 %, 33 % and 20 %
-of the clean ones are solved (``python benchmarks/triage_keep.py``, docs/design.md).
+context model), 0.3 % (grass) and none (gravel, with its context model) of the test crops the full score flags,
+while 22 %, 33 % and 22 % of the clean ones are solved (``python benchmarks/triage_keep.py``, docs/design.md).
 
 Optionally (``miss``, ``rgi calibrate --triage-miss``) the threshold is lowered further, to the ``miss`` quantile
 of the triage score of the defective validation crops that the full score flags: at most that share of what the
