@@ -31,15 +31,16 @@ from rgi_core.priors import load_prior
 WITH_CONTEXT = (*SCORING_DETECTORS, "context")
 
 
-def auroc(fusion, defective: dict, clean: dict, names: tuple[str, ...]) -> float:
-    """Image AUROC of the fused score over ``names``: the defective crops against the clean ones."""
-    def score(arrays: dict) -> torch.Tensor:
-        maps = g.detectors(arrays)
-        return fusion.surprises({k: maps[k] for k in names})[0].double()
+def fused(fusion, arrays: dict, names: tuple[str, ...]) -> torch.Tensor:
+    """The fused image score (N,) over the detectors ``names`` of a family's cached arrays."""
+    maps = g.detectors(arrays)
+    return fusion.surprises({k: maps[k] for k in names})[0].double()
 
-    s_bad, s_ok = score(defective), score(clean)
-    labels = torch.cat([torch.ones(len(s_bad)), torch.zeros(len(s_ok))]).bool()
-    return float(image_auroc(torch.cat([s_bad, s_ok]), labels))
+
+def auroc(defective: torch.Tensor, clean: torch.Tensor) -> float:
+    """Image AUROC of the defective crops' scores against the clean crops' scores."""
+    labels = torch.cat([torch.ones(len(defective)), torch.zeros(len(clean))]).bool()
+    return float(image_auroc(torch.cat([defective, clean]), labels))
 
 
 def report(texture: str, out: Path) -> None:
@@ -57,14 +58,16 @@ def report(texture: str, out: Path) -> None:
     print(f"\n**{texture}-64** ({fusion.rule}): image AUROC, three detectors -> with the context model\n")
     print("| family | validation | test |")
     print("|---|---|---|")
+    sets = [(split, names) for split in ("val", "test") for names in (SCORING_DETECTORS, WITH_CONTEXT)]
+    clean = {"val": val_clean, "test": test_clean}
+    clean_scores = [fused(fusion, clean[split], names) for split, names in sets]  # once, not per family
     rows = []
     for f in g.families_for(prior.spec.channels):
-        v = g.load_val(out, texture, f, with_context)
-        t = with_context("test", f, g.load(out, texture, "test", f))
-        if v is None or t is None:
+        crops = {"val": g.load_val(out, texture, f, with_context),
+                 "test": with_context("test", f, g.load(out, texture, "test", f))}
+        if crops["val"] is None or crops["test"] is None:
             continue
-        r = [auroc(fusion, v, val_clean, SCORING_DETECTORS), auroc(fusion, v, val_clean, WITH_CONTEXT),
-             auroc(fusion, t, test_clean, SCORING_DETECTORS), auroc(fusion, t, test_clean, WITH_CONTEXT)]
+        r = [auroc(fused(fusion, crops[split], names), c) for (split, names), c in zip(sets, clean_scores, strict=True)]
         rows.append(r)
         print(f"| {f} | {r[0]:.3f} -> {r[1]:.3f} | {r[2]:.3f} -> {r[3]:.3f} |", flush=True)
     mean = [sum(r[i] for r in rows) / len(rows) for i in range(4)]

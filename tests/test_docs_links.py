@@ -28,9 +28,10 @@ def test_slug_matches_githubs_rule_on_a_hand_made_heading():
 def test_links_between_pages_reach_an_existing_file_and_heading():
     broken = []
     for page in PAGES:
-        if "](#)" in page.read_text():
+        text = page.read_text()
+        if "](#)" in text:
             broken.append(f"{page.relative_to(ROOT)}: a link to '#', no heading named")
-        for target, anchor in LINK.findall(page.read_text()):
+        for target, anchor in LINK.findall(text):
             if target.startswith(("http:", "https:", "mailto:")):
                 continue
             dest = (page.parent / target).resolve() if target else page
